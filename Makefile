@@ -1,0 +1,28 @@
+# chainwatch: `make run` and `make test` work on a fresh Debian 12 machine, as root.
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: setup run test test-unit test-live lint bench gen clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/chainwatch run $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit tests/replay
+
+lint: setup
+	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/mypy
+
+gen:
+	$(PY) -m agent.abi
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""chainwatch user-space agent: event decoding, process lineage and detection."""

@@ -1,0 +1,179 @@
+"""The kernel/userspace event layout, declared once.
+
+From this declaration come the C header the probes include (``bpf/include/events.gen.h``, with a
+``_Static_assert`` on every size and offset) and the ctypes classes the decoder reads. ctypes lays a
+Structure out with the platform C ABI, so the offsets Python computes are the ones the C compiler
+must agree with; the asserts make the compiler check it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Final
+
+# Sizes of the variable parts. Powers of two so the BPF side can bound lengths with a mask.
+COMM_LEN: Final = 16
+FILENAME_MAX: Final = 256
+ARGS_MAX: Final = 4096
+ENV_MAX: Final = 8192
+PATH_MAX: Final = 256
+
+# Record kinds (header.op).
+OPS: Final[dict[str, int]] = {
+    "OP_EXEC": 1,
+    "OP_FORK": 2,
+    "OP_EXIT": 3,
+    "OP_CONNECT": 4,
+    "OP_ACCEPT": 5,
+    "OP_LISTEN": 6,
+    "OP_SOCKET_DUP": 7,
+    "OP_FILE_WRITE": 8,
+    "OP_MODULE_LOAD": 9,
+}
+
+# Header flag bits. agent.events holds the same values for userspace-only flags.
+FLAGS: Final[dict[str, int]] = {
+    "EV_FILENAME_TRUNCATED": 1 << 0,
+    "EV_ARGS_TRUNCATED": 1 << 1,
+    "EV_ENV_TRUNCATED": 1 << 2,
+}
+
+# Small enumerations carried in records.
+SYSCALLS: Final[dict[str, int]] = {
+    "SC_DUP": 1,
+    "SC_DUP2": 2,
+    "SC_DUP3": 3,
+    "SC_FCNTL": 4,
+    "SC_OPEN": 5,
+    "SC_OPENAT": 6,
+    "SC_OPENAT2": 7,
+    "SC_CREAT": 8,
+    "SC_RENAME": 9,
+    "SC_RENAMEAT": 10,
+    "SC_RENAMEAT2": 11,
+    "SC_LINK": 12,
+    "SC_LINKAT": 13,
+    "SC_SYMLINK": 14,
+    "SC_SYMLINKAT": 15,
+    "SC_INIT_MODULE": 16,
+    "SC_FINIT_MODULE": 17,
+}
+
+u8, u16, u32, u64, s32 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
+
+C_TYPE_NAMES: Final[dict[type, str]] = {u8: "__u8", u16: "__u16", u32: "__u32", u64: "__u64", s32: "__s32",
+                                         ctypes.c_char: "char"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One C struct: a name, its fields, and (for variable-size records) the trailing field."""
+
+    name: str
+    fields: tuple[tuple[str, type, int], ...]  # (name, ctype, array length or 0)
+    tail: str | None = None  # a variable-size record is sent cut after tail's used length
+
+
+HEADER = Record("event_header", (
+    ("op", u16, 0),
+    ("flags", u16, 0),
+    ("size", u32, 0),
+    ("ktime", u64, 0),
+    ("tgid", u32, 0),
+    ("pid", u32, 0),  # the calling thread
+    ("ppid", u32, 0),
+    ("uid", u32, 0),
+    ("start_time", u64, 0),
+    ("cgroup_id", u64, 0),
+    ("comm", ctypes.c_char, COMM_LEN),
+))
+
+# Socket description shared by the network and fd records: family/type from struct socket, peer from sock_common.
+SOCK_FIELDS: Final = (
+    ("family", u16, 0),
+    ("sock_type", u16, 0),
+    ("port", u16, 0),  # peer (or connect destination) port, host order
+    ("lport", u16, 0),  # local port, host order
+    ("addr", u8, 16),  # IPv4 in the first 4 bytes, or IPv6
+)
+
+RECORDS: Final[dict[str, Record]] = {
+    "OP_EXEC": Record("exec_event", (
+        ("filename_len", u32, 0),
+        ("args_len", u32, 0),
+        ("env_len", u32, 0),
+        ("_pad", u32, 0),
+        ("filename", ctypes.c_char, FILENAME_MAX),
+        ("args", ctypes.c_char, ARGS_MAX),
+        ("env", ctypes.c_char, ENV_MAX),
+    ), tail="env"),
+    "OP_FORK": Record("fork_event", (
+        ("parent_start_time", u64, 0),
+    )),
+    "OP_EXIT": Record("exit_event", (
+        ("exit_code", s32, 0),
+        ("_pad", u32, 0),
+    )),
+    "OP_CONNECT": Record("net_event", (
+        ("fd", s32, 0),
+        ("result", s32, 0),
+        *SOCK_FIELDS,
+    )),
+    "OP_SOCKET_DUP": Record("dup_event", (
+        ("oldfd", s32, 0),
+        ("newfd", s32, 0),
+        ("syscall", u32, 0),
+        ("_pad", u32, 0),
+        *SOCK_FIELDS,
+    )),
+    "OP_FILE_WRITE": Record("file_event", (
+        ("syscall", u32, 0),
+        ("open_flags", u32, 0),
+        ("result", s32, 0),
+        ("path_len", u32, 0),
+        ("source_len", u32, 0),
+        ("_pad", u32, 0),
+        ("path", ctypes.c_char, PATH_MAX),
+        ("source", ctypes.c_char, PATH_MAX),
+    )),
+    "OP_MODULE_LOAD": Record("module_event", (
+        ("syscall", u32, 0),
+        ("fd", s32, 0),
+    )),
+}
+# accept and listen share the connect record's layout.
+RECORDS["OP_ACCEPT"] = RECORDS["OP_CONNECT"]
+RECORDS["OP_LISTEN"] = RECORDS["OP_CONNECT"]
+
+
+def _ctypes_fields(record: Record) -> list[tuple[str, type]]:
+    return [(name, ctype * length if length else ctype) for name, ctype, length in record.fields]
+
+
+class EventHeader(ctypes.Structure):
+    """The common header, as ctypes."""
+
+    _fields_ = _ctypes_fields(HEADER)
+
+
+def _body_class(record: Record) -> type[ctypes.Structure]:
+    fields = [("hdr", EventHeader), *_ctypes_fields(record)]
+    return type(record.name, (ctypes.Structure,), {"_fields_": fields})
+
+
+STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {}
+for _op, _record in RECORDS.items():
+    STRUCTS.setdefault(_record.name, _body_class(_record))
+
+OP_STRUCT: Final[dict[int, type[ctypes.Structure]]] = {
+    OPS[op]: STRUCTS[record.name] for op, record in RECORDS.items()
+}
+OP_RECORD: Final[dict[int, Record]] = {OPS[op]: record for op, record in RECORDS.items()}
+
+
+def min_size(op: int) -> int:
+    """The smallest valid size of a record of kind ``op``: all of it, or up to its tail field."""
+    struct = OP_STRUCT[op]
+    tail = OP_RECORD[op].tail
+    return getattr(struct, tail).offset if tail else ctypes.sizeof(struct)

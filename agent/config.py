@@ -1,0 +1,95 @@
+"""Config file (TOML) -> frozen dataclasses. Unknown keys are errors; every key has a built-in default."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """Kernel-side options (compile-time constants in the BPF program) and the read loop."""
+
+    capture_env: bool = True  # copy the environment block at exec (attribution labels)
+    skip_loopback: bool = True  # drop connects/accepts to loopback in the kernel: they never count as remote
+    ringbuf_pages: int = 2048  # ring buffer size in 4 KiB pages, a power of two
+    poll_timeout_ms: int = 100
+    stats_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class LineageConfig:
+    """Process table bounds."""
+
+    grace_s: float = 30.0  # keep exited processes this long: late events still resolve
+    max_entries: int = 65536
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole agent configuration."""
+
+    sensor: SensorConfig = field(default_factory=SensorConfig)
+    lineage: LineageConfig = field(default_factory=LineageConfig)
+
+    def validate(self, source: str = "<defaults>") -> Config:
+        """Check value ranges; raises ConfigError."""
+        pages = self.sensor.ringbuf_pages
+        if pages < 1 or pages & (pages - 1):
+            raise ConfigError(f"{source}: sensor.ringbuf_pages must be a power of two, not {pages}")
+        if self.sensor.poll_timeout_ms < 1 or self.sensor.stats_interval_s <= 0:
+            raise ConfigError(f"{source}: sensor.poll_timeout_ms and sensor.stats_interval_s must be positive")
+        if self.lineage.grace_s < 0 or self.lineage.max_entries < 1024:
+            raise ConfigError(f"{source}: lineage.grace_s must be >= 0 and lineage.max_entries >= 1024")
+        return self
+
+
+def _build(cls: type[Any], data: dict[str, Any], where: str, source: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {where}{unknown[0]!r}; known keys are {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = known[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {where}{name} must be a table")
+            kwargs[name] = _build(type(default), value, f"{where}{name}.", source)
+            continue
+        expected = type(default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise ConfigError(f"{source}: {where}{name} must be {expected.__name__}, not {type(value).__name__}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Parse TOML text into a validated Config."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    config: Config = _build(Config, data, "", source)
+    return config.validate(source)
+
+
+def load_config(path: str | None) -> Config:
+    """The config at path, or the built-in defaults when path is None."""
+    if path is None:
+        return Config().validate()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    return parse_config(text, path)

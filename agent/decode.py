@@ -1,0 +1,146 @@
+"""Raw ring-buffer records -> typed events. Pure: no bcc, no I/O.
+
+Every record is checked against the declared layout before it is read: a short, oversized or
+unknown record raises :class:`DecodeError` (the daemon counts and logs it, and carries on).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from collections.abc import Callable
+from typing import Any, Final
+
+from agent import events as ev
+from agent.abi import layout
+from agent.capture import parse_env_block
+
+HEADER_SIZE: Final = ctypes.sizeof(layout.EventHeader)
+OP = layout.OPS
+SYSCALL_NAMES: Final = {value: name[3:].lower() for name, value in layout.SYSCALLS.items()}
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+FAMILY_NAMES: Final = {AF_UNIX: "unix", AF_INET: "ipv4", AF_INET6: "ipv6"}
+INET_TRANSPORTS: Final = {1: "tcp", 2: "udp", 3: "raw"}
+UNIX_TRANSPORTS: Final = {1: "stream", 2: "dgram", 5: "seqpacket"}
+
+
+class DecodeError(ValueError):
+    """A record that does not match the declared layout."""
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _argv(block: bytes) -> tuple[str, ...]:
+    if not block:
+        return ()
+    parts = block.split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return tuple(p.decode("utf-8", "replace") for p in parts)
+
+
+def _addr(family: int, raw: Any) -> str:
+    data = bytes(raw)  # a u8 array: not cut at NUL
+    if family == AF_INET:
+        return str(ipaddress.IPv4Address(data[:4]))
+    if family == AF_INET6:
+        return str(ipaddress.IPv6Address(data[:16]))
+    return ""
+
+
+def _header(h: layout.EventHeader) -> dict[str, Any]:
+    return {
+        "ktime": h.ktime, "pid": h.tgid, "tid": h.pid, "ppid": h.ppid, "start_time": h.start_time,
+        "uid": h.uid, "cgroup_id": h.cgroup_id, "comm": _text(h.comm), "flags": h.flags,
+    }
+
+
+def _chars(r: Any, name: str, length: int) -> bytes:
+    """A char[] field's first ``length`` bytes. Read from the raw record: ctypes cuts char[] at the first NUL,
+    and argv and environment blocks are NUL-separated."""
+    field = getattr(type(r), name)
+    if length > field.size:
+        raise DecodeError(f"{type(r).__name__}.{name}: length {length} is past the field's {field.size} bytes")
+    return ctypes.string_at(ctypes.addressof(r) + field.offset, length)
+
+
+def _exec(r: Any, common: dict[str, Any]) -> ev.Event:
+    return ev.Exec(**common, filename=_text(_chars(r, "filename", r.filename_len)),
+                   args=_argv(_chars(r, "args", r.args_len)), env=parse_env_block(_chars(r, "env", r.env_len)))
+
+
+def _fork(r: Any, common: dict[str, Any]) -> ev.Event:
+    return ev.Fork(**common, parent_start_time=r.parent_start_time)
+
+
+def _exit(r: Any, common: dict[str, Any]) -> ev.Event:
+    return ev.Exit(**common, exit_code=r.exit_code)
+
+
+def _sock(r: Any) -> dict[str, Any]:
+    transports = UNIX_TRANSPORTS if r.family == AF_UNIX else INET_TRANSPORTS
+    return {"family": FAMILY_NAMES.get(r.family, "other"), "transport": transports.get(r.sock_type, "other")}
+
+
+def _connect(r: Any, common: dict[str, Any]) -> ev.Event:
+    return ev.Connect(**common, **_sock(r), fd=r.fd, daddr=_addr(r.family, r.addr), dport=r.port, result=r.result)
+
+
+def _accept(r: Any, common: dict[str, Any]) -> ev.Event:
+    return ev.Accept(**common, **_sock(r), fd=r.fd, saddr=_addr(r.family, r.addr), sport=r.port, lport=r.lport)
+
+
+def _listen(r: Any, common: dict[str, Any]) -> ev.Event:
+    return ev.Listen(**common, **_sock(r), fd=r.fd, lport=r.lport, result=r.result)
+
+
+def _socket_dup(r: Any, common: dict[str, Any]) -> ev.Event:
+    return ev.SocketDup(**common, **_sock(r), oldfd=r.oldfd, newfd=r.newfd,
+                        syscall=SYSCALL_NAMES.get(r.syscall, "unknown"), daddr=_addr(r.family, r.addr),
+                        dport=r.port)
+
+
+_FILE_OPERATIONS: Final = {"rename": "rename", "renameat": "rename", "renameat2": "rename",
+                           "link": "link", "linkat": "link", "symlink": "symlink", "symlinkat": "symlink"}
+
+
+def _file_write(r: Any, common: dict[str, Any]) -> ev.Event:
+    syscall = SYSCALL_NAMES.get(r.syscall, "unknown")
+    return ev.FileWrite(**common, path=_text(_chars(r, "path", r.path_len)),
+                        source_path=_text(_chars(r, "source", r.source_len)),
+                        operation=_FILE_OPERATIONS.get(syscall, "open"), flags_open=r.open_flags,
+                        result=r.result)
+
+
+def _module_load(r: Any, common: dict[str, Any]) -> ev.Event:
+    return ev.ModuleLoad(**common, source="tracepoint", syscall=SYSCALL_NAMES.get(r.syscall, "unknown"))
+
+
+_BUILDERS: Final[dict[int, Callable[[Any, dict[str, Any]], ev.Event]]] = {
+    OP["OP_EXEC"]: _exec, OP["OP_FORK"]: _fork, OP["OP_EXIT"]: _exit, OP["OP_CONNECT"]: _connect,
+    OP["OP_ACCEPT"]: _accept, OP["OP_LISTEN"]: _listen, OP["OP_SOCKET_DUP"]: _socket_dup,
+    OP["OP_FILE_WRITE"]: _file_write, OP["OP_MODULE_LOAD"]: _module_load,
+}
+
+
+def decode(raw: bytes) -> ev.Event:
+    """Decode one record. Raises DecodeError when it does not match the declared layout."""
+    if len(raw) < HEADER_SIZE:
+        raise DecodeError(f"record of {len(raw)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    header = layout.EventHeader.from_buffer_copy(raw[:HEADER_SIZE])
+    struct = layout.OP_STRUCT.get(header.op)
+    if struct is None:
+        raise DecodeError(f"unknown record op {header.op}")
+    full = ctypes.sizeof(struct)
+    if header.size != len(raw) and not (header.size <= len(raw) < header.size + 8):
+        # The ring buffer rounds records up to 8 bytes; anything else is a torn or foreign record.
+        raise DecodeError(f"op {header.op}: header says {header.size} bytes, record has {len(raw)}")
+    if not layout.min_size(header.op) <= header.size <= full:
+        raise DecodeError(f"op {header.op}: size {header.size} outside [{layout.min_size(header.op)}, {full}]")
+    body = raw[: header.size]
+    if len(body) < full:
+        body = body + bytes(full - len(body))  # a variable record was cut after its tail's used part
+    record = struct.from_buffer_copy(body)
+    return _BUILDERS[header.op](record, _header(header))

@@ -1,0 +1,169 @@
+"""Decoded sensor events: frozen dataclasses with a msgpack-friendly dict round trip.
+
+Every event carries the common header the kernel fills for every record. The process it
+describes is identified by ``(tgid, start_time)``; see :func:`agent.lineage.identity`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# Event flags (header.flags). Shared with the kernel through agent.abi.
+FLAG_FILENAME_TRUNCATED = 1 << 0
+FLAG_ARGS_TRUNCATED = 1 << 1
+FLAG_ENV_TRUNCATED = 1 << 2
+FLAG_SEEDED = 1 << 3  # synthesised from /proc at startup, not seen by a probe
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Fields every event has (the kernel's common header)."""
+
+    type: ClassVar[str] = "event"
+    ktime: int  # CLOCK_BOOTTIME ns when the probe fired
+    pid: int  # tgid: the process, not the thread
+    tid: int  # the thread that made the call
+    ppid: int  # the real parent's tgid
+    start_time: int  # process start, CLOCK_BOOTTIME ns (task->group_leader->start_boottime)
+    uid: int
+    cgroup_id: int
+    comm: str
+    flags: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON and msgpack safe) that :func:`event_from_dict` reverses."""
+        out: dict[str, Any] = {"type": self.type}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else (
+                dict(value) if isinstance(value, dict) else value)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Exec(Event):
+    """A successful execve/execveat: the process now runs ``filename`` with ``args``."""
+
+    type: ClassVar[str] = "exec"
+    filename: str = ""
+    args: tuple[str, ...] = ()
+    # Only the attribution variables (agent.capture.ENV_CAPTURE); labels, never trusted.
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Fork(Event):
+    """A new process (not a thread). The header describes the child."""
+
+    type: ClassVar[str] = "fork"
+    parent_start_time: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Exit(Event):
+    """The whole thread group has exited."""
+
+    type: ClassVar[str] = "exit"
+    exit_code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Connect(Event):
+    """connect(2) on an AF_INET/AF_INET6 socket, with its result (0 or -errno)."""
+
+    type: ClassVar[str] = "connect"
+    fd: int = -1
+    family: str = ""  # "ipv4" | "ipv6"
+    transport: str = ""  # "tcp" | "udp" | "raw" | "other"
+    daddr: str = ""
+    dport: int = 0
+    result: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Accept(Event):
+    """accept/accept4 returned a connected socket: a possible bind shell's peer."""
+
+    type: ClassVar[str] = "accept"
+    fd: int = -1
+    family: str = ""
+    transport: str = ""
+    saddr: str = ""  # the peer
+    sport: int = 0
+    lport: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Listen(Event):
+    """listen(2) on an inet socket."""
+
+    type: ClassVar[str] = "listen"
+    fd: int = -1
+    family: str = ""
+    transport: str = ""
+    lport: int = 0
+    result: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SocketDup(Event):
+    """An inet or unix socket was duplicated onto fd 0, 1 or 2 (dup, dup2, dup3, fcntl F_DUPFD)."""
+
+    type: ClassVar[str] = "socket_dup"
+    oldfd: int = -1
+    newfd: int = -1
+    syscall: str = ""
+    family: str = ""  # "ipv4" | "ipv6" | "unix" | "other"
+    transport: str = ""
+    daddr: str = ""  # the socket's peer, when connected
+    dport: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileWrite(Event):
+    """An open for write/create/truncate/append, or a rename/link, whose target is a persistence path."""
+
+    type: ClassVar[str] = "file_write"
+    path: str = ""
+    source_path: str = ""  # rename/link: where it came from
+    operation: str = ""  # "open" | "rename" | "link"
+    flags_open: int = 0  # open(2) flags
+    result: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleLoad(Event):
+    """An attempt to load a kernel module (init_module/finit_module, or an insmod/modprobe exec)."""
+
+    type: ClassVar[str] = "module_load"
+    source: str = ""  # "tracepoint" | "exec"
+    syscall: str = ""
+    filename: str = ""
+    args: tuple[str, ...] = ()
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls for cls in (Exec, Fork, Exit, Connect, Accept, Listen, SocketDup, FileWrite, ModuleLoad)
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from :meth:`Event.to_dict` output. Raises ValueError on unknown types or fields."""
+    kind = data.get("type")
+    cls = EVENT_TYPES.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"unknown event type {kind!r}")
+    kwargs = {k: v for k, v in data.items() if k != "type"}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(kwargs) - names
+    if unknown:
+        raise ValueError(f"{kind} event has unknown fields: {sorted(unknown)}")
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs and isinstance(kwargs[f.name], list):
+            kwargs[f.name] = tuple(kwargs[f.name])
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{kind} event is incomplete: {exc}") from exc

@@ -1,0 +1,1 @@
+"""The probe loader: the only package that imports bcc."""

@@ -1,0 +1,114 @@
+"""Compile, attach and read the probes. The only module that imports bcc.
+
+The ring-buffer callback only copies bytes; decoding happens later, outside bcc (agent.decode).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from agent.probes.offsets import KernelOffsets, kernel_offsets
+from agent.probes.source import Features, ProbeOptions, detect_features, render_cflags, render_source
+
+
+class ProbeError(RuntimeError):
+    """The probes could not be built or attached; the message says what to do."""
+
+
+DROP_REASONS = ("ringbuf_full", "stash_full")
+
+
+@dataclass(frozen=True)
+class BuiltProgram:
+    """What gets compiled: the exact text and flags (``chainwatch bpf dump`` prints this)."""
+
+    text: str
+    cflags: list[str]
+    offsets: KernelOffsets
+    features: Features
+
+
+def build_program(options: ProbeOptions) -> BuiltProgram:
+    """Gather offsets and features and render the program. No bcc needed."""
+    features = detect_features()
+    offsets = kernel_offsets()
+    text = render_source(headers_for_offsets=offsets.source == "headers")
+    return BuiltProgram(text, render_cflags(offsets, features, options), offsets, features)
+
+
+def import_bcc() -> Any:
+    """bcc's Python module, or a ProbeError saying how to get it."""
+    try:
+        import bcc
+    except ImportError as exc:
+        raise ProbeError(
+            "bcc's Python bindings are not importable: install the distro package python3-bpfcc "
+            "(make setup does it) and run chainwatch with the system Python or a venv made with "
+            f"--system-site-packages ({exc})") from exc
+    return bcc
+
+
+class Sensor:
+    """The loaded BPF program: ``poll()`` returns the raw records seen since the last call."""
+
+    def __init__(self, program: BuiltProgram):
+        if program.features.tracefs is None:
+            raise ProbeError("tracefs is not mounted: run `mount -t tracefs nodev /sys/kernel/tracing` "
+                             "(make setup does it)")
+        bcc = import_bcc()
+        self.program = program
+        self._pending: list[bytes] = []
+        try:
+            # bcc attaches every TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE while loading.
+            self._bpf = bcc.BPF(text=program.text.encode(), cflags=program.cflags)
+        except Exception as exc:  # bcc raises bare Exception on compile and attach errors
+            raise ProbeError(f"the BPF program failed to build or attach ({exc}); "
+                             "`chainwatch doctor` checks the kernel and headers") from exc
+        self._bpf["events"].open_ring_buffer(self._on_record)
+        self._drops = self._bpf["drops"]
+
+    def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
+        # Copy only: the buffer is the kernel's and is reused once we return.
+        self._pending.append(ctypes.string_at(data, size))
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Wait up to timeout_ms for records, then return every record that arrived."""
+        self._bpf.ring_buffer_poll(timeout_ms)
+        out, self._pending = self._pending, []
+        return out
+
+    def drain(self) -> list[bytes]:
+        """Everything already in the ring buffer, without waiting."""
+        self._bpf.ring_buffer_consume()
+        out, self._pending = self._pending, []
+        return out
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Loss counters from the kernel, summed over CPUs."""
+        out = {}
+        for index, reason in enumerate(DROP_REASONS):
+            values = self._drops[ctypes.c_int(index)]
+            out[reason] = int(sum(values))
+        return out
+
+    def attached(self) -> list[str]:
+        """Names of the attached tracepoints (for the startup log)."""
+        names = [tp.decode() if isinstance(tp, bytes) else str(tp) for tp in self._bpf.tracepoint_fds]
+        names += [f"raw:{tp.decode() if isinstance(tp, bytes) else tp}" for tp in self._bpf.raw_tracepoint_fds]
+        return sorted(names)
+
+    def close(self) -> None:
+        """Detach and unload everything."""
+        bpf, self._bpf = getattr(self, "_bpf", None), None
+        if bpf is not None:
+            bpf.cleanup()
+
+
+def open_sensor(options: ProbeOptions | None = None) -> Sensor:
+    """Build and load the probes; raises ProbeError with a clear message."""
+    if os.geteuid() != 0:
+        raise ProbeError("chainwatch must run as root to load BPF programs: run it with sudo or as a root service")
+    return Sensor(build_program(options or ProbeOptions()))

@@ -1,0 +1,79 @@
+"""Kernel struct offsets the probes need, from the running kernel's BTF (headers only as a fallback)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Final
+
+from agent.btf import Btf, BtfError, resolve_offsets
+
+VMLINUX_BTF: Final = "/sys/kernel/btf/vmlinux"
+
+# Macro passed to the BPF compiler -> (struct, member). Every kernel struct access in bpf/ goes through these.
+WANTED: Final[dict[str, tuple[str, str]]] = {
+    "TASK_REAL_PARENT": ("task_struct", "real_parent"),
+    "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+    "TASK_TGID": ("task_struct", "tgid"),
+    "TASK_PID": ("task_struct", "pid"),
+    "TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
+    "TASK_FILES": ("task_struct", "files"),
+    "TASK_MM": ("task_struct", "mm"),
+    "TASK_EXIT_CODE": ("task_struct", "exit_code"),
+    "MM_ARG_START": ("mm_struct", "arg_start"),
+    "MM_ARG_END": ("mm_struct", "arg_end"),
+    "MM_ENV_START": ("mm_struct", "env_start"),
+    "MM_ENV_END": ("mm_struct", "env_end"),
+    "FILES_FDT": ("files_struct", "fdt"),
+    "FDT_MAX_FDS": ("fdtable", "max_fds"),
+    "FDT_FD": ("fdtable", "fd"),
+    "FILE_INODE": ("file", "f_inode"),
+    "FILE_PRIVATE_DATA": ("file", "private_data"),
+    "INODE_MODE": ("inode", "i_mode"),
+    "SOCKET_TYPE": ("socket", "type"),
+    "SOCKET_SK": ("socket", "sk"),
+    "SOCK_SK_COMMON": ("sock", "__sk_common"),
+    "SKC_FAMILY": ("sock_common", "skc_family"),
+    "SKC_NUM": ("sock_common", "skc_num"),
+    "SKC_DPORT": ("sock_common", "skc_dport"),
+    "SKC_DADDR": ("sock_common", "skc_daddr"),
+    "SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+}
+
+
+class OffsetsUnavailable(RuntimeError):
+    """Neither BTF nor kernel headers can give the struct layout."""
+
+
+@dataclass(frozen=True)
+class KernelOffsets:
+    """Offsets as -D values, and where they came from ("btf" or "headers")."""
+
+    source: str
+    values: dict[str, str]
+
+    def cflags(self) -> list[str]:
+        """Compiler flags defining every offset macro."""
+        return [f"-D{name}={value}" for name, value in sorted(self.values.items())]
+
+
+def headers_dir() -> str:
+    """Where bcc looks for kernel headers for the running kernel."""
+    return f"/lib/modules/{os.uname().release}/build"
+
+
+def kernel_offsets(btf_path: str = VMLINUX_BTF) -> KernelOffsets:
+    """Offsets from BTF when the kernel has it; else offsetof() against the installed headers."""
+    if os.path.exists(btf_path):
+        btf = Btf.from_file(btf_path)
+        return KernelOffsets("btf", {k: str(v) for k, v in resolve_offsets(btf, WANTED).items()})
+    if os.path.isdir(headers_dir()):
+        # The headers match the kernel only if they are its own; we cannot check that without BTF.
+        return KernelOffsets("headers", {
+            name: f"offsetof(struct {struct}, {member})" for name, (struct, member) in WANTED.items()})
+    raise OffsetsUnavailable(
+        f"this kernel has no BTF ({btf_path}) and no headers at {headers_dir()}; "
+        "install the kernel headers for this kernel (make setup does it) or use a kernel built with CONFIG_DEBUG_INFO_BTF")
+
+
+__all__ = ["WANTED", "KernelOffsets", "OffsetsUnavailable", "kernel_offsets", "BtfError"]

@@ -1,0 +1,68 @@
+/* Sockets duplicated onto stdin/stdout/stderr: dup, dup2, dup3 and fcntl(F_DUPFD*).
+ * The kernel decides from the inode type; only socket-onto-0/1/2 reaches userspace. */
+
+#define F_DUPFD_ 0
+#define F_DUPFD_CLOEXEC_ 1030
+
+static __always_inline void dup_enter(long oldfd, int syscall) {
+    struct stash s = {};
+    s.a = oldfd;
+    s.b = syscall;
+    stash_put(&s);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_dup) { dup_enter(args->fildes, SC_DUP); return 0; }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_dup2) {
+    if (args->newfd <= 2)
+        dup_enter(args->oldfd, SC_DUP2);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_dup3) {
+    if (args->newfd <= 2)
+        dup_enter(args->oldfd, SC_DUP3);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fcntl) {
+    /* F_DUPFD returns the lowest free fd >= arg: only arg <= 2 can land on stdio. */
+    if ((args->cmd == F_DUPFD_ || args->cmd == F_DUPFD_CLOEXEC_) && args->arg <= 2)
+        dup_enter(args->fd, SC_FCNTL);
+    return 0;
+}
+
+static __always_inline int dup_exit(long ret) {
+    struct stash s;
+    if (!stash_take(&s))
+        return 0;
+    if (ret < 0 || ret > 2)
+        return 0;
+    /* The new fd shares the old fd's file. */
+    void *file = current_fd_file((int)ret);
+    if (!file_is_socket(file))
+        return 0;
+    struct dup_event *e = events.ringbuf_reserve(sizeof(struct dup_event));
+    if (!e) {
+        count_drop(DROP_RINGBUF);
+        return 0;
+    }
+    fill_header(&e->hdr, OP_SOCKET_DUP, sizeof(*e));
+    e->oldfd = (s32)s.a;
+    e->newfd = (s32)ret;
+    e->syscall = (u32)s.b;
+    e->_pad = 0;
+    e->family = 0;
+    e->sock_type = 0;
+    e->port = 0;
+    e->lport = 0;
+    __builtin_memset(e->addr, 0, sizeof(e->addr));
+    sock_describe(file, &e->family, &e->sock_type, &e->port, &e->lport, e->addr);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_dup) { return dup_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_dup2) { return dup_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_dup3) { return dup_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_fcntl) { return dup_exit(args->ret); }

@@ -1,0 +1,168 @@
+/* Helpers shared by the chainwatch probes.
+ *
+ * Kernel structs are never dereferenced through header types: the headers bcc compiles against may be
+ * from another kernel (6.1 headers on a 6.18 kernel here), so every struct offset arrives as a -D flag
+ * taken from the running kernel's BTF (agent/btf.py; see agent/probes/offsets.py for the list).
+ */
+#ifndef CHAINWATCH_COMMON_H
+#define CHAINWATCH_COMMON_H
+
+#define S_IFMT_ 00170000
+#define S_IFSOCK_ 0140000
+#define AF_UNIX_ 1
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+/* Network byte order helpers (BPF runs in the host's byte order). */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define cw_ntohs(x) __builtin_bswap16(x)
+#define cw_htonl(x) __builtin_bswap32(x)
+#define cw_htonll(x) __builtin_bswap64(x)
+#else
+#define cw_ntohs(x) (x)
+#define cw_htonl(x) (x)
+#define cw_htonll(x) (x)
+#endif
+
+/* Ring buffer size in pages (power of two); a compile-time option. */
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 2048
+#endif
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+/* Loss counters, summed per CPU by userspace: a lost event is a possible missed attack. */
+#define DROP_RINGBUF 0   /* ring buffer full: reserve/output failed */
+#define DROP_STASH 1     /* syscall enter/exit stash full */
+#define DROP_REASONS 2
+BPF_PERCPU_ARRAY(drops, u64, DROP_REASONS);
+
+static __always_inline void count_drop(int reason) {
+    u64 *n = drops.lookup(&reason);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+static __always_inline void *read_ptr(const void *base, unsigned long off) {
+    void *v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+static __always_inline u32 read_u32(const void *base, unsigned long off) {
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+static __always_inline u16 read_u16(const void *base, unsigned long off) {
+    u16 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+static __always_inline u64 read_u64(const void *base, unsigned long off) {
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+
+/* A process's start time is its thread-group leader's (de_thread copies it on exec from a thread). */
+static __always_inline u64 task_process_start(const void *task) {
+    return read_u64(read_ptr(task, TASK_GROUP_LEADER), TASK_START_BOOTTIME);
+}
+
+static __always_inline u32 task_ppid(const void *task) {
+    return read_u32(read_ptr(task, TASK_REAL_PARENT), TASK_TGID);
+}
+
+/* Fill the common header for the current task. */
+static __always_inline void fill_header(struct event_header *h, u16 op, u32 size) {
+    void *task = (void *)bpf_get_current_task();
+    u64 id = bpf_get_current_pid_tgid();
+    h->op = op;
+    h->flags = 0;
+    h->size = size;
+    h->ktime = bpf_ktime_get_boot_ns();
+    h->tgid = id >> 32;
+    h->pid = (u32)id;
+    h->ppid = task_ppid(task);
+    h->uid = (u32)bpf_get_current_uid_gid();
+    h->start_time = task_process_start(task);
+    h->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+/* fd -> struct file * of the current task, or 0. */
+static __always_inline void *current_fd_file(int fd) {
+    void *task = (void *)bpf_get_current_task();
+    void *fdt = read_ptr(read_ptr(task, TASK_FILES), FILES_FDT);
+    if (fd < 0 || (u32)fd >= read_u32(fdt, FDT_MAX_FDS))
+        return 0;
+    void *fdarr = read_ptr(fdt, FDT_FD);
+    return read_ptr(fdarr, (unsigned long)fd * sizeof(void *));
+}
+
+static __always_inline int file_is_socket(void *file) {
+    if (!file)
+        return 0;
+    u16 mode = read_u16(read_ptr(file, FILE_INODE), INODE_MODE);
+    return (mode & S_IFMT_) == S_IFSOCK_;
+}
+
+/* Family, type, ports and peer address of a socket file (file->private_data is the struct socket). */
+static __always_inline void sock_describe(void *file, u16 *family, u16 *sock_type, u16 *port, u16 *lport,
+                                          u8 addr[16]) {
+    void *sock = read_ptr(file, FILE_PRIVATE_DATA);
+    void *sk = read_ptr(sock, SOCKET_SK);
+    *sock_type = read_u16(sock, SOCKET_TYPE);
+    if (!sk)
+        return;
+    void *skc = (char *)sk + SOCK_SK_COMMON;
+    *family = read_u16(skc, SKC_FAMILY);
+    *lport = read_u16(skc, SKC_NUM);
+    *port = cw_ntohs(read_u16(skc, SKC_DPORT));
+    if (*family == AF_INET_)
+        bpf_probe_read_kernel(addr, 4, (char *)skc + SKC_DADDR);
+    else if (*family == AF_INET6_)
+        bpf_probe_read_kernel(addr, 16, (char *)skc + SKC_V6_DADDR);
+}
+
+/* Loopback destinations never count as remote; dropping them here is a compile-time option. */
+static __always_inline int addr_is_loopback(u16 family, const u8 addr[16]) {
+    if (family == AF_INET_)
+        return addr[0] == 127;
+    if (family == AF_INET6_) {
+        u64 hi = 0, lo = 0;
+        __builtin_memcpy(&hi, addr, 8);
+        __builtin_memcpy(&lo, addr + 8, 8);
+        if (hi == 0 && lo == cw_htonll(1ULL))
+            return 1; /* ::1 */
+        /* ::ffff:127.0.0.0/104 */
+        return hi == 0 && (lo & 0xffffffffULL) == cw_htonl(0xffff) && addr[12] == 127;
+    }
+    return 0;
+}
+
+/* Arguments of a syscall, kept from its enter to its exit tracepoint. A thread is in one syscall
+ * at a time, so the thread id is the key. */
+struct stash {
+    s64 a;
+    s64 b;
+    u8 addr[28]; /* a sockaddr_in / sockaddr_in6 */
+};
+BPF_HASH(stash_map, u64, struct stash, 16384);
+
+static __always_inline void stash_put(struct stash *s) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (stash_map.update(&id, s) != 0)
+        count_drop(DROP_STASH);
+}
+
+static __always_inline int stash_take(struct stash *out) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash *s = stash_map.lookup(&id);
+    if (!s)
+        return 0;
+    __builtin_memcpy(out, s, sizeof(*out));
+    stash_map.delete(&id);
+    return 1;
+}
+
+#endif

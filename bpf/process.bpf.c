@@ -1,0 +1,108 @@
+/* Process lifecycle: exec (with argv and the environment block), fork of processes, exit of thread groups. */
+
+/* An exec record is ~12 KiB, too big for the BPF stack: build it in a per-CPU scratch slot. */
+BPF_PERCPU_ARRAY(exec_scratch, struct exec_event, 1);
+
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    int zero = 0;
+    struct exec_event *e = exec_scratch.lookup(&zero);
+    if (!e)
+        return 0;
+    fill_header(&e->hdr, OP_EXEC, 0);
+
+    /* The tracepoint's filename is the path the kernel resolved for the new image. */
+    int n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename),
+                                      (void *)args + (args->data_loc_filename & 0xFFFF));
+    e->filename_len = n > 0 ? n - 1 : 0;
+    if (n == sizeof(e->filename))
+        e->hdr.flags |= EV_FILENAME_TRUNCATED;
+
+    /* argv and envp are contiguous NUL-separated blocks in the new mm; one bounded read each. */
+    void *mm = read_ptr((void *)bpf_get_current_task(), TASK_MM);
+    u64 arg_start = read_u64(mm, MM_ARG_START), arg_end = read_u64(mm, MM_ARG_END);
+    u64 env_start = read_u64(mm, MM_ENV_START), env_end = read_u64(mm, MM_ENV_END);
+
+    u64 len = arg_end > arg_start ? arg_end - arg_start : 0;
+    if (len > ARGS_MAX - 1) {
+        len = ARGS_MAX - 1;
+        e->hdr.flags |= EV_ARGS_TRUNCATED;
+    }
+    len &= ARGS_MAX - 1;
+    if (bpf_probe_read_user(e->args, len, (void *)arg_start) != 0)
+        len = 0;
+    e->args_len = len;
+
+    len = 0;
+#if CAPTURE_ENV
+    len = env_end > env_start ? env_end - env_start : 0;
+    if (len > ENV_MAX - 1) {
+        len = ENV_MAX - 1;
+        e->hdr.flags |= EV_ENV_TRUNCATED;
+    }
+    len &= ENV_MAX - 1;
+    if (bpf_probe_read_user(e->env, len, (void *)env_start) != 0)
+        len = 0;
+#endif
+    e->env_len = len;
+
+    /* Send only what was used of the environment area. */
+    u32 size = offsetof(struct exec_event, env) + (u32)len;
+    e->hdr.size = size;
+    if (size > sizeof(*e)) /* never true; tells the verifier the bound */
+        size = sizeof(*e);
+    if (events.ringbuf_output(e, size, 0) != 0)
+        count_drop(DROP_RINGBUF);
+    return 0;
+}
+
+/* A raw tracepoint, because only the task pointers tell a new process from a new thread. */
+RAW_TRACEPOINT_PROBE(sched_process_fork) {
+    void *parent = (void *)ctx->args[0];
+    void *child = (void *)ctx->args[1];
+    u32 child_pid = read_u32(child, TASK_PID);
+    u32 child_tgid = read_u32(child, TASK_TGID);
+    if (child_pid != child_tgid)
+        return 0; /* a thread */
+
+    struct fork_event *e = events.ringbuf_reserve(sizeof(struct fork_event));
+    if (!e) {
+        count_drop(DROP_RINGBUF);
+        return 0;
+    }
+    fill_header(&e->hdr, OP_FORK, sizeof(*e));
+    /* The header describes the child; the parent is the child's real parent (CLONE_PARENT aware). */
+    void *real_parent = read_ptr(child, TASK_REAL_PARENT);
+    e->hdr.tgid = child_tgid;
+    e->hdr.pid = child_pid;
+    e->hdr.ppid = read_u32(real_parent, TASK_TGID);
+    e->hdr.start_time = read_u64(child, TASK_START_BOOTTIME);
+    e->parent_start_time = task_process_start(real_parent);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    /* A thread that dies inside a syscall leaves its stash entry behind; free it here. */
+    u64 tid_key = bpf_get_current_pid_tgid();
+    stash_map.delete(&tid_key);
+#if HAVE_EXIT_GROUP_DEAD
+    /* 6.16+: the tracepoint says whether this was the last thread of the group. */
+    if (!args->group_dead)
+        return 0;
+#else
+    /* Older kernels: approximate with the leader's exit. */
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)id != (id >> 32))
+        return 0;
+#endif
+    struct exit_event *e = events.ringbuf_reserve(sizeof(struct exit_event));
+    if (!e) {
+        count_drop(DROP_RINGBUF);
+        return 0;
+    }
+    fill_header(&e->hdr, OP_EXIT, sizeof(*e));
+    e->exit_code = (s32)read_u32((void *)bpf_get_current_task(), TASK_EXIT_CODE);
+    e->_pad = 0;
+    events.ringbuf_submit(e, 0);
+    return 0;
+}

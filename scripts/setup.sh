@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Idempotent machine setup for chainwatch (Debian/Ubuntu, as root): distro packages, kernel headers
+# for bcc, tracefs, and the .venv. Quick when there is nothing to do.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    log "must run as root (it installs packages and mounts tracefs)"; exit 1
+fi
+
+kernel=$(uname -r)
+arch=$(dpkg --print-architecture)
+# bcc comes from the distro: the PyPI package called "bcc" is an unrelated project.
+packages=(python3-bpfcc python3-venv python3-yaml bpftool iproute2 gcc make)
+
+headers_pkg=""
+apt_updated=0
+apt_update() { [ "$apt_updated" = 1 ] || { log "apt-get update"; apt-get update -qq; apt_updated=1; }; }
+
+if [ ! -e "/lib/modules/$kernel/build/include" ]; then
+    apt_update
+    # The exact headers if the distro has them, else its nearest (bcc then needs the build/source links).
+    if apt-cache show "linux-headers-$kernel" >/dev/null 2>&1; then
+        headers_pkg="linux-headers-$kernel"
+    else
+        headers_pkg="linux-headers-$arch"
+    fi
+    packages+=("$headers_pkg")
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_update
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -e "/lib/modules/$kernel/build/include" ]; then
+    # No headers for this exact kernel: link the newest installed ones. Struct offsets come from BTF,
+    # so the headers only need to compile bcc's helpers.
+    hdr=$(ls -d /usr/src/linux-headers-*-"$arch" 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$hdr" ]; then
+        log "no kernel headers found under /usr/src after installing $headers_pkg"; exit 1
+    fi
+    common=${hdr%-"$arch"}-common
+    mkdir -p "/lib/modules/$kernel"
+    ln -sfn "$hdr" "/lib/modules/$kernel/build"
+    ln -sfn "$( [ -d "$common" ] && echo "$common" || echo "$hdr")" "/lib/modules/$kernel/source"
+    log "linked /lib/modules/$kernel/{build,source} to $hdr (nearest headers; offsets come from BTF)"
+fi
+
+if ! mountpoint -q /sys/kernel/tracing; then
+    log "mounting tracefs at /sys/kernel/tracing"
+    mount -t tracefs nodev /sys/kernel/tracing
+fi
+
+# The venv comes from the system interpreter so it sees the distro's bcc bindings.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
+    log "creating .venv from /usr/bin/python3 with system site-packages"
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.chainwatch-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    log "installing chainwatch and its Python dependencies into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    touch "$stamp"
+fi
+.venv/bin/python -c 'import bcc, psutil, pyroute2, structlog, msgpack, yaml' \
+    || { log ".venv cannot import its dependencies"; exit 1; }
+log "ready"
