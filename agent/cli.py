@@ -1,0 +1,140 @@
+"""The ``chainwatch`` command line (see shared/design/contracts.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from agent import logs
+from agent.btf import BtfError
+from agent.config import ConfigError, load_config
+from agent.probes.offsets import OffsetsUnavailable
+from agent.recording import RecordingError
+
+USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chainwatch", description="eBPF sensor for reverse shells and C2 in "
+                                "package installs and CI jobs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the sensor in the foreground (root)")
+    run.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    run.add_argument("--record", metavar="FILE", help="also write every event to FILE (msgpack stream)")
+
+    rec = sub.add_parser("record", help="like run, and write every decoded event to FILE")
+    rec.add_argument("file")
+    rec.add_argument("--config")
+
+    rep = sub.add_parser("replay", help="run a recorded event stream through the pipeline (no root, no bcc)")
+    rep.add_argument("file")
+    rep.add_argument("--dump", action="store_true", help="print each event as one JSON line")
+
+    sub.add_parser("doctor", help="check kernel, BTF, tracepoints, bcc, headers and privileges")
+
+    bpf = sub.add_parser("bpf", help="BPF program tools")
+    bpf_sub = bpf.add_subparsers(dest="bpf_command", required=True)
+    dump = bpf_sub.add_parser("dump", help="print the exact BPF source and compiler flags")
+    dump.add_argument("--config")
+    return p
+
+
+def _run(args: argparse.Namespace, record_path: str | None) -> int:
+    from agent.daemon import Agent
+    from agent.probes.loader import ProbeError
+
+    config = load_config(args.config)
+    try:
+        if record_path is None:
+            return Agent(config).run()
+        try:
+            fh = open(record_path, "wb")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the recording {record_path}: {exc.strerror}") from exc
+        with fh:
+            return Agent(config, record=fh).run()
+    except ProbeError as exc:
+        return _fail(str(exc))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from agent.events import FLAG_SEEDED
+    from agent.lineage.table import ProcessTable
+    from agent.pipeline import Pipeline
+    from agent.daemon import dump_event
+    from agent.recording import read_recording
+
+    try:
+        fh = open(args.file, "rb")
+    except OSError as exc:
+        raise RecordingError(f"cannot read {args.file}: {exc.strerror}") from exc
+    with fh:
+        rec = read_recording(fh)
+        features = rec.meta.get("features") or {}
+        consumers = []
+        if args.dump:
+            out = sys.stdout
+
+            def dump_live(event: object, _write=dump_event(out)) -> None:
+                # Seeded processes are table state, not events that happened during the recording.
+                if not getattr(event, "flags", 0) & FLAG_SEEDED:
+                    _write(event)  # type: ignore[arg-type]
+            consumers.append(dump_live)
+        pipeline = Pipeline(ProcessTable(), module_loads_from_exec=features.get("module_load_source") == "exec",
+                            consumers=consumers)
+        for event in rec.events:
+            pipeline.feed(event)
+        sys.stdout.flush()
+    log = structlog.get_logger()
+    for error in rec.errors:
+        log.warning("recording_damaged", file=args.file, detail=error)
+    log.info("replay_done", file=args.file, **pipeline.stats())
+    return 1 if rec.errors else 0
+
+
+def _bpf_dump(args: argparse.Namespace) -> int:
+    from agent.daemon import probe_options
+    from agent.probes.loader import build_program
+
+    program = build_program(probe_options(load_config(args.config)))
+    print(f"// offsets from: {program.offsets.source}")
+    print(f"// features: {program.features.describe()}")
+    print("// cflags: " + " ".join(program.cflags))
+    print(program.text)
+    return 0
+
+
+def _fail(sentence: str) -> int:
+    print(f"chainwatch: {sentence}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``chainwatch`` console script."""
+    args = _parser().parse_args(argv)
+    logs.configure()
+    try:
+        if args.command == "run":
+            return _run(args, args.record)
+        if args.command == "record":
+            return _run(args, args.file)
+        if args.command == "replay":
+            return _replay(args)
+        if args.command == "doctor":
+            from agent.doctor import run_doctor
+            return run_doctor()
+        if args.command == "bpf":
+            return _bpf_dump(args)
+    except USER_ERRORS as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    return _fail(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Lifecycle of ``chainwatch run``/``record``: config -> probes -> seed the process table -> read loop -> shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from typing import IO, Any
+
+import structlog
+
+from agent.config import Config
+from agent.events import Event
+from agent.lineage.seed import seed_events
+from agent.lineage.table import ProcessTable
+from agent.pipeline import Consumer, Pipeline
+from agent.probes.loader import Sensor, open_sensor
+from agent.probes.source import ProbeOptions
+from agent.recording import RecordingWriter
+
+log = structlog.get_logger()
+
+DROP_CHECK_INTERVAL_S = 1.0
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify) something, when running under it. Returns whether it was sent."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+    return True
+
+
+def host_meta() -> dict[str, Any]:
+    """Identifies the host in recordings and alerts."""
+    try:
+        machine_id = open("/etc/machine-id").read().strip()
+    except OSError:
+        machine_id = ""
+    return {"hostname": socket.gethostname(), "host_id": machine_id, "kernel": os.uname().release}
+
+
+def probe_options(config: Config) -> ProbeOptions:
+    """The kernel-side options from the config."""
+    return ProbeOptions(capture_env=config.sensor.capture_env, skip_loopback=config.sensor.skip_loopback,
+                        ringbuf_pages=config.sensor.ringbuf_pages)
+
+
+class Agent:
+    """The running sensor. ``run()`` blocks until ``stop()`` (or SIGTERM/SIGINT) and then flushes."""
+
+    def __init__(self, config: Config, *, record: IO[bytes] | None = None, consumers: Iterable[Consumer] = ()):
+        self.config = config
+        self._record_fh = record
+        self._extra_consumers = list(consumers)
+        self._stopping = False
+        self.sensor: Sensor | None = None
+        self.pipeline: Pipeline | None = None
+        self.writer: RecordingWriter | None = None
+        self._last_drops: dict[str, int] = {}
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish (signal-safe)."""
+        self._stopping = True
+
+    def start(self) -> Pipeline:
+        """Load the probes, seed the process table and log sensor_ready."""
+        started = time.monotonic()
+        self.sensor = open_sensor(probe_options(self.config))
+        features = self.sensor.program.features
+        table = ProcessTable(grace_ns=int(self.config.lineage.grace_s * 1e9),
+                             max_entries=self.config.lineage.max_entries)
+        taps: list[Consumer] = []
+        if self._record_fh is not None:
+            self.writer = RecordingWriter(self._record_fh, {**host_meta(), "features": features.describe()})
+            taps.append(self.writer.write)
+        self.pipeline = Pipeline(table, module_loads_from_exec=not features.module_tracepoints, taps=taps,
+                                 consumers=self._extra_consumers)
+        # Seed after attaching, so a process born in between is seen by one or both; the table merges them.
+        seeded = seed_events()
+        for event in seeded:
+            self.pipeline.feed(event)
+        log.info("sensor_ready", probes=self.sensor.attached(), offsets=self.sensor.program.offsets.source,
+                 features=features.describe(), seeded_processes=len(seeded),
+                 startup_s=round(time.monotonic() - started, 3), pid=os.getpid())
+        self._last_drops = self.sensor.kernel_drops()
+        sd_notify("READY=1")
+        return self.pipeline
+
+    def run(self) -> int:
+        """Run until stopped; returns the exit code."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        try:
+            pipeline = self.start()
+            assert self.sensor is not None
+            interval = self.config.sensor.stats_interval_s
+            next_stats = time.monotonic() + interval
+            next_drop_check = time.monotonic() + DROP_CHECK_INTERVAL_S
+            while not self._stopping:
+                pipeline.feed_records(self.sensor.poll(self.config.sensor.poll_timeout_ms))
+                now = time.monotonic()
+                if now >= next_drop_check:
+                    self._check_drops()
+                    if self.writer is not None:
+                        self.writer.flush()
+                    next_drop_check = now + DROP_CHECK_INTERVAL_S
+                if now >= next_stats:
+                    pipeline.table.reap(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+                    self.log_stats()
+                    next_stats = now + interval
+            sd_notify("STOPPING=1")
+            pipeline.feed_records(self.sensor.drain())
+            self._check_drops()
+            self.log_stats(final=True)
+        finally:
+            if self.writer is not None:
+                self.writer.flush()
+            if self.sensor is not None:
+                self.sensor.close()
+        return 0
+
+    def _check_drops(self) -> None:
+        assert self.sensor is not None
+        drops = self.sensor.kernel_drops()
+        if any(v > self._last_drops.get(k, 0) for k, v in drops.items()):
+            new = {k: v - self._last_drops.get(k, 0) for k, v in drops.items() if v != self._last_drops.get(k, 0)}
+            log.warning("events_lost", where="kernel", new=new, total=drops,
+                        hint="raise sensor.ringbuf_pages, or the agent is starved of CPU")
+            self._last_drops = drops
+
+    def log_stats(self, final: bool = False) -> None:
+        """The periodic stats line: event counts, losses (kernel and userspace), table size."""
+        assert self.pipeline is not None and self.sensor is not None
+        stats = self.pipeline.stats()
+        log.info("stats", final=final, **stats, kernel_drops=self.sensor.kernel_drops(),
+                 userspace_drops=stats["decode_errors"],
+                 recorded=self.writer.written if self.writer else None)
+
+
+def dump_event(out: IO[str]) -> Consumer:
+    """A consumer printing each event as one JSON line (replay --dump)."""
+    import json
+
+    def write(event: Event) -> None:
+        out.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+    return write

@@ -1,0 +1,78 @@
+"""``chainwatch doctor``: what this machine has and lacks for the sensor, one line per check."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.probes.offsets import VMLINUX_BTF, WANTED, headers_dir
+from agent.probes.source import detect_features
+
+REQUIRED_TRACEPOINTS = ("sched/sched_process_exec", "sched/sched_process_fork", "sched/sched_process_exit",
+                        "syscalls/sys_enter_connect", "syscalls/sys_exit_connect", "syscalls/sys_enter_dup2",
+                        "syscalls/sys_enter_dup3", "syscalls/sys_enter_fcntl", "syscalls/sys_enter_openat",
+                        "syscalls/sys_enter_renameat2", "syscalls/sys_enter_linkat", "syscalls/sys_exit_accept4",
+                        "syscalls/sys_enter_listen")
+
+
+@dataclass
+class Check:
+    """One check's outcome. ``ok`` None means informational (not a failure)."""
+
+    name: str
+    ok: bool | None
+    detail: str
+
+
+def _checks() -> list[Check]:
+    out = [Check("kernel", None, os.uname().release)]
+    out.append(Check("privileges", os.geteuid() == 0,
+                     "root" if os.geteuid() == 0 else "not root: run chainwatch as root to load BPF programs"))
+    features = detect_features()
+    out.append(Check("tracefs", features.tracefs is not None,
+                     features.tracefs or "not mounted: mount -t tracefs nodev /sys/kernel/tracing"))
+    if features.tracefs:
+        missing = [tp for tp in REQUIRED_TRACEPOINTS
+                   if not os.path.isdir(os.path.join(features.tracefs, "events", tp))]
+        out.append(Check("tracepoints", not missing, "all present" if not missing else f"missing: {missing}"))
+        out.append(Check("exit filter", None, "sched_process_exit has group_dead" if features.exit_group_dead
+                         else "sched_process_exit lacks group_dead: thread-group exit approximated by leader exit"))
+        out.append(Check("module loads", None,
+                         "init_module/finit_module tracepoints" if features.module_tracepoints else
+                         "no init_module/finit_module tracepoints (modules compiled out?): module_load comes from "
+                         "the exec of insmod/modprobe/kmod"))
+    has_btf = os.path.exists(VMLINUX_BTF)
+    has_headers = os.path.isdir(os.path.join(headers_dir(), "include"))
+    if has_btf:
+        from agent.btf import Btf, BtfError, resolve_offsets
+        try:
+            resolve_offsets(Btf.from_file(VMLINUX_BTF), WANTED)
+            out.append(Check("struct offsets", True, f"from BTF ({VMLINUX_BTF}), {len(WANTED)} resolved"))
+        except BtfError as exc:
+            out.append(Check("struct offsets", False, f"BTF present but unusable: {exc}"))
+    else:
+        out.append(Check("struct offsets", has_headers,
+                         f"no BTF: offsetof() from the headers in {headers_dir()}" if has_headers else
+                         "no BTF and no kernel headers: install linux-headers for this kernel"))
+    out.append(Check("kernel headers", has_headers,
+                     f"{os.path.realpath(headers_dir())} (bcc compiles its helpers against them)" if has_headers
+                     else f"missing at {headers_dir()}: make setup installs and links the nearest"))
+    try:
+        import bcc
+        out.append(Check("bcc", True, f"python bindings at {os.path.dirname(bcc.__file__)}"))
+    except ImportError:
+        out.append(Check("bcc", False, "python3-bpfcc not importable: apt-get install python3-bpfcc and use a venv "
+                                       "made with --system-site-packages"))
+    return out
+
+
+def run_doctor(write: Callable[[str], object] = sys.stdout.write) -> int:
+    """Print every check; exit 1 if a required one failed."""
+    failed = False
+    for check in _checks():
+        mark = {True: "ok  ", False: "FAIL", None: "info"}[check.ok]
+        failed |= check.ok is False
+        write(f"{mark} {check.name}: {check.detail}\n")
+    return 1 if failed else 0
