@@ -12,7 +12,7 @@ run: setup
 	$(VENV)/bin/chainwatch run $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q tests
+	CHAINWATCH_REQUIRE_LIVE=1 $(PY) -m pytest -q tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit tests/replay

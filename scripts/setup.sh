@@ -13,7 +13,7 @@ fi
 kernel=$(uname -r)
 arch=$(dpkg --print-architecture)
 # bcc comes from the distro: the PyPI package called "bcc" is an unrelated project.
-packages=(python3-bpfcc python3-venv python3-yaml bpftool iproute2 gcc make)
+packages=(python3-bpfcc python3-venv python3-yaml bpftool iproute2 kmod gcc make)
 
 headers_pkg=""
 apt_updated=0

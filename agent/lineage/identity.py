@@ -66,9 +66,13 @@ class ProcStat(NamedTuple):
     start_ticks: int
 
 
+_tuple_new = tuple.__new__
+
+
 def process_key(pid: int, start_time_ns: int) -> ProcessKey:
     """The key of process ``pid`` that started at ``start_time_ns`` (CLOCK_BOOTTIME ns)."""
-    return ProcessKey(pid, start_time_ns // NS_PER_TICK)
+    # ProcessKey(pid, ticks) without the NamedTuple constructor's extra Python frame (hot path).
+    return _tuple_new(ProcessKey, (pid, start_time_ns // NS_PER_TICK))
 
 
 def parse_proc_stat(text: bytes | str) -> ProcStat:

@@ -67,8 +67,8 @@ class Sensor:
         except Exception as exc:  # bcc raises bare Exception on compile and attach errors
             raise ProbeError(f"the BPF program failed to build or attach ({exc}); "
                              "`chainwatch doctor` checks the kernel and headers") from exc
-        self._bpf["events"].open_ring_buffer(self._on_record)
-        self._drops = self._bpf["drops"]
+        self._bpf[b"events"].open_ring_buffer(self._on_record)
+        self._drops = self._bpf[b"drops"]
 
     def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
         # Copy only: the buffer is the kernel's and is reused once we return.

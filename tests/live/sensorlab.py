@@ -1,0 +1,62 @@
+"""A running sensor for live tests: real probes, a poll thread, and the same pipeline the daemon uses."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from agent.events import Event
+from agent.lineage.table import ProcessTable
+from agent.pipeline import Pipeline
+from agent.probes.loader import Sensor, open_sensor
+
+
+class SensorLab:
+    """Collects every event the probes (and the pipeline's derived signals) produce, for tests to query."""
+
+    def __init__(self) -> None:
+        self.sensor: Sensor = open_sensor()
+        self._lock = threading.Lock()
+        self.events: list[Event] = []
+        self.pipeline = Pipeline(ProcessTable(), module_loads_from_exec=not self.sensor.program.features.module_tracepoints,
+                                 consumers=[self.events.append])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sensorlab", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            records = self.sensor.poll(50)
+            with self._lock:
+                self.pipeline.feed_records(records)
+
+    def mark(self) -> int:
+        """A position in the event list; later queries can look only past it."""
+        with self._lock:
+            return len(self.events)
+
+    def select(self, pred: Callable[[Event], bool], since: int = 0) -> list[Event]:
+        """Events past ``since`` that satisfy pred."""
+        with self._lock:
+            return [e for e in self.events[since:] if pred(e)]
+
+    def wait_for(self, pred: Callable[[Event], bool], count: int = 1, since: int = 0,
+                 timeout: float = 10.0, settle: float = 0.5) -> list[Event]:
+        """Wait until ``count`` matching events arrived (or timeout), then a short settle so extras show up too."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.select(pred, since)) < count:
+            time.sleep(0.02)
+        time.sleep(settle)
+        return self.select(pred, since)
+
+    def with_table(self, fn: Callable[[ProcessTable], object]) -> object:
+        """Run fn on the process table under the lock."""
+        with self._lock:
+            return fn(self.pipeline.table)
+
+    def close(self) -> None:
+        """Stop polling and unload the probes."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sensor.close()
