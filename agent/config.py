@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +45,10 @@ class Config:
         pages = self.sensor.ringbuf_pages
         if pages < 1 or pages & (pages - 1):
             raise ConfigError(f"{source}: sensor.ringbuf_pages must be a power of two, not {pages}")
-        if self.sensor.poll_timeout_ms < 1 or self.sensor.stats_interval_s <= 0:
+        # Written as "not ok" so NaN fails too; inf and NaN would crash or stall the daemon's timers.
+        if self.sensor.poll_timeout_ms < 1 or not 0 < self.sensor.stats_interval_s < math.inf:
             raise ConfigError(f"{source}: sensor.poll_timeout_ms and sensor.stats_interval_s must be positive")
-        if self.lineage.grace_s < 0 or self.lineage.max_entries < 1024:
+        if not 0 <= self.lineage.grace_s < math.inf or self.lineage.max_entries < 1024:
             raise ConfigError(f"{source}: lineage.grace_s must be >= 0 and lineage.max_entries >= 1024")
         return self
 
@@ -89,7 +91,9 @@ def load_config(path: str | None) -> Config:
     if path is None:
         return Config().validate()
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")  # TOML is UTF-8, whatever the locale
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({exc})") from exc
     return parse_config(text, path)

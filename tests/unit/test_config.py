@@ -1,0 +1,221 @@
+"""agent.config: TOML -> frozen dataclasses, with ConfigError naming the file and the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import Config, ConfigError, LineageConfig, SensorConfig, load_config, parse_config
+
+FULL_TOML = """
+[sensor]
+capture_env = false
+skip_loopback = false
+ringbuf_pages = 512
+poll_timeout_ms = 250
+stats_interval_s = 15.5
+
+[lineage]
+grace_s = 5.0
+max_entries = 4096
+"""
+
+
+def test_defaults() -> None:
+    """No config file gives the documented built-in defaults."""
+    config = load_config(None)
+    assert config == Config()
+    assert config.sensor == SensorConfig(capture_env=True, skip_loopback=True, ringbuf_pages=2048,
+                                         poll_timeout_ms=100, stats_interval_s=60.0)
+    assert config.lineage == LineageConfig(grace_s=30.0, max_entries=65536)
+
+
+def test_empty_file_is_defaults(tmp_path: Path) -> None:
+    """An empty config file is the defaults."""
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    assert load_config(str(path)) == Config()
+
+
+def test_all_keys(tmp_path: Path) -> None:
+    """A file setting every key yields exactly those values."""
+    path = tmp_path / "chainwatch.toml"
+    path.write_text(FULL_TOML)
+    config = load_config(str(path))
+    assert config.sensor == SensorConfig(capture_env=False, skip_loopback=False, ringbuf_pages=512,
+                                         poll_timeout_ms=250, stats_interval_s=15.5)
+    assert config.lineage == LineageConfig(grace_s=5.0, max_entries=4096)
+
+
+def test_every_field_is_covered_by_full_toml() -> None:
+    """FULL_TOML sets every field to a non-default value (so test_all_keys checks them all)."""
+    config = parse_config(FULL_TOML)
+    for section in (config.sensor, config.lineage):
+        default = type(section)()
+        for f in dataclasses.fields(section):
+            assert getattr(section, f.name) != getattr(default, f.name), f.name
+
+
+def test_config_is_frozen() -> None:
+    """Config objects cannot be mutated."""
+    config = parse_config(FULL_TOML)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.sensor.ringbuf_pages = 4  # type: ignore[misc]
+
+
+def test_int_accepted_for_float() -> None:
+    """An integer is accepted where a float is expected, and becomes a float."""
+    config = parse_config("[lineage]\ngrace_s = 10\n")
+    assert config.lineage.grace_s == 10.0
+    assert isinstance(config.lineage.grace_s, float)
+
+
+@pytest.mark.parametrize("text,key", [
+    ("[sensor]\nring_pages = 4\n", "sensor.'ring_pages'"),
+    ("[lineage]\ngrace = 1.0\n", "lineage.'grace'"),
+    ("[detectors]\nenabled = true\n", "'detectors'"),
+    ("verbose = true\n", "'verbose'"),
+])
+def test_unknown_key(tmp_path: Path, text: str, key: str) -> None:
+    """An unknown key raises ConfigError naming the key and the file."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(path) in str(info.value)
+    assert f"unknown key {key}" in str(info.value)
+
+
+@pytest.mark.parametrize("text,key", [
+    ("[sensor]\nringbuf_pages = \"big\"\n", "sensor.ringbuf_pages"),
+    ("[sensor]\nringbuf_pages = 4.0\n", "sensor.ringbuf_pages"),
+    ("[sensor]\ncapture_env = 1\n", "sensor.capture_env"),
+    ("[sensor]\npoll_timeout_ms = true\n", "sensor.poll_timeout_ms"),
+    ("[lineage]\ngrace_s = \"30s\"\n", "lineage.grace_s"),
+    ("[lineage]\ngrace_s = true\n", "lineage.grace_s"),
+    ("sensor = 3\n", "sensor"),
+    ("[sensor.capture_env]\nx = 1\n", "sensor.capture_env"),
+])
+def test_wrong_type(tmp_path: Path, text: str, key: str) -> None:
+    """A value of the wrong type raises ConfigError naming the key and the file."""
+    path = tmp_path / "types.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    message = str(info.value)
+    assert str(path) in message
+    assert f"{key} must be" in message
+
+
+@pytest.mark.parametrize("pages", [0, 3, 1000, 2047, -2])
+def test_ringbuf_pages_not_power_of_two(pages: int) -> None:
+    """sensor.ringbuf_pages that is not a positive power of two raises ConfigError."""
+    with pytest.raises(ConfigError, match="ringbuf_pages must be a power of two"):
+        parse_config(f"[sensor]\nringbuf_pages = {pages}\n", "x.toml")
+
+
+@pytest.mark.parametrize("pages", [1, 2, 64, 4096])
+def test_ringbuf_pages_power_of_two(pages: int) -> None:
+    """Powers of two are accepted for sensor.ringbuf_pages."""
+    assert parse_config(f"[sensor]\nringbuf_pages = {pages}\n").sensor.ringbuf_pages == pages
+
+
+@pytest.mark.parametrize("text", [
+    "[sensor]\npoll_timeout_ms = 0\n",
+    "[sensor]\nstats_interval_s = 0.0\n",
+    "[lineage]\ngrace_s = -1.0\n",
+    "[lineage]\nmax_entries = 1023\n",
+])
+def test_out_of_range(text: str) -> None:
+    """Out-of-range values raise ConfigError."""
+    with pytest.raises(ConfigError, match="x.toml"):
+        parse_config(text, "x.toml")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A path that does not exist raises ConfigError naming the path."""
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="cannot read config file") as info:
+        load_config(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_directory_path(tmp_path: Path) -> None:
+    """A path that is a directory (unreadable as a file) raises ConfigError, not OSError."""
+    with pytest.raises(ConfigError, match="cannot read config file") as info:
+        load_config(str(tmp_path))
+    assert str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["[sensor\n", "ringbuf_pages = \n", "a = 1\na = 2\n", "[sensor]\nx = 'unterminated\n"])
+def test_invalid_toml(tmp_path: Path, text: str) -> None:
+    """Text that is not TOML raises ConfigError naming the file."""
+    path = tmp_path / "broken.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    """A file that is not UTF-8 raises ConfigError, not UnicodeDecodeError."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"[sensor]\n# caf\xe9\n")
+    with pytest.raises(ConfigError):
+        load_config(str(path))
+
+
+def _check_config_or_error(text: str) -> None:
+    try:
+        config = parse_config(text, "fuzz.toml")
+    except ConfigError as exc:
+        assert "fuzz.toml" in str(exc)
+        return
+    assert isinstance(config, Config)
+    pages = config.sensor.ringbuf_pages
+    assert pages >= 1 and pages & (pages - 1) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_random_text(text: str) -> None:
+    """Random text only ever gives a Config or a ConfigError naming the source."""
+    _check_config_or_error(text)
+
+
+_VALUES = st.one_of(
+    st.booleans().map(lambda b: "true" if b else "false"),
+    st.integers(-(2**63), 2**63 - 1).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(
+        lambda f: "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf") if math.isinf(f) else repr(f)),
+    st.text(alphabet="abc 1", max_size=5).map(lambda s: f'"{s}"'),
+    st.just("[1, 2]"),
+    st.just("{ a = 1 }"),
+    st.just("1979-05-27T07:32:00Z"),
+)
+_KEYS = st.sampled_from([f.name for f in dataclasses.fields(SensorConfig)]
+                        + [f.name for f in dataclasses.fields(LineageConfig)] + ["bogus"])
+
+
+@st.composite
+def _toml_docs(draw: st.DrawFn) -> str:
+    lines = []
+    for _ in range(draw(st.integers(0, 6))):
+        lines.append(f"{draw(_KEYS)} = {draw(_VALUES)}")
+    for section in draw(st.lists(st.sampled_from(["sensor", "lineage", "other"]), max_size=3, unique=True)):
+        lines.append(f"[{section}]")
+        keys = draw(st.lists(_KEYS, max_size=5, unique=True))
+        lines += [f"{key} = {draw(_VALUES)}" for key in keys]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(_toml_docs())
+def test_random_toml(text: str) -> None:
+    """Random well-formed TOML over the real keys only ever gives a Config or a ConfigError."""
+    _check_config_or_error(text)
