@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup run test test-unit test-live lint bench gen clean
+.PHONY: setup run test test-unit lint gen clean
 
 setup:
 	@bash scripts/setup.sh
@@ -11,15 +11,16 @@ setup:
 run: setup
 	$(VENV)/bin/chainwatch run $(ARGS)
 
-test: setup
+test: setup lint
 	CHAINWATCH_REQUIRE_LIVE=1 $(PY) -m pytest -q tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit tests/replay
 
-lint: setup
+lint:
 	$(VENV)/bin/ruff check agent tests
 	$(VENV)/bin/mypy
+	$(PY) -m agent.abi --check
 
 gen:
 	$(PY) -m agent.abi

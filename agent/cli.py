@@ -62,10 +62,10 @@ def _run(args: argparse.Namespace, record_path: str | None) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from agent.events import FLAG_SEEDED
-    from agent.lineage.table import ProcessTable
-    from agent.pipeline import Pipeline
     from agent.daemon import dump_event
+    from agent.events import FLAG_SEEDED, Event
+    from agent.lineage.table import ProcessTable
+    from agent.pipeline import Consumer, Pipeline
     from agent.recording import read_recording
 
     try:
@@ -75,14 +75,14 @@ def _replay(args: argparse.Namespace) -> int:
     with fh:
         rec = read_recording(fh)
         features = rec.meta.get("features") or {}
-        consumers = []
+        consumers: list[Consumer] = []
         if args.dump:
-            out = sys.stdout
+            write = dump_event(sys.stdout)
 
-            def dump_live(event: object, _write=dump_event(out)) -> None:
+            def dump_live(event: Event) -> None:
                 # Seeded processes are table state, not events that happened during the recording.
-                if not getattr(event, "flags", 0) & FLAG_SEEDED:
-                    _write(event)  # type: ignore[arg-type]
+                if not event.flags & FLAG_SEEDED:
+                    write(event)
             consumers.append(dump_live)
         pipeline = Pipeline(ProcessTable(), module_loads_from_exec=features.get("module_load_source") == "exec",
                             consumers=consumers)

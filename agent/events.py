@@ -152,14 +152,14 @@ EVENT_TYPES: dict[str, type[Event]] = {
 def event_from_dict(data: dict[str, Any]) -> Event:
     """Rebuild an event from :meth:`Event.to_dict` output. Raises ValueError on unknown types or fields."""
     kind = data.get("type")
-    cls = EVENT_TYPES.get(kind)  # type: ignore[arg-type]
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None  # a damaged item may hold any value
     if cls is None:
         raise ValueError(f"unknown event type {kind!r}")
     kwargs = {k: v for k, v in data.items() if k != "type"}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(kwargs) - names
     if unknown:
-        raise ValueError(f"{kind} event has unknown fields: {sorted(unknown)}")
+        raise ValueError(f"{kind} event has unknown fields: {sorted(unknown, key=repr)}")
     for f in dataclasses.fields(cls):
         if f.name in kwargs and isinstance(kwargs[f.name], list):
             kwargs[f.name] = tuple(kwargs[f.name])

@@ -73,22 +73,25 @@ def read_recording(fh: IO[bytes]) -> Recording:
     if not isinstance(meta, dict) or meta.get("format") != MAGIC:
         raise RecordingError("not a chainwatch recording (no chainwatch header)")
     if meta.get("version") != VERSION:
-        raise RecordingError(f"recording version {meta.get('version')} is not supported (this chainwatch reads {VERSION})")
+        raise RecordingError(f"recording version {meta.get('version')} is not supported "
+                             f"(this chainwatch reads {VERSION})")
     rec = Recording(meta, iter(()))
 
     def events() -> Iterator[Event]:
         index = 0
+        done = unpacker.tell()  # end of the last complete item: after a cut, tell() points into the torn one
         while True:
             try:
                 item = next(unpacker)
             except StopIteration:
-                if size is not None and unpacker.tell() < size:
-                    rec.errors.append(f"item {index + 1}: truncated at byte {unpacker.tell()} of {size}")
+                if size is not None and done < size:
+                    rec.errors.append(f"item {index + 1}: truncated at byte {done} of {size}")
                 return
             except (msgpack.FormatError, msgpack.StackError, ValueError) as exc:
                 rec.errors.append(f"item {index}: unreadable ({exc}); stopping")
                 return
             index += 1
+            done = unpacker.tell()
             if not isinstance(item, dict):
                 rec.errors.append(f"item {index}: not an event map")
                 continue

@@ -1,5 +1,11 @@
-"""``python -m agent.abi`` regenerates bpf/include/events.gen.h."""
+"""``python -m agent.abi`` regenerates bpf/include/events.gen.h; ``--check`` fails if it is stale."""
 
-from agent.abi.cgen import write
+import sys
 
-print(write())
+from agent.abi.cgen import HEADER_PATH, render, write
+
+if "--check" in sys.argv[1:]:
+    if HEADER_PATH.read_text() != render():
+        sys.exit(f"{HEADER_PATH} is stale: run `python -m agent.abi` (make gen) and commit it")
+else:
+    print(write())

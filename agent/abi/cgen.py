@@ -24,7 +24,7 @@ def _c_struct(record: layout.Record, with_header: bool) -> list[str]:
 def _asserts(c_name: str, py_struct: type[ctypes.Structure]) -> list[str]:
     lines = [f"_Static_assert(sizeof(struct {c_name}) == {ctypes.sizeof(py_struct)}, "
              f"\"struct {c_name} size drifted from agent/abi/layout.py\");"]
-    for field_name, _ in py_struct._fields_:
+    for field_name, *_ in py_struct._fields_:
         offset = getattr(py_struct, field_name).offset
         lines.append(f"_Static_assert(__builtin_offsetof(struct {c_name}, {field_name}) == {offset}, "
                      f"\"{c_name}.{field_name} offset drifted\");")

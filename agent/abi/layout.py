@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 # Sizes of the variable parts. Powers of two so the BPF side can bound lengths with a mask.
 COMM_LEN: Final = 16
@@ -147,8 +147,8 @@ RECORDS["OP_ACCEPT"] = RECORDS["OP_CONNECT"]
 RECORDS["OP_LISTEN"] = RECORDS["OP_CONNECT"]
 
 
-def _ctypes_fields(record: Record) -> list[tuple[str, type]]:
-    return [(name, ctype * length if length else ctype) for name, ctype, length in record.fields]
+def _ctypes_fields(record: Record) -> list[tuple[str, Any]]:
+    return [(name, ctype * length if length else ctype) for name, ctype, length in record.fields]  # type: ignore[operator]
 
 
 class EventHeader(ctypes.Structure):

@@ -73,7 +73,8 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF) -> KernelOffsets:
             name: f"offsetof(struct {struct}, {member})" for name, (struct, member) in WANTED.items()})
     raise OffsetsUnavailable(
         f"this kernel has no BTF ({btf_path}) and no headers at {headers_dir()}; "
-        "install the kernel headers for this kernel (make setup does it) or use a kernel built with CONFIG_DEBUG_INFO_BTF")
+        "install the kernel headers for this kernel (make setup does it) "
+        "or use a kernel built with CONFIG_DEBUG_INFO_BTF")
 
 
 __all__ = ["WANTED", "KernelOffsets", "OffsetsUnavailable", "kernel_offsets", "BtfError"]

@@ -78,16 +78,25 @@ class ProbeOptions:
 def load_persistence_list(path: Path = PERSISTENCE_LIST) -> tuple[list[str], list[str]]:
     """(prefixes, suffixes) from the shared persistence list."""
     data = yaml.safe_load(path.read_text()) or {}
-    prefixes = [str(p) for p in data.get("prefixes", [])]
-    suffixes = [str(s) for s in data.get("suffixes", [])]
-    for p in prefixes:
-        if not p.startswith("/"):
-            raise ValueError(f"{path}: prefix {p!r} is not an absolute path")
-    return prefixes, suffixes
+    out: dict[str, list[str]] = {"prefixes": [], "suffixes": []}
+    for kind, entries in out.items():
+        for entry in data.get(kind) or []:
+            # The kernel compares bytes at constant offsets: entries must be non-empty ASCII strings.
+            if not isinstance(entry, str) or not entry or not entry.isascii():
+                raise ValueError(f"{path}: {kind} entry {entry!r} must be a non-empty ASCII string")
+            if kind == "prefixes" and not entry.startswith("/"):
+                raise ValueError(f"{path}: prefix {entry!r} is not an absolute path")
+            entries.append(entry)
+    return out["prefixes"], out["suffixes"]
 
 
 def _c_char(ch: str) -> str:
     return repr(ch) if ch not in "'\\" else "'\\" + ch + "'"
+
+
+def _c_comment(text: str) -> str:
+    # A path may contain "*/" (it must not end the comment) or "/*" (-Wcomment).
+    return text.replace("*/", "*\\/").replace("/*", "/\\*")
 
 
 def render_path_matcher(prefixes: list[str], suffixes: list[str]) -> str:
@@ -95,10 +104,10 @@ def render_path_matcher(prefixes: list[str], suffixes: list[str]) -> str:
     lines = ["static __always_inline int persist_path_match(const char *p, u32 len) {"]
     for prefix in prefixes:
         cond = " && ".join(f"p[{i}] == {_c_char(c)}" for i, c in enumerate(prefix))
-        lines.append(f"    if (len >= {len(prefix)} && {cond}) return 1;  /* {prefix} */")
+        lines.append(f"    if (len >= {len(prefix)} && {cond}) return 1;  /* {_c_comment(prefix)} */")
     for suffix in suffixes:
         cond = " && ".join(f"s[{i}] == {_c_char(c)}" for i, c in enumerate(suffix))
-        lines.append(f"    if (len >= {len(suffix)}) {{  /* ends with {suffix} */")
+        lines.append(f"    if (len >= {len(suffix)}) {{  /* ends with {_c_comment(suffix)} */")
         lines.append(f"        const char *s = p + ((len - {len(suffix)}) & (PATH_MAX_LEN - 1));")
         lines.append(f"        if ({cond}) return 1;")
         lines.append("    }")

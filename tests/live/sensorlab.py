@@ -19,8 +19,8 @@ class SensorLab:
         self.sensor: Sensor = open_sensor()
         self._lock = threading.Lock()
         self.events: list[Event] = []
-        self.pipeline = Pipeline(ProcessTable(), module_loads_from_exec=not self.sensor.program.features.module_tracepoints,
-                                 consumers=[self.events.append])
+        from_exec = not self.sensor.program.features.module_tracepoints
+        self.pipeline = Pipeline(ProcessTable(), module_loads_from_exec=from_exec, consumers=[self.events.append])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sensorlab", daemon=True)
         self._thread.start()

@@ -130,9 +130,13 @@ def test_ringbuf_pages_power_of_two(pages: int) -> None:
     "[sensor]\nstats_interval_s = 0.0\n",
     "[lineage]\ngrace_s = -1.0\n",
     "[lineage]\nmax_entries = 1023\n",
+    "[sensor]\nstats_interval_s = nan\n",
+    "[sensor]\nstats_interval_s = inf\n",
+    "[lineage]\ngrace_s = nan\n",
+    "[lineage]\ngrace_s = inf\n",
 ])
 def test_out_of_range(text: str) -> None:
-    """Out-of-range values raise ConfigError."""
+    """Out-of-range values (including NaN and infinity, which break the daemon's timers) raise ConfigError."""
     with pytest.raises(ConfigError, match="x.toml"):
         parse_config(text, "x.toml")
 
@@ -166,8 +170,9 @@ def test_non_utf8_file(tmp_path: Path) -> None:
     """A file that is not UTF-8 raises ConfigError, not UnicodeDecodeError."""
     path = tmp_path / "latin1.toml"
     path.write_bytes(b"[sensor]\n# caf\xe9\n")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="UTF-8") as info:
         load_config(str(path))
+    assert str(path) in str(info.value)
 
 
 def _check_config_or_error(text: str) -> None:
@@ -179,6 +184,9 @@ def _check_config_or_error(text: str) -> None:
     assert isinstance(config, Config)
     pages = config.sensor.ringbuf_pages
     assert pages >= 1 and pages & (pages - 1) == 0
+    assert math.isfinite(config.sensor.stats_interval_s) and config.sensor.stats_interval_s > 0
+    assert math.isfinite(config.lineage.grace_s) and config.lineage.grace_s >= 0
+    int(config.lineage.grace_s * 1e9)  # what the daemon does with it
 
 
 @settings(max_examples=200, deadline=None)

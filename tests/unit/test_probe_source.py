@@ -1,0 +1,328 @@
+"""agent.probes.source: the persistence path matcher, the persistence list, feature detection and cflags."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.probes import source
+from agent.probes.offsets import WANTED, KernelOffsets
+from agent.probes.source import (
+    Features,
+    ProbeOptions,
+    detect_features,
+    load_persistence_list,
+    render_cflags,
+    render_path_matcher,
+)
+
+GCC = shutil.which("gcc")
+needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed: cannot compile the matcher harness")
+
+HARNESS_PRELUDE = """\
+#include <stdio.h>
+#include <string.h>
+typedef unsigned int u32;
+#undef __always_inline /* glibc's cdefs.h has one */
+#define __always_inline inline
+#define PATH_MAX_LEN 256
+"""
+
+# The handful of paths the brief names, plus a few edges. Expected values are checked against the list, below.
+KNOWN_PATHS = {
+    "/etc/cron.d/x": 1,
+    "/etc/crontab": 1,
+    "/home/u/.ssh/authorized_keys": 1,
+    "/home/u/.ssh/authorized_keys2": 1,
+    "/root/.bashrc": 1,
+    "/etc/ld.so.preload": 1,
+    "/etc/systemd/system/evil.service": 1,
+    "/tmp/x": 0,
+    "/etc/passwd": 0,
+    "/etc/cro": 0,
+    "/home/u/.ssh/authorized_keys.bak": 0,
+    "/home/u/.ssh/known_hosts": 0,
+    "/": 0,
+}
+
+
+def _comments(text: str) -> list[str]:
+    return re.findall(r"/\*(.*?)\*/", text, flags=re.S)
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+
+
+def _c_string(text: str) -> str:
+    out = []
+    for byte in text.encode():
+        ch = chr(byte)
+        out.append(ch if 32 <= byte < 127 and ch not in '"\\?' else f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def _reference(path: str, prefixes: list[str], suffixes: list[str]) -> int:
+    """What the kernel filter means: a listed prefix or suffix."""
+    return int(any(path.startswith(p) for p in prefixes) or any(path.endswith(s) for s in suffixes))
+
+
+def _compile_and_run(tmp_path: Path, matcher: str, cases: dict[str, int]) -> subprocess.CompletedProcess[str]:
+    checks = "\n".join(f"    bad += check({_c_string(path)}, {want});" for path, want in cases.items())
+    program = HARNESS_PRELUDE + matcher + f"""
+static int check(const char *path, int want) {{
+    static char buf[600]; /* the kernel's path buffer is followed by more of the record: suffix reads stay inside */
+    size_t n = strlen(path);
+    memset(buf, 0, sizeof(buf));
+    memcpy(buf, path, n);
+    int got = persist_path_match(buf, (u32)n);
+    if (got != want) {{
+        printf("MISMATCH %s: got %d, want %d\\n", path, got, want);
+        return 1;
+    }}
+    return 0;
+}}
+
+int main(void) {{
+    int bad = 0;
+{checks}
+    printf("%d mismatches\\n", bad);
+    return bad != 0;
+}}
+"""
+    src = tmp_path / "matcher.c"
+    exe = tmp_path / "matcher"
+    src.write_text(program)
+    assert GCC is not None
+    build = subprocess.run([GCC, "-std=c11", "-Wall", "-Werror", "-o", str(exe), str(src)],
+                           capture_output=True, text=True, timeout=60)
+    assert build.returncode == 0, f"the rendered matcher does not compile:\n{build.stderr}"
+    return subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+
+
+def test_matcher_shape() -> None:
+    """A prefix renders as byte compares on p[], a suffix as byte compares on s[] at len - n, in one function."""
+    text = render_path_matcher(["/etc/cron"], ["/.zshrc"])
+    assert text.startswith("static __always_inline int persist_path_match(const char *p, u32 len) {")
+    assert "len >= 9 && p[0] == '/' && p[1] == 'e'" in text and "p[8] == 'n') return 1;" in text
+    assert "if (len >= 7) {" in text
+    assert "const char *s = p + ((len - 7) & (PATH_MAX_LEN - 1));" in text
+    assert "s[0] == '/' && s[1] == '.' && s[2] == 'z'" in text and "s[6] == 'c') return 1;" in text
+    assert text.rstrip().endswith("return 0;\n}")
+    code = _strip_comments(text)
+    assert code.count("{") == code.count("}")
+
+
+def test_matcher_empty_lists() -> None:
+    """With no prefixes or suffixes the matcher matches nothing."""
+    text = render_path_matcher([], [])
+    assert "return 1" not in text
+    assert "return 0;" in text
+
+
+def test_matcher_quotes_special_chars() -> None:
+    """Quote and backslash characters are rendered as valid C character constants."""
+    text = render_path_matcher(["/it's\\x"], [])
+    assert "p[3] == '\\''" in text
+    assert "p[5] == '\\\\'" in text
+
+
+def test_matcher_comments_do_not_close_early() -> None:
+    """Each comment in the matcher for the real list closes exactly once, at its end (no premature `*/`)."""
+    prefixes, suffixes = load_persistence_list()
+    text = render_path_matcher(prefixes, suffixes)
+    for line in text.splitlines():
+        opens, closes = line.count("/*"), line.count("*/")
+        assert opens == closes <= 1, f"unbalanced comment in: {line}"
+        if opens:
+            assert line.rstrip().endswith("*/"), f"code after a comment: {line}"
+    code = _strip_comments(text)
+    for entry in prefixes + suffixes:  # every listed path appears only inside comments and char constants
+        assert entry not in code
+
+
+def test_matcher_comment_injection() -> None:
+    """An entry containing `*/` cannot close the comment early and turn the rest of the entry into C."""
+    text = render_path_matcher(["/x*/ return 1; /*"], ["/y*/.bashrc"])
+    code = _strip_comments(text)
+    assert code.count("return 1;") == 2  # one per entry, none smuggled out of a comment
+    assert "/*" not in code and "*/" not in code
+    assert ".bashrc" not in code
+
+
+def test_real_persistence_list() -> None:
+    """The shared persistence list has the cron, ld.so.preload and authorized_keys entries."""
+    prefixes, suffixes = load_persistence_list()
+    assert "/etc/cron" in prefixes
+    assert "/etc/ld.so.preload" in prefixes
+    assert "/.ssh/authorized_keys" in suffixes
+    assert all(p.startswith("/") for p in prefixes)
+    assert all(isinstance(s, str) and s for s in suffixes)
+    assert len(set(prefixes)) == len(prefixes) and len(set(suffixes)) == len(suffixes)
+    assert all(len(entry) < 256 for entry in prefixes + suffixes)
+
+
+def test_relative_prefix_rejected(tmp_path: Path) -> None:
+    """A prefix that is not an absolute path raises ValueError naming it and the file."""
+    path = tmp_path / "persistence.yaml"
+    path.write_text("prefixes:\n  - /etc/cron\n  - etc/sudoers\nsuffixes:\n  - /.bashrc\n")
+    with pytest.raises(ValueError, match="etc/sudoers") as info:
+        load_persistence_list(path)
+    assert str(path) in str(info.value)
+
+
+def test_custom_list(tmp_path: Path) -> None:
+    """A list file's prefixes and suffixes come back in order; a missing section is empty."""
+    path = tmp_path / "persistence.yaml"
+    path.write_text("prefixes:\n  - /b\n  - /a/\n")
+    assert load_persistence_list(path) == (["/b", "/a/"], [])
+    path.write_text("")
+    assert load_persistence_list(path) == ([], [])
+
+
+def test_known_paths_agree_with_list() -> None:
+    """The expected results in KNOWN_PATHS are what the list means (so the C harness checks the right thing)."""
+    prefixes, suffixes = load_persistence_list()
+    for path, want in KNOWN_PATHS.items():
+        assert _reference(path, prefixes, suffixes) == want, path
+
+
+@needs_gcc
+def test_matcher_compiles_and_matches(tmp_path: Path) -> None:
+    """The matcher rendered from the real list compiles and gives the right answer for known paths."""
+    prefixes, suffixes = load_persistence_list()
+    result = _compile_and_run(tmp_path, render_path_matcher(prefixes, suffixes), KNOWN_PATHS)
+    assert result.returncode == 0, result.stdout
+    assert "0 mismatches" in result.stdout
+
+
+@needs_gcc
+def test_matcher_agrees_with_reference(tmp_path: Path) -> None:
+    """Over many generated paths (up to 255 bytes) the C matcher equals startswith/endswith over the list."""
+    prefixes, suffixes = load_persistence_list()
+    rng = random.Random(20240607)
+    pieces = ["/", "etc", "cron", ".d", "home", "u", ".ssh", "authorized_keys", ".bashrc", "x", "systemd",
+              "system", ".service", ".timer", "tmp", "ld.so.preload", "lib", "modules", "..", "a" * 40]
+    cases: dict[str, int] = {}
+    for entry in prefixes + suffixes:
+        for variant in (entry, entry[:-1], entry + "x", "/home/u" + entry, "/q" + entry[1:], entry * 3):
+            if variant.startswith("/") and len(variant) < 256:
+                cases[variant] = _reference(variant, prefixes, suffixes)
+    while len(cases) < 600:
+        path = "/" + "/".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        path = path[:255]
+        cases[path] = _reference(path, prefixes, suffixes)
+    long_key = "/home/" + "u" * (255 - len("/home//.ssh/authorized_keys")) + "/.ssh/authorized_keys"
+    assert len(long_key) == 255
+    cases[long_key] = 1
+    assert {0, 1} <= set(cases.values())
+    result = _compile_and_run(tmp_path, render_path_matcher(prefixes, suffixes), cases)
+    assert result.returncode == 0, result.stdout
+
+
+@needs_gcc
+def test_injected_entry_compiles_as_data(tmp_path: Path) -> None:
+    """An entry with `*/` in it still renders C that compiles and matches only that literal path."""
+    evil = "/x*/ return 1; /*"
+    cases = {evil: 1, "/tmp/x": 0, "/x": 0, "/home/y*/.bashrc": 1}
+    result = _compile_and_run(tmp_path, render_path_matcher([evil], ["/y*/.bashrc"]), cases)
+    assert result.returncode == 0, result.stdout
+
+
+def _tracefs(root: Path, *, group_dead: bool, modules: bool, legacy: bool) -> Path:
+    exit_dir = root / "events" / "sched" / "sched_process_exit"
+    exit_dir.mkdir(parents=True)
+    fields = ["field:char comm[16];\toffset:8;\tsize:16;\tsigned:0;",
+              "field:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;"]
+    if group_dead:
+        fields.append("field:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;")
+    (exit_dir / "format").write_text("name: sched_process_exit\nID: 312\nformat:\n\t" + "\n\t".join(fields) + "\n")
+    names = ["openat", "renameat", "execve"]
+    if modules:
+        names += ["init_module", "finit_module"]
+    if legacy:
+        names += ["open", "creat", "rename", "link", "symlink"]
+    for name in names:
+        (root / "events" / "syscalls" / f"sys_enter_{name}").mkdir(parents=True)
+    return root
+
+
+@pytest.mark.parametrize("group_dead", [True, False])
+@pytest.mark.parametrize("modules", [True, False])
+@pytest.mark.parametrize("legacy", [True, False])
+def test_detect_features(tmp_path: Path, group_dead: bool, modules: bool, legacy: bool) -> None:
+    """detect_features reads group_dead from the exit format and looks for module/legacy syscall tracepoints."""
+    root = _tracefs(tmp_path, group_dead=group_dead, modules=modules, legacy=legacy)
+    features = detect_features(str(root))
+    assert features == Features(str(root), group_dead, legacy, modules)
+    described = features.describe()
+    assert described["exit_filter"] == ("group_dead" if group_dead else "leader_exit")
+    assert described["module_load_source"] == ("tracepoint" if modules else "exec")
+
+
+def test_detect_features_partial_module_tracepoints(tmp_path: Path) -> None:
+    """Only init_module without finit_module is not enough for module tracepoints."""
+    root = _tracefs(tmp_path, group_dead=True, modules=False, legacy=False)
+    (root / "events" / "syscalls" / "sys_enter_init_module").mkdir()
+    assert detect_features(str(root)).module_tracepoints is False
+
+
+def test_detect_features_missing_exit_format(tmp_path: Path) -> None:
+    """A tracefs without sched_process_exit/format gives exit_group_dead False, not an error."""
+    (tmp_path / "events" / "syscalls" / "sys_enter_init_module").mkdir(parents=True)
+    (tmp_path / "events" / "syscalls" / "sys_enter_finit_module").mkdir(parents=True)
+    features = detect_features(str(tmp_path))
+    assert features == Features(str(tmp_path), False, False, True)
+
+
+def test_detect_features_without_tracefs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With no tracefs mounted every feature is off."""
+    monkeypatch.setattr(source, "TRACEFS_CANDIDATES", (str(tmp_path / "nope"),))
+    assert detect_features() == Features(None, False, False, False)
+
+
+def test_render_cflags() -> None:
+    """render_cflags defines every offset macro in WANTED and every feature/option flag."""
+    values = {name: str(8 * i + 3) for i, name in enumerate(sorted(WANTED))}
+    offsets = KernelOffsets("btf", values)
+    features = Features("/sys/kernel/tracing", exit_group_dead=True, legacy_syscalls=False, module_tracepoints=True)
+    options = ProbeOptions(capture_env=False, skip_loopback=True, ringbuf_pages=512)
+    flags = render_cflags(offsets, features, options)
+    for name, value in values.items():
+        assert f"-D{name}={value}" in flags, name
+    defined = {f[2:].split("=", 1)[0] for f in flags if f.startswith("-D")}
+    assert set(WANTED) <= defined
+    for flag in ("-DHAVE_EXIT_GROUP_DEAD=1", "-DHAVE_SYS_OPEN=0", "-DHAVE_MODULE_TRACEPOINTS=1",
+                 "-DCAPTURE_ENV=0", "-DSKIP_LOOPBACK=1", "-DRINGBUF_PAGES=512"):
+        assert flag in flags
+    assert len(flags) == len(set(flags))
+
+
+def test_render_cflags_headers_fallback() -> None:
+    """Header-fallback offsets (offsetof expressions) are passed through as macro values."""
+    values = {name: f"offsetof(struct {s}, {m})" for name, (s, m) in WANTED.items()}
+    flags = render_cflags(KernelOffsets("headers", values), Features(None, False, True, False), ProbeOptions())
+    assert "-DTASK_TGID=offsetof(struct task_struct, tgid)" in flags
+    assert "-DHAVE_SYS_OPEN=1" in flags and "-DHAVE_EXIT_GROUP_DEAD=0" in flags
+    assert "-DCAPTURE_ENV=1" in flags and "-DRINGBUF_PAGES=2048" in flags
+
+
+def test_render_source_includes_matcher() -> None:
+    """render_source inlines the generated header and the matcher for the real list."""
+    text = source.render_source()
+    assert "#define OP_EXEC 1" in text
+    assert render_path_matcher(*load_persistence_list()) in text
+
+
+@pytest.mark.parametrize("entry", ["''", "null", "/etc/crön", "42"])
+def test_persistence_list_rejects_entries_the_kernel_cannot_compare(tmp_path, entry) -> None:
+    """Empty, null, non-string and non-ASCII entries are refused: the kernel matcher compares ASCII bytes."""
+    bad = tmp_path / "p.yaml"
+    bad.write_text(f"prefixes: ['/etc/cron']\nsuffixes: [{entry}]\n")
+    with pytest.raises(ValueError, match="non-empty ASCII"):
+        load_persistence_list(bad)
