@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -10,11 +11,12 @@ import structlog
 
 from agent import logs
 from agent.btf import BtfError
-from agent.config import ConfigError, load_config
+from agent.config import Config, ConfigError, load_config
+from agent.detect.rules import RuleErrors
 from agent.probes.offsets import OffsetsUnavailable
 from agent.recording import RecordingError
 
-USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError)
+USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError, RuleErrors)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,17 +24,25 @@ def _parser() -> argparse.ArgumentParser:
                                 "package installs and CI jobs")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def detection_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--alerts", metavar="FILE|-", action="append",
+                       help="write alerts here (repeatable; - is stdout); replaces the configured outputs")
+        p.add_argument("--rules", metavar="DIR", help="rules directory (default: the bundled rules)")
+
     run = sub.add_parser("run", help="run the sensor in the foreground (root)")
     run.add_argument("--config", help="TOML config file (default: built-in defaults)")
     run.add_argument("--record", metavar="FILE", help="also write every event to FILE (msgpack stream)")
+    detection_args(run)
 
     rec = sub.add_parser("record", help="like run, and write every decoded event to FILE")
     rec.add_argument("file")
     rec.add_argument("--config")
+    detection_args(rec)
 
     rep = sub.add_parser("replay", help="run a recorded event stream through the pipeline (no root, no bcc)")
     rep.add_argument("file")
     rep.add_argument("--dump", action="store_true", help="print each event as one JSON line")
+    detection_args(rep)
 
     sub.add_parser("doctor", help="check kernel, BTF, tracepoints, bcc, headers and privileges")
 
@@ -40,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     bpf_sub = bpf.add_subparsers(dest="bpf_command", required=True)
     dump = bpf_sub.add_parser("dump", help="print the exact BPF source and compiler flags")
     dump.add_argument("--config")
+
+    rules = sub.add_parser("rules", help="detection rule tools")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate every rule and list file; print each problem as file:line")
+    check.add_argument("dir", nargs="?", help="rules directory (default: the bundled rules)")
     return p
 
 
@@ -47,7 +62,7 @@ def _run(args: argparse.Namespace, record_path: str | None) -> int:
     from agent.daemon import Agent
     from agent.probes.loader import ProbeError
 
-    config = load_config(args.config)
+    config = with_detection_args(load_config(args.config), args)
     try:
         if record_path is None:
             return Agent(config).run()
@@ -59,6 +74,16 @@ def _run(args: argparse.Namespace, record_path: str | None) -> int:
             return Agent(config, record=fh).run()
     except ProbeError as exc:
         return _fail(str(exc))
+
+
+def with_detection_args(config: Config, args: argparse.Namespace) -> Config:
+    """Apply --alerts and --rules over the config."""
+    detection = config.detection
+    if args.alerts:
+        detection = dataclasses.replace(detection, alerts=list(args.alerts))
+    if args.rules:
+        detection = dataclasses.replace(detection, rules_dir=args.rules)
+    return dataclasses.replace(config, detection=detection).validate("command line")
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -84,10 +109,24 @@ def _replay(args: argparse.Namespace) -> int:
                 if not event.flags & FLAG_SEEDED:
                     write(event)
             consumers.append(dump_live)
-        pipeline = Pipeline(ProcessTable(), module_loads_from_exec=features.get("module_load_source") == "exec",
+        table = ProcessTable()
+        sink = None
+        if args.alerts:
+            from agent.alerts import Host
+            from agent.detect.engine import DetectionEngine
+            from agent.detect.rules import default_rules_dir, load_rules
+            from agent.sinks import AlertSink
+
+            rules = load_rules(args.rules or default_rules_dir())
+            sink = AlertSink(list(args.alerts))
+            host = Host(str(rec.meta.get("hostname", "")), str(rec.meta.get("host_id", "")))
+            consumers.append(DetectionEngine(rules, table, host, sink.put, int(rec.meta.get("boot_offset_ns", 0))))
+        pipeline = Pipeline(table, module_loads_from_exec=features.get("module_load_source") == "exec",
                             consumers=consumers)
         for event in rec.events:
             pipeline.feed(event)
+        if sink is not None:
+            sink.close()
         sys.stdout.flush()
     log = structlog.get_logger()
     for error in rec.errors:
@@ -105,6 +144,20 @@ def _bpf_dump(args: argparse.Namespace) -> int:
     print(f"// features: {program.features.describe()}")
     print("// cflags: " + " ".join(program.cflags))
     print(program.text)
+    return 0
+
+
+def _rules_check(args: argparse.Namespace) -> int:
+    from agent.detect.rules import default_rules_dir, load_rules
+
+    directory = args.dir or default_rules_dir()
+    try:
+        ruleset = load_rules(directory)
+    except RuleErrors as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(f"{len(ruleset.rules)} rules OK ({directory})")
     return 0
 
 
@@ -129,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_doctor()
         if args.command == "bpf":
             return _bpf_dump(args)
+        if args.command == "rules":
+            return _rules_check(args)
     except USER_ERRORS as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:

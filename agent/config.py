@@ -33,12 +33,24 @@ class LineageConfig:
     max_entries: int = 65536
 
 
+DEFAULT_ALERTS_FILE = "/var/log/chainwatch/alerts.jsonl"
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Rules and alert outputs."""
+
+    rules_dir: str = ""  # empty: the bundled rules
+    alerts: list[str] = field(default_factory=lambda: ["-", DEFAULT_ALERTS_FILE])  # "-" is stdout
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole agent configuration."""
 
     sensor: SensorConfig = field(default_factory=SensorConfig)
     lineage: LineageConfig = field(default_factory=LineageConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def validate(self, source: str = "<defaults>") -> Config:
         """Check value ranges; raises ConfigError."""
@@ -50,6 +62,9 @@ class Config:
             raise ConfigError(f"{source}: sensor.poll_timeout_ms and sensor.stats_interval_s must be positive")
         if not 0 <= self.lineage.grace_s < math.inf or self.lineage.max_entries < 1024:
             raise ConfigError(f"{source}: lineage.grace_s must be >= 0 and lineage.max_entries >= 1024")
+        alerts = self.detection.alerts
+        if not alerts or not all(isinstance(a, str) and a for a in alerts):
+            raise ConfigError(f"{source}: detection.alerts must be a non-empty list of paths or \"-\" (stdout)")
         return self
 
 

@@ -11,7 +11,10 @@ from typing import IO, Any
 
 import structlog
 
+from agent.alerts import Host, boot_to_wall_offset_ns
 from agent.config import Config
+from agent.detect.engine import DetectionEngine
+from agent.detect.rules import RuleSet, default_rules_dir, load_rules
 from agent.events import Event
 from agent.lineage.seed import seed_events
 from agent.lineage.table import ProcessTable
@@ -19,6 +22,7 @@ from agent.pipeline import Consumer, Pipeline
 from agent.probes.loader import Sensor, open_sensor
 from agent.probes.source import ProbeOptions
 from agent.recording import RecordingWriter
+from agent.sinks import AlertSink
 
 log = structlog.get_logger()
 
@@ -58,6 +62,10 @@ class Agent:
 
     def __init__(self, config: Config, *, record: IO[bytes] | None = None, consumers: Iterable[Consumer] = ()):
         self.config = config
+        # Rules first: a bad rule stops startup with its file and line, before anything is loaded.
+        self.rules: RuleSet = load_rules(config.detection.rules_dir or default_rules_dir())
+        self.sink: AlertSink | None = None
+        self.engine: DetectionEngine | None = None
         self._record_fh = record
         self._extra_consumers = list(consumers)
         self._stopping = False
@@ -78,16 +86,23 @@ class Agent:
         table = ProcessTable(grace_ns=int(self.config.lineage.grace_s * 1e9),
                              max_entries=self.config.lineage.max_entries)
         taps: list[Consumer] = []
+        meta = host_meta()
+        boot_offset = boot_to_wall_offset_ns()
         if self._record_fh is not None:
-            self.writer = RecordingWriter(self._record_fh, {**host_meta(), "features": features.describe()})
+            self.writer = RecordingWriter(self._record_fh, {**meta, "features": features.describe(),
+                                                            "boot_offset_ns": boot_offset})
             taps.append(self.writer.write)
+        self.sink = AlertSink(list(self.config.detection.alerts))
+        self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), self.sink.put,
+                                      boot_offset)
         self.pipeline = Pipeline(table, module_loads_from_exec=not features.module_tracepoints, taps=taps,
-                                 consumers=self._extra_consumers)
+                                 consumers=[self.engine, *self._extra_consumers])
         # Seed after attaching, so a process born in between is seen by one or both; the table merges them.
         seeded = seed_events()
         for event in seeded:
             self.pipeline.feed(event)
-        log.info("sensor_ready", probes=self.sensor.attached(), offsets=self.sensor.program.offsets.source,
+        log.info("sensor_ready", rules=len(self.rules.rules), alerts=list(self.config.detection.alerts),
+                 probes=self.sensor.attached(), offsets=self.sensor.program.offsets.source,
                  features=features.describe(), seeded_processes=len(seeded),
                  startup_s=round(time.monotonic() - started, 3), pid=os.getpid())
         self._last_drops = self.sensor.kernel_drops()
@@ -113,7 +128,10 @@ class Agent:
                         self.writer.flush()
                     next_drop_check = now + DROP_CHECK_INTERVAL_S
                 if now >= next_stats:
-                    pipeline.table.reap(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+                    ktime = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+                    pipeline.table.reap(ktime)
+                    assert self.engine is not None
+                    self.engine.prune(ktime)
                     self.log_stats()
                     next_stats = now + interval
             sd_notify("STOPPING=1")
@@ -121,6 +139,8 @@ class Agent:
             self._check_drops()
             self.log_stats(final=True)
         finally:
+            if self.sink is not None:
+                self.sink.close()
             if self.writer is not None:
                 self.writer.flush()
             if self.sensor is not None:
@@ -140,7 +160,8 @@ class Agent:
         """The periodic stats line: event counts, losses (kernel and userspace), table size."""
         assert self.pipeline is not None and self.sensor is not None
         stats = self.pipeline.stats()
-        log.info("stats", final=final, **stats, kernel_drops=self.sensor.kernel_drops(),
+        detection = {**self.engine.stats(), **self.sink.stats()} if self.engine and self.sink else {}
+        log.info("stats", final=final, **stats, **detection, kernel_drops=self.sensor.kernel_drops(),
                  userspace_drops=stats["decode_errors"],
                  recorded=self.writer.written if self.writer else None)
 

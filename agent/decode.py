@@ -66,9 +66,21 @@ def _chars(r: Any, name: str, length: int) -> bytes:
     return ctypes.string_at(ctypes.addressof(r) + field.offset, length)
 
 
+S_IFMT: Final = 0o170000
+FILE_TYPES: Final = {0o140000: "socket", 0o120000: "lnk", 0o100000: "reg", 0o060000: "blk", 0o040000: "dir",
+                     0o020000: "chr", 0o010000: "fifo"}
+
+
 def _exec(r: Any, common: dict[str, Any]) -> ev.Event:
+    stdio = tuple(FILE_TYPES.get(mode & S_IFMT, "") if mode else "" for mode in r.stdio_mode)
+    sock: dict[str, Any] = {}
+    if r.stdio_sock_fd in (0, 1):
+        s = _sock(r)
+        sock = {"stdio_socket_fd": r.stdio_sock_fd, "stdio_family": s["family"], "stdio_transport": s["transport"],
+                "stdio_daddr": _addr(r.family, r.addr), "stdio_dport": r.port}
     return ev.Exec(**common, filename=_text(_chars(r, "filename", r.filename_len)),
-                   args=_argv(_chars(r, "args", r.args_len)), env=parse_env_block(_chars(r, "env", r.env_len)))
+                   args=_argv(_chars(r, "args", r.args_len)), env=parse_env_block(_chars(r, "env", r.env_len)),
+                   stdio=stdio, **sock)
 
 
 def _fork(r: Any, common: dict[str, Any]) -> ev.Event:

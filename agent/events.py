@@ -51,6 +51,14 @@ class Exec(Event):
     args: tuple[str, ...] = ()
     # Only the attribution variables (agent.capture.ENV_CAPTURE); labels, never trusted.
     env: dict[str, str] = field(default_factory=dict)
+    # What fds 0, 1, 2 were at exec: "socket", "fifo", "chr", "reg", "dir", "blk", "lnk" or "" (closed).
+    stdio: tuple[str, ...] = ()
+    # If stdin or stdout is a socket: which fd, and the socket (family, transport, peer address and port).
+    stdio_socket_fd: int = -1
+    stdio_family: str = ""
+    stdio_transport: str = ""
+    stdio_daddr: str = ""
+    stdio_dport: int = 0
 
 
 @dataclass(frozen=True, slots=True)

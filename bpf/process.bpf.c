@@ -17,6 +17,24 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     if (n == sizeof(e->filename))
         e->hdr.flags |= EV_FILENAME_TRUNCATED;
 
+    /* What stdin/stdout/stderr are: a shell started on a socket is a reverse shell; a relay has pipes. */
+    e->stdio_sock_fd = -1;
+    e->family = 0;
+    e->sock_type = 0;
+    e->port = 0;
+    e->lport = 0;
+    __builtin_memset(e->addr, 0, sizeof(e->addr));
+#pragma unroll
+    for (int fd = 0; fd < 3; fd++) {
+        void *file = current_fd_file(fd);
+        e->stdio_mode[fd] = file ? read_u16(read_ptr(file, FILE_INODE), INODE_MODE) : 0;
+        if (fd < 2 && e->stdio_sock_fd < 0 && (e->stdio_mode[fd] & S_IFMT_) == S_IFSOCK_) {
+            e->stdio_sock_fd = fd;
+            sock_describe(file, &e->family, &e->sock_type, &e->port, &e->lport, e->addr);
+        }
+    }
+    e->_pad = 0;
+
     /* argv and envp are contiguous NUL-separated blocks in the new mm; one bounded read each. */
     void *mm = read_ptr((void *)bpf_get_current_task(), TASK_MM);
     u64 arg_start = read_u64(mm, MM_ARG_START), arg_end = read_u64(mm, MM_ARG_END);

@@ -14,6 +14,8 @@ kernel=$(uname -r)
 arch=$(dpkg --print-architecture)
 # bcc comes from the distro: the PyPI package called "bcc" is an unrelated project.
 packages=(python3-bpfcc python3-venv python3-yaml bpftool iproute2 kmod gcc make)
+# Tools the live tests use as attacks (in network namespaces only) and as benign workloads.
+packages+=(netcat-traditional ncat socat gawk openssl curl wget git)
 
 headers_pkg=""
 apt_updated=0

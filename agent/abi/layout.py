@@ -103,7 +103,10 @@ RECORDS: Final[dict[str, Record]] = {
         ("filename_len", u32, 0),
         ("args_len", u32, 0),
         ("env_len", u32, 0),
-        ("_pad", u32, 0),
+        ("stdio_sock_fd", s32, 0),  # which of fd 0/1 is described by the socket fields, or -1
+        ("stdio_mode", u16, 3),  # inode i_mode of fds 0, 1, 2 (0: not open)
+        ("_pad", u16, 0),
+        *SOCK_FIELDS,
         ("filename", ctypes.c_char, FILENAME_MAX),
         ("args", ctypes.c_char, ARGS_MAX),
         ("env", ctypes.c_char, ENV_MAX),

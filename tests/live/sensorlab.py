@@ -6,6 +6,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from agent.alerts import Host, boot_to_wall_offset_ns
+from agent.detect.engine import DetectionEngine
+from agent.detect.rules import default_rules_dir, load_rules
 from agent.events import Event
 from agent.lineage.table import ProcessTable
 from agent.pipeline import Pipeline
@@ -19,8 +22,13 @@ class SensorLab:
         self.sensor: Sensor = open_sensor()
         self._lock = threading.Lock()
         self.events: list[Event] = []
+        self.alerts: list[dict[str, object]] = []
+        table = ProcessTable()
+        self.engine = DetectionEngine(load_rules(default_rules_dir()), table, Host("live-test", "live-test-host"),
+                                      self.alerts.append, boot_to_wall_offset_ns())
         from_exec = not self.sensor.program.features.module_tracepoints
-        self.pipeline = Pipeline(ProcessTable(), module_loads_from_exec=from_exec, consumers=[self.events.append])
+        self.pipeline = Pipeline(table, module_loads_from_exec=from_exec,
+                                 consumers=[self.events.append, self.engine])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sensorlab", daemon=True)
         self._thread.start()
@@ -49,6 +57,17 @@ class SensorLab:
             time.sleep(0.02)
         time.sleep(settle)
         return self.select(pred, since)
+
+    def alert_mark(self) -> int:
+        """A position in the alert list."""
+        with self._lock:
+            return len(self.alerts)
+
+    def alerts_since(self, since: int, settle: float = 1.0) -> list[dict[str, object]]:
+        """Alerts written after ``since``, once the pipeline had time to catch up."""
+        time.sleep(settle)
+        with self._lock:
+            return list(self.alerts[since:])
 
     def with_table(self, fn: Callable[[ProcessTable], object]) -> object:
         """Run fn on the process table under the lock."""

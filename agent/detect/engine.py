@@ -1,0 +1,42 @@
+"""Detection as a pipeline consumer: event -> detectors -> correlator -> alert out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from agent.alerts import Host
+from agent.detect.correlate import Correlator
+from agent.detect.detectors import Detectors
+from agent.detect.rules import RuleSet
+from agent.events import Event
+from agent.lineage.table import ProcessTable
+
+
+class DetectionEngine:
+    """Call it with every event (after the process table saw it); alerts go to ``emit``."""
+
+    def __init__(self, rules: RuleSet, table: ProcessTable, host: Host, emit: Callable[[dict[str, Any]], None],
+                 boot_offset_ns: int):
+        self.detectors = Detectors(rules, table)
+        self.correlator = Correlator(table, host, boot_offset_ns)
+        self.emit = emit
+        self.signals = 0
+        self.alerts = 0
+
+    def __call__(self, event: Event) -> None:
+        for signal in self.detectors(event):
+            self.signals += 1
+            alert = self.correlator.add(signal)
+            if alert is not None:
+                self.alerts += 1
+                self.emit(alert)
+
+    def prune(self, now_ktime: int) -> None:
+        """Close expired windows and incidents."""
+        self.detectors.prune(now_ktime)
+        self.correlator.prune(now_ktime)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the stats line."""
+        return {"signals": self.signals, "alerts": self.alerts, "alerts_suppressed": self.correlator.suppressed}
