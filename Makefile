@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup run test test-unit lint gen clean
+.PHONY: setup run test test-unit lint gen clean bench-latency
 
 setup:
 	@bash scripts/setup.sh
@@ -21,6 +21,9 @@ lint:
 	$(VENV)/bin/ruff check agent tests
 	$(VENV)/bin/mypy
 	$(PY) -m agent.abi --check
+
+bench-latency: setup
+	$(PY) bench/latency.py -n 200
 
 gen:
 	$(PY) -m agent.abi

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from agent.detect.lists import Lists, TunnelTool
+from agent.detect.lists import Lists
 from agent.detect.rules import Rule, RuleSet
 from agent.detect.signals import Signal
 from agent.events import Connect, Event, Exec, Fork, SocketDup
@@ -77,19 +77,6 @@ def interpreter_one_liner(name: str, args: Sequence[str], stdio: Sequence[str]) 
         if len(args) >= 3:
             return "telnet with host and port"
     return None
-
-
-def tunnel_match(tool: TunnelTool, name: str, args: Sequence[str]) -> bool:
-    """Whether an exec of ``name`` with ``args`` is an invocation of ``tool``."""
-    if name not in tool.executables:
-        return False
-    rest = args[1:]
-    if not tool.args_any and not tool.args_prefix_any:
-        return True
-    if tool.args_any and _flagged(rest, *tool.args_any):
-        return True
-    prefixes = tuple(p.lower() for p in tool.args_prefix_any)
-    return bool(prefixes) and any(a.lower().startswith(prefixes) for a in rest)
 
 
 @dataclass
@@ -158,15 +145,14 @@ class Detectors:
         if technique and any(fnmatchcase(parent_name, p) for p in self.lists.reverse_shell_parents):
             for rule in self.rules.by_detector("interpreter_reverse_shell"):
                 self._pending.setdefault(key, []).append(_Pending(rule, event, technique, ELASTIC_WINDOW_NS))
-        for tool in self.lists.tunnels:
-            if tunnel_match(tool, name, event.args):
-                for rule in self.rules.by_detector("tunnel_tool"):
-                    # Signalled at once; its first remote connect adds the destination.
-                    sig = self._emit(rule, event, proc, f"{tool.name} started: {' '.join(event.args)[:200]}")
-                    if sig:
-                        out.append(sig)
-                        self._pending.setdefault(key, []).append(_Pending(rule, event, tool.name, TUNNEL_WINDOW_NS))
-                break
+        tool = self.lists.tunnel_for(event.filename, event.args)
+        if tool is not None:
+            for rule in self.rules.by_detector("tunnel_tool"):
+                # Signalled at once; its first remote connect adds the destination.
+                sig = self._emit(rule, event, proc, f"{tool.name} started: {' '.join(event.args)[:200]}")
+                if sig:
+                    out.append(sig)
+                    self._pending.setdefault(key, []).append(_Pending(rule, event, tool.name, TUNNEL_WINDOW_NS))
         if (name in self.lists.shells and event.stdio_socket_fd in (0, 1)
                 and event.stdio_family in ("ipv4", "ipv6") and self.lists.is_remote(event.stdio_daddr)):
             for rule in self.rules.by_detector("stdio_to_socket"):

