@@ -1,13 +1,14 @@
 """Which environment variables the sensor captures: build-system attribution labels.
 
-Exec events carry only the variables named here (the kernel side copies the same set).
+The kernel copies the whole environment block at exec (bounded); decoding keeps only the variables
+named here.
 They tell *which* package, lifecycle script or CI job started a process. They are labels
 chosen by whoever set the environment, so they attribute but never authorise.
 """
 
 from __future__ import annotations
 
-__all__ = ["ENV_CAPTURE", "ENV_CAPTURE_PREFIXES", "env_wanted", "parse_env_block"]
+__all__ = ["ENV_CAPTURE_PREFIXES", "env_wanted", "parse_env_block"]
 
 ENV_CAPTURE_PREFIXES: tuple[str, ...] = (
     "npm_package_",
@@ -29,9 +30,6 @@ ENV_CAPTURE_PREFIXES: tuple[str, ...] = (
     "BUILDKITE_",
 )
 """Captured names: an entry ending in ``_`` is a prefix, any other entry an exact name."""
-
-ENV_CAPTURE = ENV_CAPTURE_PREFIXES
-"""Alias of :data:`ENV_CAPTURE_PREFIXES` (the name :mod:`agent.events` refers to)."""
 
 _PREFIXES: tuple[str, ...] = tuple(p for p in ENV_CAPTURE_PREFIXES if p.endswith("_"))
 _EXACT: frozenset[str] = frozenset(p for p in ENV_CAPTURE_PREFIXES if not p.endswith("_"))

@@ -49,7 +49,7 @@ class Exec(Event):
     type: ClassVar[str] = "exec"
     filename: str = ""
     args: tuple[str, ...] = ()
-    # Only the attribution variables (agent.capture.ENV_CAPTURE); labels, never trusted.
+    # Only the attribution variables (agent.capture.ENV_CAPTURE_PREFIXES); labels, never trusted.
     env: dict[str, str] = field(default_factory=dict)
     # What fds 0, 1, 2 were at exec: "socket", "fifo", "chr", "reg", "dir", "blk", "lnk" or "" (closed).
     stdio: tuple[str, ...] = ()

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
 
 from agent.detect.lists import Lists
 from agent.detect.rules import Rule, RuleSet
@@ -121,15 +122,16 @@ class Detectors:
     def _parent(self, proc: Process | None) -> Process | None:
         return self.table.get(proc.parent_key) if proc is not None and proc.parent_key else None
 
-    def _emit(self, rule: Rule, event: Event, proc: Process | None, reason: str, **net: object) -> Signal | None:
+    def _emit(self, rule: Rule, event: Event, proc: Process | None, reason: str, *, daddr: str = "",
+              dport: int = 0, family: str = "", transport: str = "") -> Signal | None:
         exe = proc.filename if proc else ""
         parent = self._parent(proc)
         args = proc.args if proc else ()
-        if rule.exceptions.matches(exe, parent.filename if parent else "", args, str(net.get("daddr") or "") or None,
-                                   int(net.get("dport") or 0) or None):  # type: ignore[call-overload]
+        if rule.exceptions.matches(exe, parent.filename if parent else "", args, daddr or None, dport or None):
             return None
         key = proc.key if proc else process_key(event.pid, event.start_time)
-        return Signal(rule=rule, key=key, event=event, reason=reason, **net)  # type: ignore[arg-type]
+        return Signal(rule=rule, key=key, event=event, reason=reason, daddr=daddr, dport=dport, family=family,
+                      transport=transport)
 
     # ---------------------------------------------------------------- handlers
 
@@ -178,7 +180,8 @@ class Detectors:
         assert isinstance(event, Connect)
         if event.result not in ATTEMPTED or not self.lists.is_remote(event.daddr):
             return []
-        net = {"daddr": event.daddr, "dport": event.dport, "family": event.family, "transport": event.transport}
+        net: dict[str, Any] = {"daddr": event.daddr, "dport": event.dport, "family": event.family,
+                               "transport": event.transport}
         out = []
         exe = proc.filename if proc else ""
         if basename(exe) in self.lists.shells:
