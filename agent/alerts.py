@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.context import Context, attribution
 from agent.detect.signals import Signal
 from agent.lineage.identity import ProcessKey, entity_id
 from agent.lineage.table import Process, ProcessTable
@@ -16,7 +17,7 @@ from agent.lineage.table import Process, ProcessTable
 SEVERITY_NAMES = {21: "low", 47: "medium", 73: "high", 99: "critical"}
 CATEGORIES = {"shell_network_connection": ["process", "network"], "interpreter_reverse_shell": ["process", "network"],
               "stdio_to_socket": ["process", "network"], "tunnel_tool": ["process", "network"],
-              "irc_connection": ["network"]}
+              "irc_connection": ["network"], "persistence_write": ["file"], "runner_tracking_tamper": ["process"]}
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ def _process_fields(host: Host, proc: Process | None, key: ProcessKey, comm: str
 
 
 def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: int, signals: list[Signal],
-                trigger: Signal, boot_offset_ns: int) -> dict[str, Any]:
-    """One alert line for an incident, focused on the process of ``trigger``."""
+                trigger: Signal, boot_offset_ns: int, context: Context | None = None) -> dict[str, Any]:
+    """One alert line for an incident, focused on the process of ``trigger``, in install/CI ``context``."""
     proc = table.get(trigger.key)
     process = _process_fields(host, proc, trigger.key, trigger.event.comm)
     process["args"] = list(proc.args) if proc else []
@@ -63,7 +64,7 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
         "rule": {"id": lead.id, "name": lead.name, "ruleset": "chainwatch"},
         "host": {"hostname": host.hostname, "id": host.id},
         "process": process,
-        "supply_chain": {"context": None},
+        "supply_chain": attribution(table, trigger.key, context),
         "threat": {"technique": {"id": sorted({t for r in rules.values() for t in r.mitre})}},
         "chainwatch": {
             "severity": SEVERITY_NAMES[severity],
@@ -73,9 +74,16 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
             "ancestry": [{"pid": p.pid, "name": os.path.basename(p.filename) or p.comm, "args": list(p.args)}
                          for p in ancestry],
             "event_ktime": trigger.event.ktime,
+            # Every C2 endpoint and persistence file of the incident so far, for IOC tracking and cleanup.
+            "artifacts": {
+                "destinations": sorted({f"{s.daddr}:{s.dport}" for s in signals if s.daddr}),
+                "files": sorted({s.path for s in signals if s.path}),
+            },
             "response": [],
         },
     }
+    if context is not None and "root" in doc["supply_chain"]:
+        doc["supply_chain"]["root"]["entity_id"] = entity_id(host.id, context.root)  # the correlation key
     network = next((s for s in reversed(signals) if s.daddr), None)
     if network is not None:
         doc["destination"] = {"ip": network.daddr, "port": network.dport}

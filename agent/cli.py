@@ -111,8 +111,10 @@ def _replay(args: argparse.Namespace) -> int:
             consumers.append(dump_live)
         table = ProcessTable()
         sink = None
+        tagger = None
         if args.alerts:
             from agent.alerts import Host
+            from agent.context import ContextTagger
             from agent.detect.engine import DetectionEngine
             from agent.detect.rules import default_rules_dir, load_rules
             from agent.sinks import AlertSink
@@ -121,8 +123,9 @@ def _replay(args: argparse.Namespace) -> int:
             sink = AlertSink(list(args.alerts))
             host = Host(str(rec.meta.get("hostname", "")), str(rec.meta.get("host_id", "")))
             consumers.append(DetectionEngine(rules, table, host, sink.put, int(rec.meta.get("boot_offset_ns", 0))))
+            tagger = ContextTagger(rules.lists, table)
         pipeline = Pipeline(table, module_loads_from_exec=features.get("module_load_source") == "exec",
-                            consumers=consumers)
+                            consumers=consumers, tagger=tagger)
         for event in rec.events:
             pipeline.feed(event)
         if sink is not None:

@@ -54,6 +54,7 @@ def _header(h: layout.EventHeader) -> dict[str, Any]:
     return {
         "ktime": h.ktime, "pid": h.tgid, "tid": h.pid, "ppid": h.ppid, "start_time": h.start_time,
         "uid": h.uid, "cgroup_id": h.cgroup_id, "comm": _text(h.comm), "flags": h.flags,
+        "context": h.context, "context_root_pid": h.context_root_pid, "context_root_start": h.context_root_start,
     }
 
 

@@ -31,6 +31,11 @@ class Event:
     cgroup_id: int
     comm: str
     flags: int = 0
+    # The install/CI context the kernel held for the process (agent.abi.layout.CONTEXTS id, 0: none)
+    # and that context's root process. Userspace's own lineage decides; this is the kernel's view.
+    context: int = 0
+    context_root_pid: int = 0
+    context_root_start: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (JSON and msgpack safe) that :func:`event_from_dict` reverses."""

@@ -15,7 +15,7 @@ import structlog
 
 from agent.decode import DecodeError, decode
 from agent.events import FLAG_SEEDED, Event, Exec, ModuleLoad
-from agent.lineage.table import ProcessTable
+from agent.lineage.table import Process, ProcessTable
 
 log = structlog.get_logger()
 
@@ -25,6 +25,7 @@ MODULE_LOADERS: Final = frozenset({"insmod", "modprobe"})
 MULTICALL: Final = frozenset({"kmod", "busybox"})
 
 Consumer = Callable[[Event], None]
+Stage = Callable[[Event, Process | None], None]  # runs right after the process table, e.g. the context tagger
 
 
 def module_load_from_exec(event: Exec) -> ModuleLoad | None:
@@ -51,8 +52,9 @@ class Pipeline:
     """
 
     def __init__(self, table: ProcessTable, *, module_loads_from_exec: bool,
-                 taps: Iterable[Consumer] = (), consumers: Iterable[Consumer] = ()):
+                 taps: Iterable[Consumer] = (), consumers: Iterable[Consumer] = (), tagger: Stage | None = None):
         self.table = table
+        self.tagger = tagger
         self.module_loads_from_exec = module_loads_from_exec
         self.taps = list(taps)
         self.consumers = list(consumers)
@@ -74,7 +76,9 @@ class Pipeline:
     def feed(self, event: Event) -> None:
         """Feed one decoded event."""
         self.counts[event.type] += 1
-        self.table.apply(event)
+        proc = self.table.apply(event)
+        if self.tagger is not None:
+            self.tagger(event, proc)
         for tap in self.taps:
             tap(event)
         self._deliver(event)

@@ -3,6 +3,28 @@
 /* An exec record is ~12 KiB, too big for the BPF stack: build it in a per-CPU scratch slot. */
 BPF_PERCPU_ARRAY(exec_scratch, struct exec_event, 1);
 
+/* A root recognisable by its executable's name alone starts its context here, at exec. A package
+ * install may start inside a CI job; otherwise an existing context is kept. */
+static __always_inline void context_on_exec(struct exec_event *e) {
+    if (e->hdr.context != 0 && e->hdr.context < CONTEXT_CI_BASE)
+        return;
+    /* exec has just set comm to the basename of the path it ran (cut to 15 bytes), so it names the
+     * executable here without a loop over the path. Userspace checks the full path and argv against
+     * rules/lists/contexts.yaml and corrects the tag if this was wrong. */
+    struct context_exe key;
+    __builtin_memset(&key, 0, sizeof(key));
+    __builtin_memcpy(key.name, e->hdr.comm, COMM_LEN);
+    u32 *tag = context_exes.lookup(&key);
+    if (!tag || (e->hdr.context != 0 && *tag >= CONTEXT_CI_BASE))
+        return;
+    struct context_tag ctx = {.context = *tag, .root_pid = e->hdr.tgid, .root_start = e->hdr.start_time,
+                              .start_time = e->hdr.start_time};
+    contexts.update(&e->hdr.tgid, &ctx);
+    e->hdr.context = ctx.context;
+    e->hdr.context_root_pid = ctx.root_pid;
+    e->hdr.context_root_start = ctx.root_start;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exec) {
     int zero = 0;
     struct exec_event *e = exec_scratch.lookup(&zero);
@@ -16,6 +38,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     e->filename_len = n > 0 ? n - 1 : 0;
     if (n == sizeof(e->filename))
         e->hdr.flags |= EV_FILENAME_TRUNCATED;
+    context_on_exec(e);
 
     /* What stdin/stdout/stderr are: a shell started on a socket is a reverse shell; a relay has pipes. */
     e->stdio_sock_fd = -1;
@@ -82,6 +105,16 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
     if (child_pid != child_tgid)
         return 0; /* a thread */
 
+    /* The child inherits the forking process's context, even when its event cannot be sent. */
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct context_tag *pctx = contexts.lookup(&tgid);
+    if (pctx && pctx->start_time == task_process_start(parent)) {
+        struct context_tag inherited = {.context = pctx->context, .root_pid = pctx->root_pid,
+                                  .root_start = pctx->root_start,
+                                  .start_time = read_u64(child, TASK_START_BOOTTIME)};
+        contexts.update(&child_tgid, &inherited);
+    }
+
     struct fork_event *e = events.ringbuf_reserve(sizeof(struct fork_event));
     if (!e) {
         count_drop(DROP_RINGBUF);
@@ -113,6 +146,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     if ((u32)id != (id >> 32))
         return 0;
 #endif
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    contexts.delete(&tgid);
     struct exit_event *e = events.ringbuf_reserve(sizeof(struct exit_event));
     if (!e) {
         count_drop(DROP_RINGBUF);

@@ -48,6 +48,9 @@ def render() -> str:
     for table in (layout.OPS, layout.FLAGS, layout.SYSCALLS):
         out += [f"#define {name} {value}" for name, value in table.items()]
         out.append("")
+    out += [f"#define CTX_{name.upper()} {value}" for name, value in layout.CONTEXTS.items()]
+    out += [f"#define CONTEXT_CI_BASE {layout.CONTEXT_CI_BASE}", f"#define CONTEXT_NAME_LEN {layout.CONTEXT_NAME_LEN}",
+            ""]
     out += _c_struct(layout.HEADER, with_header=False)
     out += _asserts("event_header", layout.EventHeader)
     out.append("")
@@ -58,6 +61,10 @@ def render() -> str:
         seen.add(record.name)
         out += _c_struct(record, with_header=True)
         out += _asserts(record.name, layout.STRUCTS[record.name])
+        out.append("")
+    for record in layout.MAP_RECORDS:
+        out += _c_struct(record, with_header=False)
+        out += _asserts(record.name, layout.MAP_STRUCTS[record.name])
         out.append("")
     out.append("#endif")
     return "\n".join(out) + "\n"

@@ -39,6 +39,17 @@ FLAGS: Final[dict[str, int]] = {
     "EV_ENV_TRUNCATED": 1 << 2,
 }
 
+# Install and CI contexts (header.context). Package installs are below CONTEXT_CI_BASE, CI runners from
+# it: a package install may start inside a CI job and takes over there, never the other way round.
+CONTEXT_CI_BASE: Final = 64
+_PACKAGE_MANAGERS: Final = ("npm", "yarn", "pnpm", "bun", "pip", "uv", "poetry", "pipx", "gem", "cargo",
+                            "composer", "dpkg", "rpm")
+_CI_PROVIDERS: Final = ("github_actions", "gitlab", "jenkins", "buildkite")
+CONTEXTS: Final[dict[str, int]] = {
+    **{f"package_install_{name}": i + 1 for i, name in enumerate(_PACKAGE_MANAGERS)},
+    **{f"cicd_runner_{name}": CONTEXT_CI_BASE + i for i, name in enumerate(_CI_PROVIDERS)},
+}
+
 # Small enumerations carried in records.
 SYSCALLS: Final[dict[str, int]] = {
     "SC_DUP": 1,
@@ -87,7 +98,27 @@ HEADER = Record("event_header", (
     ("start_time", u64, 0),
     ("cgroup_id", u64, 0),
     ("comm", ctypes.c_char, COMM_LEN),
+    # The install/CI context the kernel holds for this process (CONTEXTS id, 0: none) and its root.
+    ("context", u32, 0),
+    ("context_root_pid", u32, 0),
+    ("context_root_start", u64, 0),
 ))
+
+# Kernel maps that userspace writes, keyed and valued as declared here.
+CONTEXT_NAME_LEN: Final = 32
+MAP_RECORDS: Final[tuple[Record, ...]] = (
+    # contexts: tgid -> the process's context. start_time guards against a reused pid.
+    Record("context_tag", (
+        ("context", u32, 0),
+        ("root_pid", u32, 0),
+        ("root_start", u64, 0),
+        ("start_time", u64, 0),
+    )),
+    # context_exes: an executable basename (NUL-padded) -> the context its exec starts.
+    Record("context_exe", (
+        ("name", ctypes.c_char, CONTEXT_NAME_LEN),
+    )),
+)
 
 # Socket description shared by the network and fd records: family/type from struct socket, peer from sock_common.
 SOCK_FIELDS: Final = (
@@ -168,6 +199,11 @@ def _body_class(record: Record) -> type[ctypes.Structure]:
 STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {}
 for _op, _record in RECORDS.items():
     STRUCTS.setdefault(_record.name, _body_class(_record))
+
+MAP_STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
+    record.name: type(record.name, (ctypes.Structure,), {"_fields_": _ctypes_fields(record)})
+    for record in MAP_RECORDS
+}
 
 OP_STRUCT: Final[dict[int, type[ctypes.Structure]]] = {
     OPS[op]: STRUCTS[record.name] for op, record in RECORDS.items()

@@ -10,4 +10,14 @@ DETECTORS: Final = frozenset({
     "stdio_to_socket",            # a socket with a non-local peer dup'ed onto stdin/stdout/stderr
     "tunnel_tool",                # chisel, ngrok, ligolo-ng, frp, ... by executable and argv
     "irc_connection",             # a connection to an IRC port
+    "persistence_write",          # a write, rename or link into a persistence location, or a module load
+    "runner_tracking_tamper",     # a GitHub Actions step changed RUNNER_TRACKING_ID to escape job cleanup
 })
+
+# What each detector's signal means for correlation (the Datadog seed): a command-and-control channel,
+# persistence (the amplifier), or evasion.
+FAMILIES: Final = {
+    "shell_network_connection": "c2", "interpreter_reverse_shell": "c2", "stdio_to_socket": "c2",
+    "tunnel_tool": "c2", "irc_connection": "c2", "persistence_write": "persistence",
+    "runner_tracking_tamper": "evasion",
+}

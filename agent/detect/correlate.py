@@ -1,9 +1,19 @@
 """Signals -> incidents -> alert lines. One attack gives one incident, updated, never a storm.
 
-A signal joins the open incident of its own process or of its nearest ancestor that has one, so a
-python one-liner and the shell it forks onto the socket are one incident. A new line is written only
-when an incident opens, its severity rises, it gains a new kind of signal, or it first learns its
-destination; anything else only counts as suppressed.
+Grouping (the Datadog seed): a signal from a process in an install or CI context joins the open
+incident of that context, keyed by the context root's entity, so a postinstall's reverse shell and
+the cron entry its daemonised child writes later are one incident. Outside any context, a signal joins
+the open incident of its own process or of its nearest ancestor that has one, so a python one-liner
+and the shell it forks onto the socket are one incident.
+
+Severity: the highest rule severity among the incident's signals, raised by what they mean together.
+Inside a context, a C2 signal (reverse shell, tunnel, IRC) makes it at least high and persistence or
+evasion at least medium. C2 plus persistence makes it critical, inside a context or not: a reverse
+shell that then installs a cron entry is a durable foothold wherever it happens.
+
+A new line is written only when an incident opens, its severity rises, it gains a new kind of
+signal, or it first learns its destination or its persistence file; anything else only counts as
+suppressed.
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.alerts import Host, build_alert
+from agent.context import Context
+from agent.detect.rules import Severity
 from agent.detect.signals import Signal
 from agent.lineage.identity import ProcessKey
 from agent.lineage.table import ProcessTable
@@ -26,12 +38,28 @@ class Incident:
 
     id: str
     root: ProcessKey
+    context: Context | None = None
     signals: list[Signal] = field(default_factory=list)
     severity: int = 0
     detectors: frozenset[str] = frozenset()
     has_destination: bool = False
+    has_file: bool = False
     last_ktime: int = 0
     suppressed: int = 0
+
+
+def incident_severity(signals: list[Signal], context: Context | None) -> int:
+    """The severity of an incident with these signals, in this context (see the module docstring)."""
+    score = max(s.rule.severity_score for s in signals)
+    families = {s.role for s in signals}
+    if context is not None:
+        if "c2" in families:
+            score = max(score, Severity.high)
+        if families & {"persistence", "evasion"}:
+            score = max(score, Severity.medium)
+    if {"c2", "persistence"} <= families:
+        score = Severity.critical
+    return int(score)
 
 
 class Correlator:
@@ -42,41 +70,58 @@ class Correlator:
         self.host = host
         self.boot_offset_ns = boot_offset_ns
         self._by_process: dict[ProcessKey, Incident] = {}
+        self._by_context: dict[ProcessKey, Incident] = {}
         self.suppressed = 0
 
-    def _find(self, key: ProcessKey, now: int) -> Incident | None:
+    def _open(self, incident: Incident | None, now: int) -> Incident | None:
+        return incident if incident is not None and now - incident.last_ktime <= INCIDENT_WINDOW_NS else None
+
+    def _find(self, signal: Signal, now: int) -> Incident | None:
+        if signal.context is not None:
+            return self._open(self._by_context.get(signal.context.root), now)
+        key = signal.key
         candidates = [key] + [p.key for p in self.table.ancestry(key)] if key in self.table else [key]
         for k in candidates:
-            incident = self._by_process.get(k)
-            if incident is not None and now - incident.last_ktime <= INCIDENT_WINDOW_NS:
+            incident = self._open(self._by_process.get(k), now)
+            if incident is not None:
                 return incident
         return None
 
     def add(self, signal: Signal) -> dict[str, Any] | None:
         """Take one signal; returns an alert document when a line is due."""
         now = signal.event.ktime
-        incident = self._find(signal.key, now)
+        incident = self._find(signal, now)
         new = incident is None
         if incident is None:
-            incident = Incident(id=str(uuid.uuid4()), root=signal.key)
-        self._by_process[signal.key] = incident
+            root = signal.context.root if signal.context else signal.key
+            incident = Incident(id=str(uuid.uuid4()), root=root, context=signal.context)
+        if signal.context is not None:
+            self._by_context[signal.context.root] = incident
+        else:
+            self._by_process[signal.key] = incident
         incident.signals.append(signal)
         incident.last_ktime = max(incident.last_ktime, now)
-        severity = max(incident.severity, signal.rule.severity_score)
+        severity = max(incident.severity, incident_severity(incident.signals, incident.context))
         detectors = incident.detectors | {signal.detector}
         destination = incident.has_destination or bool(signal.daddr)
+        has_file = incident.has_file or bool(signal.path)
         if not (new or severity > incident.severity or detectors != incident.detectors
-                or destination != incident.has_destination):
+                or destination != incident.has_destination or has_file != incident.has_file):
             incident.suppressed += 1
             self.suppressed += 1
             return None
-        incident.severity, incident.detectors, incident.has_destination = severity, detectors, destination
+        incident.severity, incident.detectors = severity, detectors
+        incident.has_destination, incident.has_file = destination, has_file
         return build_alert(host=self.host, table=self.table, incident_id=incident.id, severity=severity,
-                           signals=incident.signals, trigger=signal, boot_offset_ns=self.boot_offset_ns)
+                           signals=incident.signals, trigger=signal, context=incident.context,
+                           boot_offset_ns=self.boot_offset_ns)
 
     def prune(self, now_ktime: int) -> int:
-        """Close incidents idle past the window; returns how many process links were dropped."""
-        stale = [k for k, inc in self._by_process.items() if now_ktime - inc.last_ktime > INCIDENT_WINDOW_NS]
-        for k in stale:
-            del self._by_process[k]
-        return len(stale)
+        """Close incidents idle past the window; returns how many links were dropped."""
+        dropped = 0
+        for index in (self._by_process, self._by_context):
+            stale = [k for k, inc in index.items() if now_ktime - inc.last_ktime > INCIDENT_WINDOW_NS]
+            for k in stale:
+                del index[k]
+            dropped += len(stale)
+        return dropped

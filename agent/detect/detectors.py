@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from agent.context import context_of
 from agent.detect.lists import Lists
 from agent.detect.rules import Rule, RuleSet
 from agent.detect.signals import Signal
-from agent.events import Connect, Event, Exec, Fork, SocketDup
+from agent.events import Connect, Event, Exec, FileWrite, Fork, ModuleLoad, SocketDup
 from agent.lineage.identity import ProcessKey, process_key
 from agent.lineage.table import Process, ProcessTable
 
@@ -24,6 +25,8 @@ ELASTIC_WINDOW_NS = 1_000_000_000  # the Elastic seed's maxspan=1s between the e
 TUNNEL_WINDOW_NS = 5_000_000_000  # a tunnel tool's first remote connect names the alert's destination
 # Connect results that are attempts (the seed counts connection_attempted): success and in-progress.
 ATTEMPTED = (0, -errno.EINPROGRESS, -errno.EAGAIN, -errno.EALREADY)
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+TRACKING_VAR = "RUNNER_TRACKING_ID"
 
 
 def basename(path: str) -> str:
@@ -97,8 +100,12 @@ class Detectors:
         self.table = table
         # process key -> exec waiting for its connect (Elastic sequence, tunnel destination)
         self._pending: dict[ProcessKey, list[_Pending]] = {}
+        # GitHub Actions context root -> the RUNNER_TRACKING_ID its runner gave its first step
+        self._tracking: dict[ProcessKey, str] = {}
+        self.unpacker_writes = 0  # persistence writes by the package manager itself (not signals)
         self._handlers: dict[type, Callable[[Event, Process | None], Iterable[Signal]]] = {
             Exec: self._on_exec, Connect: self._on_connect, SocketDup: self._on_dup, Fork: self._on_fork,
+            FileWrite: self._on_file_write, ModuleLoad: self._on_module_load,
         }
 
     def prune(self, now_ktime: int) -> None:
@@ -109,6 +116,8 @@ class Detectors:
                 self._pending[key] = alive
             else:
                 del self._pending[key]
+        for root in [root for root in self._tracking if root not in self.table]:
+            del self._tracking[root]
 
     def __call__(self, event: Event) -> list[Signal]:
         """Signals for one event (already applied to the process table)."""
@@ -123,7 +132,7 @@ class Detectors:
         return self.table.get(proc.parent_key) if proc is not None and proc.parent_key else None
 
     def _emit(self, rule: Rule, event: Event, proc: Process | None, reason: str, *, daddr: str = "",
-              dport: int = 0, family: str = "", transport: str = "") -> Signal | None:
+              dport: int = 0, family: str = "", transport: str = "", path: str = "") -> Signal | None:
         exe = proc.filename if proc else ""
         parent = self._parent(proc)
         args = proc.args if proc else ()
@@ -131,7 +140,16 @@ class Detectors:
             return None
         key = proc.key if proc else process_key(event.pid, event.start_time)
         return Signal(rule=rule, key=key, event=event, reason=reason, daddr=daddr, dport=dport, family=family,
-                      transport=transport)
+                      transport=transport, path=path, context=context_of(proc))
+
+    def _emit_all(self, detector: str, event: Event, proc: Process | None, reason: str, *,
+                  path: str = "") -> list[Signal]:
+        out = []
+        for rule in self.rules.by_detector(detector):
+            sig = self._emit(rule, event, proc, reason, path=path)
+            if sig:
+                out.append(sig)
+        return out
 
     # ---------------------------------------------------------------- handlers
 
@@ -165,7 +183,45 @@ class Detectors:
                                  transport=event.stdio_transport)
                 if sig:
                     out.append(sig)
+        out += self._tracking_tamper(event, proc)
         return out
+
+    def _tracking_tamper(self, event: Exec, proc: Process | None) -> list[Signal]:
+        """A step whose RUNNER_TRACKING_ID differs from the one its runner gave the job's first step: the
+        known way to keep a process alive after the job, because the runner's cleanup looks for that id."""
+        ctx = context_of(proc)
+        ci = ctx.ci() if ctx else None
+        value = event.env.get(TRACKING_VAR)
+        if ci is None or ci.kind != "github_actions" or value is None:
+            return []
+        expected = self._tracking.setdefault(ci.root, value)
+        if value == expected:
+            return []
+        return self._emit_all("runner_tracking_tamper", event, proc,
+                              f"{event.filename} runs with {TRACKING_VAR}={value!r}, not the job's {expected!r}")
+
+    def _on_file_write(self, event: Event, proc: Process | None) -> Iterable[Signal]:
+        assert isinstance(event, FileWrite)
+        if not self.lists.is_persistence_path(event.path):
+            return []
+        exe = proc.filename if proc else ""
+        if exe in self.lists.unpackers:
+            self.unpacker_writes += 1  # the package manager putting a packaged file in place
+            return []
+        what = {"open": "opened for writing", "rename": "renamed", "link": "linked", "symlink": "symlinked"}
+        verb = what.get(event.operation, event.operation)
+        source = f"{event.source_path} to " if event.source_path else ""
+        reason = f"{exe or event.comm} {verb} {source}{event.path}"
+        return self._emit_all("persistence_write", event, proc, reason, path=event.path)
+
+    def _on_module_load(self, event: Event, proc: Process | None) -> Iterable[Signal]:
+        assert isinstance(event, ModuleLoad)
+        exe = proc.filename if proc else ""
+        if exe in self.lists.unpackers:
+            return []
+        module = next((a for a in event.args[1:] if a.endswith(MODULE_SUFFIXES)), "")
+        reason = f"{exe or event.comm} loads a kernel module" + (f" {module}" if module else f" ({event.syscall})")
+        return self._emit_all("persistence_write", event, proc, reason, path=module)
 
     def _on_fork(self, event: Event, proc: Process | None) -> Iterable[Signal]:
         # The Elastic seed also follows a fork of the suspicious process: the child inherits the window.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.context import Context
+from agent.detect.catalog import FAMILIES
 from agent.detect.rules import Rule
 from agent.events import Event
 from agent.lineage.identity import ProcessKey
@@ -22,6 +24,12 @@ class Signal:
     family: str = ""  # "ipv4" | "ipv6"
     transport: str = ""
     path: str = ""
+    context: Context | None = None  # the install or CI context of the process
+
+    @property
+    def role(self) -> str:
+        """What the signal means for correlation: c2, persistence or evasion (agent.detect.catalog.FAMILIES)."""
+        return FAMILIES[self.rule.detector]
 
     @property
     def detector(self) -> str:

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from agent.abi import layout
 from agent.probes.offsets import KernelOffsets, kernel_offsets
 from agent.probes.source import Features, ProbeOptions, detect_features, render_cflags, render_source
 
@@ -85,6 +86,31 @@ class Sensor:
         self._bpf.ring_buffer_consume()
         out, self._pending = self._pending, []
         return out
+
+    def set_context_executables(self, names: dict[str, int]) -> None:
+        """Fill the exec probe's table of executable basenames that start a context by themselves."""
+        table = self._bpf[b"context_exes"]
+        for name, context in names.items():
+            raw = name.encode()
+            if len(raw) >= layout.CONTEXT_NAME_LEN:
+                continue  # cannot be matched in the kernel; userspace still recognises it
+            key = table.Key()
+            ctypes.memmove(ctypes.addressof(key), raw, len(raw))
+            table[key] = ctypes.c_uint32(context)
+
+    def write_context(self, pid: int, start_time: int, context: int, root_pid: int, root_start: int) -> None:
+        """Set (context != 0) or clear the kernel's context of process ``pid`` started at ``start_time``."""
+        table = self._bpf[b"contexts"]
+        key = ctypes.c_uint32(pid)
+        if not context:
+            try:
+                del table[key]
+            except KeyError:
+                pass
+            return
+        value = layout.MAP_STRUCTS["context_tag"](context=context, root_pid=root_pid, root_start=root_start,
+                                                   start_time=start_time)
+        table[key] = table.Leaf.from_buffer_copy(bytes(value))
 
     def kernel_drops(self) -> dict[str, int]:
         """Loss counters from the kernel, summed over CPUs."""

@@ -72,6 +72,15 @@ static __always_inline u32 task_ppid(const void *task) {
     return read_u32(read_ptr(task, TASK_REAL_PARENT), TASK_TGID);
 }
 
+/* Install/CI contexts (agent/context.py decides them; see shared/design/architecture.md "Contexts").
+ * contexts: tgid -> its context, set when a root execs and inherited at fork, so it survives setsid,
+ * double forks and re-parenting. Userspace also writes it (roots known only by argv, seeded processes).
+ * LRU so that an entry whose exit was missed cannot fill the map; start_time guards pid reuse. */
+BPF_TABLE("lru_hash", u32, struct context_tag, contexts, 65536);
+/* context_exes: executable basenames whose exec alone starts a context (filled by userspace from
+ * rules/lists/contexts.yaml). */
+BPF_HASH(context_exes, struct context_exe, u32, 64);
+
 /* Fill the common header for the current task. */
 static __always_inline void fill_header(struct event_header *h, u16 op, u32 size) {
     void *task = (void *)bpf_get_current_task();
@@ -87,6 +96,17 @@ static __always_inline void fill_header(struct event_header *h, u16 op, u32 size
     h->start_time = task_process_start(task);
     h->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(h->comm, sizeof(h->comm));
+    u32 tgid = h->tgid;
+    struct context_tag *ctx = contexts.lookup(&tgid);
+    if (ctx && ctx->start_time == h->start_time) {
+        h->context = ctx->context;
+        h->context_root_pid = ctx->root_pid;
+        h->context_root_start = ctx->root_start;
+    } else {
+        h->context = 0;
+        h->context_root_pid = 0;
+        h->context_root_start = 0;
+    }
 }
 
 /* fd -> struct file * of the current task, or 0. */

@@ -40,6 +40,26 @@
 #define SC_INIT_MODULE 16
 #define SC_FINIT_MODULE 17
 
+#define CTX_PACKAGE_INSTALL_NPM 1
+#define CTX_PACKAGE_INSTALL_YARN 2
+#define CTX_PACKAGE_INSTALL_PNPM 3
+#define CTX_PACKAGE_INSTALL_BUN 4
+#define CTX_PACKAGE_INSTALL_PIP 5
+#define CTX_PACKAGE_INSTALL_UV 6
+#define CTX_PACKAGE_INSTALL_POETRY 7
+#define CTX_PACKAGE_INSTALL_PIPX 8
+#define CTX_PACKAGE_INSTALL_GEM 9
+#define CTX_PACKAGE_INSTALL_CARGO 10
+#define CTX_PACKAGE_INSTALL_COMPOSER 11
+#define CTX_PACKAGE_INSTALL_DPKG 12
+#define CTX_PACKAGE_INSTALL_RPM 13
+#define CTX_CICD_RUNNER_GITHUB_ACTIONS 64
+#define CTX_CICD_RUNNER_GITLAB 65
+#define CTX_CICD_RUNNER_JENKINS 66
+#define CTX_CICD_RUNNER_BUILDKITE 67
+#define CONTEXT_CI_BASE 64
+#define CONTEXT_NAME_LEN 32
+
 struct event_header {
     __u16 op;
     __u16 flags;
@@ -52,8 +72,11 @@ struct event_header {
     __u64 start_time;
     __u64 cgroup_id;
     char comm[16];
+    __u32 context;
+    __u32 context_root_pid;
+    __u64 context_root_start;
 };
-_Static_assert(sizeof(struct event_header) == 64, "struct event_header size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct event_header) == 80, "struct event_header size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct event_header, op) == 0, "event_header.op offset drifted");
 _Static_assert(__builtin_offsetof(struct event_header, flags) == 2, "event_header.flags offset drifted");
 _Static_assert(__builtin_offsetof(struct event_header, size) == 4, "event_header.size offset drifted");
@@ -65,6 +88,9 @@ _Static_assert(__builtin_offsetof(struct event_header, uid) == 28, "event_header
 _Static_assert(__builtin_offsetof(struct event_header, start_time) == 32, "event_header.start_time offset drifted");
 _Static_assert(__builtin_offsetof(struct event_header, cgroup_id) == 40, "event_header.cgroup_id offset drifted");
 _Static_assert(__builtin_offsetof(struct event_header, comm) == 48, "event_header.comm offset drifted");
+_Static_assert(__builtin_offsetof(struct event_header, context) == 64, "event_header.context offset drifted");
+_Static_assert(__builtin_offsetof(struct event_header, context_root_pid) == 68, "event_header.context_root_pid offset drifted");
+_Static_assert(__builtin_offsetof(struct event_header, context_root_start) == 72, "event_header.context_root_start offset drifted");
 
 struct exec_event {
     struct event_header hdr;
@@ -83,40 +109,40 @@ struct exec_event {
     char args[4096];
     char env[8192];
 };
-_Static_assert(sizeof(struct exec_event) == 12656, "struct exec_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct exec_event) == 12672, "struct exec_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct exec_event, hdr) == 0, "exec_event.hdr offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, filename_len) == 64, "exec_event.filename_len offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, args_len) == 68, "exec_event.args_len offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, env_len) == 72, "exec_event.env_len offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, stdio_sock_fd) == 76, "exec_event.stdio_sock_fd offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, stdio_mode) == 80, "exec_event.stdio_mode offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, _pad) == 86, "exec_event._pad offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, family) == 88, "exec_event.family offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, sock_type) == 90, "exec_event.sock_type offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, port) == 92, "exec_event.port offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, lport) == 94, "exec_event.lport offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, addr) == 96, "exec_event.addr offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, filename) == 112, "exec_event.filename offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, args) == 368, "exec_event.args offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, env) == 4464, "exec_event.env offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, filename_len) == 80, "exec_event.filename_len offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, args_len) == 84, "exec_event.args_len offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, env_len) == 88, "exec_event.env_len offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, stdio_sock_fd) == 92, "exec_event.stdio_sock_fd offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, stdio_mode) == 96, "exec_event.stdio_mode offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, _pad) == 102, "exec_event._pad offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, family) == 104, "exec_event.family offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, sock_type) == 106, "exec_event.sock_type offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, port) == 108, "exec_event.port offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, lport) == 110, "exec_event.lport offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, addr) == 112, "exec_event.addr offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, filename) == 128, "exec_event.filename offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, args) == 384, "exec_event.args offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, env) == 4480, "exec_event.env offset drifted");
 
 struct fork_event {
     struct event_header hdr;
     __u64 parent_start_time;
 };
-_Static_assert(sizeof(struct fork_event) == 72, "struct fork_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct fork_event) == 88, "struct fork_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct fork_event, hdr) == 0, "fork_event.hdr offset drifted");
-_Static_assert(__builtin_offsetof(struct fork_event, parent_start_time) == 64, "fork_event.parent_start_time offset drifted");
+_Static_assert(__builtin_offsetof(struct fork_event, parent_start_time) == 80, "fork_event.parent_start_time offset drifted");
 
 struct exit_event {
     struct event_header hdr;
     __s32 exit_code;
     __u32 _pad;
 };
-_Static_assert(sizeof(struct exit_event) == 72, "struct exit_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct exit_event) == 88, "struct exit_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct exit_event, hdr) == 0, "exit_event.hdr offset drifted");
-_Static_assert(__builtin_offsetof(struct exit_event, exit_code) == 64, "exit_event.exit_code offset drifted");
-_Static_assert(__builtin_offsetof(struct exit_event, _pad) == 68, "exit_event._pad offset drifted");
+_Static_assert(__builtin_offsetof(struct exit_event, exit_code) == 80, "exit_event.exit_code offset drifted");
+_Static_assert(__builtin_offsetof(struct exit_event, _pad) == 84, "exit_event._pad offset drifted");
 
 struct net_event {
     struct event_header hdr;
@@ -128,15 +154,15 @@ struct net_event {
     __u16 lport;
     __u8 addr[16];
 };
-_Static_assert(sizeof(struct net_event) == 96, "struct net_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct net_event) == 112, "struct net_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct net_event, hdr) == 0, "net_event.hdr offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, fd) == 64, "net_event.fd offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, result) == 68, "net_event.result offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, family) == 72, "net_event.family offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, sock_type) == 74, "net_event.sock_type offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, port) == 76, "net_event.port offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, lport) == 78, "net_event.lport offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, addr) == 80, "net_event.addr offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, fd) == 80, "net_event.fd offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, result) == 84, "net_event.result offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, family) == 88, "net_event.family offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, sock_type) == 90, "net_event.sock_type offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, port) == 92, "net_event.port offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, lport) == 94, "net_event.lport offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, addr) == 96, "net_event.addr offset drifted");
 
 struct dup_event {
     struct event_header hdr;
@@ -150,17 +176,17 @@ struct dup_event {
     __u16 lport;
     __u8 addr[16];
 };
-_Static_assert(sizeof(struct dup_event) == 104, "struct dup_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct dup_event) == 120, "struct dup_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct dup_event, hdr) == 0, "dup_event.hdr offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, oldfd) == 64, "dup_event.oldfd offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, newfd) == 68, "dup_event.newfd offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, syscall) == 72, "dup_event.syscall offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, _pad) == 76, "dup_event._pad offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, family) == 80, "dup_event.family offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, sock_type) == 82, "dup_event.sock_type offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, port) == 84, "dup_event.port offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, lport) == 86, "dup_event.lport offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, addr) == 88, "dup_event.addr offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, oldfd) == 80, "dup_event.oldfd offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, newfd) == 84, "dup_event.newfd offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, syscall) == 88, "dup_event.syscall offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, _pad) == 92, "dup_event._pad offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, family) == 96, "dup_event.family offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, sock_type) == 98, "dup_event.sock_type offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, port) == 100, "dup_event.port offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, lport) == 102, "dup_event.lport offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, addr) == 104, "dup_event.addr offset drifted");
 
 struct file_event {
     struct event_header hdr;
@@ -173,25 +199,43 @@ struct file_event {
     char path[256];
     char source[256];
 };
-_Static_assert(sizeof(struct file_event) == 600, "struct file_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct file_event) == 616, "struct file_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct file_event, hdr) == 0, "file_event.hdr offset drifted");
-_Static_assert(__builtin_offsetof(struct file_event, syscall) == 64, "file_event.syscall offset drifted");
-_Static_assert(__builtin_offsetof(struct file_event, open_flags) == 68, "file_event.open_flags offset drifted");
-_Static_assert(__builtin_offsetof(struct file_event, result) == 72, "file_event.result offset drifted");
-_Static_assert(__builtin_offsetof(struct file_event, path_len) == 76, "file_event.path_len offset drifted");
-_Static_assert(__builtin_offsetof(struct file_event, source_len) == 80, "file_event.source_len offset drifted");
-_Static_assert(__builtin_offsetof(struct file_event, _pad) == 84, "file_event._pad offset drifted");
-_Static_assert(__builtin_offsetof(struct file_event, path) == 88, "file_event.path offset drifted");
-_Static_assert(__builtin_offsetof(struct file_event, source) == 344, "file_event.source offset drifted");
+_Static_assert(__builtin_offsetof(struct file_event, syscall) == 80, "file_event.syscall offset drifted");
+_Static_assert(__builtin_offsetof(struct file_event, open_flags) == 84, "file_event.open_flags offset drifted");
+_Static_assert(__builtin_offsetof(struct file_event, result) == 88, "file_event.result offset drifted");
+_Static_assert(__builtin_offsetof(struct file_event, path_len) == 92, "file_event.path_len offset drifted");
+_Static_assert(__builtin_offsetof(struct file_event, source_len) == 96, "file_event.source_len offset drifted");
+_Static_assert(__builtin_offsetof(struct file_event, _pad) == 100, "file_event._pad offset drifted");
+_Static_assert(__builtin_offsetof(struct file_event, path) == 104, "file_event.path offset drifted");
+_Static_assert(__builtin_offsetof(struct file_event, source) == 360, "file_event.source offset drifted");
 
 struct module_event {
     struct event_header hdr;
     __u32 syscall;
     __s32 fd;
 };
-_Static_assert(sizeof(struct module_event) == 72, "struct module_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct module_event) == 88, "struct module_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct module_event, hdr) == 0, "module_event.hdr offset drifted");
-_Static_assert(__builtin_offsetof(struct module_event, syscall) == 64, "module_event.syscall offset drifted");
-_Static_assert(__builtin_offsetof(struct module_event, fd) == 68, "module_event.fd offset drifted");
+_Static_assert(__builtin_offsetof(struct module_event, syscall) == 80, "module_event.syscall offset drifted");
+_Static_assert(__builtin_offsetof(struct module_event, fd) == 84, "module_event.fd offset drifted");
+
+struct context_tag {
+    __u32 context;
+    __u32 root_pid;
+    __u64 root_start;
+    __u64 start_time;
+};
+_Static_assert(sizeof(struct context_tag) == 24, "struct context_tag size drifted from agent/abi/layout.py");
+_Static_assert(__builtin_offsetof(struct context_tag, context) == 0, "context_tag.context offset drifted");
+_Static_assert(__builtin_offsetof(struct context_tag, root_pid) == 4, "context_tag.root_pid offset drifted");
+_Static_assert(__builtin_offsetof(struct context_tag, root_start) == 8, "context_tag.root_start offset drifted");
+_Static_assert(__builtin_offsetof(struct context_tag, start_time) == 16, "context_tag.start_time offset drifted");
+
+struct context_exe {
+    char name[32];
+};
+_Static_assert(sizeof(struct context_exe) == 32, "struct context_exe size drifted from agent/abi/layout.py");
+_Static_assert(__builtin_offsetof(struct context_exe, name) == 0, "context_exe.name offset drifted");
 
 #endif

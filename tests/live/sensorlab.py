@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from agent.alerts import Host, boot_to_wall_offset_ns
+from agent.context import ContextTagger
 from agent.detect.engine import DetectionEngine
 from agent.detect.rules import default_rules_dir, load_rules
 from agent.events import Event
@@ -24,11 +25,14 @@ class SensorLab:
         self.events: list[Event] = []
         self.alerts: list[dict[str, object]] = []
         table = ProcessTable()
-        self.engine = DetectionEngine(load_rules(default_rules_dir()), table, Host("live-test", "live-test-host"),
+        rules = load_rules(default_rules_dir())
+        self.engine = DetectionEngine(rules, table, Host("live-test", "live-test-host"),
                                       self.alerts.append, boot_to_wall_offset_ns())
+        self.sensor.set_context_executables(rules.lists.kernel_context_names())
+        self.tagger = ContextTagger(rules.lists, table, self.sensor.write_context)
         from_exec = not self.sensor.program.features.module_tracepoints
         self.pipeline = Pipeline(table, module_loads_from_exec=from_exec,
-                                 consumers=[self.events.append, self.engine])
+                                 consumers=[self.events.append, self.engine], tagger=self.tagger)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sensorlab", daemon=True)
         self._thread.start()
