@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from agent.alerts import Host
+from agent.context import ContextTagger
 from agent.detect.engine import DetectionEngine
 from agent.detect.rules import RuleSet, default_rules_dir, load_rules
 from agent.events import Connect, Event, Exec, Fork, SocketDup
@@ -30,12 +31,14 @@ class World:
         self.table = ProcessTable()
         self.alerts: list[dict[str, Any]] = []
         self.engine = DetectionEngine(rules, self.table, HOST, self.alerts.append, boot_offset_ns=0)
+        self.kernel_writes: list[tuple[int, int, int, int, int]] = []
+        self.tagger = ContextTagger(rules.lists, self.table, lambda *w: self.kernel_writes.append(w))
         self.start: dict[int, int] = {}
         self.ppid: dict[int, int] = {}
         self.comm: dict[int, str] = {}
 
     def feed(self, event: Event) -> None:
-        self.table.apply(event)
+        self.tagger(event, self.table.apply(event))
         self.engine(event)
 
     def _hdr(self, pid: int, t: float) -> dict[str, Any]:
