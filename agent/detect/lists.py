@@ -344,8 +344,10 @@ def _read_roots(checker: Checker, m: YamlMap) -> tuple[ContextRoot, ...] | None:
         if len(checker.problems) > before or context is None:
             good = False
             continue
-        roots.append(ContextRoot(context, *(matchers[k] or () for k in ROOT_MATCH_KEYS), subcommands or (),
-                                 bool(bare), options or (), labels))
+        roots.append(ContextRoot(context, executables=matchers["executables"] or (),
+                                 python_modules=matchers["python_modules"] or (), jars=matchers["jars"] or (),
+                                 paths=matchers["paths"] or (), subcommands=subcommands or (), bare=bool(bare),
+                                 options=options or (), labels=labels))
     return tuple(roots) if good else None
 
 
