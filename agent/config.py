@@ -33,7 +33,10 @@ class LineageConfig:
     max_entries: int = 65536
 
 
+MAX_RINGBUF_PAGES = 1 << 18
+MAX_POLL_TIMEOUT_MS = 60_000
 DEFAULT_ALERTS_FILE = "/var/log/chainwatch/alerts.jsonl"
+DEFAULT_SPOOL_DIR = "/var/lib/chainwatch/spool"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class DetectionConfig:
 
     rules_dir: str = ""  # empty: the bundled rules
     alerts: list[str] = field(default_factory=lambda: ["-", DEFAULT_ALERTS_FILE])  # "-" is stdout
+    # Alerts an output cannot take (a full disk) wait here; best on another filesystem. Empty: memory only.
+    spool_dir: str = DEFAULT_SPOOL_DIR
+    spool_max_mb: int = 64  # per output
 
 
 @dataclass(frozen=True)
@@ -55,16 +61,30 @@ class Config:
     def validate(self, source: str = "<defaults>") -> Config:
         """Check value ranges; raises ConfigError."""
         pages = self.sensor.ringbuf_pages
-        if pages < 1 or pages & (pages - 1):
-            raise ConfigError(f"{source}: sensor.ringbuf_pages must be a power of two, not {pages}")
+        # bcc sizes the ring buffer as pages * 4096 in a C int: 2**18 pages (1 GiB) is the most that fits.
+        if pages < 1 or pages & (pages - 1) or pages > MAX_RINGBUF_PAGES:
+            raise ConfigError(f"{source}: sensor.ringbuf_pages must be a power of two up to {MAX_RINGBUF_PAGES}, "
+                              f"not {pages}")
+        # bcc passes the poll timeout as a C int; a minute already makes shutdown and the stats line late.
+        if not 1 <= self.sensor.poll_timeout_ms <= MAX_POLL_TIMEOUT_MS:
+            raise ConfigError(f"{source}: sensor.poll_timeout_ms must be between 1 and {MAX_POLL_TIMEOUT_MS}, "
+                              f"not {self.sensor.poll_timeout_ms}")
         # Written as "not ok" so NaN fails too; inf and NaN would crash or stall the daemon's timers.
-        if self.sensor.poll_timeout_ms < 1 or not 0 < self.sensor.stats_interval_s < math.inf:
-            raise ConfigError(f"{source}: sensor.poll_timeout_ms and sensor.stats_interval_s must be positive")
+        if not 0 < self.sensor.stats_interval_s < math.inf:
+            raise ConfigError(f"{source}: sensor.stats_interval_s must be positive")
         if not 0 <= self.lineage.grace_s < math.inf or self.lineage.max_entries < 1024:
             raise ConfigError(f"{source}: lineage.grace_s must be >= 0 and lineage.max_entries >= 1024")
         alerts = self.detection.alerts
         if not alerts or not all(isinstance(a, str) and a for a in alerts):
             raise ConfigError(f"{source}: detection.alerts must be a non-empty list of paths or \"-\" (stdout)")
+        paths = {"detection.rules_dir": [self.detection.rules_dir], "detection.alerts": alerts,
+                 "detection.spool_dir": [self.detection.spool_dir]}
+        for key, values in paths.items():
+            if any("\0" in value for value in values):  # the OS would refuse it later, with a traceback
+                raise ConfigError(f"{source}: {key} must not contain a NUL character")
+        if not 1 <= self.detection.spool_max_mb <= 1 << 20:
+            raise ConfigError(f"{source}: detection.spool_max_mb must be between 1 and 1048576 (MiB), "
+                              f"not {self.detection.spool_max_mb}")
         return self
 
 

@@ -13,6 +13,7 @@ import structlog
 
 from agent.alerts import Host, boot_to_wall_offset_ns
 from agent.config import Config
+from agent.context import ContextTagger
 from agent.detect.engine import DetectionEngine
 from agent.detect.rules import RuleSet, default_rules_dir, load_rules
 from agent.events import Event
@@ -66,6 +67,7 @@ class Agent:
         self.rules: RuleSet = load_rules(config.detection.rules_dir or default_rules_dir())
         self.sink: AlertSink | None = None
         self.engine: DetectionEngine | None = None
+        self.tagger: ContextTagger | None = None
         self._record_fh = record
         self._extra_consumers = list(consumers)
         self._stopping = False
@@ -92,11 +94,15 @@ class Agent:
             self.writer = RecordingWriter(self._record_fh, {**meta, "features": features.describe(),
                                                             "boot_offset_ns": boot_offset})
             taps.append(self.writer.write)
-        self.sink = AlertSink(list(self.config.detection.alerts))
+        detection = self.config.detection
+        self.sink = AlertSink(list(detection.alerts), spool_dir=detection.spool_dir or None,
+                              spool_max_bytes=detection.spool_max_mb << 20)
         self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), self.sink.put,
                                       boot_offset)
+        self.sensor.set_context_executables(self.rules.lists.kernel_context_names())
+        self.tagger = ContextTagger(self.rules.lists, table, self.sensor.write_context)
         self.pipeline = Pipeline(table, module_loads_from_exec=not features.module_tracepoints, taps=taps,
-                                 consumers=[self.engine, *self._extra_consumers])
+                                 consumers=[self.engine, *self._extra_consumers], tagger=self.tagger)
         # Seed after attaching, so a process born in between is seen by one or both; the table merges them.
         seeded = seed_events()
         for event in seeded:
@@ -124,12 +130,14 @@ class Agent:
                 now = time.monotonic()
                 if now >= next_drop_check:
                     self._check_drops()
+                    # Reap on this 1 s tick, not the stats tick: exited processes must leave within grace_s
+                    # whatever the logging interval (with stats_interval_s = 3600 they stayed an hour).
+                    pipeline.table.reap(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
                     if self.writer is not None:
                         self.writer.flush()
                     next_drop_check = now + DROP_CHECK_INTERVAL_S
                 if now >= next_stats:
                     ktime = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-                    pipeline.table.reap(ktime)
                     assert self.engine is not None
                     self.engine.prune(ktime)
                     self.log_stats()
@@ -161,6 +169,8 @@ class Agent:
         assert self.pipeline is not None and self.sensor is not None
         stats = self.pipeline.stats()
         detection = {**self.engine.stats(), **self.sink.stats()} if self.engine and self.sink else {}
+        if self.tagger is not None:
+            detection.update(self.tagger.stats())
         log.info("stats", final=final, **stats, **detection, kernel_drops=self.sensor.kernel_drops(),
                  userspace_drops=stats["decode_errors"],
                  recorded=self.writer.written if self.writer else None)

@@ -1,45 +1,320 @@
-"""Alert outputs: stdout and JSONL files, written by one thread behind a bounded queue.
+"""Alert outputs: stdout and JSONL files, written by one thread behind a bounded queue, with a durable spool.
 
-The event loop only enqueues; a slow or blocked output never stalls it. A full queue drops the
-alert with a logged count (never silently); shutdown flushes everything queued.
+The event loop only enqueues (:meth:`AlertSink.put` never blocks); a slow or failing output never stalls it.
+When a write fails (ENOSPC, EIO, ...) the alert is not lost: it goes to that output's spool
+(:mod:`agent.spool`: memory, then a file in the spool directory), and the output is retried with
+exponential backoff. Once it takes writes again the spool is written first, in order, and each alert
+reaches each output exactly once (a line the output took only part of is finished, not rewritten).
+
+Nothing is lost silently. A full queue (the writer thread is stuck) or a full spool (memory and file) drops
+the alert with an error line naming it, and counts it; a spool still holding alerts at shutdown is kept on
+disk and written first by the next run. The log says when an output starts spooling (``alerts_spooled``,
+with the reason) and when its spool is written out (``alerts_spool_flushed``); :meth:`AlertSink.stats`
+feeds the daemon's stats line.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import os
 import queue
 import sys
 import threading
-from typing import IO, Any
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Final, Protocol
 
 import structlog
 
+from agent.spool import Spool
+
 log = structlog.get_logger()
 
-STOP = object()
+STOP: Final = object()
+MEMORY_SPOOL_BYTES: Final = 4 * 1024 * 1024  # per output; a few thousand alerts
+DISK_SPOOL_BYTES: Final = 64 * 1024 * 1024  # per output
+RETRY_MIN_S: Final = 0.1
+RETRY_MAX_S: Final = 5.0
+
+
+class Output(Protocol):
+    """Where alert lines go. ``write`` returns how many bytes it took (short writes are allowed) or raises
+    OSError having taken none."""
+
+    name: str
+
+    def write(self, data: bytes) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class FileOutput:
+    """An append-only file, written with os.write so a short write is seen (a buffered file would keep the
+    rest in its buffer and write it again on the next flush)."""
+
+    def __init__(self, path: str) -> None:
+        self.name = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+    def write(self, data: bytes) -> int:
+        """Append what the filesystem takes of ``data``."""
+        return os.write(self._fd, data)
+
+    def close(self) -> None:
+        """Close the file."""
+        os.close(self._fd)
+
+
+class StreamOutput:
+    """Standard output ("-"). Written through its file descriptor when it has one, after flushing the text
+    stream so lines printed before (``replay --dump``) stay in order."""
+
+    def __init__(self, stream: IO[str], name: str = "-") -> None:
+        self.name = name
+        self._stream = stream
+
+    def write(self, data: bytes) -> int:
+        """Write ``data``; a stream without a descriptor (a test's capture) takes all or nothing."""
+        try:
+            self._stream.flush()
+            try:
+                fd = self._stream.fileno()
+            except io.UnsupportedOperation:
+                self._stream.write(data.decode("utf-8"))
+                self._stream.flush()
+                return len(data)
+        except ValueError as exc:  # a closed stream says so with ValueError, not OSError
+            raise OSError(errno.EBADF, f"{self.name} is closed") from exc
+        return os.write(fd, data)
+
+    def close(self) -> None:
+        """Standard output stays open."""
+
+
+def open_output(target: str) -> Output:
+    """The output for ``target``: "-" is standard output, anything else a file appended to."""
+    if target == "-":
+        return StreamOutput(sys.stdout)
+    return FileOutput(target)
+
+
+def spool_path(spool_dir: Path, target: str) -> Path:
+    """The spool file of output ``target``: its name, for people, and a hash of its full path, for uniqueness."""
+    full = os.path.abspath(target)
+    digest = hashlib.sha256(full.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return spool_dir / f"{os.path.basename(full)[:64]}-{digest}.spool"
+
+
+def _filesystem(path: Path) -> int | None:
+    """The device of the filesystem that holds ``path`` or would hold it once created."""
+    for candidate in (path, *path.parents):
+        try:
+            return os.stat(candidate).st_dev
+        except OSError:
+            continue
+    return None
+
+
+def _reason(exc: OSError) -> dict[str, str]:
+    code = errno.errorcode.get(exc.errno or 0, "")
+    return {"reason": exc.strerror or str(exc), "errno": code}
+
+
+class Delivery:
+    """One output, its spool and its retry schedule. Used by the sink's thread only; ``now`` is monotonic
+    seconds, passed in so the schedule can be tested without sleeping."""
+
+    def __init__(self, output: Output, spool: Spool, retry_min_s: float = RETRY_MIN_S,
+                 retry_max_s: float = RETRY_MAX_S) -> None:
+        self.output = output
+        self.spool = spool
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.written = 0  # lines finished on this output
+        self.write_errors = 0  # failed write attempts, retries included
+        self.spooled = 0  # lines that went through the spool
+        self.flushed = 0  # spooled lines written since
+        self.dropped = 0  # lines refused by a full spool
+        self._backoff = retry_min_s
+        self._retry_at = 0.0
+        self._episode_start: float | None = None  # when the output last started failing
+        self._episode_spooled = 0
+        self._episode_dropped = 0
+        self._said_disk = False
+
+    @property
+    def waiting(self) -> int:
+        """Lines in the spool."""
+        return len(self.spool)
+
+    def recover(self) -> None:
+        """Take over the spool file a previous run left for this output, to be written before anything new."""
+        try:
+            lines = self.spool.recover()
+        except OSError as exc:
+            log.error("alerts_spool_unreadable", output=self.output.name, spool_file=str(self.spool.path),
+                      **_reason(exc), hint="the alerts in it are not written; check the spool directory")
+            self.spool.path = None
+            return
+        if lines:
+            self.spooled += lines
+            self._episode_start, self._episode_spooled = time.monotonic(), lines
+            log.warning("alerts_spool_recovered", output=self.output.name, spool_file=str(self.spool.path),
+                        alerts=lines, cut_bytes=self.spool.recovered_cut_bytes)
+
+    def deliver(self, line: bytes, alert: dict[str, Any], now: float) -> None:
+        """Write ``line`` now, or behind the lines already spooled."""
+        if not len(self.spool):
+            done, error = self._write(line)
+            if error is None:
+                self.written += 1
+                return
+            self._start_episode(error, now)
+            self._keep(line, alert)
+            self.spool.consume(done)  # the output took this much of it: only the rest is owed
+            return
+        self._keep(line, alert)
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until the next retry, or None when nothing is spooled."""
+        if not len(self.spool):
+            return None
+        return max(0.0, self._retry_at - now)
+
+    def retry(self, now: float, force: bool = False) -> None:
+        """Write the spool out, oldest first, when the backoff allows (or ``force``), until the output fails."""
+        if not len(self.spool) or (now < self._retry_at and not force):
+            return
+        while True:
+            try:
+                data = self.spool.peek()
+            except OSError as exc:
+                log.error("alerts_spool_unreadable", output=self.output.name, spool_file=str(self.spool.path),
+                          **_reason(exc))
+                self._schedule(now)
+                return
+            if data is None:
+                break
+            done, error = self._write(data)
+            if done and self.spool.consume(done):
+                self.written += 1
+                self.flushed += 1
+            if error is not None:
+                self._schedule(now)
+                return
+        if len(self.spool):  # cannot happen; if it did, retrying at once would spin
+            self._schedule(now)
+            return
+        if self._episode_start is not None:
+            log.info("alerts_spool_flushed", output=self.output.name, alerts=self._episode_spooled,
+                     dropped=self._episode_dropped, seconds=round(now - self._episode_start, 3))
+        self._episode_start = None
+        self._episode_spooled = self._episode_dropped = 0
+        self._said_disk = False
+        self._backoff = self.retry_min_s
+
+    def shutdown(self) -> None:
+        """Last try; whatever the output still cannot take stays in the spool file for the next run."""
+        self.retry(time.monotonic(), force=True)
+        waiting = len(self.spool)
+        try:
+            kept = self.spool.persist()
+        except OSError as exc:
+            log.error("alerts_lost", output=self.output.name, alerts=waiting, spool_file=self._spool_file(),
+                      **_reason(exc), hint="set detection.spool_dir to a writable directory on another filesystem")
+            self.dropped += waiting
+            kept = 0
+        if kept:
+            log.warning("alerts_spool_kept", output=self.output.name, alerts=kept, spool_file=self._spool_file(),
+                        hint="they are written first when chainwatch starts again")
+        self.output.close()
+
+    def _write(self, data: bytes) -> tuple[int, OSError | None]:
+        """Bytes of ``data`` the output took, and the error that stopped it (None when it took them all)."""
+        done = 0
+        while done < len(data):
+            try:
+                n = self.output.write(data[done:])
+            except OSError as exc:
+                self.write_errors += 1
+                return done, exc
+            if n <= 0:
+                self.write_errors += 1
+                return done, OSError(errno.EIO, "the output took nothing")
+            done += n
+        return done, None
+
+    def _spool_file(self) -> str | None:
+        return str(self.spool.path) if self.spool.path else None
+
+    def _start_episode(self, error: OSError, now: float) -> None:
+        self._episode_start = now
+        self._episode_spooled = self._episode_dropped = 0
+        self._schedule(now)
+        log.warning("alerts_spooled", output=self.output.name, **_reason(error), in_spool=len(self.spool) + 1,
+                    spool_file=self._spool_file(),
+                    hint="alerts are kept and written in order once the output takes writes again")
+
+    def _keep(self, line: bytes, alert: dict[str, Any]) -> None:
+        refused = self.spool.push(line)
+        if refused is not None:
+            self.dropped += 1
+            self._episode_dropped += 1
+            event, rule = (v if isinstance(v, dict) else {} for v in (alert.get("event"), alert.get("rule")))
+            log.error("alert_dropped", output=self.output.name, reason=refused, total=self.dropped,
+                      alert_id=event.get("id"), rule=rule.get("name"), severity=event.get("severity"))
+            return
+        self.spooled += 1
+        self._episode_spooled += 1
+        if self.spool.on_disk and not self._said_disk:
+            self._said_disk = True
+            log.warning("alerts_spooled", output=self.output.name, reason="the memory spool is full",
+                        in_spool=len(self.spool), spool_file=str(self.spool.path))
+
+    def _schedule(self, now: float) -> None:
+        self._retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, self.retry_max_s)
 
 
 class AlertSink:
-    """Writes each alert as one JSON line to every output ("-" is stdout)."""
+    """Writes each alert as one JSON line to every output ("-" is stdout).
 
-    def __init__(self, outputs: list[str], max_queue: int = 10000):
+    ``spool_dir`` None keeps spooled alerts in memory only (``memory_spool_bytes`` per output, then drops);
+    with a directory, each file output overflows to a spool file there (``spool_max_bytes`` per output).
+    Choose a directory on another filesystem than the outputs: a full disk fills both.
+    """
+
+    def __init__(self, outputs: list[str], max_queue: int = 10000, *, spool_dir: str | Path | None = None,
+                 spool_max_bytes: int = DISK_SPOOL_BYTES, memory_spool_bytes: int = MEMORY_SPOOL_BYTES,
+                 retry_min_s: float = RETRY_MIN_S, retry_max_s: float = RETRY_MAX_S,
+                 opener: Callable[[str], Output] = open_output) -> None:
         self.outputs = outputs
-        self._files: list[tuple[str, IO[str]]] = []
+        self._deliveries: list[Delivery] = []
+        spool_root = Path(spool_dir) if spool_dir else None
         for target in outputs:
-            if target == "-":
-                self._files.append((target, sys.stdout))
-                continue
             try:
-                os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-                self._files.append((target, open(target, "a", encoding="utf-8")))
+                output = opener(target)
             except OSError as exc:
+                self._close_outputs()
                 raise PermissionError(f"cannot open the alerts file {target}: {exc.strerror}; "
                                       "choose another with --alerts") from exc
+            # stdout has no disk spool: a later run could not write a closed pipe's alerts anywhere sensible.
+            path = spool_path(spool_root, target) if spool_root is not None and target != "-" else None
+            delivery = Delivery(output, Spool(memory_spool_bytes, path, spool_max_bytes), retry_min_s, retry_max_s)
+            if path is not None:
+                same = _filesystem(path.parent) == _filesystem(Path(os.path.abspath(target)).parent)
+                log.info("alerts_spool", output=target, spool_file=str(path), same_filesystem=same,
+                         **({"hint": "a full disk fills both: point detection.spool_dir at another filesystem"}
+                            if same else {}))
+                delivery.recover()
+            self._deliveries.append(delivery)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
-        self.written = 0
         self.dropped = 0
-        self.write_errors = 0
         self._thread = threading.Thread(target=self._run, name="alert-sink", daemon=True)
         self._thread.start()
 
@@ -52,29 +327,67 @@ class AlertSink:
             log.error("alert_dropped", reason="sink queue full", total=self.dropped)
 
     def _run(self) -> None:
+        # Recovered spool files are written before the first new alert.
+        self._retry_all(time.monotonic())
         while True:
-            item = self._queue.get()
+            waits = [w for d in self._deliveries if (w := d.due_in(time.monotonic())) is not None]
+            try:
+                item = self._queue.get(timeout=min(waits) if waits else None)
+            except queue.Empty:
+                item = None
             if item is STOP:
-                return
-            line = json.dumps(item, separators=(",", ":")) + "\n"
-            for target, fh in self._files:
-                try:
-                    fh.write(line)
-                    fh.flush()
-                except OSError as exc:
-                    self.write_errors += 1
-                    log.error("alert_write_failed", output=target, error=str(exc), total=self.write_errors)
-            self.written += 1
+                break
+            try:
+                if item is not None:
+                    self._deliver(item)
+                self._retry_all(time.monotonic())
+            except Exception:  # noqa: BLE001 - the thread must outlive a bug: alerts keep flowing
+                log.exception("alert_sink_error")
+        for delivery in self._deliveries:
+            try:
+                delivery.shutdown()
+            except Exception:  # noqa: BLE001 - the other outputs still get their last try
+                log.exception("alert_sink_error", output=delivery.output.name)
+
+    def _deliver(self, alert: dict[str, Any]) -> None:
+        try:
+            line = (json.dumps(alert, separators=(",", ":")) + "\n").encode()  # ASCII: ensure_ascii
+        except (TypeError, ValueError) as exc:
+            self.dropped += 1
+            log.error("alert_dropped", reason=f"cannot encode the alert as JSON: {exc}", total=self.dropped)
+            return
+        now = time.monotonic()
+        for delivery in self._deliveries:
+            delivery.deliver(line, alert, now)
+
+    def _retry_all(self, now: float) -> None:
+        for delivery in self._deliveries:
+            delivery.retry(now)
+
+    def _close_outputs(self) -> None:
+        for delivery in self._deliveries:
+            delivery.output.close()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write everything queued, then close the files."""
-        self._queue.put(STOP)
+        """Write everything queued (one last try for spooled alerts, the rest kept on disk), then close."""
+        try:
+            self._queue.put(STOP, timeout=timeout)
+        except queue.Full:
+            log.error("alert_sink_stuck", queued=self._queue.qsize(), hint="an output blocks its writes")
+            return
         self._thread.join(timeout)
-        for target, fh in self._files:
-            if target != "-":
-                fh.close()
+        if self._thread.is_alive():
+            log.error("alert_sink_stuck", queued=self._queue.qsize(), hint="an output blocks its writes")
 
     def stats(self) -> dict[str, int]:
-        """Counters for the stats line."""
-        return {"alerts_written": self.written, "alerts_dropped": self.dropped,
-                "alert_write_errors": self.write_errors}
+        """Counters for the stats line. Spool counts are summed over the outputs."""
+        ds = self._deliveries
+        return {
+            "alerts_written": min((d.written for d in ds), default=0),  # alerts every output has
+            "alerts_dropped": self.dropped + sum(d.dropped for d in ds),
+            "alert_write_errors": sum(d.write_errors for d in ds),
+            "alerts_spooled": sum(d.spooled for d in ds),
+            "alerts_in_spool": sum(d.waiting for d in ds),
+            "alerts_spool_flushed": sum(d.flushed for d in ds),
+            "alerts_spool_dropped": sum(d.dropped for d in ds),
+        }

@@ -227,3 +227,25 @@ def _toml_docs(draw: st.DrawFn) -> str:
 def test_random_toml(text: str) -> None:
     """Random well-formed TOML over the real keys only ever gives a Config or a ConfigError."""
     _check_config_or_error(text)
+
+
+def test_detection_spool_keys() -> None:
+    """detection.spool_dir and spool_max_mb default to /var/lib/chainwatch/spool and 64, and can be set."""
+    assert (Config().detection.spool_dir, Config().detection.spool_max_mb) == ("/var/lib/chainwatch/spool", 64)
+    config = parse_config('[detection]\nspool_dir = ""\nspool_max_mb = 8\n')
+    assert (config.detection.spool_dir, config.detection.spool_max_mb) == ("", 8)
+
+
+@pytest.mark.parametrize("text", [
+    "[detection]\nspool_max_mb = 0\n",
+    "[detection]\nspool_max_mb = 1048577\n",
+    "[detection]\nspool_max_mb = 1.5\n",
+    "[detection]\nspool_dir = 3\n",
+    "[sensor]\npoll_timeout_ms = 60001\n",
+    "[sensor]\nringbuf_pages = 524288\n",
+])
+def test_detection_and_sensor_bounds(text: str) -> None:
+    """A spool bound outside 1..1048576 MiB, a wrong type, a poll timeout over a minute or a ring buffer over
+    1 GiB raise ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="x.toml"):
+        parse_config(text, "x.toml")
