@@ -150,9 +150,9 @@ class ContextTagger:
 
 # ---------------------------------------------------------------------- attribution
 
-# pip unpacks a requirement into /tmp/pip-install-<random>/<name>_<hash>/ (or pip-req-build-<random>).
-_PIP_BUILD_DIR: Final = re.compile(
-    r"/pip-(?:install|req-build|build-env|wheel)-[^/]+/([A-Za-z0-9_.\-]+?)(?:_[0-9a-f]{32})?(?:/|$)")
+# pip unpacks a requirement from an index into /tmp/pip-install-<random>/<name>_<32 hex>/. (A local sdist
+# goes to /tmp/pip-req-build-<random>/, which names nothing: the sdist's own name is used then.)
+_PIP_BUILD_DIR: Final = re.compile(r"/pip-install-[^/]+/([A-Za-z0-9_.\-]+?)_[0-9a-f]{32}/")
 # An archive named <name>-<version>.<ext>: sdists, npm tarballs, gems.
 _SDIST: Final = re.compile(
     r"^([A-Za-z0-9_.\-]+?)-(\d[A-Za-z0-9_.+!\-]*)\.(?:tar\.gz|tgz|zip|tar\.bz2|whl|gem|deb|rpm)$")

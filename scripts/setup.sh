@@ -16,6 +16,10 @@ arch=$(dpkg --print-architecture)
 packages=(python3-bpfcc python3-venv python3-yaml bpftool iproute2 kmod gcc make)
 # Tools the live tests use as attacks (in network namespaces only) and as benign workloads.
 packages+=(netcat-traditional ncat socat gawk openssl curl wget git)
+# Supply-chain live tests: real npm, pip (a C extension needs Python.h) and dpkg-deb installs.
+packages+=(python3-dev)
+# NodeSource's nodejs ships its own npm and conflicts with Debian's npm package: add it only if missing.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 headers_pkg=""
 apt_updated=0
@@ -68,7 +72,10 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 stamp=.venv/.chainwatch-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Reinstall when pyproject changed, or when a test dependency is missing (a venv made before it was added,
+# whose stamp a checkout did not make older than pyproject.toml).
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+    || ! .venv/bin/python -c 'import hypothesis, pytest' 2>/dev/null; then
     log "installing chainwatch and its Python dependencies into .venv"
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"

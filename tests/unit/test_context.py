@@ -290,3 +290,18 @@ def test_pip_attribution_from_build_directory_and_requirement() -> None:
     reverse_shell(w, 92, 91, 0.2)
     pkg = w.alerts[0]["supply_chain"]["package"]
     assert pkg == {"manager": "pip", "name": "evilpy", "version": "2.0", "hook": "get_requires_for_build_wheel"}
+
+
+def test_pip_attribution_from_a_pip_install_directory() -> None:
+    w = World()
+    w.spawn(90, None, "/usr/bin/python3", ("python3", "-m", "pip", "install", "evilpy", "other"))
+    w.spawn(91, 90, "/usr/bin/python3", ("python3", "/tmp/pip-install-x1/evilpy_" + "0" * 32 + "/setup.py",
+                                         "egg_info"), t=0.1)
+    reverse_shell(w, 92, 91, 0.2)
+    assert w.alerts[0]["supply_chain"]["package"] == {"manager": "pip", "name": "evilpy", "hook": "setup.py"}
+    # a bare build directory names nothing, and setup.py is not a package name
+    w2 = World()
+    w2.spawn(90, None, "/usr/bin/python3", ("python3", "-m", "pip", "install", "/src/cw-evil-1.0.tar.gz"))
+    w2.spawn(91, 90, "/usr/bin/python3", ("python3", "/tmp/pip-req-build-ab12/setup.py", "install"), t=0.1)
+    reverse_shell(w2, 92, 91, 0.2)
+    assert w2.alerts[0]["supply_chain"]["package"]["name"] == "cw-evil"
