@@ -21,6 +21,7 @@ class SensorConfig:
     capture_env: bool = True  # copy the environment block at exec (attribution labels)
     skip_loopback: bool = True  # drop connects/accepts to loopback in the kernel: they never count as remote
     ringbuf_pages: int = 2048  # ring buffer size in 4 KiB pages, a power of two
+    net_ringbuf_pages: int = 1024  # the connect/accept/listen ring, likewise
     poll_timeout_ms: int = 100
     stats_interval_s: float = 60.0
 
@@ -60,11 +61,12 @@ class Config:
 
     def validate(self, source: str = "<defaults>") -> Config:
         """Check value ranges; raises ConfigError."""
-        pages = self.sensor.ringbuf_pages
-        # bcc sizes the ring buffer as pages * 4096 in a C int: 2**18 pages (1 GiB) is the most that fits.
-        if pages < 1 or pages & (pages - 1) or pages > MAX_RINGBUF_PAGES:
-            raise ConfigError(f"{source}: sensor.ringbuf_pages must be a power of two up to {MAX_RINGBUF_PAGES}, "
-                              f"not {pages}")
+        for key, pages in (("ringbuf_pages", self.sensor.ringbuf_pages),
+                           ("net_ringbuf_pages", self.sensor.net_ringbuf_pages)):
+            # bcc sizes a ring buffer as pages * 4096 in a C int: 2**18 pages (1 GiB) is the most that fits.
+            if pages < 1 or pages & (pages - 1) or pages > MAX_RINGBUF_PAGES:
+                raise ConfigError(f"{source}: sensor.{key} must be a power of two up to {MAX_RINGBUF_PAGES}, "
+                                  f"not {pages}")
         # bcc passes the poll timeout as a C int; a minute already makes shutdown and the stats line late.
         if not 1 <= self.sensor.poll_timeout_ms <= MAX_POLL_TIMEOUT_MS:
             raise ConfigError(f"{source}: sensor.poll_timeout_ms must be between 1 and {MAX_POLL_TIMEOUT_MS}, "

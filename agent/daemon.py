@@ -55,7 +55,8 @@ def host_meta() -> dict[str, Any]:
 def probe_options(config: Config) -> ProbeOptions:
     """The kernel-side options from the config."""
     return ProbeOptions(capture_env=config.sensor.capture_env, skip_loopback=config.sensor.skip_loopback,
-                        ringbuf_pages=config.sensor.ringbuf_pages)
+                        ringbuf_pages=config.sensor.ringbuf_pages,
+                        net_ringbuf_pages=config.sensor.net_ringbuf_pages)
 
 
 class Agent:
@@ -161,7 +162,8 @@ class Agent:
         if any(v > self._last_drops.get(k, 0) for k, v in drops.items()):
             new = {k: v - self._last_drops.get(k, 0) for k, v in drops.items() if v != self._last_drops.get(k, 0)}
             log.warning("events_lost", where="kernel", new=new, total=drops,
-                        hint="raise sensor.ringbuf_pages, or the agent is starved of CPU")
+                        hint="raise sensor.ringbuf_pages (net_ringbuf_pages for net_ringbuf_full), or the agent is "
+                             "starved of CPU")
             self._last_drops = drops
 
     def log_stats(self, final: bool = False) -> None:

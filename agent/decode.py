@@ -7,6 +7,7 @@ unknown record raises :class:`DecodeError` (the daemon counts and logs it, and c
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 from collections.abc import Callable
 from typing import Any, Final
@@ -42,7 +43,11 @@ def _argv(block: bytes) -> tuple[str, ...]:
 
 
 def _addr(family: int, raw: Any) -> str:
-    data = bytes(raw)  # a u8 array: not cut at NUL
+    return _addr_text(family, bytes(raw))  # a u8 array: not cut at NUL
+
+
+@functools.lru_cache(maxsize=4096)  # a busy host talks to few peers; formatting is most of a connect's decode
+def _addr_text(family: int, data: bytes) -> str:
     if family == AF_INET:
         return str(ipaddress.IPv4Address(data[:4]))
     if family == AF_INET6:

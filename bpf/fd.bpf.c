@@ -1,5 +1,6 @@
 /* Sockets duplicated onto stdin/stdout/stderr: dup, dup2, dup3 and fcntl(F_DUPFD*).
- * The kernel decides from the inode type; only socket-onto-0/1/2 reaches userspace. */
+ * The kernel decides from the inode type and the peer: only an inet socket with a (non-loopback) peer
+ * onto 0/1/2 reaches userspace. */
 
 #define F_DUPFD_ 0
 #define F_DUPFD_CLOEXEC_ 1030
@@ -42,23 +43,24 @@ static __always_inline int dup_exit(long ret) {
     void *file = current_fd_file((int)ret);
     if (!file_is_socket(file))
         return 0;
-    struct dup_event *e = events.ringbuf_reserve(sizeof(struct dup_event));
-    if (!e) {
-        count_drop(DROP_RINGBUF);
+    struct dup_event ev;
+    __builtin_memset(&ev, 0, sizeof(ev));
+    struct dup_event *e = &ev;
+    sock_describe(file, &e->family, &e->sock_type, &e->port, &e->lport, e->addr);
+    /* Only an inet socket with a peer can hand a terminal to someone: an unconnected or unix socket
+     * on stdio (a service's journal stream, a listener) is dropped here, before it costs ring space. */
+    if ((e->family != AF_INET_ && e->family != AF_INET6_) || e->port == 0)
         return 0;
-    }
+#if SKIP_LOOPBACK
+    if (addr_is_loopback(e->family, e->addr))
+        return 0;
+#endif
     fill_header(&e->hdr, OP_SOCKET_DUP, sizeof(*e));
     e->oldfd = (s32)s.a;
     e->newfd = (s32)ret;
     e->syscall = (u32)s.b;
-    e->_pad = 0;
-    e->family = 0;
-    e->sock_type = 0;
-    e->port = 0;
-    e->lport = 0;
-    __builtin_memset(e->addr, 0, sizeof(e->addr));
-    sock_describe(file, &e->family, &e->sock_type, &e->port, &e->lport, e->addr);
-    events.ringbuf_submit(e, 0);
+    if (events.ringbuf_output(e, sizeof(*e), 0) != 0)
+        count_drop(DROP_RINGBUF);
     return 0;
 }
 

@@ -1,19 +1,14 @@
 /* Network: connect (IPv4/IPv6, with result), accept and listen (bind shells). */
 
 static __always_inline int emit_net(u16 op, int fd, int result, void *file, const u8 *uaddr) {
-    struct net_event *e = events.ringbuf_reserve(sizeof(struct net_event));
-    if (!e) {
-        count_drop(DROP_RINGBUF);
-        return 0;
-    }
+    /* Built on the stack and filtered before it takes ring space: a full ring must count only the
+     * events that would have been sent. */
+    struct net_event ev;
+    __builtin_memset(&ev, 0, sizeof(ev));
+    struct net_event *e = &ev;
     fill_header(&e->hdr, op, sizeof(*e));
     e->fd = fd;
     e->result = result;
-    e->family = 0;
-    e->sock_type = 0;
-    e->port = 0;
-    e->lport = 0;
-    __builtin_memset(e->addr, 0, sizeof(e->addr));
     if (file)
         sock_describe(file, &e->family, &e->sock_type, &e->port, &e->lport, e->addr);
     if (uaddr) {
@@ -24,18 +19,18 @@ static __always_inline int emit_net(u16 op, int fd, int result, void *file, cons
         u16 port = 0;
         __builtin_memcpy(&port, uaddr + 2, 2);
         e->port = cw_ntohs(port);
+        __builtin_memset(e->addr, 0, sizeof(e->addr));
         if (family == AF_INET_)
             __builtin_memcpy(e->addr, uaddr + 4, 4);
         else
             __builtin_memcpy(e->addr, uaddr + 8, 16);
     }
 #if SKIP_LOOPBACK
-    if (addr_is_loopback(e->family, e->addr) && op != OP_LISTEN) {
-        events.ringbuf_discard(e, 0);
+    if (addr_is_loopback(e->family, e->addr) && op != OP_LISTEN)
         return 0;
-    }
 #endif
-    events.ringbuf_submit(e, 0);
+    if (net_events.ringbuf_output(e, sizeof(*e), 0) != 0)
+        count_drop(DROP_NET_RINGBUF);
     return 0;
 }
 

@@ -13,7 +13,7 @@ import fnmatch
 import ipaddress
 import os.path
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -70,6 +70,7 @@ class TunnelTool:
 
 ROOT_MATCH_KEYS: Final = ("executables", "python_modules", "jars", "paths")
 ROOT_OPTIONAL_KEYS: Final = (*ROOT_MATCH_KEYS, "subcommands", "bare", "options", "labels")
+REMOTE_CACHE_MAX: Final = 4096
 PACKAGE_LABELS: Final = ("name", "version", "hook")
 CI_LABELS: Final = ("repository", "workflow", "run_id", "job", "job_id")
 
@@ -192,6 +193,7 @@ class Lists:
     """fnmatch patterns on interpreters whose script names the tool (contexts.yaml)."""
     unpackers: frozenset[str] = frozenset()
     """Package-manager executables whose own persistence writes are unpacking a package (contexts.yaml)."""
+    _remote_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def context_root_for(self, filename: str, argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
         """The first root that the exec of ``filename`` with ``argv`` is, and how it was invoked; or None."""
@@ -213,8 +215,15 @@ class Lists:
 
     def is_remote(self, addr: str) -> bool:
         """True when ``addr`` is an IP address outside ``local_cidrs`` (False when it does not parse)."""
-        ip = parse_ip(addr)
-        return ip is not None and not in_networks(ip, self.local_cidrs)
+        cache = self._remote_cache
+        known = cache.get(addr)
+        if known is None:
+            ip = parse_ip(addr)
+            known = ip is not None and not in_networks(ip, self.local_cidrs)
+            if len(cache) >= REMOTE_CACHE_MAX:
+                cache.clear()  # bounded: an address spray costs parsing again, never memory
+            cache[addr] = known
+        return known
 
     def is_shell(self, exe: str) -> bool:
         """True when the basename of ``exe`` is a shell."""

@@ -19,7 +19,7 @@ class ProbeError(RuntimeError):
     """The probes could not be built or attached; the message says what to do."""
 
 
-DROP_REASONS = ("ringbuf_full", "stash_full")
+DROP_REASONS = ("ringbuf_full", "stash_full", "net_ringbuf_full")  # bpf/include/common.h DROP_*
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,13 @@ def import_bcc() -> Any:
     return bcc
 
 
+_KTIME = layout.EventHeader.ktime.offset
+
+
+def _ktime(record: bytes) -> int:
+    return int.from_bytes(record[_KTIME:_KTIME + 8], "little")
+
+
 class Sensor:
     """The loaded BPF program: ``poll()`` returns the raw records seen since the last call."""
 
@@ -68,24 +75,30 @@ class Sensor:
         except Exception as exc:  # bcc raises bare Exception on compile and attach errors
             raise ProbeError(f"the BPF program failed to build or attach ({exc}); "
                              "`chainwatch doctor` checks the kernel and headers") from exc
-        self._bpf[b"events"].open_ring_buffer(self._on_record)
+        for ring in (b"events", b"net_events"):
+            self._bpf[ring].open_ring_buffer(self._on_record)
         self._drops = self._bpf[b"drops"]
 
     def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
         # Copy only: the buffer is the kernel's and is reused once we return.
         self._pending.append(ctypes.string_at(data, size))
 
-    def poll(self, timeout_ms: int) -> list[bytes]:
-        """Wait up to timeout_ms for records, then return every record that arrived."""
-        self._bpf.ring_buffer_poll(timeout_ms)
+    def _take(self) -> list[bytes]:
+        # Two rings are read one after the other; put the batch back in kernel time order (header.ktime),
+        # so that a process's exec still comes before its connect.
         out, self._pending = self._pending, []
+        out.sort(key=_ktime)
         return out
 
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Wait up to timeout_ms for records, then return every record that arrived, oldest first."""
+        self._bpf.ring_buffer_poll(timeout_ms)
+        return self._take()
+
     def drain(self) -> list[bytes]:
-        """Everything already in the ring buffer, without waiting."""
+        """Everything already in the ring buffers, without waiting, oldest first."""
         self._bpf.ring_buffer_consume()
-        out, self._pending = self._pending, []
-        return out
+        return self._take()
 
     def set_context_executables(self, names: dict[str, int]) -> None:
         """Fill the exec probe's table of executable basenames that start a context by themselves."""

@@ -73,6 +73,7 @@ class ProbeOptions:
     capture_env: bool = True
     skip_loopback: bool = True
     ringbuf_pages: int = 2048
+    net_ringbuf_pages: int = 1024
 
 
 def load_persistence_list(path: Path = PERSISTENCE_LIST) -> tuple[list[str], list[str]]:
@@ -142,6 +143,7 @@ def render_cflags(offsets: KernelOffsets, features: Features, options: ProbeOpti
         f"-DCAPTURE_ENV={int(options.capture_env)}",
         f"-DSKIP_LOOPBACK={int(options.skip_loopback)}",
         f"-DRINGBUF_PAGES={options.ringbuf_pages}",
+        f"-DNET_RINGBUF_PAGES={options.net_ringbuf_pages}",
         "-Wno-unused-function",
     ]
     return flags

@@ -29,11 +29,18 @@
 #define RINGBUF_PAGES 2048
 #endif
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* Connect/accept/listen have a ring of their own: any process can make them by the thousand, and a
+ * flood of them must not crowd out the process, fd and file events that most detections stand on. */
+#ifndef NET_RINGBUF_PAGES
+#define NET_RINGBUF_PAGES 1024
+#endif
+BPF_RINGBUF_OUTPUT(net_events, NET_RINGBUF_PAGES);
 
 /* Loss counters, summed per CPU by userspace: a lost event is a possible missed attack. */
-#define DROP_RINGBUF 0   /* ring buffer full: reserve/output failed */
-#define DROP_STASH 1     /* syscall enter/exit stash full */
-#define DROP_REASONS 2
+#define DROP_RINGBUF 0      /* events ring full: reserve/output failed */
+#define DROP_STASH 1        /* syscall enter/exit stash full */
+#define DROP_NET_RINGBUF 2  /* net_events ring full */
+#define DROP_REASONS 3
 BPF_PERCPU_ARRAY(drops, u64, DROP_REASONS);
 
 static __always_inline void count_drop(int reason) {
