@@ -361,6 +361,19 @@ RUNNERS = {
 }
 
 
+def runner_step(tmp_path: Path, spec: dict[str, Any], script: str) -> tuple[Path, list[str]]:
+    """A fake runner and the argv that makes it run ``script`` as a step with the job's labels."""
+    runner = build_fake_runner(tmp_path / spec["path"])
+    step = tmp_path / "_work" / "_temp" / f"{uuid.uuid4()}.sh"
+    step.parent.mkdir(parents=True)
+    step.write_text(script)
+    env: dict[str, str] = spec["env"]
+    # The runner keeps its own tracking id; the step gets the job's labels (a real runner sets them per step).
+    own = {k: v for k, v in env.items() if k == "RUNNER_TRACKING_ID"}
+    return runner, with_env(clean_env(tmp_path / "home", own),
+                            runner_argv(runner, spec["args"], env, ["bash", "-e", str(step)]))
+
+
 @pytest.mark.parametrize("provider", sorted(RUNNERS))
 def test_ci_runner_step_reverse_shell(sensorlab, netlab, tmp_path, provider) -> None:
     """A step run by a process named Runner.Worker (GITHUB_* set for the step) or gitlab-runner (CI_* set)
@@ -368,15 +381,8 @@ def test_ci_runner_step_reverse_shell(sensorlab, netlab, tmp_path, provider) -> 
     spec = RUNNERS[provider]
     listener, port = attacker_listener(netlab)
     ip = netlab.attacker_ip4
-    runner = build_fake_runner(tmp_path / spec["path"])
-    step = tmp_path / "_work" / "_temp" / f"{uuid.uuid4()}.sh"
-    step.parent.mkdir(parents=True)
-    step.write_text(f"echo building\n{bash_reverse_shell(ip, port)}\necho done\n")
     env: dict[str, str] = spec["env"]
-    # The runner keeps its own tracking id; the step gets the job's labels (a real runner sets them per step).
-    own = {k: v for k, v in env.items() if k == "RUNNER_TRACKING_ID"}
-    argv = with_env(clean_env(tmp_path / "home", own),
-                    runner_argv(runner, spec["args"], env, ["bash", "-e", str(step)]))
+    runner, argv = runner_step(tmp_path, spec, f"echo building\n{bash_reverse_shell(ip, port)}\necho done\n")
     mark, amark = sensorlab.mark(), sensorlab.alert_mark()
     done = run_in_lab(netlab, netlab.victim_ns, argv, cwd=tmp_path)
     assert done.returncode == 0, f"fake runner failed: {done.describe()}"
@@ -446,15 +452,8 @@ def test_github_step_changing_runner_tracking_id_alerts(sensorlab, tmp_path) -> 
     """A GitHub Actions step that starts a process with a RUNNER_TRACKING_ID other than the job's (to
     escape the runner's cleanup) gives an alert in cicd_runner_github_actions naming that process."""
     spec = RUNNERS["github_actions"]
-    runner = build_fake_runner(tmp_path / spec["path"])
     marker = f"cw-escape-{uuid.uuid4().hex[:8]}"
-    step = tmp_path / "_work" / "_temp" / f"{uuid.uuid4()}.sh"
-    step.parent.mkdir(parents=True)
-    step.write_text(f"RUNNER_TRACKING_ID=0 timeout 5 sh -c 'sleep 0.2' {marker}\n")
-    env: dict[str, str] = spec["env"]
-    own = {k: v for k, v in env.items() if k == "RUNNER_TRACKING_ID"}
-    argv = with_env(clean_env(tmp_path / "home", own),
-                    runner_argv(runner, spec["args"], env, ["bash", "-e", str(step)]))
+    _, argv = runner_step(tmp_path, spec, f"RUNNER_TRACKING_ID=0 timeout 5 sh -c 'sleep 0.2' {marker}\n")
     mark, amark = sensorlab.mark(), sensorlab.alert_mark()
     done = run_here(argv, cwd=tmp_path)
     assert done.returncode == 0, f"fake runner failed: {done.describe()}"
