@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup run test test-unit lint gen clean bench-latency
+.PHONY: setup run test test-unit lint gen clean bench bench-setup bench-latency
 
 setup:
 	@bash scripts/setup.sh
@@ -18,12 +18,22 @@ test-unit: setup
 	$(PY) -m pytest -q tests/unit tests/replay
 
 lint:
-	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/ruff check agent tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m agent.abi --check
 
+# Not part of `make test`: timings are reported, never asserted. BENCH_ARGS e.g. "--rounds 7" or "--no-write".
+BENCH_ARGS ?=
+bench: bench-setup
+	timeout 7200 $(PY) bench/run.py $(BENCH_ARGS)
+
+# bpftrace is the peer sensor; without it the table says so instead of failing.
+bench-setup: setup
+	@command -v bpftrace >/dev/null || timeout 600 apt-get install -y bpftrace \
+		|| echo "bpftrace could not be installed: the bench runs without that peer"
+
 bench-latency: setup
-	$(PY) bench/latency.py -n 200
+	timeout 3600 $(PY) bench/latency.py -n 200
 
 gen:
 	$(PY) -m agent.abi

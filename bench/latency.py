@@ -5,7 +5,7 @@ Runs `chainwatch run` as shipped (bundled rules, --alerts FILE), then N bash /de
 namespace lab (victim -> attacker, documentation addresses, no default route, bounded timeouts), and prints
 the distribution. Each alert carries chainwatch.event_ktime (CLOCK_BOOTTIME of the triggering connect);
 a reader thread stamps each line with CLOCK_BOOTTIME when it appears in the file (polled every 0.5 ms).
-Needs root. Usage: bench/latency.py [-n 200]
+Needs root. Usage: bench/latency.py [-n 200] [--json FILE]  (make bench reads the numbers from FILE)
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -61,6 +62,7 @@ def percentile(values: list[float], p: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=200, help="reverse shells to trigger")
+    parser.add_argument("--json", type=Path, help="also write the distribution to this file, as JSON")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/latency.py needs root (BPF and network namespaces)")
@@ -90,6 +92,7 @@ def main() -> int:
         tail.stop.set()
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
     first_line: dict[str, tuple[int, dict]] = {}
     for seen, alert in tail.lines:
         first_line.setdefault(alert["chainwatch"]["incident"]["id"], (seen, alert))
@@ -102,6 +105,11 @@ def main() -> int:
           f"p99 {percentile(latencies, 99):.2f}  max {max(latencies):.2f}  min {min(latencies):.2f}")
     print(f"  targets: median <= 50 ms, p99 <= 250 ms; lines written {len(tail.lines)} "
           f"({len(tail.lines) / max(1, len(first_line)):.2f} per incident)")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "shells": args.n, "incidents": len(latencies), "lines": len(tail.lines),
+            "median_ms": statistics.median(latencies), "p90_ms": percentile(latencies, 90),
+            "p99_ms": percentile(latencies, 99), "max_ms": max(latencies), "min_ms": min(latencies)}))
     return 0
 
 
