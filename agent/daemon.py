@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import signal
 import socket
@@ -50,6 +52,20 @@ def host_meta() -> dict[str, Any]:
     except OSError:
         machine_id = ""
     return {"hostname": socket.gethostname(), "host_id": machine_id, "kernel": os.uname().release}
+
+
+def settle_memory() -> None:
+    """After compiling and seeding. Full (generation-2) collections scan the whole process table for
+    cycles it does not make, pausing the loop for hundreds of ms as it grows (bench/RESULTS.md): freeze
+    what exists and leave full collections to the table's own bound. Then hand the heap the compiler
+    freed back to the kernel."""
+    gc.freeze()
+    gen0, gen1, _ = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, 1_000_000)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
 
 
 def probe_options(config: Config) -> ProbeOptions:
@@ -108,6 +124,7 @@ class Agent:
         seeded = seed_events()
         for event in seeded:
             self.pipeline.feed(event)
+        settle_memory()
         log.info("sensor_ready", rules=len(self.rules.rules), alerts=list(self.config.detection.alerts),
                  probes=self.sensor.attached(), offsets=self.sensor.program.offsets.source,
                  features=features.describe(), seeded_processes=len(seeded),

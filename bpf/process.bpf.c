@@ -91,7 +91,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     e->hdr.size = size;
     if (size > sizeof(*e)) /* never true; tells the verifier the bound */
         size = sizeof(*e);
-    if (events.ringbuf_output(e, size, 0) != 0)
+    /* A shell started on a socket is itself a reverse shell: that one wakes the agent at once. */
+    u64 wake = e->stdio_sock_fd >= 0 ? BPF_RB_FORCE_WAKEUP : lifecycle_wakeup_flag();
+    if (events.ringbuf_output(e, size, wake) != 0)
         count_drop(DROP_RINGBUF);
     return 0;
 }
@@ -128,7 +130,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
     e->hdr.ppid = read_u32(real_parent, TASK_TGID);
     e->hdr.start_time = read_u64(child, TASK_START_BOOTTIME);
     e->parent_start_time = task_process_start(real_parent);
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, lifecycle_wakeup_flag());
     return 0;
 }
 
@@ -156,6 +158,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     fill_header(&e->hdr, OP_EXIT, sizeof(*e));
     e->exit_code = (s32)read_u32((void *)bpf_get_current_task(), TASK_EXIT_CODE);
     e->_pad = 0;
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, lifecycle_wakeup_flag());
     return 0;
 }

@@ -93,6 +93,8 @@ class Sensor:
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Wait up to timeout_ms for records, then return every record that arrived, oldest first."""
         self._bpf.ring_buffer_poll(timeout_ms)
+        # Lifecycle records are queued without a wakeup (bpf/include/common.h): collect them too.
+        self._bpf.ring_buffer_consume()
         return self._take()
 
     def drain(self) -> list[bytes]:
