@@ -62,6 +62,11 @@ def settle_memory() -> None:
     gc.freeze()
     gen0, gen1, _ = gc.get_threshold()
     gc.set_threshold(gen0, gen1, 1_000_000)
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Give free heap back to the kernel (after the compile, and after reaping a burst of processes)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -158,6 +163,7 @@ class Agent:
                     ktime = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
                     assert self.engine is not None
                     self.engine.prune(ktime)
+                    trim_heap()
                     self.log_stats()
                     next_stats = now + interval
             sd_notify("STOPPING=1")

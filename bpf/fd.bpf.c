@@ -6,6 +6,10 @@
 #define F_DUPFD_CLOEXEC_ 1030
 
 static __always_inline void dup_enter(long oldfd, int syscall) {
+    /* Only a socket can become a reverse shell's stdio: a pipe or tty dup (every shell redirection)
+     * stops here, before the stash's hash update and the exit probe's lookup and delete. */
+    if (!file_is_socket(current_fd_file((int)oldfd)))
+        return;
     struct stash s = {};
     s.a = oldfd;
     s.b = syscall;
