@@ -130,6 +130,7 @@ class Agent:
         for event in seeded:
             self.pipeline.feed(event)
         settle_memory()
+        self.sensor.release_compiler()
         log.info("sensor_ready", rules=len(self.rules.rules), alerts=list(self.config.detection.alerts),
                  probes=self.sensor.attached(), offsets=self.sensor.program.offsets.source,
                  features=features.describe(), seeded_processes=len(seeded),
