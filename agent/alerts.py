@@ -17,7 +17,9 @@ from agent.lineage.table import Process, ProcessTable
 SEVERITY_NAMES = {21: "low", 47: "medium", 73: "high", 99: "critical"}
 CATEGORIES = {"shell_network_connection": ["process", "network"], "interpreter_reverse_shell": ["process", "network"],
               "stdio_to_socket": ["process", "network"], "tunnel_tool": ["process", "network"],
-              "irc_connection": ["network"], "persistence_write": ["file"], "runner_tracking_tamper": ["process"]}
+              "irc_connection": ["network"], "persistence_write": ["file"], "runner_tracking_tamper": ["process"],
+              "reverse_shell": ["process", "network"], "bind_shell": ["process", "network"],
+              "download_execute": ["process", "network"], "c2_beacon": ["process", "network"]}
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,16 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
     }
     if context is not None and "root" in doc["supply_chain"]:
         doc["supply_chain"]["root"]["entity_id"] = entity_id(host.id, context.root)  # the correlation key
-    network = next((s for s in reversed(signals) if s.daddr), None)
+    # The trigger's own artefact when it has one: a line written for a new destination or file names it.
+    network = trigger if trigger.daddr else next((s for s in reversed(signals) if s.daddr), None)
     if network is not None:
         doc["destination"] = {"ip": network.daddr, "port": network.dport}
         doc["network"] = {"transport": network.transport, "type": network.family}
-    path = next((s.path for s in reversed(signals) if s.path), "")
+        if network.direction:
+            doc["network"]["direction"] = network.direction
+        if network.saddr:
+            doc["source"] = {"ip": network.saddr, "port": network.sport}
+    path = trigger.path or next((s.path for s in reversed(signals) if s.path), "")
     if path:
         doc["file"] = {"path": path}
     return doc

@@ -77,16 +77,51 @@ FILE_TYPES: Final = {0o140000: "socket", 0o120000: "lnk", 0o100000: "reg", 0o060
                      0o020000: "chr", 0o010000: "fifo"}
 
 
+ACCESS: Final = ("r", "w", "rw", "rw")
+PTY_SLAVE_MAJORS: Final = range(136, 144)  # UNIX98 pty slaves (/dev/pts/N)
+PTMX_RDEV: Final = (5 << 20) | 2
+UNIX_AUX_FLAG: Final = 1 << 63  # set by the kernel's file_identity() on unix sockets
+
+
+def _end_id(mode: int, dev: int, ino: int, rdev: int, aux: int) -> tuple[str, str]:
+    """(identity, unix peer identity) of one open file, as the stdio graph joins them (see Exec.stdio_ids)."""
+    kind = FILE_TYPES.get(mode & S_IFMT, "") if mode else ""
+    if kind == "socket":
+        if aux & UNIX_AUX_FLAG:
+            peer = aux & ~UNIX_AUX_FLAG
+            return f"unix:{ino}", f"unix:{peer}" if peer else ""
+        return f"sock:{ino}", ""
+    if kind == "fifo":
+        return f"fifo:{dev}:{ino}", ""
+    if kind == "chr":
+        major, minor = rdev >> 20, rdev & 0xFFFFF
+        if rdev == PTMX_RDEV:
+            return f"ptm:{aux}", ""
+        if major in PTY_SLAVE_MAJORS:
+            return f"pty:{(major - 136) << 20 | minor}", ""
+        if (major, minor) == (1, 3):
+            return "null", ""
+        return f"chr:{major}:{minor}", ""
+    if kind == "reg":
+        return f"file:{dev}:{ino}", ""
+    return kind, ""
+
+
 def _exec(r: Any, common: dict[str, Any]) -> ev.Event:
     stdio = tuple(FILE_TYPES.get(mode & S_IFMT, "") if mode else "" for mode in r.stdio_mode)
+    ends = [_end_id(r.stdio_mode[i], r.stdio_dev[i], r.stdio_ino[i], r.stdio_rdev[i], r.stdio_aux[i])
+            for i in range(3)]
+    access = tuple(ACCESS[r.stdio_fflags[i] & 3] if r.stdio_mode[i] else "" for i in range(3))
     sock: dict[str, Any] = {}
-    if r.stdio_sock_fd in (0, 1):
+    if r.stdio_sock_fd in (0, 1, 2):
         s = _sock(r)
         sock = {"stdio_socket_fd": r.stdio_sock_fd, "stdio_family": s["family"], "stdio_transport": s["transport"],
-                "stdio_daddr": _addr(r.family, r.addr), "stdio_dport": r.port}
+                "stdio_daddr": _addr(r.family, r.addr), "stdio_dport": r.port,
+                "stdio_laddr": _addr(r.family, r.laddr), "stdio_lport": r.lport}
     return ev.Exec(**common, filename=_text(_chars(r, "filename", r.filename_len)),
                    args=_argv(_chars(r, "args", r.args_len)), env=parse_env_block(_chars(r, "env", r.env_len)),
-                   stdio=stdio, **sock)
+                   stdio=stdio, stdio_ids=tuple(e[0] for e in ends), stdio_peers=tuple(e[1] for e in ends),
+                   stdio_access=access, exe_id=f"{r.exe_dev}:{r.exe_ino}" if r.exe_ino else "", **sock)
 
 
 def _fork(r: Any, common: dict[str, Any]) -> ev.Event:
@@ -102,22 +137,29 @@ def _sock(r: Any) -> dict[str, Any]:
     return {"family": FAMILY_NAMES.get(r.family, "other"), "transport": transports.get(r.sock_type, "other")}
 
 
+def _sock_id(r: Any) -> str:
+    return f"sock:{r.sock_ino}" if r.sock_ino else ""
+
+
 def _connect(r: Any, common: dict[str, Any]) -> ev.Event:
-    return ev.Connect(**common, **_sock(r), fd=r.fd, daddr=_addr(r.family, r.addr), dport=r.port, result=r.result)
+    return ev.Connect(**common, **_sock(r), fd=r.fd, daddr=_addr(r.family, r.addr), dport=r.port, result=r.result,
+                      laddr=_addr(r.family, r.laddr), lport=r.lport, sock_id=_sock_id(r))
 
 
 def _accept(r: Any, common: dict[str, Any]) -> ev.Event:
-    return ev.Accept(**common, **_sock(r), fd=r.fd, saddr=_addr(r.family, r.addr), sport=r.port, lport=r.lport)
+    return ev.Accept(**common, **_sock(r), fd=r.fd, saddr=_addr(r.family, r.addr), sport=r.port, lport=r.lport,
+                     laddr=_addr(r.family, r.laddr), sock_id=_sock_id(r))
 
 
 def _listen(r: Any, common: dict[str, Any]) -> ev.Event:
-    return ev.Listen(**common, **_sock(r), fd=r.fd, lport=r.lport, result=r.result)
+    return ev.Listen(**common, **_sock(r), fd=r.fd, lport=r.lport, result=r.result, laddr=_addr(r.family, r.laddr),
+                     sock_id=_sock_id(r))
 
 
 def _socket_dup(r: Any, common: dict[str, Any]) -> ev.Event:
     return ev.SocketDup(**common, **_sock(r), oldfd=r.oldfd, newfd=r.newfd,
                         syscall=SYSCALL_NAMES.get(r.syscall, "unknown"), daddr=_addr(r.family, r.addr),
-                        dport=r.port)
+                        dport=r.port, lport=r.lport, sock_id=_sock_id(r))
 
 
 _FILE_OPERATIONS: Final = {"rename": "rename", "renameat": "rename", "renameat2": "rename",
@@ -136,10 +178,19 @@ def _module_load(r: Any, common: dict[str, Any]) -> ev.Event:
     return ev.ModuleLoad(**common, source="tracepoint", syscall=SYSCALL_NAMES.get(r.syscall, "unknown"))
 
 
+FD_KIND_NAMES: Final = {layout.FD_KINDS["FD_FIFO"]: "fifo", layout.FD_KINDS["FD_PTMX"]: "ptmx"}
+
+
+def _fd_open(r: Any, common: dict[str, Any]) -> ev.Event:
+    kind = FD_KIND_NAMES.get(r.kind, "other")
+    end = f"fifo:{r.dev}:{r.ino}" if kind == "fifo" else f"ptm:{r.tty_index}" if kind == "ptmx" else ""
+    return ev.FdOpen(**common, fd=r.fd, kind=kind, end_id=end, access=ACCESS[r.fflags & 3])
+
+
 _BUILDERS: Final[dict[int, Callable[[Any, dict[str, Any]], ev.Event]]] = {
     OP["OP_EXEC"]: _exec, OP["OP_FORK"]: _fork, OP["OP_EXIT"]: _exit, OP["OP_CONNECT"]: _connect,
     OP["OP_ACCEPT"]: _accept, OP["OP_LISTEN"]: _listen, OP["OP_SOCKET_DUP"]: _socket_dup,
-    OP["OP_FILE_WRITE"]: _file_write, OP["OP_MODULE_LOAD"]: _module_load,
+    OP["OP_FILE_WRITE"]: _file_write, OP["OP_MODULE_LOAD"]: _module_load, OP["OP_FD_OPEN"]: _fd_open,
 }
 
 

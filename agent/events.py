@@ -15,6 +15,8 @@ FLAG_FILENAME_TRUNCATED = 1 << 0
 FLAG_ARGS_TRUNCATED = 1 << 1
 FLAG_ENV_TRUNCATED = 1 << 2
 FLAG_SEEDED = 1 << 3  # synthesised from /proc at startup, not seen by a probe
+FLAG_EXE_DELETED = 1 << 4  # exec of a file that has no name left
+FLAG_EXE_MEMFD = 1 << 5  # exec of a memfd: fileless
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,17 @@ class Exec(Event):
     stdio_transport: str = ""
     stdio_daddr: str = ""
     stdio_dport: int = 0
+    stdio_laddr: str = ""
+    stdio_lport: int = 0
+    # The stdio graph's view of fds 0, 1, 2 (agent.detect.stdio): an identity shared by every holder of the
+    # same object ("fifo:DEV:INO", "sock:INO", "unix:INO", "pty:N", "ptm:N", "file:DEV:INO", "null",
+    # "chr:MAJ:MIN", or "" when closed), the far end of a unix socketpair ("unix:INO" or ""), and the
+    # access mode ("r", "w", "rw").
+    stdio_ids: tuple[str, ...] = ()
+    stdio_peers: tuple[str, ...] = ()
+    stdio_access: tuple[str, ...] = ()
+    # The file actually executed, "DEV:INO" (mm->exe_file); FLAG_EXE_MEMFD/FLAG_EXE_DELETED say what it was.
+    exe_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +106,9 @@ class Connect(Event):
     daddr: str = ""
     dport: int = 0
     result: int = 0
+    laddr: str = ""  # the local end the kernel chose
+    lport: int = 0
+    sock_id: str = ""  # "sock:INO", as in Exec.stdio_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +122,8 @@ class Accept(Event):
     saddr: str = ""  # the peer
     sport: int = 0
     lport: int = 0
+    laddr: str = ""  # the local (listening) address
+    sock_id: str = ""  # the accepted socket, "sock:INO"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +136,8 @@ class Listen(Event):
     transport: str = ""
     lport: int = 0
     result: int = 0
+    laddr: str = ""
+    sock_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +152,8 @@ class SocketDup(Event):
     transport: str = ""
     daddr: str = ""  # the socket's peer, when connected
     dport: int = 0
+    lport: int = 0
+    sock_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +179,19 @@ class ModuleLoad(Event):
     args: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class FdOpen(Event):
+    """A FIFO or a pty master was opened (the kernel's file, whatever path the caller used)."""
+
+    type: ClassVar[str] = "fd_open"
+    fd: int = -1
+    kind: str = ""  # "fifo" | "ptmx"
+    end_id: str = ""  # "fifo:DEV:INO" or "ptm:N", as in Exec.stdio_ids
+    access: str = ""  # "r" | "w" | "rw"
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (Exec, Fork, Exit, Connect, Accept, Listen, SocketDup, FileWrite, ModuleLoad)
+    cls.type: cls for cls in (Exec, Fork, Exit, Connect, Accept, Listen, SocketDup, FileWrite, ModuleLoad, FdOpen)
 }
 
 

@@ -1,4 +1,4 @@
-/* Sockets duplicated onto stdin/stdout/stderr: dup, dup2, dup3 and fcntl(F_DUPFD*).
+/* Sockets duplicated onto stdin/stdout/stderr: dup, dup2, dup3 and fcntl(F_DUPFD*); FIFO and pty master opens.
  * The kernel decides from the inode type and the peer: only an inet socket with a (non-loopback) peer
  * onto 0/1/2 reaches userspace. */
 
@@ -50,7 +50,7 @@ static __always_inline int dup_exit(long ret) {
     struct dup_event ev;
     __builtin_memset(&ev, 0, sizeof(ev));
     struct dup_event *e = &ev;
-    sock_describe(file, &e->family, &e->sock_type, &e->port, &e->lport, e->addr);
+    SOCK_DESCRIBE(file, e);
     /* Only an inet socket with a peer can hand a terminal to someone: an unconnected or unix socket
      * on stdio (a service's journal stream, a listener) is dropped here, before it costs ring space. */
     if ((e->family != AF_INET_ && e->family != AF_INET6_) || e->port == 0)
@@ -72,3 +72,40 @@ TRACEPOINT_PROBE(syscalls, sys_exit_dup) { return dup_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_dup2) { return dup_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_dup3) { return dup_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_fcntl) { return dup_exit(args->ret); }
+
+/* FIFO and pty master opens: the ends of a relay that are not on anyone's stdio (`cat /tmp/f | sh | nc`
+ * reads the FIFO on fd 3; socat and pty.spawn hold the pty master). Decided on the file the kernel opened,
+ * so relative paths, dirfds and symlinks do not matter; every other open stops at the inode mode. */
+static __always_inline int fd_open_exit(long ret) {
+    if (ret < 0)
+        return 0;
+    void *file = current_fd_file((int)ret);
+    if (!file)
+        return 0;
+    struct fd_open_event ev;
+    __builtin_memset(&ev, 0, sizeof(ev));
+    u16 mode = 0;
+    u64 aux = 0;
+    file_identity(file, &mode, &ev.dev, &ev.ino, &ev.tty_index, &ev.fflags, &aux);
+    u16 fmt = mode & S_IFMT_;
+    if (fmt == S_IFIFO_) {
+        ev.kind = FD_FIFO;
+        ev.tty_index = 0;
+    } else if (fmt == S_IFCHR_ && ev.tty_index == PTMX_RDEV) {
+        ev.kind = FD_PTMX;
+        ev.tty_index = (u32)aux;
+    } else {
+        return 0;
+    }
+    fill_header(&ev.hdr, OP_FD_OPEN, sizeof(ev));
+    ev.fd = (s32)ret;
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        count_drop(DROP_RINGBUF);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return fd_open_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return fd_open_exit(args->ret); }
+#if HAVE_SYS_OPEN
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return fd_open_exit(args->ret); }
+#endif

@@ -1,4 +1,6 @@
-/* Network: connect (IPv4/IPv6, with result), accept and listen (bind shells). */
+/* Network: connect (IPv4/IPv6, with result), accept and listen (bind shells). The peer of a connect is read
+ * from the socket after the call (what the kernel connected to), so a thread rewriting the caller's sockaddr
+ * cannot change it; the sockaddr copied at entry is only the fallback for a failed connect. */
 
 static __always_inline int emit_net(u16 op, int fd, int result, void *file, const u8 *uaddr) {
     /* Built on the stack and filtered before it takes ring space: a full ring must count only the
@@ -10,9 +12,10 @@ static __always_inline int emit_net(u16 op, int fd, int result, void *file, cons
     e->fd = fd;
     e->result = result;
     if (file)
-        sock_describe(file, &e->family, &e->sock_type, &e->port, &e->lport, e->addr);
-    if (uaddr) {
-        /* connect: the destination the caller asked for, from its sockaddr. */
+        SOCK_DESCRIBE(file, e);
+    if (uaddr && e->port == 0) {
+        /* connect failed and the kernel cleared the peer (or the socket is gone): fall back to the
+         * destination the caller asked for, from its sockaddr copied at entry. */
         u16 family = 0;
         __builtin_memcpy(&family, uaddr, 2);
         e->family = family;

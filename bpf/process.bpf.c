@@ -40,23 +40,56 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
         e->hdr.flags |= EV_FILENAME_TRUNCATED;
     context_on_exec(e);
 
-    /* What stdin/stdout/stderr are: a shell started on a socket is a reverse shell; a relay has pipes. */
+    /* What stdin/stdout/stderr are, as identities the stdio graph joins in userspace: a shell started on a
+     * socket is a reverse shell; a relay has pipes, FIFOs, socketpairs or a pty between shell and socket. */
     e->stdio_sock_fd = -1;
+    e->sock_ino = 0;
     e->family = 0;
     e->sock_type = 0;
     e->port = 0;
     e->lport = 0;
     __builtin_memset(e->addr, 0, sizeof(e->addr));
+    __builtin_memset(e->laddr, 0, sizeof(e->laddr));
+    e->_pad2 = 0;
 #pragma unroll
     for (int fd = 0; fd < 3; fd++) {
         void *file = current_fd_file(fd);
-        e->stdio_mode[fd] = file ? read_u16(read_ptr(file, FILE_INODE), INODE_MODE) : 0;
-        if (fd < 2 && e->stdio_sock_fd < 0 && (e->stdio_mode[fd] & S_IFMT_) == S_IFSOCK_) {
-            e->stdio_sock_fd = fd;
-            sock_describe(file, &e->family, &e->sock_type, &e->port, &e->lport, e->addr);
+        if (!file) {
+            e->stdio_mode[fd] = 0;
+            e->stdio_dev[fd] = 0;
+            e->stdio_ino[fd] = 0;
+            e->stdio_rdev[fd] = 0;
+            e->stdio_fflags[fd] = 0;
+            e->stdio_aux[fd] = 0;
+            continue;
+        }
+        file_identity(file, &e->stdio_mode[fd], &e->stdio_dev[fd], &e->stdio_ino[fd], &e->stdio_rdev[fd],
+                      &e->stdio_fflags[fd], &e->stdio_aux[fd]);
+        if (e->stdio_sock_fd < 0 && (e->stdio_mode[fd] & S_IFMT_) == S_IFSOCK_ && e->stdio_aux[fd] == 0) {
+            SOCK_DESCRIBE(file, e);
+            if (e->family == AF_INET_ || e->family == AF_INET6_)
+                e->stdio_sock_fd = fd;
+            else
+                e->family = 0;
         }
     }
     e->_pad = 0;
+
+    /* The file actually executed: a copy, a memfd or a deleted file is told by its inode, not its name. */
+    void *exe = read_ptr(read_ptr((void *)bpf_get_current_task(), TASK_MM), MM_EXE_FILE);
+    void *exe_inode = file_inode(exe);
+    e->exe_ino = read_u64(exe_inode, INODE_INO);
+    e->exe_dev = read_u32(read_ptr(exe_inode, INODE_SB), SB_DEV);
+    e->exe_nlink = read_u32(exe_inode, INODE_NLINK);
+    char exe_name[8] = {};
+    bpf_probe_read_kernel_str(exe_name, sizeof(exe_name),
+                              read_ptr((char *)read_ptr(exe, FILE_F_PATH + PATH_DENTRY) + DENTRY_D_NAME, QSTR_NAME));
+    /* memfd_create names its file "memfd:<name>" (mm/memfd.c). */
+    if (exe_name[0] == 'm' && exe_name[1] == 'e' && exe_name[2] == 'm' && exe_name[3] == 'f' && exe_name[4] == 'd'
+        && exe_name[5] == ':')
+        e->hdr.flags |= EV_EXE_MEMFD;
+    else if (exe && e->exe_nlink == 0)
+        e->hdr.flags |= EV_EXE_DELETED;
 
     /* argv and envp are contiguous NUL-separated blocks in the new mm; one bounded read each. */
     void *mm = read_ptr((void *)bpf_get_current_task(), TASK_MM);

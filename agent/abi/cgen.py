@@ -45,7 +45,7 @@ def render() -> str:
         f"#define PATH_MAX_LEN {layout.PATH_MAX}",
         "",
     ]
-    for table in (layout.OPS, layout.FLAGS, layout.SYSCALLS):
+    for table in (layout.OPS, layout.FLAGS, layout.SYSCALLS, layout.FD_KINDS):
         out += [f"#define {name} {value}" for name, value in table.items()]
         out.append("")
     out += [f"#define CTX_{name.upper()} {value}" for name, value in layout.CONTEXTS.items()]

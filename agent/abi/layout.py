@@ -30,6 +30,7 @@ OPS: Final[dict[str, int]] = {
     "OP_SOCKET_DUP": 7,
     "OP_FILE_WRITE": 8,
     "OP_MODULE_LOAD": 9,
+    "OP_FD_OPEN": 10,
 }
 
 # Header flag bits. agent.events holds the same values for userspace-only flags.
@@ -37,7 +38,13 @@ FLAGS: Final[dict[str, int]] = {
     "EV_FILENAME_TRUNCATED": 1 << 0,
     "EV_ARGS_TRUNCATED": 1 << 1,
     "EV_ENV_TRUNCATED": 1 << 2,
+    # exec: the file executed has no name left (unlinked), or is a memfd (fileless execution).
+    "EV_EXE_DELETED": 1 << 4,
+    "EV_EXE_MEMFD": 1 << 5,
 }
+
+# fd_open_event.kind: the opens the stdio graph needs (a FIFO end, a pty master).
+FD_KINDS: Final[dict[str, int]] = {"FD_FIFO": 1, "FD_PTMX": 2}
 
 # Install and CI contexts (header.context). Package installs are below CONTEXT_CI_BASE, CI runners from
 # it: a package install may start inside a CI job and takes over there, never the other way round.
@@ -120,13 +127,16 @@ MAP_RECORDS: Final[tuple[Record, ...]] = (
     )),
 )
 
-# Socket description shared by the network and fd records: family/type from struct socket, peer from sock_common.
+# Socket description shared by the network and fd records: family/type from struct socket, peer and local
+# address from sock_common (what the kernel holds after the call, not what the caller passed in).
 SOCK_FIELDS: Final = (
+    ("sock_ino", u64, 0),  # the socket's inode: the identity the stdio graph joins on
     ("family", u16, 0),
     ("sock_type", u16, 0),
     ("port", u16, 0),  # peer (or connect destination) port, host order
     ("lport", u16, 0),  # local port, host order
-    ("addr", u8, 16),  # IPv4 in the first 4 bytes, or IPv6
+    ("addr", u8, 16),  # peer: IPv4 in the first 4 bytes, or IPv6
+    ("laddr", u8, 16),  # local address, same encoding
 )
 
 RECORDS: Final[dict[str, Record]] = {
@@ -134,9 +144,22 @@ RECORDS: Final[dict[str, Record]] = {
         ("filename_len", u32, 0),
         ("args_len", u32, 0),
         ("env_len", u32, 0),
-        ("stdio_sock_fd", s32, 0),  # which of fd 0/1 is described by the socket fields, or -1
+        ("stdio_sock_fd", s32, 0),  # which of fd 0/1/2 is described by the socket fields, or -1
         ("stdio_mode", u16, 3),  # inode i_mode of fds 0, 1, 2 (0: not open)
         ("_pad", u16, 0),
+        # What fds 0, 1, 2 are, as the stdio graph joins them: the inode (pipe, FIFO, socket, file), its
+        # superblock's device, the device number of a char device (which pty), the open flags (access mode),
+        # and aux: a unix socket's peer inode, or a pty master's index.
+        ("stdio_dev", u32, 3),
+        ("stdio_rdev", u32, 3),
+        ("stdio_fflags", u32, 3),
+        ("_pad2", u32, 0),
+        ("stdio_ino", u64, 3),
+        ("stdio_aux", u64, 3),
+        # The file actually executed (mm->exe_file), not the path the caller passed.
+        ("exe_ino", u64, 0),
+        ("exe_dev", u32, 0),
+        ("exe_nlink", u32, 0),
         *SOCK_FIELDS,
         ("filename", ctypes.c_char, FILENAME_MAX),
         ("args", ctypes.c_char, ARGS_MAX),
@@ -174,6 +197,16 @@ RECORDS: Final[dict[str, Record]] = {
     "OP_MODULE_LOAD": Record("module_event", (
         ("syscall", u32, 0),
         ("fd", s32, 0),
+    )),
+    # A FIFO or a pty master opened: the ends of a relay that need not be on anyone's stdio.
+    "OP_FD_OPEN": Record("fd_open_event", (
+        ("fd", s32, 0),
+        ("kind", u32, 0),
+        ("fflags", u32, 0),
+        ("dev", u32, 0),
+        ("ino", u64, 0),
+        ("tty_index", u32, 0),
+        ("_pad", u32, 0),
     )),
 }
 # accept and listen share the connect record's layout.

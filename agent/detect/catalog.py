@@ -12,12 +12,18 @@ DETECTORS: Final = frozenset({
     "irc_connection",             # a connection to an IRC port
     "persistence_write",          # a write, rename or link into a persistence location, or a module load
     "runner_tracking_tamper",     # a GitHub Actions step changed RUNNER_TRACKING_ID to escape job cleanup
+    "reverse_shell",              # the stdio graph: a shell relayed to a remote peer, or a command loop
+    "bind_shell",                 # an accepted remote connection given to a shell
+    "download_execute",           # a shell reads its commands from a network client's download
+    "c2_beacon",                  # the same loop runs downloaded commands from one destination again
 })
 
 # What each detector's signal means for correlation (the Datadog seed): a command-and-control channel,
-# persistence (the amplifier), or evasion.
+# persistence (the amplifier), evasion, a download run (medium in a context), or a notice (never amplified:
+# a shell that connects but reads no commands from the connection is a port probe until proven otherwise).
 FAMILIES: Final = {
-    "shell_network_connection": "c2", "interpreter_reverse_shell": "c2", "stdio_to_socket": "c2",
+    "shell_network_connection": "notice", "reverse_shell": "c2", "bind_shell": "c2", "c2_beacon": "c2",
+    "download_execute": "download", "interpreter_reverse_shell": "c2", "stdio_to_socket": "c2",
     "tunnel_tool": "c2", "irc_connection": "c2", "persistence_write": "persistence",
     "runner_tracking_tamper": "evasion",
 }

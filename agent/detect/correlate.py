@@ -12,8 +12,9 @@ evasion at least medium. C2 plus persistence makes it critical, inside a context
 shell that then installs a cron entry is a durable foothold wherever it happens.
 
 A new line is written only when an incident opens, its severity rises, it gains a new kind of
-signal, or it first learns its destination or its persistence file; anything else only counts as
-suppressed.
+signal, or it learns a new destination or a new persistence file (so a decoy shell cannot hide the real
+C2 address and a SIEM sees every file written); repeats of the same signal on the same target only count
+as suppressed.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class Incident:
     signals: list[Signal] = field(default_factory=list)
     severity: int = 0
     detectors: frozenset[str] = frozenset()
-    has_destination: bool = False
-    has_file: bool = False
+    destinations: frozenset[tuple[str, int]] = frozenset()
+    files: frozenset[str] = frozenset()
     last_ktime: int = 0
     suppressed: int = 0
 
@@ -55,7 +56,7 @@ def incident_severity(signals: list[Signal], context: Context | None) -> int:
     if context is not None:
         if "c2" in families:
             score = max(score, Severity.high)
-        if families & {"persistence", "evasion"}:
+        if families & {"persistence", "evasion", "download"}:
             score = max(score, Severity.medium)
     if {"c2", "persistence"} <= families:
         score = Severity.critical
@@ -103,15 +104,15 @@ class Correlator:
         incident.last_ktime = max(incident.last_ktime, now)
         severity = max(incident.severity, incident_severity(incident.signals, incident.context))
         detectors = incident.detectors | {signal.detector}
-        destination = incident.has_destination or bool(signal.daddr)
-        has_file = incident.has_file or bool(signal.path)
+        destinations = incident.destinations | ({(signal.daddr, signal.dport)} if signal.daddr else set())
+        files = incident.files | ({signal.path} if signal.path else set())
         if not (new or severity > incident.severity or detectors != incident.detectors
-                or destination != incident.has_destination or has_file != incident.has_file):
+                or destinations != incident.destinations or files != incident.files):
             incident.suppressed += 1
             self.suppressed += 1
             return None
         incident.severity, incident.detectors = severity, detectors
-        incident.has_destination, incident.has_file = destination, has_file
+        incident.destinations, incident.files = destinations, files
         return build_alert(host=self.host, table=self.table, incident_id=incident.id, severity=severity,
                            signals=incident.signals, trigger=signal, context=incident.context,
                            boot_offset_ns=self.boot_offset_ns)

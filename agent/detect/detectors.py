@@ -17,6 +17,7 @@ from agent.context import context_of
 from agent.detect.lists import Lists
 from agent.detect.rules import Rule, RuleSet
 from agent.detect.signals import Signal
+from agent.detect.stdio import Conn, StdioGraph
 from agent.events import Connect, Event, Exec, FileWrite, Fork, ModuleLoad, SocketDup
 from agent.lineage.identity import ProcessKey, process_key
 from agent.lineage.table import Process, ProcessTable
@@ -27,6 +28,7 @@ TUNNEL_WINDOW_NS = 5_000_000_000  # a tunnel tool's first remote connect names t
 ATTEMPTED = (0, -errno.EINPROGRESS, -errno.EAGAIN, -errno.EALREADY)
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 TRACKING_VAR = "RUNNER_TRACKING_ID"
+BEACON_WINDOW_NS = 600 * 10**9  # downloads run again from one destination within this window are a beacon
 
 
 def basename(path: str) -> str:
@@ -42,10 +44,10 @@ def _flagged(args: Sequence[str], *flags: str) -> bool:
     return any(a in flags for a in args)
 
 
-def interpreter_one_liner(name: str, args: Sequence[str], stdio: Sequence[str]) -> str | None:
+def interpreter_one_liner(name: str, args: Sequence[str]) -> str | None:
     """The Elastic seed's suspicious interpreter invocations, widened to versioned names and common variants.
 
-    Returns a short description of the technique, or None. ``name`` is the executable's basename.
+    Returns a short description of the technique, or None. ``name`` is the program (basename or applet).
     """
     rest = args[1:]
     if fnmatchcase(name, "python*"):
@@ -69,17 +71,12 @@ def interpreter_one_liner(name: str, args: Sequence[str], stdio: Sequence[str]) 
     elif name in ("awk", "gawk", "mawk", "nawk"):
         if _any(rest, "*/inet/tcp/*", "*/inet4/tcp/*", "*/inet6/tcp/*", "*/inet/udp/*"):
             return "awk /inet socket"
-    elif name == "openssl":
-        # Only a relay: a certificate check (`</dev/null`) or a person at a terminal has a char device on stdio.
-        if _flagged(rest, "-connect") and any(kind in ("fifo", "socket") for kind in stdio[:2]):
-            return "openssl s_client relay"
     elif name in ("nc", "ncat", "netcat", "nc.traditional", "nc.openbsd"):
         if len(args) >= 3 and not _flagged(rest, "-z") and (
                 _flagged(rest, "-e", "-c", "--exec", "--sh-exec", "--lua-exec") or _any(rest, "-*e")):
             return "netcat executing a program"
-    elif name == "telnet":
-        if len(args) >= 3:
-            return "telnet with host and port"
+    # The seed's telnet and openssl clauses are judged by the stdio graph (detector reverse_shell): only a
+    # relay to a shell makes them a reverse shell, not a banner or certificate check through a pipe.
     return None
 
 
@@ -103,6 +100,11 @@ class Detectors:
         # GitHub Actions context root -> the RUNNER_TRACKING_ID its runner gave its first step
         self._tracking: dict[ProcessKey, str] = {}
         self.unpacker_writes = 0  # persistence writes by the package manager itself (not signals)
+        self.graph = StdioGraph(self.lists, table)
+        # The stdio graph's findings, once each: shells judged relays, loop holders, download runs.
+        self._judged: set[tuple[str, ProcessKey]] = set()
+        # (creator of the shells, destination) -> ktimes of download-and-execute runs, for beacons
+        self._downloads: dict[tuple[ProcessKey, str, int], list[int]] = {}
         self._handlers: dict[type, Callable[[Event, Process | None], Iterable[Signal]]] = {
             Exec: self._on_exec, Connect: self._on_connect, SocketDup: self._on_dup, Fork: self._on_fork,
             FileWrite: self._on_file_write, ModuleLoad: self._on_module_load,
@@ -118,13 +120,18 @@ class Detectors:
                 del self._pending[key]
         for root in [root for root in self._tracking if root not in self.table]:
             del self._tracking[root]
+        self.graph.prune(now_ktime)
+        self._judged = {(kind, key) for kind, key in self._judged if key in self.table}
+        for k in [k for k, times in self._downloads.items() if now_ktime - times[-1] > BEACON_WINDOW_NS]:
+            del self._downloads[k]
 
     def __call__(self, event: Event) -> list[Signal]:
         """Signals for one event (already applied to the process table)."""
+        proc = self.table.lookup_event(event)
+        changed = self.graph.observe(event)  # first: the handlers ask the graph about this very event
         handler = self._handlers.get(type(event))
-        if handler is None:
-            return []
-        return list(handler(event, self.table.lookup_event(event)))
+        out = list(handler(event, proc)) if handler is not None else []
+        return out + self._judge_graph(event, changed)
 
     # ---------------------------------------------------------------- helpers
 
@@ -132,7 +139,8 @@ class Detectors:
         return self.table.get(proc.parent_key) if proc is not None and proc.parent_key else None
 
     def _emit(self, rule: Rule, event: Event, proc: Process | None, reason: str, *, daddr: str = "",
-              dport: int = 0, family: str = "", transport: str = "", path: str = "") -> Signal | None:
+              dport: int = 0, family: str = "", transport: str = "", path: str = "", saddr: str = "",
+              sport: int = 0, direction: str = "") -> Signal | None:
         exe = proc.filename if proc else ""
         parent = self._parent(proc)
         args = proc.args if proc else ()
@@ -140,7 +148,23 @@ class Detectors:
             return None
         key = proc.key if proc else process_key(event.pid, event.start_time)
         return Signal(rule=rule, key=key, event=event, reason=reason, daddr=daddr, dport=dport, family=family,
-                      transport=transport, path=path, context=context_of(proc))
+                      transport=transport, path=path, context=context_of(proc), saddr=saddr, sport=sport,
+                      direction=direction or ("egress" if daddr else ""))
+
+    def _emit_conn(self, detector: str, event: Event, proc: Process | None, reason: str, conn: Conn) -> list[Signal]:
+        """Signals of ``detector`` about a connection: for an accepted one (a bind shell) the remote peer is
+        the source and the local listening address and port the destination."""
+        if conn.ingress:
+            net: dict[str, Any] = {"daddr": conn.laddr, "dport": conn.lport, "saddr": conn.daddr,
+                                   "sport": conn.dport, "direction": "ingress"}
+        else:
+            net = {"daddr": conn.daddr, "dport": conn.dport, "direction": "egress"}
+        out = []
+        for rule in self.rules.by_detector(detector):
+            sig = self._emit(rule, event, proc, reason, family=conn.family, transport=conn.transport, **net)
+            if sig:
+                out.append(sig)
+        return out
 
     def _emit_all(self, detector: str, event: Event, proc: Process | None, reason: str, *,
                   path: str = "") -> list[Signal]:
@@ -155,13 +179,13 @@ class Detectors:
 
     def _on_exec(self, event: Event, proc: Process | None) -> Iterable[Signal]:
         assert isinstance(event, Exec)
-        name = basename(event.filename)
+        name = self.lists.program(event.filename, event.args)
         key = process_key(event.pid, event.start_time)
         self._pending.pop(key, None)  # a new program: old windows no longer apply
         out = []
         parent = self._parent(proc)
-        parent_name = basename(parent.filename) if parent else ""
-        technique = interpreter_one_liner(name, event.args, event.stdio)
+        parent_name = self.lists.program(parent.filename, parent.args) if parent else ""
+        technique = interpreter_one_liner(name, event.args)
         if technique and any(fnmatchcase(parent_name, p) for p in self.lists.reverse_shell_parents):
             for rule in self.rules.by_detector("interpreter_reverse_shell"):
                 self._pending.setdefault(key, []).append(_Pending(rule, event, technique, ELASTIC_WINDOW_NS))
@@ -173,18 +197,34 @@ class Detectors:
                 if sig:
                     out.append(sig)
                     self._pending.setdefault(key, []).append(_Pending(rule, event, tool.name, TUNNEL_WINDOW_NS))
-        if (name in self.lists.shells and event.stdio_socket_fd in (0, 1)
-                and event.stdio_family in ("ipv4", "ipv6") and self.lists.is_remote(event.stdio_daddr)):
-            for rule in self.rules.by_detector("stdio_to_socket"):
-                sig = self._emit(rule, event, proc,
-                                 f"shell {event.filename} started with fd {event.stdio_socket_fd} connected to "
-                                 f"{event.stdio_daddr}:{event.stdio_dport}",
-                                 daddr=event.stdio_daddr, dport=event.stdio_dport, family=event.stdio_family,
-                                 transport=event.stdio_transport)
-                if sig:
-                    out.append(sig)
+        out += self._stdio_socket_at_exec(event, proc, name)
         out += self._tracking_tamper(event, proc)
         return out
+
+    def _stdio_socket_at_exec(self, event: Exec, proc: Process | None, name: str) -> list[Signal]:
+        """A remote socket on stdin or stdout of a program that runs commands (a shell or an interpreter),
+        or of any command a shell runs on the socket that shell opened (`exec 5<>/dev/tcp/H/P; ... >&5`)."""
+        if (event.stdio_socket_fd not in (0, 1) or event.stdio_family not in ("ipv4", "ipv6")
+                or not self.lists.is_remote(event.stdio_daddr)):
+            return []
+        key = process_key(event.pid, event.start_time)
+        sock_id = event.stdio_ids[event.stdio_socket_fd] if event.stdio_ids else ""
+        conn = next((c for c in self.graph.live_conns(key) if c.sock_id == sock_id), None)
+        owner = self.graph.opener(sock_id)
+        giver = owner if owner is not None else (proc.parent_key if proc is not None else None)
+        if conn is None or self.graph.is_legitimate(key) or (giver is not None and self.graph.is_legitimate(giver)):
+            return []  # sshd's re-exec, an inetd or socket-activated service: handed over on purpose
+        if not self.graph.is_command_reader(key) and not (
+                owner is not None and owner != key and self.graph.is_command_reader(owner)):
+            return []
+        self._judged.add(("stdio", key))
+        fd = event.stdio_socket_fd
+        if conn.ingress:
+            reason = (f"{name} started with fd {fd} on a connection accepted from {conn.daddr}:{conn.dport} "
+                      f"on port {conn.lport}")
+            return self._emit_conn("bind_shell", event, proc, reason, conn)
+        reason = f"{name} started with fd {fd} connected to {conn.daddr}:{conn.dport}"
+        return self._emit_conn("stdio_to_socket", event, proc, reason, conn)
 
     def _tracking_tamper(self, event: Exec, proc: Process | None) -> list[Signal]:
         """A step whose RUNNER_TRACKING_ID differs from the one its runner gave the job's first step: the
@@ -240,7 +280,7 @@ class Detectors:
                                "transport": event.transport}
         out = []
         exe = proc.filename if proc else ""
-        if basename(exe) in self.lists.shells:
+        if proc is not None and self.lists.program(exe, proc.args) in self.lists.shells:
             for rule in self.rules.by_detector("shell_network_connection"):
                 sig = self._emit(rule, event, proc, f"shell {exe} connected to {event.daddr}:{event.dport}", **net)
                 if sig:
@@ -261,14 +301,117 @@ class Detectors:
         return out
 
     def _on_dup(self, event: Event, proc: Process | None) -> Iterable[Signal]:
+        """A process that puts a remote socket on its stdin reads its commands from it (or is about to exec
+        something that will). A socket on stdout alone is a redirection (`echo > /dev/tcp/db/5432`, a port
+        probe) until a command runs on it, which the exec of that command shows; sshd's, inetd's and
+        systemd's dups hand a connection over on purpose (lists/stdio.yaml socket_holders)."""
         assert isinstance(event, SocketDup)
-        if event.family not in ("ipv4", "ipv6") or not self.lists.is_remote(event.daddr):
+        if event.newfd != 0 or event.family not in ("ipv4", "ipv6") or not self.lists.is_remote(event.daddr):
             return []
-        out = []
-        for rule in self.rules.by_detector("stdio_to_socket"):
-            sig = self._emit(rule, event, proc, f"{proc.filename if proc else event.comm} put a socket connected to "
-                             f"{event.daddr}:{event.dport} on fd {event.newfd} ({event.syscall})",
-                             daddr=event.daddr, dport=event.dport, family=event.family, transport=event.transport)
-            if sig:
-                out.append(sig)
+        key = proc.key if proc else process_key(event.pid, event.start_time)
+        if self.graph.is_legitimate(key):
+            return []
+        conn = self.graph.conn(event.sock_id) or Conn(event.sock_id, event.daddr, event.dport, "", event.lport,
+                                                      event.family, event.transport, ingress=False)
+        what = f"{self.graph.program(key) or event.comm} put a socket"
+        if conn.ingress:
+            reason = (f"{what} accepted from {conn.daddr}:{conn.dport} on port {conn.lport} on fd {event.newfd} "
+                      f"({event.syscall})")
+            return self._emit_conn("bind_shell", event, proc, reason, conn)
+        reason = f"{what} connected to {conn.daddr}:{conn.dport} on fd {event.newfd} ({event.syscall})"
+        return self._emit_conn("stdio_to_socket", event, proc, reason, conn)
+
+    # ---------------------------------------------------------------- the stdio graph
+
+    def _judge_graph(self, event: Event, changed: list[ProcessKey]) -> list[Signal]:
+        """Judge again the processes whose stdio neighbourhood this event changed."""
+        if not changed:
+            return []
+        if isinstance(event, Exec):
+            # An exec changes its own process's ends; only a remote socket arriving on stdio can complete
+            # someone else's relay, so only then is the neighbourhood walked (execs are the common event).
+            candidates = self.graph.neighbourhood(changed[0]) if event.stdio_socket_fd >= 0 else changed
+        else:
+            candidates = [k for key in changed for k in self.graph.neighbourhood(key)]
+        out: list[Signal] = []
+        for key in dict.fromkeys(candidates):
+            proc = self.table.get(key)
+            if proc is None or proc.exited:
+                continue
+            if self.graph.is_command_reader(key):
+                out += self._judge_shell(event, proc)
+            out += self._judge_loop(event, proc)
         return out
+
+    def _judge_shell(self, event: Event, proc: Process) -> list[Signal]:
+        key = proc.key
+        if ("relay", key) in self._judged:
+            return []
+        verdict = self.graph.judge(key)
+        if not verdict.inputs:
+            return []
+        name = self.graph.program(key)
+        if verdict.outputs:
+            relayed = [r for r in verdict.inputs if r.hops > 0] + [r for r in verdict.outputs if r.hops > 0]
+            if not relayed:
+                return []  # the socket is on the shell's own stdio: stdio_to_socket at exec says so
+            self._judged.add(("relay", key))
+            via = next(r for r in (*verdict.inputs, *verdict.outputs) if r.hops > 0)
+            into = verdict.inputs[0]
+            conn = into.conn
+            back = verdict.outputs[0]
+            route = " -> ".join((*reversed(into.path), name)) or name
+            accepted = "a connection accepted from " if conn.ingress else ""
+            reason = (f"{name} reads its commands through {route} from {accepted}"
+                      f"{conn.daddr}:{conn.dport} and its output goes back through "
+                      f"{' -> '.join(back.path) or name} to {back.conn.daddr}:{back.conn.dport} "
+                      f"({via.hops} hop{'s' if via.hops > 1 else ''})")
+            return self._emit_conn("bind_shell" if conn.ingress else "reverse_shell", event, proc, reason, conn)
+        # Input from a download, output stays local: download-and-execute (and a beacon when it repeats).
+        if ("download", key) in self._judged or not self.lists.is_shell(proc.filename) and \
+                self.lists.program(proc.filename, proc.args) not in self.lists.shells:
+            return []
+        feeder = next((r for r in verdict.inputs if r.hops == 1 and not r.conn.ingress), None)
+        if feeder is None:
+            return []
+        self._judged.add(("download", key))
+        creator = self.table.get(proc.parent_key) if proc.parent_key else None
+        anchor = creator or proc
+        client = self.graph.program(feeder.holder)
+        conn = feeder.conn
+        runs = self._downloads.setdefault((anchor.key, conn.daddr, conn.dport), [])
+        runs.append(event.ktime)
+        del runs[:-16]
+        out = self._emit_conn("download_execute", event, anchor,
+                              f"{name} runs what {client} downloaded from {conn.daddr}:{conn.dport}", conn)
+        recent = [t for t in runs if event.ktime - t <= BEACON_WINDOW_NS]
+        if len(recent) >= 2 and ("beacon", anchor.key) not in self._judged:
+            self._judged.add(("beacon", anchor.key))
+            out += self._emit_conn("c2_beacon", event, anchor,
+                                   f"{self.graph.program(anchor.key) or 'a loop'} ran commands downloaded from "
+                                   f"{conn.daddr}:{conn.dport} {len(recent)} times (a polling beacon)", conn)
+        return out
+
+    def _judge_loop(self, event: Event, child: Process) -> list[Signal]:
+        """A process holding a remote connection that runs commands whose output comes straight back to it."""
+        holder_key = child.parent_key
+        if holder_key is None or ("loop", holder_key) in self._judged:
+            return []
+        conns = self.graph.live_conns(holder_key)
+        holder = self.table.get(holder_key)
+        if not conns or holder is None or self.graph.is_legitimate(holder_key):
+            return []
+        stdin_back, stdout_back = self.graph.created_ends(child.key)
+        if not stdout_back or (stdin_back and self.graph.is_command_reader(child.key)):
+            return []  # nothing comes back, or a shell fed and read by the holder: a relay, judged as one
+        ctx = context_of(holder)
+        in_install = ctx is not None and not ctx.is_ci
+        if not (self.graph.suspicious_program(holder_key) or in_install):
+            return []
+        self._judged.add(("loop", holder_key))
+        conn = conns[-1]
+        name = self.graph.program(holder_key)
+        reason = (f"{name} holds a connection {'accepted from' if conn.ingress else 'to'} {conn.daddr}:{conn.dport} "
+                  f"and runs commands whose output comes back to it ({self.graph.program(child.key)}): "
+                  f"an interpreter command loop")
+        return self._emit_conn("bind_shell" if conn.ingress else "reverse_shell", event, holder, reason, conn)

@@ -30,8 +30,8 @@ from agent.detect.rules import (
     parse_ip,
 )
 
-LIST_FILES: Final = ("shells.yaml", "interpreters.yaml", "tunnels.yaml", "network.yaml", "persistence_paths.yaml",
-                     "contexts.yaml")
+LIST_FILES: Final = ("stdio.yaml", "shells.yaml", "interpreters.yaml", "tunnels.yaml", "network.yaml",
+                     "persistence_paths.yaml", "contexts.yaml")
 TUNNEL_OPTIONAL_KEYS: Final = ("args_any", "args_prefix_any", "args_prefix_ignore_case")
 
 
@@ -193,6 +193,11 @@ class Lists:
     """fnmatch patterns on interpreters whose script names the tool (contexts.yaml)."""
     unpackers: frozenset[str] = frozenset()
     """Package-manager executables whose own persistence writes are unpacking a package (contexts.yaml)."""
+    multicall: frozenset[str] = frozenset({"busybox", "toybox"})
+    """Multi-call binaries that run the applet argv names (stdio.yaml)."""
+    socket_holders: tuple[str, ...] = ()
+    """fnmatch patterns on the full executable paths that legitimately give a connection or pty to a shell
+    (stdio.yaml)."""
     _remote_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def context_root_for(self, filename: str, argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
@@ -228,6 +233,22 @@ class Lists:
     def is_shell(self, exe: str) -> bool:
         """True when the basename of ``exe`` is a shell."""
         return os.path.basename(exe) in self.shells
+
+    def program(self, exe: str, argv: Sequence[str]) -> str:
+        """What ``exe`` run as ``argv`` is, by name: its basename, or a multi-call binary's applet
+        (`busybox wget` is "wget", `/bin/sh -> busybox` run as "sh" is "sh")."""
+        name = os.path.basename(exe)
+        if name not in self.multicall:
+            return name
+        for arg in argv[:2]:
+            applet = os.path.basename(arg)
+            if applet and applet not in self.multicall:
+                return applet
+        return name
+
+    def is_socket_holder(self, exe: str) -> bool:
+        """True when ``exe`` (a full path) legitimately hands connections or ptys to shells (stdio.yaml)."""
+        return bool(exe) and any(fnmatch.fnmatchcase(exe, pattern) for pattern in self.socket_holders)
 
     def is_interpreter(self, exe: str) -> bool:
         """True when the basename of ``exe`` matches an interpreter pattern."""
@@ -416,6 +437,12 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
         prefixes = checker.get_strs(m, "prefixes", _check_absolute, min_items=1)
         suffixes = checker.get_strs(m, "suffixes")
 
+    multicall = holders = None
+    if opened := _open(directory, "stdio.yaml", problems, ("multicall", "socket_holders")):
+        checker, m = opened
+        multicall = checker.get_strs(m, "multicall", _check_basename)
+        holders = checker.get_strs(m, "socket_holders", _check_path_glob)
+
     roots: tuple[ContextRoot, ...] | None = None
     script_interpreters = unpackers = None
     if opened := _open(directory, "contexts.yaml", problems, ("roots", "script_interpreters", "unpackers")):
@@ -428,7 +455,8 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
         return None
     assert (shells is not None and interpreters is not None and parents is not None and tunnels is not None
             and cidrs is not None and irc_ports is not None and prefixes is not None and suffixes is not None
-            and roots is not None and script_interpreters is not None and unpackers is not None)
+            and roots is not None and script_interpreters is not None and unpackers is not None
+            and multicall is not None and holders is not None)
     return Lists(
         shells=frozenset(shells),
         interpreters=interpreters,
@@ -441,6 +469,8 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
         context_roots=roots,
         script_interpreters=script_interpreters,
         unpackers=frozenset(unpackers),
+        multicall=frozenset(multicall),
+        socket_holders=holders,
     )
 
 

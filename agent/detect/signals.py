@@ -25,10 +25,15 @@ class Signal:
     transport: str = ""
     path: str = ""
     context: Context | None = None  # the install or CI context of the process
+    # An accepted connection (a bind shell): the remote peer is the source; daddr/dport are then the local
+    # listening address and port (ECS direction, shared/design/contracts.md).
+    saddr: str = ""
+    sport: int = 0
+    direction: str = ""  # "egress" | "ingress" | "" (no network artefact)
 
     @property
     def role(self) -> str:
-        """What the signal means for correlation: c2, persistence or evasion (agent.detect.catalog.FAMILIES)."""
+        """What the signal means for correlation: c2, persistence, evasion, download or notice (catalog.FAMILIES)."""
         return FAMILIES[self.rule.detector]
 
     @property

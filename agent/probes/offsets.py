@@ -38,6 +38,27 @@ WANTED: Final[dict[str, tuple[str, str]]] = {
     "SKC_DPORT": ("sock_common", "skc_dport"),
     "SKC_DADDR": ("sock_common", "skc_daddr"),
     "SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    "SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
+    "SKC_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
+    # Identities for the stdio graph: inode, its filesystem, device numbers, open flags.
+    "FILE_F_FLAGS": ("file", "f_flags"),
+    "INODE_INO": ("inode", "i_ino"),
+    "INODE_RDEV": ("inode", "i_rdev"),
+    "INODE_SB": ("inode", "i_sb"),
+    "INODE_NLINK": ("inode", "i_nlink"),
+    "SB_DEV": ("super_block", "s_dev"),
+    "FILE_F_PATH": ("file", "f_path"),
+    "PATH_DENTRY": ("path", "dentry"),
+    "DENTRY_D_NAME": ("dentry", "d_name"),
+    "QSTR_NAME": ("qstr", "name"),
+    # A unix socket's peer, back to its inode: unix_sock.peer -> sock.sk_socket -> socket.file.
+    "UNIX_PEER": ("unix_sock", "peer"),
+    "SK_SOCKET": ("sock", "sk_socket"),
+    "SOCKET_FILE": ("socket", "file"),
+    # A pty master's index: file.private_data is a tty_file_private whose tty has the index.
+    "TTY_FILE_PRIVATE_TTY": ("tty_file_private", "tty"),
+    "TTY_INDEX": ("tty_struct", "index"),
+    "MM_EXE_FILE": ("mm_struct", "exe_file"),
 }
 
 

@@ -134,6 +134,10 @@ static __always_inline void fill_header(struct event_header *h, u16 op, u32 size
     }
 }
 
+static __always_inline void *file_inode(void *file) {
+    return read_ptr(file, FILE_INODE);
+}
+
 /* fd -> struct file * of the current task, or 0. */
 static __always_inline void *current_fd_file(int fd) {
     void *task = (void *)bpf_get_current_task();
@@ -147,26 +151,76 @@ static __always_inline void *current_fd_file(int fd) {
 static __always_inline int file_is_socket(void *file) {
     if (!file)
         return 0;
-    u16 mode = read_u16(read_ptr(file, FILE_INODE), INODE_MODE);
+    u16 mode = read_u16(file_inode(file), INODE_MODE);
     return (mode & S_IFMT_) == S_IFSOCK_;
 }
 
-/* Family, type, ports and peer address of a socket file (file->private_data is the struct socket). */
-static __always_inline void sock_describe(void *file, u16 *family, u16 *sock_type, u16 *port, u16 *lport,
-                                          u8 addr[16]) {
-    void *sock = read_ptr(file, FILE_PRIVATE_DATA);
-    void *sk = read_ptr(sock, SOCKET_SK);
-    *sock_type = read_u16(sock, SOCKET_TYPE);
-    if (!sk)
-        return;
-    void *skc = (char *)sk + SOCK_SK_COMMON;
-    *family = read_u16(skc, SKC_FAMILY);
-    *lport = read_u16(skc, SKC_NUM);
-    *port = cw_ntohs(read_u16(skc, SKC_DPORT));
-    if (*family == AF_INET_)
-        bpf_probe_read_kernel(addr, 4, (char *)skc + SKC_DADDR);
-    else if (*family == AF_INET6_)
-        bpf_probe_read_kernel(addr, 16, (char *)skc + SKC_V6_DADDR);
+/* The inode number of a socket's file, reached from its struct sock (sk->sk_socket->file->f_inode). */
+static __always_inline u64 sk_inode(void *sk) {
+    void *sock = read_ptr(sk, SK_SOCKET);
+    if (!sock)
+        return 0;
+    return read_u64(file_inode(read_ptr(sock, SOCKET_FILE)), INODE_INO);
+}
+
+/* Family, type, ports, addresses and inode of a socket file (file->private_data is the struct socket).
+ * A macro because exec, connect and dup records carry the same field names in different structs.
+ * The addresses are the kernel's (sock_common after the call), not what the caller passed in. */
+#define SOCK_DESCRIBE(file, e)                                                                \
+    do {                                                                                      \
+        void *sock_ = read_ptr((file), FILE_PRIVATE_DATA);                                    \
+        void *sk_ = read_ptr(sock_, SOCKET_SK);                                               \
+        (e)->sock_ino = read_u64(file_inode(file), INODE_INO);                                \
+        (e)->sock_type = read_u16(sock_, SOCKET_TYPE);                                        \
+        if (sk_) {                                                                            \
+            void *skc_ = (char *)sk_ + SOCK_SK_COMMON;                                        \
+            (e)->family = read_u16(skc_, SKC_FAMILY);                                         \
+            (e)->lport = read_u16(skc_, SKC_NUM);                                             \
+            (e)->port = cw_ntohs(read_u16(skc_, SKC_DPORT));                                  \
+            if ((e)->family == AF_INET_) {                                                    \
+                bpf_probe_read_kernel((e)->addr, 4, (char *)skc_ + SKC_DADDR);                \
+                bpf_probe_read_kernel((e)->laddr, 4, (char *)skc_ + SKC_RCV_SADDR);           \
+            } else if ((e)->family == AF_INET6_) {                                            \
+                bpf_probe_read_kernel((e)->addr, 16, (char *)skc_ + SKC_V6_DADDR);            \
+                bpf_probe_read_kernel((e)->laddr, 16, (char *)skc_ + SKC_V6_RCV_SADDR);       \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
+#define S_IFIFO_ 0010000
+#define S_IFCHR_ 0020000
+/* Device numbers as the kernel keeps them in i_rdev: MKDEV(major, minor) = major << 20 | minor. */
+#define CW_MKDEV(ma, mi) (((ma) << 20) | (mi))
+#define PTMX_RDEV CW_MKDEV(5, 2)
+#define UNIX_AUX_FLAG (1ULL << 63)
+
+/* What one open file is, for the stdio graph: the inode and its filesystem (a pipe, FIFO or socket is
+ * the same object in every process that holds it), the char device number (which pty slave), the open
+ * flags (which way it is read), and aux: a unix socket's peer inode (the other end of a socketpair, with bit 63 set) or
+ * a pty master's index (ptmx_open allocated it; the slave /dev/pts/N has minor N). */
+static __always_inline void file_identity(void *file, u16 *mode, u32 *dev, u64 *ino, u32 *rdev, u32 *fflags,
+                                          u64 *aux) {
+    void *inode = file_inode(file);
+    *mode = read_u16(inode, INODE_MODE);
+    *ino = read_u64(inode, INODE_INO);
+    *dev = read_u32(read_ptr(inode, INODE_SB), SB_DEV);
+    *rdev = read_u32(inode, INODE_RDEV);
+    *fflags = read_u32(file, FILE_F_FLAGS);
+    *aux = 0;
+    u16 fmt = *mode & S_IFMT_;
+    if (fmt == S_IFSOCK_) {
+        void *sk = read_ptr(read_ptr(file, FILE_PRIVATE_DATA), SOCKET_SK);
+        if (sk && read_u16((char *)sk + SOCK_SK_COMMON, SKC_FAMILY) == AF_UNIX_) {
+            /* Bit 63 marks a unix socket (peer or not); the rest is the peer's inode. struct unix_sock
+             * starts with its struct sock. */
+            void *peer = read_ptr(sk, UNIX_PEER);
+            *aux = UNIX_AUX_FLAG | (peer ? sk_inode(peer) : 0);
+        }
+    } else if (fmt == S_IFCHR_ && *rdev == PTMX_RDEV) {
+        void *tty = read_ptr(read_ptr(file, FILE_PRIVATE_DATA), TTY_FILE_PRIVATE_TTY);
+        if (tty)
+            *aux = read_u32(tty, TTY_INDEX);
+    }
 }
 
 /* Loopback destinations never count as remote; dropping them here is a compile-time option. */

@@ -17,10 +17,13 @@
 #define OP_SOCKET_DUP 7
 #define OP_FILE_WRITE 8
 #define OP_MODULE_LOAD 9
+#define OP_FD_OPEN 10
 
 #define EV_FILENAME_TRUNCATED 1
 #define EV_ARGS_TRUNCATED 2
 #define EV_ENV_TRUNCATED 4
+#define EV_EXE_DELETED 16
+#define EV_EXE_MEMFD 32
 
 #define SC_DUP 1
 #define SC_DUP2 2
@@ -39,6 +42,9 @@
 #define SC_SYMLINKAT 15
 #define SC_INIT_MODULE 16
 #define SC_FINIT_MODULE 17
+
+#define FD_FIFO 1
+#define FD_PTMX 2
 
 #define CTX_PACKAGE_INSTALL_NPM 1
 #define CTX_PACKAGE_INSTALL_YARN 2
@@ -100,16 +106,27 @@ struct exec_event {
     __s32 stdio_sock_fd;
     __u16 stdio_mode[3];
     __u16 _pad;
+    __u32 stdio_dev[3];
+    __u32 stdio_rdev[3];
+    __u32 stdio_fflags[3];
+    __u32 _pad2;
+    __u64 stdio_ino[3];
+    __u64 stdio_aux[3];
+    __u64 exe_ino;
+    __u32 exe_dev;
+    __u32 exe_nlink;
+    __u64 sock_ino;
     __u16 family;
     __u16 sock_type;
     __u16 port;
     __u16 lport;
     __u8 addr[16];
+    __u8 laddr[16];
     char filename[256];
     char args[4096];
     char env[8192];
 };
-_Static_assert(sizeof(struct exec_event) == 12672, "struct exec_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct exec_event) == 12800, "struct exec_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct exec_event, hdr) == 0, "exec_event.hdr offset drifted");
 _Static_assert(__builtin_offsetof(struct exec_event, filename_len) == 80, "exec_event.filename_len offset drifted");
 _Static_assert(__builtin_offsetof(struct exec_event, args_len) == 84, "exec_event.args_len offset drifted");
@@ -117,14 +134,25 @@ _Static_assert(__builtin_offsetof(struct exec_event, env_len) == 88, "exec_event
 _Static_assert(__builtin_offsetof(struct exec_event, stdio_sock_fd) == 92, "exec_event.stdio_sock_fd offset drifted");
 _Static_assert(__builtin_offsetof(struct exec_event, stdio_mode) == 96, "exec_event.stdio_mode offset drifted");
 _Static_assert(__builtin_offsetof(struct exec_event, _pad) == 102, "exec_event._pad offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, family) == 104, "exec_event.family offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, sock_type) == 106, "exec_event.sock_type offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, port) == 108, "exec_event.port offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, lport) == 110, "exec_event.lport offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, addr) == 112, "exec_event.addr offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, filename) == 128, "exec_event.filename offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, args) == 384, "exec_event.args offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, env) == 4480, "exec_event.env offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, stdio_dev) == 104, "exec_event.stdio_dev offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, stdio_rdev) == 116, "exec_event.stdio_rdev offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, stdio_fflags) == 128, "exec_event.stdio_fflags offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, _pad2) == 140, "exec_event._pad2 offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, stdio_ino) == 144, "exec_event.stdio_ino offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, stdio_aux) == 168, "exec_event.stdio_aux offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, exe_ino) == 192, "exec_event.exe_ino offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, exe_dev) == 200, "exec_event.exe_dev offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, exe_nlink) == 204, "exec_event.exe_nlink offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, sock_ino) == 208, "exec_event.sock_ino offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, family) == 216, "exec_event.family offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, sock_type) == 218, "exec_event.sock_type offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, port) == 220, "exec_event.port offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, lport) == 222, "exec_event.lport offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, addr) == 224, "exec_event.addr offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, laddr) == 240, "exec_event.laddr offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, filename) == 256, "exec_event.filename offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, args) == 512, "exec_event.args offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, env) == 4608, "exec_event.env offset drifted");
 
 struct fork_event {
     struct event_header hdr;
@@ -148,21 +176,25 @@ struct net_event {
     struct event_header hdr;
     __s32 fd;
     __s32 result;
+    __u64 sock_ino;
     __u16 family;
     __u16 sock_type;
     __u16 port;
     __u16 lport;
     __u8 addr[16];
+    __u8 laddr[16];
 };
-_Static_assert(sizeof(struct net_event) == 112, "struct net_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct net_event) == 136, "struct net_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct net_event, hdr) == 0, "net_event.hdr offset drifted");
 _Static_assert(__builtin_offsetof(struct net_event, fd) == 80, "net_event.fd offset drifted");
 _Static_assert(__builtin_offsetof(struct net_event, result) == 84, "net_event.result offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, family) == 88, "net_event.family offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, sock_type) == 90, "net_event.sock_type offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, port) == 92, "net_event.port offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, lport) == 94, "net_event.lport offset drifted");
-_Static_assert(__builtin_offsetof(struct net_event, addr) == 96, "net_event.addr offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, sock_ino) == 88, "net_event.sock_ino offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, family) == 96, "net_event.family offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, sock_type) == 98, "net_event.sock_type offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, port) == 100, "net_event.port offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, lport) == 102, "net_event.lport offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, addr) == 104, "net_event.addr offset drifted");
+_Static_assert(__builtin_offsetof(struct net_event, laddr) == 120, "net_event.laddr offset drifted");
 
 struct dup_event {
     struct event_header hdr;
@@ -170,23 +202,27 @@ struct dup_event {
     __s32 newfd;
     __u32 syscall;
     __u32 _pad;
+    __u64 sock_ino;
     __u16 family;
     __u16 sock_type;
     __u16 port;
     __u16 lport;
     __u8 addr[16];
+    __u8 laddr[16];
 };
-_Static_assert(sizeof(struct dup_event) == 120, "struct dup_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct dup_event) == 144, "struct dup_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct dup_event, hdr) == 0, "dup_event.hdr offset drifted");
 _Static_assert(__builtin_offsetof(struct dup_event, oldfd) == 80, "dup_event.oldfd offset drifted");
 _Static_assert(__builtin_offsetof(struct dup_event, newfd) == 84, "dup_event.newfd offset drifted");
 _Static_assert(__builtin_offsetof(struct dup_event, syscall) == 88, "dup_event.syscall offset drifted");
 _Static_assert(__builtin_offsetof(struct dup_event, _pad) == 92, "dup_event._pad offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, family) == 96, "dup_event.family offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, sock_type) == 98, "dup_event.sock_type offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, port) == 100, "dup_event.port offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, lport) == 102, "dup_event.lport offset drifted");
-_Static_assert(__builtin_offsetof(struct dup_event, addr) == 104, "dup_event.addr offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, sock_ino) == 96, "dup_event.sock_ino offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, family) == 104, "dup_event.family offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, sock_type) == 106, "dup_event.sock_type offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, port) == 108, "dup_event.port offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, lport) == 110, "dup_event.lport offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, addr) == 112, "dup_event.addr offset drifted");
+_Static_assert(__builtin_offsetof(struct dup_event, laddr) == 128, "dup_event.laddr offset drifted");
 
 struct file_event {
     struct event_header hdr;
@@ -219,6 +255,26 @@ _Static_assert(sizeof(struct module_event) == 88, "struct module_event size drif
 _Static_assert(__builtin_offsetof(struct module_event, hdr) == 0, "module_event.hdr offset drifted");
 _Static_assert(__builtin_offsetof(struct module_event, syscall) == 80, "module_event.syscall offset drifted");
 _Static_assert(__builtin_offsetof(struct module_event, fd) == 84, "module_event.fd offset drifted");
+
+struct fd_open_event {
+    struct event_header hdr;
+    __s32 fd;
+    __u32 kind;
+    __u32 fflags;
+    __u32 dev;
+    __u64 ino;
+    __u32 tty_index;
+    __u32 _pad;
+};
+_Static_assert(sizeof(struct fd_open_event) == 112, "struct fd_open_event size drifted from agent/abi/layout.py");
+_Static_assert(__builtin_offsetof(struct fd_open_event, hdr) == 0, "fd_open_event.hdr offset drifted");
+_Static_assert(__builtin_offsetof(struct fd_open_event, fd) == 80, "fd_open_event.fd offset drifted");
+_Static_assert(__builtin_offsetof(struct fd_open_event, kind) == 84, "fd_open_event.kind offset drifted");
+_Static_assert(__builtin_offsetof(struct fd_open_event, fflags) == 88, "fd_open_event.fflags offset drifted");
+_Static_assert(__builtin_offsetof(struct fd_open_event, dev) == 92, "fd_open_event.dev offset drifted");
+_Static_assert(__builtin_offsetof(struct fd_open_event, ino) == 96, "fd_open_event.ino offset drifted");
+_Static_assert(__builtin_offsetof(struct fd_open_event, tty_index) == 104, "fd_open_event.tty_index offset drifted");
+_Static_assert(__builtin_offsetof(struct fd_open_event, _pad) == 108, "fd_open_event._pad offset drifted");
 
 struct context_tag {
     __u32 context;

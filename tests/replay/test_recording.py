@@ -25,6 +25,7 @@ SAMPLES: list[ev.Event] = [
     ev.SocketDup(**COMMON, oldfd=3, newfd=1, syscall="dup2", family="unix", transport="stream"),
     ev.FileWrite(**COMMON, path="/etc/cron.d/x", source_path="/tmp/x", operation="rename", flags_open=0, result=0),
     ev.ModuleLoad(**COMMON, source="exec", syscall="execve", filename="/usr/sbin/insmod", args=("insmod", "x.ko")),
+    ev.FdOpen(**COMMON, fd=3, kind="fifo", end_id="fifo:42:1234", access="r"),
 ]
 META = {"hostname": "ci-runner-3", "kernel": "6.1.0", "started": 1_700_000_000}
 

