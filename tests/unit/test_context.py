@@ -153,6 +153,9 @@ def reverse_shell(w: World, pid: int, parent: int, t: float, **env: Any) -> None
             env=env)
     w.connect(pid, REMOTE, 4444, t + 0.01)
     w.dup(pid, 0, t + 0.02)
+    w.feed(Exec(**w._hdr(pid, t + 0.03), filename="/usr/bin/bash", args=("bash", "-i"),
+                stdio=("socket",) * 3, stdio_socket_fd=0, stdio_family="ipv4", stdio_transport="tcp",
+                stdio_daddr=REMOTE, stdio_dport=4444, env=env))
 
 
 def cron_write(w: World, pid: int, parent: int, t: float, path: str = "/etc/cron.d/x") -> None:

