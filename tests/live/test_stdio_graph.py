@@ -290,12 +290,6 @@ def quiet(alerts: list[dict]) -> None:
         assert "reverse shell" not in text and "c2" not in text and "bind shell" not in text
 
 
-def test_benign_busybox_wget(sensorlab, netlab) -> None:
-    """`busybox wget` is wget, not a shell."""
-    need("busybox")
-    quiet(benign(sensorlab, netlab, "busybox wget -q -T 3 -O /dev/null http://{host}:{port}/ || true", exe="busybox"))
-
-
 def test_benign_openssl_certificate_check_pipe(sensorlab, netlab) -> None:
     """`openssl s_client -connect H:P </dev/null | openssl x509 -noout -enddate`: a pipe is not a relay."""
     quiet(benign(sensorlab, netlab, "openssl s_client -connect {host}:{port} </dev/null 2>/dev/null | "
