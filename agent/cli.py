@@ -15,8 +15,10 @@ from agent.config import Config, ConfigError, load_config
 from agent.detect.rules import RuleErrors
 from agent.probes.offsets import OffsetsUnavailable
 from agent.recording import RecordingError
+from agent.resources import ResourceMissing
 
-USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError, RuleErrors)
+USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError, RuleErrors,
+               ResourceMissing)
 
 
 def _parser() -> argparse.ArgumentParser:
