@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from agent import cli
+from agent.recording import RecordingWriter
 from agent.safefile import ALERT_MODE, PRIVATE_MODE, UnsafePath, open_private
 from agent.sinks import AlertSink, FileOutput
 from agent.spool import Spool
@@ -134,9 +136,25 @@ def test_spool_file_is_0600_and_refuses_a_link(tmp_path) -> None:
     assert not (tmp_path / "victim").exists()
 
 
-def test_record_refuses_a_symlink_with_one_sentence(tmp_path, capsys) -> None:
+def test_record_refuses_a_symlink_with_one_sentence(tmp_path) -> None:
     (tmp_path / "rec.cw").symlink_to(tmp_path / "victim")
-    assert cli.main(["record", str(tmp_path / "rec.cw")]) == 2
-    err = capsys.readouterr().err
-    assert "symbolic link" in err and err.count("\n") == 1
+    proc = subprocess.run([sys.executable, "-m", "agent", "record", str(tmp_path / "rec.cw")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "symbolic link" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "victim").exists()
+
+
+def test_replay_refuses_a_world_writable_alerts_directory(tmp_path) -> None:
+    """The check runs before anything is written (replay needs no root: this is the same AlertSink as run)."""
+    rec = tmp_path / "empty.cw"
+    with rec.open("wb") as fh:
+        RecordingWriter(fh, {}).flush()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    proc = subprocess.run([sys.executable, "-m", "agent", "replay", str(rec), "--alerts",
+                           str(shared / "alerts.jsonl")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "writable by every user" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (shared / "alerts.jsonl").exists()
