@@ -18,7 +18,7 @@ test-unit: setup
 	$(PY) -m pytest -q tests/unit tests/replay
 
 lint:
-	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff check agent tests bench vagrant
 	$(VENV)/bin/mypy
 	$(PY) -m agent.abi --check
 

@@ -268,9 +268,27 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 
-def play(agent: Agent, names: Sequence[str], work: Path) -> list[Verdict]:
+def alerts_after(path: Path) -> Callable[[], list[dict[str, Any]]]:
+    """The alerts appended to ``path`` from now on (another agent's file, e.g. the systemd service's)."""
+    start = path.stat().st_size if path.exists() else 0
+
+    def read() -> list[dict[str, Any]]:
+        try:
+            with path.open("rb") as fh:
+                fh.seek(start)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    return read
+
+
+def play(agent: Agent, names: Sequence[str], work: Path,
+         also: dict[str, Callable[[], list[dict[str, Any]]]] | None = None) -> list[Verdict]:
     """Start ``agent``, run the named scenarios one after the other in one fresh lab, stop it, judge each
-    from its alerts file and recording. The lab is always torn down and the agent always stopped."""
+    from its alerts file and recording. ``also`` names other alert sources (another agent watching the same
+    host, e.g. ``{"service": alerts_after(path)}``) judged the same way, as "<label>:<scenario>". The lab is
+    always torn down and the agent always stopped."""
     runs: list[tuple[Scenario, Run | None, str]] = []
     with agent, NetLab() as lab:
         for name in names:
@@ -293,4 +311,9 @@ def play(agent: Agent, names: Sequence[str], work: Path) -> list[Verdict]:
         if rc != 0:
             problems.append(f"the agent exited {rc}")
         verdicts.append(Verdict(scenario.name, not problems, "; ".join(problems) or "ok"))
+    for label, source in (also or {}).items():
+        other = source()
+        for scenario, run, error in runs:
+            problems = [error] if run is None else scenario.judge(run, other, events)
+            verdicts.append(Verdict(f"{label}:{scenario.name}", not problems, "; ".join(problems) or "ok"))
     return verdicts

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Replay chainwatch's attack and benign scenarios against an agent on this machine, and keep what it wrote.
 
-    sudo python3 vagrant/scenarios/run.py --out DIR [--chainwatch CMD] [--config FILE] [--alerts FILE] [NAME...]
+    sudo python3 vagrant/scenarios/run.py --out DIR [--chainwatch CMD] [--config FILE] [--alerts FILE]
+                                          [--service-alerts FILE] [NAME...]
 
 The scenarios are tests/live/scenarios.py, the library the live tests use: one set. Each runs in a private
 two-namespace network lab (documentation addresses, no default route). The agent is started as users start
@@ -9,6 +10,11 @@ it (``chainwatch record``), then DIR holds alerts.jsonl, recording.cw, agent.log
 when every verdict holds. In a Vagrant box the default ``--chainwatch /usr/bin/chainwatch`` is the
 installed package; ``--config /etc/chainwatch/chainwatch.toml --alerts /var/log/chainwatch/alerts.jsonl``
 runs it with the installed config and reads the alerts where that config writes them.
+``--service-alerts /var/log/chainwatch/alerts.jsonl`` (with the default --alerts) also judges every scenario
+from what the running systemd service wrote meanwhile ("service:<name>" verdicts).
+
+The agent works in a private directory (its files refuse directories other users can write, such as a
+Vagrant synced folder); DIR gets copies at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import shlex
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,7 +35,7 @@ try:
 except ImportError:
     sys.path.append("/usr/lib/chainwatch/python")
 
-from scenarios import SCENARIOS, Agent, play  # noqa: E402
+from scenarios import SCENARIOS, Agent, alerts_after, play  # noqa: E402
 
 
 def main() -> int:
@@ -39,6 +46,7 @@ def main() -> int:
     p.add_argument("--config", help="config file for the agent")
     p.add_argument("--alerts", type=Path,
                    help="read alerts where the config writes them (default: --alerts DIR/alerts.jsonl)")
+    p.add_argument("--service-alerts", type=Path, help="also judge what the running service writes here")
     args = p.parse_args()
     names = args.names or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -46,11 +54,22 @@ def main() -> int:
         p.error(f"unknown scenarios {unknown}; they are {list(SCENARIOS)}")
     if args.alerts is not None and args.alerts.exists():
         args.alerts.unlink()  # judge only this run's alerts
-    agent = Agent(shlex.split(args.chainwatch), args.out, config=args.config, alerts=args.alerts)
-    verdicts = play(agent, names, args.out / "work")
-    if args.alerts is not None and args.alerts.exists():
-        shutil.copy(args.alerts, args.out / "alerts.jsonl")
-    shutil.rmtree(args.out / "work", ignore_errors=True)
+    service = alerts_after(args.service_alerts) if args.service_alerts else None
+    also = {"service": service} if service else None
+    private = Path(tempfile.mkdtemp(prefix="chainwatch-scenarios-"))
+    try:
+        agent = Agent(shlex.split(args.chainwatch), private, config=args.config, alerts=args.alerts)
+        verdicts = play(agent, names, private / "work", also)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name in ("recording.cw", "agent.log"):
+            if (private / name).exists():
+                shutil.copy(private / name, args.out / name)
+        if agent.alerts.exists():
+            shutil.copy(agent.alerts, args.out / "alerts.jsonl")
+        if service is not None:
+            (args.out / "service-alerts.jsonl").write_text("".join(json.dumps(a) + "\n" for a in service()))
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     (args.out / "verdicts.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=2) + "\n")
     for v in verdicts:
         print(f"{'PASS' if v.ok else 'FAIL'} {v.name}: {v.detail}")
