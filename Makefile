@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup run test test-unit lint gen clean bench bench-setup bench-latency
+.PHONY: setup run test test-unit lint gen clean bench bench-setup bench-latency deb rpm
 
 setup:
 	@bash scripts/setup.sh
@@ -18,7 +18,7 @@ test-unit: setup
 	$(PY) -m pytest -q tests/unit tests/replay
 
 lint:
-	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff check agent tests bench vagrant
 	$(VENV)/bin/mypy
 	$(PY) -m agent.abi --check
 
@@ -35,8 +35,15 @@ bench-setup: setup
 bench-latency: setup
 	timeout 3600 $(PY) bench/latency.py -n 200
 
+# Packages in dist/ (packaging/build.sh); tests/live/test_package.py builds, lints, installs and purges them.
+deb: setup
+	bash packaging/build.sh deb
+
+rpm: setup
+	bash packaging/build.sh rpm
+
 gen:
 	$(PY) -m agent.abi
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,8 +16,10 @@ from agent.config import Config, ConfigError, load_config
 from agent.detect.rules import RuleErrors
 from agent.probes.offsets import OffsetsUnavailable
 from agent.recording import RecordingError
+from agent.resources import ResourceMissing
 
-USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError, RuleErrors)
+USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError, RuleErrors,
+               ResourceMissing)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,8 +69,10 @@ def _run(args: argparse.Namespace, record_path: str | None) -> int:
     try:
         if record_path is None:
             return Agent(config).run()
+        from agent.safefile import open_private
         try:
-            fh = open(record_path, "wb")
+            # Private (argv and labels), never through a symlink, in a directory only root can write.
+            fh = os.fdopen(open_private(record_path, os.O_WRONLY, truncate=True), "wb")
         except OSError as exc:
             raise ConfigError(f"cannot write the recording {record_path}: {exc.strerror}") from exc
         with fh:

@@ -45,6 +45,15 @@ def sd_notify(message: str) -> bool:
     return True
 
 
+def watchdog_interval_s() -> float | None:
+    """How often to send WATCHDOG=1 when systemd watches this process (WatchdogSec=): half its timeout, as
+    sd_watchdog_enabled(3) advises; None when there is no watchdog (or it is for another process)."""
+    usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
 def host_meta() -> dict[str, Any]:
     """Identifies the host in recordings and alerts."""
     try:
@@ -149,9 +158,14 @@ class Agent:
             interval = self.config.sensor.stats_interval_s
             next_stats = time.monotonic() + interval
             next_drop_check = time.monotonic() + DROP_CHECK_INTERVAL_S
+            watchdog = watchdog_interval_s()
+            next_ping = time.monotonic()
             while not self._stopping:
                 pipeline.feed_records(self.sensor.poll(self.config.sensor.poll_timeout_ms))
                 now = time.monotonic()
+                if watchdog is not None and now >= next_ping:
+                    sd_notify("WATCHDOG=1")  # from the loop itself: a stuck loop gets restarted
+                    next_ping = now + watchdog
                 if now >= next_drop_check:
                     self._check_drops()
                     # Reap on this 1 s tick, not the stats tick: exited processes must leave within grace_s

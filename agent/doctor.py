@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from agent.probes.offsets import VMLINUX_BTF, WANTED, headers_dir
 from agent.probes.source import detect_features
+from agent.resources import ResourceMissing, share_dir
 
 REQUIRED_TRACEPOINTS = ("sched/sched_process_exec", "sched/sched_process_fork", "sched/sched_process_exit",
                         "syscalls/sys_enter_connect", "syscalls/sys_exit_connect", "syscalls/sys_enter_dup2",
@@ -28,6 +29,10 @@ class Check:
 
 def _checks() -> list[Check]:
     out = [Check("kernel", None, os.uname().release)]
+    try:
+        out.append(Check("data files", True, f"rules and BPF sources in {share_dir()}"))
+    except ResourceMissing as exc:
+        out.append(Check("data files", False, str(exc)))
     out.append(Check("privileges", os.geteuid() == 0,
                      "root" if os.geteuid() == 0 else "not root: run chainwatch as root to load BPF programs"))
     features = detect_features()

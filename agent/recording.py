@@ -12,6 +12,7 @@ from typing import IO, Any, Final
 
 import msgpack
 
+from agent.capture import env_wanted
 from agent.events import Event, event_from_dict
 
 MAGIC: Final = "chainwatch-recording"
@@ -95,6 +96,9 @@ def read_recording(fh: IO[bytes]) -> Recording:
             if not isinstance(item, dict):
                 rec.errors.append(f"item {index}: not an event map")
                 continue
+            env = item.get("env")
+            if isinstance(env, dict):  # a recording made before capture was an allowlist may hold tokens
+                item["env"] = {k: v for k, v in env.items() if isinstance(k, str) and env_wanted(k)}
             try:
                 yield event_from_dict(item)
             except ValueError as exc:

@@ -30,6 +30,7 @@ from typing import IO, Any, Final, Protocol
 
 import structlog
 
+from agent.safefile import ALERT_MODE, open_private
 from agent.spool import Spool
 
 log = structlog.get_logger()
@@ -58,8 +59,7 @@ class FileOutput:
 
     def __init__(self, path: str) -> None:
         self.name = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        self._fd = open_private(path, os.O_WRONLY | os.O_APPEND, ALERT_MODE)  # no symlinks, private, checked dir
 
     def write(self, data: bytes) -> int:
         """Append what the filesystem takes of ``data``."""

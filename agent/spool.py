@@ -20,6 +20,8 @@ from collections import deque
 from pathlib import Path
 from typing import Final
 
+from agent.safefile import open_private
+
 READ_CHUNK: Final = 64 * 1024
 
 
@@ -137,7 +139,7 @@ class Spool:
             return lines
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = open_private(tmp, os.O_WRONLY, truncate=True)
         try:
             _write_all(fd, self._mem[0][self._head_done:])
             for line in list(self._mem)[1:]:
@@ -169,7 +171,7 @@ class Spool:
         if self._fd is None:
             assert self.path is not None
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = open_private(self.path, os.O_RDWR)
         return self._fd
 
     def _append(self, line: bytes) -> None:

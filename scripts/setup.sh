@@ -18,6 +18,9 @@ packages=(python3-bpfcc python3-venv python3-yaml bpftool iproute2 kmod gcc make
 packages+=(netcat-traditional ncat socat gawk openssl curl wget git)
 # Supply-chain live tests: real npm, pip (a C extension needs Python.h) and dpkg-deb installs.
 packages+=(python3-dev)
+# Packaging tests (tests/live/test_package.py): build the .deb and .rpm, lintian, verify the unit, install the
+# .deb with dpkg -i (its compiled dependencies must already be there), `vagrant validate` the kernel matrix.
+packages+=(dpkg-dev rpm lintian systemd python3-psutil python3-msgpack vagrant)
 # NodeSource's nodejs ships its own npm and conflicts with Debian's npm package: add it only if missing.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 

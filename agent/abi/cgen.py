@@ -5,9 +5,10 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+from agent import resources
 from agent.abi import layout
 
-HEADER_PATH = Path(__file__).resolve().parents[2] / "bpf" / "include" / "events.gen.h"
+HEADER_PATH = resources.bpf_dir() / "include" / "events.gen.h"
 
 
 def _c_struct(record: layout.Record, with_header: bool) -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from agent.abi.layout import COMM_LEN, CONTEXTS
+from agent.capture import env_wanted, looks_secret
 from agent.detect.rules import (
     Checker,
     IPNetwork,
@@ -389,6 +390,15 @@ def _one_of_contexts(text: str) -> str | None:
     return None if text in CONTEXTS else f"{text!r} is not a context (they are: {', '.join(CONTEXTS)})"
 
 
+def _check_captured(var: str) -> str | None:
+    if looks_secret(var):
+        return f"{var} names a credential: chainwatch never captures token, password, secret or key variables"
+    if not env_wanted(var):
+        return (f"{var} is not captured at exec: add it to ENV_CAPTURE_NAMES in agent/capture.py "
+                "(attribution labels only, never a secret)")
+    return None
+
+
 def _read_labels(checker: Checker, spec: YamlMap, context: str | None) -> tuple[tuple[str, str], ...]:
     node = spec.values.get("labels")
     if node is None:
@@ -400,7 +410,7 @@ def _read_labels(checker: Checker, spec: YamlMap, context: str | None) -> tuple[
     checker.keys(labels, (), fields)
     out = []
     for field_name in labels.values:
-        var = checker.get_str(labels, field_name)
+        var = checker.get_str(labels, field_name, _check_captured)
         if var is not None and field_name in fields:
             out.append((field_name, var))
     return tuple(out)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 # the import is untyped, with them the ignore is unused. Everything from yaml is handled as Any below.
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
+from agent import resources
 from agent.detect.catalog import DETECTORS
 
 if TYPE_CHECKING:
@@ -500,8 +501,8 @@ def check_network(text: str) -> str | None:
 # --- rules ------------------------------------------------------------------------------------------------
 
 def default_rules_dir() -> Path:
-    """The ``rules/`` directory of this source tree, used when no directory is given."""
-    return Path(__file__).resolve().parents[2] / "rules"
+    """The bundled ``rules/`` directory (source tree or /usr/share/chainwatch: :mod:`agent.resources`)."""
+    return resources.rules_dir()
 
 
 def _check_uuid(text: str) -> str | None:

@@ -12,11 +12,10 @@ from typing import Final
 
 import yaml
 
+from agent import resources
 from agent.probes.offsets import KernelOffsets
 
-ROOT: Final = Path(__file__).resolve().parents[2]
-BPF_DIR: Final = ROOT / "bpf"
-PERSISTENCE_LIST: Final = ROOT / "rules" / "lists" / "persistence_paths.yaml"
+PERSISTENCE_LIST: Final = Path("lists") / "persistence_paths.yaml"  # under the rules directory
 # Order matters: the generated layout, then shared helpers, then one file per concern.
 SOURCE_FILES: Final = ("include/events.gen.h", "include/common.h", "process.bpf.c", "net.bpf.c", "fd.bpf.c",
                        "persistence.bpf.c")
@@ -76,8 +75,9 @@ class ProbeOptions:
     net_ringbuf_pages: int = 1024
 
 
-def load_persistence_list(path: Path = PERSISTENCE_LIST) -> tuple[list[str], list[str]]:
-    """(prefixes, suffixes) from the shared persistence list."""
+def load_persistence_list(path: Path | None = None) -> tuple[list[str], list[str]]:
+    """(prefixes, suffixes) from the shared persistence list (default: the bundled one)."""
+    path = path if path is not None else resources.rules_dir() / PERSISTENCE_LIST
     data = yaml.safe_load(path.read_text()) or {}
     out: dict[str, list[str]] = {"prefixes": [], "suffixes": []}
     for kind, entries in out.items():
@@ -124,8 +124,9 @@ def render_source(headers_for_offsets: bool = False) -> str:
         # Only without BTF: the offset macros expand to offsetof() over the kernel's own headers.
         parts.append("#include <linux/sched.h>\n#include <linux/fdtable.h>\n#include <linux/fs.h>\n"
                      "#include <linux/mm_types.h>\n#include <linux/net.h>\n#include <net/sock.h>\n")
+    bpf = resources.bpf_dir()
     for name in SOURCE_FILES:
-        text = (BPF_DIR / name).read_text()
+        text = (bpf / name).read_text()
         parts.append(f"/* ---- bpf/{name} ---- */\n{text}")
         if name == "include/common.h":
             parts.append("/* ---- generated from rules/lists/persistence_paths.yaml ---- */\n"

@@ -11,7 +11,6 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from agent.capture import env_wanted, parse_env_block
 from agent.events import FLAG_SEEDED, Connect, Exec, Exit, Fork
 from agent.lineage import seed as seed_mod
 from agent.lineage.identity import (
@@ -437,24 +436,4 @@ def test_seed_events_skips_vanished_and_tolerates_denied(monkeypatch: pytest.Mon
 
 # ---------------------------------------------------------------------------- capture
 
-def test_env_wanted_prefixes_and_exact_names() -> None:
-    """Names ending in '_' are prefixes; the others must match exactly."""
-    for name in ("npm_package_name", "CI_JOB_ID", "GITHUB_", "CARGO_MANIFEST_DIR", "npm_config_user_agent",
-                 "BUILDKITE_BRANCH", "JENKINS_URL"):
-        assert env_wanted(name), name
-    for name in ("CI", "CARGO_MANIFEST_DIRX", "npm_config_cache", "PATH", "github_token", "XCI_JOB"):
-        assert not env_wanted(name), name
-
-
-def test_parse_env_block() -> None:
-    """parse_env_block keeps wanted KEY=VALUE pairs and tolerates garbage."""
-    block = (b"PATH=/bin\0GITHUB_REPOSITORY=o/r\0noequals\0=anon\0CI_JOB_URL=https://x/?a=b\0"
-             b"npm_package_name=\xff\xfepkg\0GITHUB_REPOSITORY=second\0\0\0BUILDKITE_\xff=1\0")
-    assert parse_env_block(block) == {
-        "GITHUB_REPOSITORY": "o/r",
-        "CI_JOB_URL": "https://x/?a=b",
-        "npm_package_name": "\ufffd\ufffdpkg",
-        "BUILDKITE_\ufffd": "1",
-    }
-    assert parse_env_block(b"") == {}
-    assert parse_env_block(b"\0\0garbage\xff\0") == {}
+# env_wanted / parse_env_block: tests/unit/test_capture.py
