@@ -18,6 +18,8 @@ packages=(python3-bpfcc python3-venv python3-yaml bpftool iproute2 kmod gcc make
 packages+=(netcat-traditional ncat socat gawk openssl curl wget git)
 # Supply-chain live tests: real npm, pip (a C extension needs Python.h) and dpkg-deb installs.
 packages+=(python3-dev)
+# The journald output's live test runs a private systemd-journald and reads it back with journalctl.
+packages+=(systemd util-linux)
 # NodeSource's nodejs ships its own npm and conflicts with Debian's npm package: add it only if missing.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 
