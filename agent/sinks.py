@@ -288,7 +288,10 @@ class Delivery:
 
     def shutdown(self) -> None:
         """Last try; whatever the output still cannot take stays in the spool file for the next run."""
-        self.retry(time.monotonic(), force=True)
+        # A failing network output could spend its whole timeout on a last try that shutdown may not wait
+        # for (then the spool would die with the process): it goes straight to the spool file instead.
+        if self._episode_start is None or not getattr(self.output, "remote", False):
+            self.retry(time.monotonic(), force=True)
         waiting = len(self.spool)
         try:
             kept = self.spool.persist()

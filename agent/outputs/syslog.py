@@ -25,7 +25,7 @@ import socket
 import ssl
 from typing import Any, Final
 
-from agent.config import SYSLOG_FACILITIES, SyslogConfig, split_host_port
+from agent.config import SYSLOG_FACILITIES, ConfigError, SyslogConfig, split_host_port
 from agent.formats import render
 from agent.outputs.common import Summary, decode_alert
 
@@ -96,9 +96,13 @@ class SyslogOutput:
         self.facility = SYSLOG_FACILITIES[facility]
         self.timeout_s = timeout_s
         self.name = f"syslog+{transport}://{address}"
+        self.remote = transport != "unix"  # a last try at shutdown could wait out the timeout
         self._ssl: ssl.SSLContext | None = None
         if transport == "tls":
-            self._ssl = ssl.create_default_context(cafile=ca_file or None)  # verifies the certificate and name
+            try:  # verifies the certificate and the name
+                self._ssl = ssl.create_default_context(cafile=ca_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load outputs.syslog.ca_file {ca_file}: {exc}") from exc
         self._sock: socket.socket | None = None
         self._stream = transport in ("tcp", "tls")  # a unix socket may turn out to be a stream one
 

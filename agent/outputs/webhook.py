@@ -74,6 +74,7 @@ class WebhookOutput:
             raise ConfigError(f"outputs.webhook.url must be an https:// URL, not {url!r}")
         self.url = url
         self.name = url
+        self.remote = True  # a last try at shutdown could wait out the timeout
         self.format = fmt
         self.batch_max = batch_max
         self.batch_bytes = batch_bytes

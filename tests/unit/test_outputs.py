@@ -402,3 +402,35 @@ def test_unreadable_spooled_line_is_dropped_not_retried_forever(sockdir: Path) -
     receiver.stop()
     assert [e["event"] for e in logs] == ["alert_dropped"] and receiver.items == []
     assert os.path.exists(sockdir)
+
+
+def test_webhook_down_at_shutdown_keeps_the_spool_for_the_next_run(certificate: tuple[Path, Path],
+                                                                   tmp_path: Path) -> None:
+    """Still down at shutdown: the alerts stay in the spool file (a failing network output gets no last try
+    that could outlast the stop);
+    the next run sends them first, then its own."""
+    receiver = HttpsReceiver(*certificate)
+    spool_dir = tmp_path / "spool"
+
+    def sink() -> AlertSink:
+        output = WebhookOutput(receiver.url, ca_file=str(certificate[0]), timeout_s=2.0)
+        return AlertSink([], extra=[output], spool_dir=spool_dir, retry_min_s=0.02, retry_max_s=0.1)
+
+    first = sink()
+    for i in range(5):
+        first.put(alert(i))
+    wait_for(lambda: first.stats()["alerts_in_spool"] == 5, "the alerts spooled")
+    errors_before = first.stats()["alert_write_errors"]
+    first.close()
+    assert first.stats()["alert_write_errors"] <= errors_before + 1
+    assert spool_path(spool_dir, receiver.url).stat().st_size > 0
+    receiver.start()
+    second = sink()
+    try:
+        second.put(alert(5))
+        wait_for(lambda: len(webhook_seqs(receiver)) >= 6, "the kept alerts and the new one")
+    finally:
+        second.close()
+        receiver.stop()
+    assert webhook_seqs(receiver) == list(range(6))
+    assert not spool_path(spool_dir, receiver.url).exists()
