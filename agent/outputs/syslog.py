@@ -219,9 +219,23 @@ def _peer_closed(sock: socket.socket) -> bool:
         if not readable:
             return False
         if isinstance(sock, ssl.SSLSocket):
-            return True  # TLS close_notify or anything else: start a fresh session
+            return _tls_peer_closed(sock)
         return sock.recv(4096, socket.MSG_DONTWAIT) == b""
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:
         return True
+
+
+def _tls_peer_closed(sock: ssl.SSLSocket) -> bool:
+    # TLS 1.3 servers send session tickets after the handshake: readable, yet no application data and no end.
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return sock.recv(4096) == b""
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return False
+    except OSError:  # ssl.SSLError included
+        return True
+    finally:
+        sock.settimeout(timeout)

@@ -146,7 +146,10 @@ class WebhookOutput:
         conn = self._connection()
         conn.request("POST", self._target, body=body, headers=headers)
         response = conn.getresponse()
-        return response, response.read(64 * 1024)
+        answer = response.read(64 * 1024)
+        while response.read(64 * 1024):  # the rest of a long answer, so the connection can be used again
+            pass
+        return response, answer
 
     def _connection(self) -> http.client.HTTPSConnection:
         if self._conn is None:
