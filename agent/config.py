@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ SYSLOG_TRANSPORTS = ("unix", "udp", "tcp", "tls")
 SYSLOG_FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
                      **{f"local{i}": 16 + i for i in range(8)}}
 DEFAULT_JOURNAL_SOCKET = "/run/systemd/journal/socket"
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 5.6.2)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class OutputsConfig:
                               f"not {w.batch_max_kb}")
         if w.auth_header_file and w.auth_header_env:
             raise ConfigError(f"{source}: set outputs.webhook.auth_header_file or auth_header_env, not both")
-        if not w.auth_header or any(c in w.auth_header for c in ":\r\n ") or not w.auth_header.isascii():
+        if not HEADER_NAME.fullmatch(w.auth_header):
             raise ConfigError(f"{source}: outputs.webhook.auth_header must be an HTTP header name, "
                               f"not {w.auth_header!r}")
         if not w.enabled:

@@ -148,6 +148,11 @@ def _reason(exc: OSError) -> dict[str, str]:
     return {"reason": exc.strerror or str(exc), "errno": code}
 
 
+def _output_bug(name: str, exc: Exception) -> OSError:
+    log.exception("alert_output_error", output=name)
+    return OSError(errno.EIO, f"the output failed: {exc!r}")
+
+
 class Delivery:
     """One output, its spool and its retry schedule. Used by the sink's thread only; ``now`` is monotonic
     seconds, passed in so the schedule can be tested without sleeping."""
@@ -261,7 +266,12 @@ class Delivery:
                     return False
                 return True
             try:
-                output.write_batch(lines)
+                try:
+                    output.write_batch(lines)
+                except OSError:
+                    raise
+                except Exception as bug:  # noqa: BLE001 - a bug in an output: keep the alerts, retry, say so
+                    raise _output_bug(self.output.name, bug) from bug
             except OSError as exc:
                 self.write_errors += 1
                 if self._episode_start is None:
@@ -314,6 +324,9 @@ class Delivery:
             except OSError as exc:
                 self.write_errors += 1
                 return done, exc
+            except Exception as exc:  # noqa: BLE001 - a bug in an output: keep the alert, retry, say so
+                self.write_errors += 1
+                return done, _output_bug(self.output.name, exc)
             if n <= 0:
                 self.write_errors += 1
                 return done, OSError(errno.EIO, "the output took nothing")
@@ -394,6 +407,7 @@ class _Worker:
                 delivery.retry(time.monotonic())
             except Exception:  # noqa: BLE001 - the thread must outlive a bug: alerts keep flowing
                 log.exception("alert_sink_error", output=delivery.output.name)
+                delivery._schedule(time.monotonic())  # back off: a bug hit on every retry must not spin
         try:
             delivery.shutdown()
         except Exception:  # noqa: BLE001 - logged; the other outputs still get their last try

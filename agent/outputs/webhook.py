@@ -57,9 +57,9 @@ def read_secret(config: WebhookConfig) -> str | None:
         where = f"the environment variable {config.auth_header_env}"
     else:
         return None
-    if not value or "\n" in value or "\r" in value:
+    if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ConfigError(f"outputs.webhook: {where} must hold the {config.auth_header} header's value "
-                          "on one line (e.g. \"Bearer <token>\")")
+                          "on one line, without control characters (e.g. \"Bearer <token>\")")
     return value
 
 
