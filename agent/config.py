@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,140 @@ class DetectionConfig:
     # Alerts an output cannot take (a full disk) wait here; best on another filesystem. Empty: memory only.
     spool_dir: str = DEFAULT_SPOOL_DIR
     spool_max_mb: int = 64  # per output
+    alerts_format: str = "ecs"  # document format of the alerts files and stdout: "ecs" or "ocsf"
+
+
+FORMATS = ("ecs", "ocsf")  # alert document formats (agent/formats.py renders them)
+SYSLOG_TRANSPORTS = ("unix", "udp", "tcp", "tls")
+SYSLOG_FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
+                     **{f"local{i}": 16 + i for i in range(8)}}
+DEFAULT_JOURNAL_SOCKET = "/run/systemd/journal/socket"
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 5.6.2)
+
+
+@dataclass(frozen=True)
+class JournaldConfig:
+    """Alerts to systemd-journald, as structured entries over its native protocol."""
+
+    enabled: bool = False
+    socket: str = DEFAULT_JOURNAL_SOCKET
+    format: str = "ecs"  # of the CHAINWATCH_ALERT field (the whole alert)
+
+
+@dataclass(frozen=True)
+class SyslogConfig:
+    """Alerts as RFC 5424 syslog messages to a local socket or a collector."""
+
+    enabled: bool = False
+    transport: str = "unix"  # unix (a local socket such as /dev/log), udp, tcp, tls
+    address: str = "/dev/log"  # a socket path for unix, host:port otherwise
+    facility: str = "authpriv"  # alerts carry command lines: the facility syslog daemons keep private
+    format: str = "ecs"  # of the message body (the whole alert as JSON)
+    ca_file: str = ""  # tls: the CA bundle that signs the collector's certificate; empty: the system's
+    timeout_s: float = 5.0  # connect and send
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Alerts POSTed as JSON arrays to an HTTPS endpoint."""
+
+    enabled: bool = False
+    url: str = ""  # https://host[:port]/path
+    format: str = "ecs"
+    ca_file: str = ""  # the CA bundle that signs the endpoint's certificate; empty: the system's
+    verify_tls: bool = True  # false accepts any certificate: for a lab only
+    auth_header: str = "Authorization"  # the header that carries the secret below (if any)
+    auth_header_file: str = ""  # a file whose content is that header's value, e.g. "Bearer ..."
+    auth_header_env: str = ""  # or the name of an environment variable holding it
+    batch_max: int = 100  # alerts per request
+    batch_max_kb: int = 1024  # bytes per request (a single larger alert still goes alone)
+    timeout_s: float = 10.0  # connect and response
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    """Alert outputs besides stdout and files. Each goes through its own spool (see detection.spool_dir)."""
+
+    journald: JournaldConfig = field(default_factory=JournaldConfig)
+    syslog: SyslogConfig = field(default_factory=SyslogConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+
+    def validate(self, source: str) -> None:
+        """Check each output's keys; raises ConfigError naming the key."""
+        for name, fmt in (("journald", self.journald.format), ("syslog", self.syslog.format),
+                          ("webhook", self.webhook.format)):
+            if fmt not in FORMATS:
+                raise ConfigError(f"{source}: outputs.{name}.format must be one of {list(FORMATS)}, not {fmt!r}")
+        for key, value in (("journald.socket", self.journald.socket), ("syslog.address", self.syslog.address),
+                           ("syslog.ca_file", self.syslog.ca_file), ("webhook.url", self.webhook.url),
+                           ("webhook.ca_file", self.webhook.ca_file),
+                           ("webhook.auth_header_file", self.webhook.auth_header_file)):
+            if "\0" in value:
+                raise ConfigError(f"{source}: outputs.{key} must not contain a NUL character")
+        timeouts = (("syslog.timeout_s", self.syslog.timeout_s), ("webhook.timeout_s", self.webhook.timeout_s))
+        for key, timeout in timeouts:
+            if not 0 < timeout <= 300:
+                raise ConfigError(f"{source}: outputs.{key} must be between 0 and 300 seconds, not {timeout}")
+        if self.journald.enabled and not self.journald.socket.startswith("/"):
+            raise ConfigError(f"{source}: outputs.journald.socket must be an absolute path, "
+                              f"not {self.journald.socket!r}")
+        self._validate_syslog(source)
+        self._validate_webhook(source)
+
+    def _validate_syslog(self, source: str) -> None:
+        s = self.syslog
+        if s.transport not in SYSLOG_TRANSPORTS:
+            raise ConfigError(f"{source}: outputs.syslog.transport must be one of {list(SYSLOG_TRANSPORTS)}, "
+                              f"not {s.transport!r}")
+        if s.facility not in SYSLOG_FACILITIES:
+            raise ConfigError(f"{source}: outputs.syslog.facility must be one of {sorted(SYSLOG_FACILITIES)}, "
+                              f"not {s.facility!r}")
+        if not s.enabled:
+            return
+        if s.transport == "unix":
+            if not s.address.startswith("/"):
+                raise ConfigError(f"{source}: outputs.syslog.address must be a socket path for transport "
+                                  f"\"unix\", not {s.address!r}")
+        elif split_host_port(s.address) is None:
+            raise ConfigError(f"{source}: outputs.syslog.address must be host:port (or [v6]:port) for transport "
+                              f"{s.transport!r}, not {s.address!r}")
+
+    def _validate_webhook(self, source: str) -> None:
+        w = self.webhook
+        if not 1 <= w.batch_max <= 10_000:
+            raise ConfigError(f"{source}: outputs.webhook.batch_max must be between 1 and 10000, not {w.batch_max}")
+        if not 1 <= w.batch_max_kb <= 64 * 1024:
+            raise ConfigError(f"{source}: outputs.webhook.batch_max_kb must be between 1 and 65536, "
+                              f"not {w.batch_max_kb}")
+        if w.auth_header_file and w.auth_header_env:
+            raise ConfigError(f"{source}: set outputs.webhook.auth_header_file or auth_header_env, not both")
+        if not HEADER_NAME.fullmatch(w.auth_header):
+            raise ConfigError(f"{source}: outputs.webhook.auth_header must be an HTTP header name, "
+                              f"not {w.auth_header!r}")
+        if not w.enabled:
+            return
+        parsed = urllib.parse.urlsplit(w.url)
+        if parsed.scheme != "https" or not parsed.hostname:
+            raise ConfigError(f"{source}: outputs.webhook.url must be an https:// URL, not {w.url!r} "
+                              "(alerts carry command lines: they are not sent in clear text)")
+        try:
+            _ = parsed.port  # urllib checks the port only when asked
+        except ValueError as exc:
+            raise ConfigError(f"{source}: outputs.webhook.url has a bad port: {w.url!r}") from exc
+
+
+def split_host_port(address: str) -> tuple[str, int] | None:
+    """("host", port) from "host:port" or "[v6]:port"; None when it is not that."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            return None
+        host = host[1:-1]
+    elif ":" in host:
+        return None
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -58,6 +194,7 @@ class Config:
     sensor: SensorConfig = field(default_factory=SensorConfig)
     lineage: LineageConfig = field(default_factory=LineageConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
 
     def validate(self, source: str = "<defaults>") -> Config:
         """Check value ranges; raises ConfigError."""
@@ -87,6 +224,10 @@ class Config:
         if not 1 <= self.detection.spool_max_mb <= 1 << 20:
             raise ConfigError(f"{source}: detection.spool_max_mb must be between 1 and 1048576 (MiB), "
                               f"not {self.detection.spool_max_mb}")
+        if self.detection.alerts_format not in FORMATS:
+            raise ConfigError(f"{source}: detection.alerts_format must be one of {list(FORMATS)}, "
+                              f"not {self.detection.alerts_format!r}")
+        self.outputs.validate(source)
         return self
 
 

@@ -21,6 +21,7 @@ from agent.detect.rules import RuleSet, default_rules_dir, load_rules
 from agent.events import Event
 from agent.lineage.seed import seed_events
 from agent.lineage.table import ProcessTable
+from agent.outputs import build_sink
 from agent.pipeline import Consumer, Pipeline
 from agent.probes.loader import Sensor, open_sensor
 from agent.probes.source import ProbeOptions
@@ -125,9 +126,7 @@ class Agent:
             self.writer = RecordingWriter(self._record_fh, {**meta, "features": features.describe(),
                                                             "boot_offset_ns": boot_offset})
             taps.append(self.writer.write)
-        detection = self.config.detection
-        self.sink = AlertSink(list(detection.alerts), spool_dir=detection.spool_dir or None,
-                              spool_max_bytes=detection.spool_max_mb << 20)
+        self.sink = build_sink(self.config)
         self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), self.sink.put,
                                       boot_offset)
         self.sensor.set_context_executables(self.rules.lists.kernel_context_names())
@@ -140,7 +139,7 @@ class Agent:
             self.pipeline.feed(event)
         settle_memory()
         self.sensor.release_compiler()
-        log.info("sensor_ready", rules=len(self.rules.rules), alerts=list(self.config.detection.alerts),
+        log.info("sensor_ready", rules=len(self.rules.rules), alerts=self.sink.names,
                  probes=self.sensor.attached(), offsets=self.sensor.program.offsets.source,
                  features=features.describe(), seeded_processes=len(seeded),
                  startup_s=round(time.monotonic() - started, 3), pid=os.getpid())

@@ -106,6 +106,22 @@ class Spool:
             return None
         return self._mem[0][self._head_done:]
 
+    def peek_lines(self, max_lines: int, max_bytes: int) -> list[bytes]:
+        """Up to ``max_lines`` of the oldest lines (the first one's rest, when partly written), no more than
+        ``max_bytes`` together unless the first alone is larger; [] when empty. Nothing is taken: the caller
+        consumes each once it is written. OSError: unreadable."""
+        if not self._mem and self._disk_lines:
+            self._refill()
+        lines: list[bytes] = []
+        size = 0
+        for line in self._mem:
+            part = line[self._head_done:] if not lines else line
+            if lines and (len(lines) >= max_lines or size + len(part) > max_bytes):
+                break
+            lines.append(part)
+            size += len(part)
+        return lines
+
     def consume(self, count: int) -> bool:
         """``count`` bytes of :meth:`peek` were written; True when that finished the line."""
         self._head_done += count

@@ -21,6 +21,8 @@ packages+=(python3-dev)
 # Packaging tests (tests/live/test_package.py): build the .deb and .rpm, lintian, verify the unit, install the
 # .deb with dpkg -i (its compiled dependencies must already be there), `vagrant validate` the kernel matrix.
 packages+=(dpkg-dev rpm lintian systemd python3-psutil python3-msgpack vagrant)
+# The journald output's live test runs a private systemd-journald and reads it back with journalctl.
+packages+=(systemd util-linux)
 # NodeSource's nodejs ships its own npm and conflicts with Debian's npm package: add it only if missing.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 
@@ -78,7 +80,7 @@ stamp=.venv/.chainwatch-installed
 # Reinstall when pyproject changed, or when a test dependency is missing (a venv made before it was added,
 # whose stamp a checkout did not make older than pyproject.toml).
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
-    || ! .venv/bin/python -c 'import hypothesis, pytest' 2>/dev/null; then
+    || ! .venv/bin/python -c 'import hypothesis, pytest, jsonschema, ocsf_json_schema' 2>/dev/null; then
     log "installing chainwatch and its Python dependencies into .venv"
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"

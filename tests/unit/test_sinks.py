@@ -444,3 +444,19 @@ def test_spool_path_is_per_output(tmp_path: Path) -> None:
     """Two outputs with the same file name get different spool files, each named after its output."""
     a, b = spool_path(tmp_path, "/a/alerts.jsonl"), spool_path(tmp_path, "/b/alerts.jsonl")
     assert a != b and a.name.startswith("alerts.jsonl-") and a.parent == tmp_path
+
+
+def test_an_output_that_raises_a_non_oserror_backs_off(logs: list[dict[str, Any]]) -> None:
+    """A bug in an output (an exception that is not OSError) is logged and treated as a failed write: the
+    alert is spooled and retried with backoff (not in a tight loop), and written once the output works."""
+    fake = FakeFile()
+    fake.error = ValueError("a bug")  # type: ignore[assignment]
+    sink = sink_with(fake, retry_min_s=0.2, retry_max_s=0.2)
+    sink.put(alert(0))
+    time.sleep(0.5)
+    calls = fake.calls
+    fake.error = None
+    wait_for(lambda: fake.lines() == [line(0)], "the alert once the output works")
+    sink.close()
+    assert 1 <= calls <= 5, f"{calls} attempts in 0.5 s: the thread spun"
+    assert events(logs, "alert_output_error") and events(logs, "alerts_spool_flushed")
