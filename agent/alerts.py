@@ -17,7 +17,9 @@ from agent.lineage.table import Process, ProcessTable
 SEVERITY_NAMES = {21: "low", 47: "medium", 73: "high", 99: "critical"}
 CATEGORIES = {"shell_network_connection": ["process", "network"], "interpreter_reverse_shell": ["process", "network"],
               "stdio_to_socket": ["process", "network"], "tunnel_tool": ["process", "network"],
-              "irc_connection": ["network"], "persistence_write": ["file"], "runner_tracking_tamper": ["process"]}
+              "irc_connection": ["network"], "persistence_write": ["file"], "runner_tracking_tamper": ["process"],
+              "sigma_process_creation": ["process"], "sigma_network_connection": ["process", "network"],
+              "sigma_file_event": ["file"]}
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
         "@timestamp": iso(trigger.event.ktime + boot_offset_ns),
         "event": {"kind": "alert", "id": str(uuid.uuid4()), "severity": severity, "reason": trigger.reason,
                   "category": sorted({c for s in signals for c in CATEGORIES.get(s.detector, ["process"])})},
-        "rule": {"id": lead.id, "name": lead.name, "ruleset": "chainwatch"},
+        "rule": {"id": lead.id, "name": lead.name, "ruleset": lead.ruleset},
         "host": {"hostname": host.hostname, "id": host.id},
         "process": process,
         "supply_chain": attribution(table, trigger.key, context),
