@@ -22,6 +22,7 @@ Anything else raises :class:`Unsupported` with the reason, and the rule is repor
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -155,14 +156,14 @@ class Compiler:
         fields = KEYWORD_FIELDS[self.category]
         if isinstance(value, SigmaString | SigmaNumber):
             # A keyword is a full-text term: it matches anywhere in a field, as in a SIEM's search.
-            text = value if isinstance(value, SigmaString) else SigmaString(str(value.number))
-            parts = list(text.s)
-            if not parts or parts[0] is not SpecialChars.WILDCARD_MULTI:
-                parts.insert(0, SpecialChars.WILDCARD_MULTI)
-            if parts[-1] is not SpecialChars.WILDCARD_MULTI:
-                parts.append(SpecialChars.WILDCARD_MULTI)
-            text.s = parts
-            test, cased = self.string(text)
+            term = copy.copy(value) if isinstance(value, SigmaString) else SigmaString(str(value.number))
+            term_parts = list(term.s)
+            if not term_parts or term_parts[0] is not SpecialChars.WILDCARD_MULTI:
+                term_parts.insert(0, SpecialChars.WILDCARD_MULTI)
+            if term_parts[-1] is not SpecialChars.WILDCARD_MULTI:
+                term_parts.append(SpecialChars.WILDCARD_MULTI)
+            term.s = term_parts
+            test, cased = self.string(term)
         elif isinstance(value, SigmaRegularExpression):
             test, cased = self.regex(value), True
         else:
