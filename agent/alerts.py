@@ -57,7 +57,8 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
     if ancestry:
         parent = ancestry[0]
         process["parent"] = _process_fields(host, parent, parent.key, parent.comm)
-    rules = {s.rule.id: s.rule for s in signals}
+    # By ruleset and id: a native rule may keep the id of the Sigma rule it adapts (shell-network-connection).
+    rules = {(s.rule.ruleset, s.rule.id): s.rule for s in signals}
     lead = max(signals, key=lambda s: s.rule.severity_score).rule
     doc: dict[str, Any] = {
         "@timestamp": iso(trigger.event.ktime + boot_offset_ns),
