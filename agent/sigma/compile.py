@@ -132,11 +132,9 @@ class Compiler:
     def compile(self, node: object) -> Matcher:
         """The predicate for a postprocessed condition tree node."""
         if isinstance(node, ConditionAND):
-            parts = [self.compile(arg) for arg in node.args]
-            return lambda f: all(p(f) for p in parts)
+            return _all([self.compile(arg) for arg in node.args])
         if isinstance(node, ConditionOR):
-            parts = [self.compile(arg) for arg in node.args]
-            return lambda f: any(p(f) for p in parts)
+            return self.any_of(node.args)
         if isinstance(node, ConditionNOT):
             inner = self.compile(node.args[0])
             return lambda f: not inner(f)
@@ -146,13 +144,45 @@ class Compiler:
             return self.keyword(node.value)
         raise Unsupported(f"condition element {type(node).__name__} is not supported")
 
+    def any_of(self, args: Iterable[object]) -> Matcher:
+        """OR. String values of one field (a Sigma value list, windash and base64offset expansions) become
+        one test per field: a set, prefix and suffix tuples and one alternation, evaluated in C."""
+        groups: dict[tuple[str, bool], list[tuple[str, str]]] = {}
+        rest: list[Matcher] = []
+        for arg in args:
+            strings = self._strings(arg)
+            if strings is None:
+                rest.append(self.compile(arg))
+                continue
+            name, values = strings
+            for value in values:
+                cased = isinstance(value, SigmaCasedString)
+                groups.setdefault((name, cased), []).append(self.classify(value))
+        for (name, cased), tests in groups.items():
+            rest.insert(0, self._field_text(name, cased, _combine(tests)))
+        return _any(rest)
+
+    def _strings(self, node: object) -> tuple[str, list[SigmaString]] | None:
+        """(field, plain string values) when ``node`` compares one field with strings only."""
+        if not isinstance(node, ConditionFieldEqualsValueExpression):
+            return None
+        values = node.value.values if isinstance(node.value, SigmaExpansion) else [node.value]
+        if all(isinstance(v, SigmaString) for v in values):
+            return node.field, [v for v in values if isinstance(v, SigmaString)]
+        return None
+
+    @staticmethod
+    def _field_text(name: str, cased: bool, test: TextTest) -> Matcher:
+        if cased:
+            return lambda f: (t := f.text(name)) is not None and test(t)
+        return lambda f: (t := f.lower(name)) is not None and test(t)
+
     # ------------------------------------------------------------ leaves
 
     def keyword(self, value: object) -> Matcher:
         """A value with no field: true when any of the category's string fields matches it."""
         if isinstance(value, SigmaExpansion):
-            parts = [self.keyword(v) for v in value.values]
-            return lambda f: any(p(f) for p in parts)
+            return _any([self.keyword(v) for v in value.values])
         fields = KEYWORD_FIELDS[self.category]
         if isinstance(value, SigmaString | SigmaNumber):
             # A keyword is a full-text term: it matches anywhere in a field, as in a SIEM's search.
@@ -175,8 +205,9 @@ class Compiler:
     def field(self, name: str, value: object) -> Matcher:
         """``name`` (internal) compared with one Sigma value."""
         if isinstance(value, SigmaExpansion):
-            parts = [self.field(name, v) for v in value.values]
-            return lambda f: any(p(f) for p in parts)
+            if all(isinstance(v, SigmaString) for v in value.values):
+                return self.any_of([ConditionFieldEqualsValueExpression(name, value)])
+            return _any([self.field(name, v) for v in value.values])
         if isinstance(value, SigmaNull):
             return lambda f: f.get(name) in (None, "")
         if isinstance(value, SigmaExists):
@@ -208,6 +239,12 @@ class Compiler:
 
     def string(self, value: SigmaString) -> tuple[TextTest, bool]:
         """A test on the field's text, and whether it wants the original case (else lower-cased text)."""
+        return _combine([self.classify(value)]), isinstance(value, SigmaCasedString)
+
+    @staticmethod
+    def classify(value: SigmaString) -> tuple[str, str]:
+        """What a Sigma string asks: (eq|starts|ends|contains|any|regex, text or pattern), lower-cased
+        unless ``cased``. ``*`` and ``?`` inside the string make it a whole-value regex."""
         cased = isinstance(value, SigmaCasedString)
         parts = list(value.s)
         if any(isinstance(p, Placeholder) for p in parts):
@@ -224,21 +261,17 @@ class Compiler:
             text = norm(next((p for p in parts if isinstance(p, str)), ""))
             lead = bool(parts) and parts[0] is multi
             tail = len(parts) > 1 and parts[-1] is multi
-            if not parts:
-                return (lambda t: t == ""), cased
             if parts == [multi]:
-                return (lambda t: True), cased
+                return "any", ""
             if lead and tail:
-                return (lambda t: text in t), cased
+                return "contains", text
             if lead:
-                return (lambda t: t.endswith(text)), cased
+                return "ends", text
             if tail:
-                return (lambda t: t.startswith(text)), cased
-            return (lambda t: t == text), cased
-        pattern = "".join(re.escape(norm(p)) if isinstance(p, str) else (".*" if p is multi else ".")
-                          for p in parts)
-        compiled = re.compile(pattern, re.DOTALL)
-        return (lambda t: compiled.fullmatch(t) is not None), cased
+                return "starts", text
+            return "eq", text
+        return "regex", "".join(re.escape(norm(p)) if isinstance(p, str) else (".*" if p is multi else ".")
+                                for p in parts)
 
     def regex(self, value: SigmaRegularExpression) -> TextTest:
         """A ``re`` value: searched, or matched whole when pySigma anchored it (see the module docstring)."""
@@ -288,6 +321,75 @@ class Compiler:
         return match
 
 
+def _all(parts: list[Matcher]) -> Matcher:
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda f: a(f) and b(f)
+
+    def match(f: EventFields) -> bool:
+        for p in parts:
+            if not p(f):
+                return False
+        return True
+    return match
+
+
+def _any(parts: list[Matcher]) -> Matcher:
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda f: a(f) or b(f)
+
+    def match(f: EventFields) -> bool:
+        for p in parts:
+            if p(f):
+                return True
+        return False
+    return match
+
+
+def _combine(tests: list[tuple[str, str]]) -> TextTest:
+    """One text test for string tests OR-ed together (see :meth:`Compiler.classify`)."""
+    kinds: dict[str, list[str]] = {}
+    for kind, text in tests:
+        kinds.setdefault(kind, []).append(text)
+    if "any" in kinds:
+        return lambda t: True
+    checks: list[TextTest] = []
+    if "eq" in kinds:
+        equal = frozenset(kinds["eq"])
+        checks.append(equal.__contains__)
+    if "starts" in kinds:
+        prefixes = tuple(kinds["starts"])
+        checks.append(lambda t: t.startswith(prefixes))
+    if "ends" in kinds:
+        suffixes = tuple(kinds["ends"])
+        checks.append(lambda t: t.endswith(suffixes))
+    if "contains" in kinds:
+        needles = kinds["contains"]
+        if len(needles) == 1:
+            needle = needles[0]
+            checks.append(lambda t: needle in t)
+        else:
+            search = re.compile("|".join(re.escape(n) for n in needles), re.DOTALL).search
+            checks.append(lambda t: search(t) is not None)
+    if "regex" in kinds:
+        whole = re.compile("|".join(f"(?:{p})" for p in kinds["regex"]), re.DOTALL).fullmatch
+        checks.append(lambda t: whole(t) is not None)
+    if len(checks) == 1:
+        return checks[0]
+
+    def match(t: str) -> bool:
+        for check in checks:
+            if check(t):
+                return True
+        return False
+    return match
+
+
 def _as_number(value: object) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -329,6 +431,4 @@ def compile_rule(rule: SigmaRule, category: str) -> Matcher:
         parts.append(compiler.compile(tree))
     if not parts:
         raise Unsupported("the rule has no condition")
-    if len(parts) == 1:
-        return parts[0]
-    return lambda f: any(p(f) for p in parts)
+    return _any(parts)

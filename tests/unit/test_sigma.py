@@ -148,6 +148,14 @@ PROC = ("process_creation", "/usr/bin/python3", ("python3", "-c", "import os; os
     ("sel: {CommandLine|contains|all: [import, system]}\ncondition: sel", True),
     ("sel: {CommandLine|contains|all: [import, socket]}\ncondition: sel", False),
     ("sel: {CommandLine|contains: [socket, system]}\ncondition: sel", True),
+    ("sel: {CommandLine|contains: [zzz, OS.SYSTEM]}\ncondition: sel", True),   # a value list is one alternation
+    ("sel: {CommandLine|contains: [zzz, yyy]}\ncondition: sel", False),
+    ("sel: {Image: [/usr/bin/perl, '/usr/*/pyth?n3', /bin/sh]}\ncondition: sel", True),
+    ("sel: {Image: [/usr/bin/perl, '/usr/*/pyth?n', /bin/sh]}\ncondition: sel", False),
+    ("sel: {CommandLine|startswith: [perl, PYTHON3]}\ncondition: sel", True),
+    ("sel: {CommandLine|endswith: [x, y]}\ncondition: sel", False),
+    ("sel: {Image: [/usr/bin/perl, /USR/BIN/PYTHON3]}\ncondition: sel", True),
+    ("sel: {Image|cased: [/usr/bin/perl, /USR/BIN/PYTHON3]}\ncondition: sel", False),
     ("sel: {CommandLine|re: 'os\\.sys\\w+'}\ncondition: sel", True),          # re searches, unanchored
     ("sel: {CommandLine|re: 'OS\\.SYSTEM'}\ncondition: sel", False),          # re is case-sensitive
     ("sel: {CommandLine|re|i: 'OS\\.SYSTEM'}\ncondition: sel", True),
