@@ -10,7 +10,7 @@ Semantics (as the Sigma specification and SigmaHQ's rules use them):
 
 * strings compare case-insensitively (``cased`` makes them case-sensitive); ``*`` and ``?`` are
   wildcards; a plain string compares the whole value;
-* ``re`` searches the value (unanchored, case-sensitive unless ``|i``); with ``contains``,
+* ``re`` searches the value (unanchored, case-sensitive unless ``|i``; RE2 syntax); with ``contains``,
   ``startswith`` or ``endswith`` the expression pySigma rewrote must match the whole value;
 * numbers compare numerically with numeric fields and as decimal text with string fields;
 * ``null`` matches a field the event does not have (or an empty one);
@@ -43,6 +43,7 @@ from sigma.modifiers import (
     SigmaStartswithModifier,
     SigmaTimestampModifier,
 )
+from sigma.policy.profiles import SafePolicy
 from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
 from sigma.types import (
     CompareOperators,
@@ -274,15 +275,19 @@ class Compiler:
                                 for p in parts)
 
     def regex(self, value: SigmaRegularExpression) -> TextTest:
-        """A ``re`` value: searched, or matched whole when pySigma anchored it (see the module docstring)."""
+        """A ``re`` value: searched, or matched whole when pySigma anchored it (see the module docstring).
+
+        Evaluated with RE2, the engine pySigma validates rules with: linear time whatever the command line,
+        so neither a careless rule nor an attacker's argv can stall the agent with backtracking."""
         flags = 0
         for flag in value.flags:
             flags |= _RE_FLAGS[flag]
         source = str(value.regexp)
+        engine = SafePolicy.regex_engine
         try:
-            compiled = re.compile(source, flags)
-        except re.error as exc:
-            raise Unsupported(f"regular expression {source!r} is not valid in Python: {exc}", source[:30]) from exc
+            compiled = engine.compile(source, flags)
+        except engine.error as exc:
+            raise Unsupported(f"regular expression {source!r} is not valid for RE2: {exc}", source[:30]) from exc
         if id(value) in self.anchored:
             return lambda t: compiled.fullmatch(t) is not None
         return lambda t: compiled.search(t) is not None

@@ -145,8 +145,11 @@ class _Loader:
         except (SigmaError, yaml.YAMLError, ValueError, TypeError, AttributeError, RecursionError) as exc:
             self.problems.append(RuleProblem(where, _error_line(exc, text), f"not a Sigma rule: {exc}"))
             return
+        # pySigma lists a rule's errors both on the rule and on its collection: report each once.
+        rule_errors = {str(e) for item in collection.rules for e in item.errors}
         for error in collection.errors:
-            self.problems.append(RuleProblem(where, _error_line(error, text), f"invalid Sigma: {error}"))
+            if str(error) not in rule_errors:
+                self.problems.append(RuleProblem(where, _error_line(error, text), f"invalid Sigma: {error}"))
         if not collection.rules and not collection.errors:
             self.problems.append(RuleProblem(where, 1, "the file holds no Sigma rule"))
         for item in collection.rules:

@@ -415,3 +415,17 @@ def test_config_sigma_dirs() -> None:
         parse_config('[detection]\nsigma_dirs = [""]\n')
     with pytest.raises(ConfigError, match="sigma_dirs"):
         parse_config('[detection]\nsigma_dirs = "/opt/sigma"\n')
+
+
+def test_regular_expressions_are_re2(tmp_path: Path) -> None:
+    """`re` values use RE2 (linear time on any argv): a lookahead, which RE2 lacks, makes the rule invalid."""
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    bad.mkdir()
+    (bad / "look.yml").write_text(rule_yaml("sel: {CommandLine|re: 'a(?=b)'}\ncondition: sel"))
+    rules, problems = read_sigma([bad])
+    assert rules.rules == () and len(problems) == 1
+    assert problems[0].file == str(bad / "look.yml") and "Regular expression 'a(?=b)' is invalid" in problems[0].reason
+    good.mkdir()
+    lab = Lab(load_one(good, rule_yaml("sel: {CommandLine|re: '(a+)+$'}\ncondition: sel")))
+    assert lab.spawn(20, None, "/usr/bin/python3", ("python3", "a" * 3000 + "!")) == []  # no backtracking blow-up
+    assert lab.spawn(21, None, "/usr/bin/python3", ("python3", "aaa")) != []
