@@ -9,12 +9,11 @@ from agent.alerts import Host
 from agent.detect.correlate import Correlator
 from agent.detect.detectors import Detectors
 from agent.detect.rules import RuleSet
-from agent.detect.signals import Signal
 from agent.events import Event
 from agent.lineage.table import ProcessTable
 
 if TYPE_CHECKING:
-    from agent.sigma import SigmaRules
+    from agent.sigma import SigmaDetector, SigmaRules
 
 
 class DetectionEngine:
@@ -24,7 +23,7 @@ class DetectionEngine:
                  boot_offset_ns: int, sigma: SigmaRules | None = None):
         self.detectors = Detectors(rules, table)
         # Loaded Sigma rules (agent/sigma) are one more source of signals, correlated like the rest.
-        self.sigma: Callable[[Event], list[Signal]] | None = None
+        self.sigma: SigmaDetector | None = None
         if sigma is not None and sigma.rules:
             from agent.sigma import SigmaDetector
             self.sigma = SigmaDetector(sigma, table)
@@ -51,4 +50,7 @@ class DetectionEngine:
 
     def stats(self) -> dict[str, int]:
         """Counters for the stats line."""
-        return {"signals": self.signals, "alerts": self.alerts, "alerts_suppressed": self.correlator.suppressed}
+        stats = {"signals": self.signals, "alerts": self.alerts, "alerts_suppressed": self.correlator.suppressed}
+        if self.sigma is not None:
+            stats.update(sigma_matches=self.sigma.matches, sigma_rule_errors=self.sigma.errors)
+        return stats

@@ -429,3 +429,36 @@ def test_regular_expressions_are_re2(tmp_path: Path) -> None:
     lab = Lab(load_one(good, rule_yaml("sel: {CommandLine|re: '(a+)+$'}\ncondition: sel")))
     assert lab.spawn(20, None, "/usr/bin/python3", ("python3", "a" * 3000 + "!")) == []  # no backtracking blow-up
     assert lab.spawn(21, None, "/usr/bin/python3", ("python3", "aaa")) != []
+
+
+def test_engine_correlates_sigma_signals_and_counts_them(tmp_path: Path) -> None:
+    """DetectionEngine with Sigma rules emits their alerts and reports sigma_matches in its stats."""
+    from agent.alerts import Host
+    from agent.detect.engine import DetectionEngine
+    from agent.detect.rules import load_rules
+
+    alerts: list[dict[str, object]] = []
+    lab = Lab(load_one(tmp_path, rule_yaml("sel: {Image|endswith: /python3}\ncondition: sel", level="medium")))
+    engine = DetectionEngine(load_rules(), lab.table, Host("h", "hid"), alerts.append, 0,
+                             sigma=load_sigma([tmp_path]))
+    event = Exec(ktime=10, pid=20, tid=20, ppid=1, start_time=5, uid=0, cgroup_id=1, comm="python3",
+                 filename="/usr/bin/python3", args=("python3",))
+    lab.table.apply(event)
+    engine(event)
+    assert len(alerts) == 1 and alerts[0]["rule"] == {"id": UNIT_ID, "name": "Unit rule 9a8b7c6d", "ruleset": "sigma"}
+    assert engine.stats()["sigma_matches"] == 1 and engine.stats()["sigma_rule_errors"] == 0
+
+
+def test_a_failing_matcher_is_counted_and_does_not_hide_other_rules(tmp_path: Path) -> None:
+    """A matcher that raises is logged and counted; the other rules still run on the event."""
+    from dataclasses import replace
+
+    rules = load_one(tmp_path, rule_yaml("sel: {Image|endswith: /python3}\ncondition: sel"))
+    [good] = rules.rules
+
+    def broken(_: object) -> bool:
+        raise RuntimeError("bug")
+    bad = replace(good, rule=replace(good.rule, id="00000000-0000-4000-8000-000000000001"), matcher=broken)
+    lab = Lab(SigmaRules((bad, good)))
+    assert [s.rule.id for s in lab.spawn(20, None, "/usr/bin/python3", ("python3",))] == [UNIT_ID]
+    assert lab.detector.errors == 1
