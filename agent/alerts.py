@@ -19,7 +19,9 @@ CATEGORIES = {"shell_network_connection": ["process", "network"], "interpreter_r
               "stdio_to_socket": ["process", "network"], "tunnel_tool": ["process", "network"],
               "irc_connection": ["network"], "persistence_write": ["file"], "runner_tracking_tamper": ["process"],
               "reverse_shell": ["process", "network"], "bind_shell": ["process", "network"],
-              "download_execute": ["process", "network"], "c2_beacon": ["process", "network"]}
+              "download_execute": ["process", "network"], "c2_beacon": ["process", "network"],
+              "sigma_process_creation": ["process"], "sigma_network_connection": ["process", "network"],
+              "sigma_file_event": ["file"]}
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,14 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
     if ancestry:
         parent = ancestry[0]
         process["parent"] = _process_fields(host, parent, parent.key, parent.comm)
-    rules = {s.rule.id: s.rule for s in signals}
+    # By ruleset and id: a native rule may keep the id of the Sigma rule it adapts (shell-network-connection).
+    rules = {(s.rule.ruleset, s.rule.id): s.rule for s in signals}
     lead = max(signals, key=lambda s: s.rule.severity_score).rule
     doc: dict[str, Any] = {
         "@timestamp": iso(trigger.event.ktime + boot_offset_ns),
         "event": {"kind": "alert", "id": str(uuid.uuid4()), "severity": severity, "reason": trigger.reason,
                   "category": sorted({c for s in signals for c in CATEGORIES.get(s.detector, ["process"])})},
-        "rule": {"id": lead.id, "name": lead.name, "ruleset": "chainwatch"},
+        "rule": {"id": lead.id, "name": lead.name, "ruleset": lead.ruleset},
         "host": {"hostname": host.hostname, "id": host.id},
         "process": process,
         "supply_chain": attribution(table, trigger.key, context),

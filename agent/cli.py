@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--alerts", metavar="FILE|-", action="append",
                        help="write alerts here (repeatable; - is stdout); replaces the configured outputs")
         p.add_argument("--rules", metavar="DIR", help="rules directory (default: the bundled rules)")
+        p.add_argument("--sigma", metavar="DIR", action="append",
+                       help="a directory of Sigma rules (repeatable); replaces detection.sigma_dirs")
 
     run = sub.add_parser("run", help="run the sensor in the foreground (root)")
     run.add_argument("--config", help="TOML config file (default: built-in defaults)")
@@ -58,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate every rule and list file; print each problem as file:line")
     check.add_argument("dir", nargs="?", help="rules directory (default: the bundled rules)")
+    check.add_argument("--sigma", metavar="DIR", action="append",
+                       help="check the Sigma rules in DIR (repeatable; default: DIR/sigma when it exists) and "
+                            "list the ones chainwatch cannot evaluate, with why")
     return p
 
 
@@ -88,11 +94,13 @@ def with_detection_args(config: Config, args: argparse.Namespace) -> Config:
         detection = dataclasses.replace(detection, alerts=list(args.alerts))
     if args.rules:
         detection = dataclasses.replace(detection, rules_dir=args.rules)
+    if args.sigma:
+        detection = dataclasses.replace(detection, sigma_dirs=list(args.sigma))
     return dataclasses.replace(config, detection=detection).validate("command line")
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from agent.daemon import dump_event
+    from agent.daemon import dump_event, load_sigma_dirs
     from agent.events import FLAG_SEEDED, Event
     from agent.lineage.table import ProcessTable
     from agent.pipeline import Consumer, Pipeline
@@ -125,9 +133,11 @@ def _replay(args: argparse.Namespace) -> int:
             from agent.sinks import AlertSink
 
             rules = load_rules(args.rules or default_rules_dir())
+            sigma = load_sigma_dirs(list(args.sigma or []))
             sink = AlertSink(list(args.alerts))
             host = Host(str(rec.meta.get("hostname", "")), str(rec.meta.get("host_id", "")))
-            consumers.append(DetectionEngine(rules, table, host, sink.put, int(rec.meta.get("boot_offset_ns", 0))))
+            consumers.append(DetectionEngine(rules, table, host, sink.put, int(rec.meta.get("boot_offset_ns", 0)),
+                                             sigma=sigma))
             tagger = ContextTagger(rules.lists, table)
         pipeline = Pipeline(table, module_loads_from_exec=features.get("module_load_source") == "exec",
                             consumers=consumers, tagger=tagger)
@@ -159,14 +169,31 @@ def _rules_check(args: argparse.Namespace) -> int:
     from agent.detect.rules import default_rules_dir, load_rules
 
     directory = args.dir or default_rules_dir()
+    failed = False
     try:
         ruleset = load_rules(directory)
     except RuleErrors as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return 1
-    print(f"{len(ruleset.rules)} rules OK ({directory})")
-    return 0
+        failed = True
+    else:
+        print(f"{len(ruleset.rules)} rules OK ({directory})")
+    bundled = Path(directory) / "sigma"
+    sigma_dirs = list(args.sigma or ([str(bundled)] if bundled.is_dir() else []))
+    if sigma_dirs:
+        from agent.sigma import read_sigma
+
+        sigma, problems = read_sigma(sigma_dirs)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        # Not errors: valid rules for logsources, fields or modifiers chainwatch does not evaluate.
+        for rule in sigma.unsupported:
+            print(f"{rule.file}:{rule.line}: cannot evaluate: {rule.reason}")
+        verdict = f"{len(problems)} invalid" if problems else "OK"
+        print(f"{len(sigma.rules)} Sigma rules {verdict}, {len(sigma.unsupported)} not evaluable "
+              f"({', '.join(sigma_dirs)})")
+        failed = failed or bool(problems)
+    return 1 if failed else 0
 
 
 def _fail(sentence: str) -> int:

@@ -52,6 +52,9 @@ class DetectionConfig:
     spool_dir: str = DEFAULT_SPOOL_DIR
     spool_max_mb: int = 64  # per output
     alerts_format: str = "ecs"  # document format of the alerts files and stdout: "ecs" or "ocsf"
+    # Directories of Sigma rules (YAML as published, searched recursively), e.g. SigmaHQ's rules/linux.
+    # Empty: none. The bundled rules/sigma holds the seed rule; add it here to run it.
+    sigma_dirs: list[str] = field(default_factory=list)
 
 
 FORMATS = ("ecs", "ocsf")  # alert document formats (agent/formats.py renders them)
@@ -216,8 +219,10 @@ class Config:
         alerts = self.detection.alerts
         if not alerts or not all(isinstance(a, str) and a for a in alerts):
             raise ConfigError(f"{source}: detection.alerts must be a non-empty list of paths or \"-\" (stdout)")
+        if not all(isinstance(d, str) and d for d in self.detection.sigma_dirs):
+            raise ConfigError(f"{source}: detection.sigma_dirs must be a list of directory paths")
         paths = {"detection.rules_dir": [self.detection.rules_dir], "detection.alerts": alerts,
-                 "detection.spool_dir": [self.detection.spool_dir]}
+                 "detection.spool_dir": [self.detection.spool_dir], "detection.sigma_dirs": self.detection.sigma_dirs}
         for key, values in paths.items():
             if any("\0" in value for value in values):  # the OS would refuse it later, with a traceback
                 raise ConfigError(f"{source}: {key} must not contain a NUL character")

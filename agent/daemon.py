@@ -9,7 +9,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
@@ -27,6 +27,9 @@ from agent.probes.loader import Sensor, open_sensor
 from agent.probes.source import ProbeOptions
 from agent.recording import RecordingWriter
 from agent.sinks import AlertSink
+
+if TYPE_CHECKING:
+    from agent.sigma import SigmaRules
 
 log = structlog.get_logger()
 
@@ -97,6 +100,7 @@ class Agent:
         self.config = config
         # Rules first: a bad rule stops startup with its file and line, before anything is loaded.
         self.rules: RuleSet = load_rules(config.detection.rules_dir or default_rules_dir())
+        self.sigma = load_sigma_dirs(config.detection.sigma_dirs)
         self.sink: AlertSink | None = None
         self.engine: DetectionEngine | None = None
         self.tagger: ContextTagger | None = None
@@ -128,7 +132,7 @@ class Agent:
             taps.append(self.writer.write)
         self.sink = build_sink(self.config)
         self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), self.sink.put,
-                                      boot_offset)
+                                      boot_offset, sigma=self.sigma)
         self.sensor.set_context_executables(self.rules.lists.kernel_context_names())
         self.tagger = ContextTagger(self.rules.lists, table, self.sensor.write_context)
         self.pipeline = Pipeline(table, module_loads_from_exec=not features.module_tracepoints, taps=taps,
@@ -140,6 +144,7 @@ class Agent:
         settle_memory()
         self.sensor.release_compiler()
         log.info("sensor_ready", rules=len(self.rules.rules), alerts=self.sink.names,
+                 sigma_rules=len(self.sigma.rules) if self.sigma else 0,
                  probes=self.sensor.attached(), offsets=self.sensor.program.offsets.source,
                  features=features.describe(), seeded_processes=len(seeded),
                  startup_s=round(time.monotonic() - started, 3), pid=os.getpid())
@@ -213,6 +218,21 @@ class Agent:
         log.info("stats", final=final, **stats, **detection, kernel_drops=self.sensor.kernel_drops(),
                  userspace_drops=stats["decode_errors"],
                  recorded=self.writer.written if self.writer else None)
+
+
+def load_sigma_dirs(directories: list[str]) -> SigmaRules | None:
+    """The Sigma rules of ``detection.sigma_dirs`` (None when there are none). Invalid rules raise RuleErrors;
+    rules chainwatch cannot evaluate are logged, in one line, with file, line and reason."""
+    if not directories:
+        return None
+    from agent.sigma import load_sigma
+
+    sigma = load_sigma(directories)
+    if sigma.unsupported:
+        log.warning("sigma_rules_unsupported", count=len(sigma.unsupported), loaded=len(sigma.rules),
+                    hint="run `chainwatch rules check --sigma DIR` for the list",
+                    rules=[str(p) for p in sigma.unsupported])
+    return sigma
 
 
 def dump_event(out: IO[str]) -> Consumer:

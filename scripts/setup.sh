@@ -80,11 +80,11 @@ stamp=.venv/.chainwatch-installed
 # Reinstall when pyproject changed, or when a test dependency is missing (a venv made before it was added,
 # whose stamp a checkout did not make older than pyproject.toml).
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
-    || ! .venv/bin/python -c 'import hypothesis, pytest, jsonschema, ocsf_json_schema' 2>/dev/null; then
+    || ! .venv/bin/python -c 'import hypothesis, pytest, jsonschema, ocsf_json_schema, sigma' 2>/dev/null; then
     log "installing chainwatch and its Python dependencies into .venv"
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"
 fi
-.venv/bin/python -c 'import bcc, psutil, pyroute2, structlog, msgpack, yaml' \
+.venv/bin/python -c 'import bcc, psutil, pyroute2, structlog, msgpack, yaml, sigma' \
     || { log ".venv cannot import its dependencies"; exit 1; }
 log "ready"

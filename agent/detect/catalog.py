@@ -27,3 +27,11 @@ FAMILIES: Final = {
     "tunnel_tool": "c2", "irc_connection": "c2", "persistence_write": "persistence",
     "runner_tracking_tamper": "evasion",
 }
+
+# Loaded Sigma rules (agent/sigma) raise signals under one detector name per logsource category; their
+# family comes from each rule's tags (Rule.family), not from FAMILIES. Native rules cannot name these.
+SIGMA_DETECTORS: Final = {
+    "process_creation": "sigma_process_creation",
+    "network_connection": "sigma_network_connection",
+    "file_event": "sigma_file_event",
+}

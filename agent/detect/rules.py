@@ -131,6 +131,8 @@ class Rule:
     exceptions: Exceptions = Exceptions()
     source_file: str = ""
     seed: str | None = None
+    family: str = ""  # the correlation family when not the detector's (catalog.FAMILIES): Sigma rules set it
+    ruleset: str = "chainwatch"  # rule.ruleset in alerts: "chainwatch", or "sigma" for a loaded Sigma rule
 
     def __post_init__(self) -> None:
         if self.severity not in Severity.__members__:

@@ -33,8 +33,9 @@ class Signal:
 
     @property
     def role(self) -> str:
-        """What the signal means for correlation: c2, persistence, evasion, download or notice (catalog.FAMILIES)."""
-        return FAMILIES[self.rule.detector]
+        """What the signal means for correlation: c2, persistence, evasion, download or notice (catalog.FAMILIES),
+        or for a Sigma rule the family its tags give (agent.sigma.load.family_of), which may be "other"."""
+        return self.rule.family or FAMILIES[self.rule.detector]
 
     @property
     def detector(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from agent.alerts import Host, boot_to_wall_offset_ns
 from agent.context import ContextTagger
@@ -14,6 +15,10 @@ from agent.events import Event
 from agent.lineage.table import ProcessTable
 from agent.pipeline import Pipeline
 from agent.probes.loader import Sensor, open_sensor
+from agent.sigma import load_sigma
+
+# Sigma rules for the live tests; each matches only its own test's marker (test_sigma_live.py).
+SIGMA_DIR = Path(__file__).resolve().parent / "sigma"
 
 
 class SensorLab:
@@ -27,7 +32,7 @@ class SensorLab:
         table = ProcessTable()
         rules = load_rules(default_rules_dir())
         self.engine = DetectionEngine(rules, table, Host("live-test", "live-test-host"),
-                                      self.alerts.append, boot_to_wall_offset_ns())
+                                      self.alerts.append, boot_to_wall_offset_ns(), sigma=load_sigma([SIGMA_DIR]))
         self.sensor.set_context_executables(rules.lists.kernel_context_names())
         self.tagger = ContextTagger(rules.lists, table, self.sensor.write_context)
         from_exec = not self.sensor.program.features.module_tracepoints
