@@ -25,6 +25,7 @@ from agent.pipeline import Consumer, Pipeline
 from agent.probes.loader import Sensor, open_sensor
 from agent.probes.source import ProbeOptions
 from agent.recording import RecordingWriter
+from agent.response import Responder, check_rule_ids, open_responder
 from agent.sinks import AlertSink
 
 log = structlog.get_logger()
@@ -87,6 +88,9 @@ class Agent:
         self.config = config
         # Rules first: a bad rule stops startup with its file and line, before anything is loaded.
         self.rules: RuleSet = load_rules(config.detection.rules_dir or default_rules_dir())
+        if config.response.enabled:
+            check_rule_ids(config.response, (rule.id for rule in self.rules.rules))
+        self.responder: Responder | None = None
         self.sink: AlertSink | None = None
         self.engine: DetectionEngine | None = None
         self.tagger: ContextTagger | None = None
@@ -119,7 +123,10 @@ class Agent:
         detection = self.config.detection
         self.sink = AlertSink(list(detection.alerts), spool_dir=detection.spool_dir or None,
                               spool_max_bytes=detection.spool_max_mb << 20)
-        self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), self.sink.put,
+        # Response (off by default) sits between the correlator's alert and the sinks.
+        self.responder = open_responder(self.config.response, table)
+        emit = self.sink.put if self.responder is None else _respond_then(self.responder, self.sink.put)
+        self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), emit,
                                       boot_offset)
         self.sensor.set_context_executables(self.rules.lists.kernel_context_names())
         self.tagger = ContextTagger(self.rules.lists, table, self.sensor.write_context)
@@ -157,6 +164,8 @@ class Agent:
                     # Reap on this 1 s tick, not the stats tick: exited processes must leave within grace_s
                     # whatever the logging interval (with stats_interval_s = 3600 they stayed an hour).
                     pipeline.table.reap(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+                    if self.responder is not None:
+                        self.responder.tick()
                     if self.writer is not None:
                         self.writer.flush()
                     next_drop_check = now + DROP_CHECK_INTERVAL_S
@@ -172,6 +181,8 @@ class Agent:
             self._check_drops()
             self.log_stats(final=True)
         finally:
+            if self.responder is not None:
+                self.responder.close()  # detaches the block program
             if self.sink is not None:
                 self.sink.close()
             if self.writer is not None:
@@ -197,9 +208,17 @@ class Agent:
         detection = {**self.engine.stats(), **self.sink.stats()} if self.engine and self.sink else {}
         if self.tagger is not None:
             detection.update(self.tagger.stats())
+        if self.responder is not None:
+            detection.update(self.responder.stats())
         log.info("stats", final=final, **stats, **detection, kernel_drops=self.sensor.kernel_drops(),
                  userspace_drops=stats["decode_errors"],
                  recorded=self.writer.written if self.writer else None)
+
+
+def _respond_then(responder: Responder, put: Any) -> Any:
+    def emit(alert: dict[str, Any]) -> None:
+        put(responder(alert))
+    return emit
 
 
 def dump_event(out: IO[str]) -> Consumer:
