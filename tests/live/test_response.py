@@ -11,8 +11,10 @@ written only inside a private mount namespace over a tmpfs-backed overlay of /et
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -315,3 +317,32 @@ def test_response_config_is_checked_at_startup(tmp_path) -> None:
     assert "response.enabled is true but neither response.min_severity nor response.rules" in done.stderr
 
 
+
+
+def test_daemon_loads_blocking_serves_the_socket_and_cleans_up(tmp_path) -> None:
+    """`chainwatch run` with blocking on: response_ready says so, `response list` reaches it through the control
+    socket, and SIGINT exits 0 and removes the socket. Every network is protected, so this agent (which sees
+    the whole host) can never block anything, whatever other sessions run meanwhile."""
+    config, config_file = write_config(tmp_path, actions=["block"], min_severity="critical",
+                                       protected_networks=["0.0.0.0/0", "::/0"])
+    log = tmp_path / "run.log"
+    with log.open("w") as err:
+        agent = subprocess.Popen([*CHAINWATCH, "run", "--config", str(config_file), "--alerts",
+                                  str(tmp_path / "alerts.jsonl")], cwd=ROOT, stderr=err, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and '"sensor_ready"' not in log.read_text() and agent.poll() is None:
+            time.sleep(0.2)
+        text = log.read_text()
+        assert '"sensor_ready"' in text, text
+        ready = [json.loads(line) for line in text.splitlines() if '"response_ready"' in line]
+        assert ready and ready[0]["blocking"] is True and ready[0]["dry_run"] is False, text
+        listing = subprocess.run([*CHAINWATCH, "response", "list", "--config", str(config_file)], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=30)
+        reply = json.loads(listing.stdout)
+        assert reply["agent"] == {"ok": True, "blocks": [], "dry_run": False, "blocking": True}, listing
+    finally:
+        agent.send_signal(signal.SIGINT)
+        rc = agent.wait(timeout=60)
+    assert rc == 0, log.read_text()
+    assert not os.path.exists(config.control_socket)
