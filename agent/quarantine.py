@@ -45,19 +45,22 @@ class Meta:
     resolved_in: str  # "/" or "/proc/<pid>/root": the mount namespace view the file was read from
 
 
-def open_no_follow(root: str, path: str, flags: int = os.O_RDONLY) -> tuple[int, os.stat_result]:
-    """Open ``root`` + absolute ``path`` refusing symlinks in every component; returns (fd, its fstat).
+def open_no_follow(root: str | int, path: str, flags: int = os.O_RDONLY) -> tuple[int, os.stat_result]:
+    """Open ``root`` (a directory, or an fd of one) + absolute ``path`` refusing symlinks in every component;
+    returns (fd, its fstat). ``path`` "/" opens the root itself.
 
     Each directory is opened relative to the previous one with O_NOFOLLOW, so a link anywhere in the
     path (including absolute links, which would otherwise resolve against the agent's own root) fails.
     """
     parts = [p for p in path.split("/") if p]
-    if not path.startswith("/") or not parts or any(p in (".", "..") for p in parts):
+    if not path.startswith("/") or any(p in (".", "..") for p in parts):
         raise QuarantineError(f"{path!r} is not an absolute, normalised path")
     try:
-        dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        dirfd = os.dup(root) if isinstance(root, int) else os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise QuarantineError(f"cannot open {root}: {exc.strerror}") from exc
+    if not parts:
+        return dirfd, os.fstat(dirfd)
     try:
         for part in parts[:-1]:
             try:
@@ -76,10 +79,9 @@ def open_no_follow(root: str, path: str, flags: int = os.O_RDONLY) -> tuple[int,
         os.close(dirfd)
 
 
-def _parent_fd(root: str, path: str) -> tuple[int, str]:
+def parent_fd(root: str | int, path: str) -> tuple[int, str]:
+    """An fd of ``path``'s directory (under ``root``, no links followed) and ``path``'s last component."""
     parent, name = os.path.split(path)
-    if parent == "/":
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY), name
     fd, _ = open_no_follow(root, parent, os.O_RDONLY | os.O_DIRECTORY)
     return fd, name
 
@@ -166,7 +168,7 @@ class QuarantineStore:
         data = (self._entry(entry_id) / "content").read_bytes()
         if hashlib.sha256(data).hexdigest() != meta.sha256:
             raise QuarantineError(f"quarantine entry {entry_id!r}: content does not match its sha256; not restored")
-        dirfd, name = _parent_fd(root, meta.original_path)
+        dirfd, name = parent_fd(root, meta.original_path)
         try:
             tmp = f".{name}.chainwatch-restore-{uuid.uuid4().hex[:8]}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,

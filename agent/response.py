@@ -43,7 +43,7 @@ import structlog
 from agent.config import RESPONSE_SEVERITIES, ResponseConfig, path_under
 from agent.lineage.identity import ProcessKey, entity_id, parse_proc_stat
 from agent.lineage.table import ProcessTable
-from agent.quarantine import QuarantineError, QuarantineStore, open_no_follow
+from agent.quarantine import QuarantineError, QuarantineStore, open_no_follow, parent_fd
 
 log = structlog.get_logger()
 
@@ -362,13 +362,15 @@ class Responder:
             return alert
         self.counts["responses"] += 1
         entries: list[dict[str, str]] = []
-        actions = self.config.actions
-        if "kill" in actions:
-            entries += self._kill(alert, memory)
-        if "block" in actions:
-            entries += self._block(alert)
-        if "quarantine" in actions:
-            entries += self._quarantine(alert, memory)
+        steps: dict[str, Callable[[], list[dict[str, str]]]] = {
+            "kill": lambda: self._kill(alert, memory), "block": lambda: self._block(alert),
+            "quarantine": lambda: self._quarantine(alert, memory)}
+        for kind in self.config.actions:
+            try:
+                entries += steps[kind]()
+            except Exception as exc:  # a bug here must never cost the alert itself
+                log.exception("response_error", action=kind)
+                entries.append(action(kind, "-", "failed", f"internal error: {exc!r}"))
         fresh = [e for e in entries if (e["action"], e["target"]) not in memory.reported]
         memory.reported.update((e["action"], e["target"]) for e in fresh if e["result"] != "failed")
         chainwatch = alert.setdefault("chainwatch", {})
@@ -398,6 +400,7 @@ class Responder:
             return [action("kill", describe(p), "dry_run", "would stop the tree and send SIGKILL by pidfd")
                     for p in plan.targets] + refused
         stopped: dict[ProcessKey, tuple[Live, int]] = {}
+        out: list[dict[str, str]] = []
         try:
             for _ in range(KILL_ROUNDS):
                 new = [p for p in plan.targets if p.key not in stopped]
@@ -410,11 +413,14 @@ class Responder:
                     stopped[proc.key] = (proc, fd)
                     try:
                         signal.pidfd_send_signal(fd, signal.SIGSTOP)  # no forking while we finish the walk
-                    except ProcessLookupError:
-                        pass
+                    except OSError:
+                        pass  # exited; or the SIGKILL below reports the error
                 plan = self._plan(memory, context_root)  # children forked before the stop
                 refused = [action("kill", describe(p), "failed", f"not killed: {why}") for p, why in plan.refused]
-            out = []
+            refused += [action("kill", describe(p), "failed", f"not killed: the tree was still growing after "
+                               f"{KILL_ROUNDS} rounds") for p in plan.targets if p.key not in stopped]
+        finally:
+            # Whatever happened above, nothing is left stopped: every process stopped is killed.
             for proc, fd in stopped.values():
                 try:
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
@@ -424,9 +430,8 @@ class Responder:
                     out.append(action("kill", describe(proc), "done", "exited before the SIGKILL"))
                 except OSError as exc:
                     out.append(action("kill", describe(proc), "failed", f"SIGKILL failed: {exc.strerror}"))
-        finally:
-            for _, fd in stopped.values():
-                os.close(fd)
+                finally:
+                    os.close(fd)
         return out + refused
 
     # -- block
@@ -454,67 +459,83 @@ class Responder:
         return out
 
     # -- quarantine
-    def _root_for(self, alert: dict[str, Any], memory: IncidentMemory) -> str:
-        """Where the incident's paths resolve: /proc/<pid>/root of its newest live process (or an ancestor),
-        so a file written in a container or private mount namespace is the one moved."""
+    def _root_for(self, alert: dict[str, Any], memory: IncidentMemory) -> tuple[str, list[int]]:
+        """Where the incident's paths resolve: the root of the writer's mount namespace, taken from the alert's
+        process, else the incident's others, else their ancestors (the first still running), so a file written
+        in a container or a private mount namespace is the one moved. Returns (label, [root fd, mount
+        namespace fd]): holding the namespace keeps its mounts in place even if its processes exit meanwhile.
+        """
         host_id = str((alert.get("host") or {}).get("id", ""))
         first = self._key_of(host_id, alert.get("process") or {})
         candidates = ([first] if first else []) + list(reversed(memory.keys))
         for key in list(candidates):
             candidates += [p.key for p in self.table.ancestry(key)]
         for key in candidates:
-            fd = open_verified(key, self.proc_root)
-            if fd is not None:
-                os.close(fd)
-                return f"{self.proc_root}/{key.pid}/root"
-        return "/"
+            pidfd = open_verified(key, self.proc_root)
+            if pidfd is None:
+                continue
+            fds: list[int] = []
+            try:
+                fds.append(os.open(f"{self.proc_root}/{key.pid}/root", os.O_RDONLY | os.O_DIRECTORY))
+                fds.append(os.open(f"{self.proc_root}/{key.pid}/ns/mnt", os.O_RDONLY))
+                signal.pidfd_send_signal(pidfd, 0)  # still alive after the opens: they are its, not a reuser's
+                return f"{self.proc_root}/{key.pid}/root", fds
+            except OSError:
+                for fd in fds:
+                    os.close(fd)
+            finally:
+                os.close(pidfd)
+        return "/", [os.open("/", os.O_RDONLY | os.O_DIRECTORY)]
 
     def _quarantine(self, alert: dict[str, Any], memory: IncidentMemory) -> list[dict[str, str]]:
-        out = []
-        paths = quarantine_paths(alert)
-        root = self._root_for(alert, memory) if paths else "/"
-        for path in paths:
-            if (("quarantine", path)) in memory.reported:
-                continue
-            refusal = quarantine_refusal(self.config, path)
-            if refusal is not None:
-                out.append(action("quarantine", path, "failed", f"not quarantined: {refusal}"))
-                continue
-            try:
-                out.append(self._quarantine_one(alert, memory, root, path))
-            except QuarantineError as exc:
-                out.append(action("quarantine", path, "failed", f"not quarantined: {exc}"))
-            except OSError as exc:
-                out.append(action("quarantine", path, "failed", f"not quarantined: {exc}"))
+        out: list[dict[str, str]] = []
+        paths = [p for p in quarantine_paths(alert) if ("quarantine", p) not in memory.reported]
+        if not paths:
+            return out
+        label, fds = self._root_for(alert, memory)
+        try:
+            for path in paths:
+                out.append(self._quarantine_path(alert, memory, label, fds[0], path))
+        finally:
+            for fd in fds:
+                os.close(fd)
         return out
 
-    def _quarantine_one(self, alert: dict[str, Any], memory: IncidentMemory, root: str, path: str
+    def _quarantine_path(self, alert: dict[str, Any], memory: IncidentMemory, label: str, root: int, path: str
+                         ) -> dict[str, str]:
+        refusal = quarantine_refusal(self.config, path)
+        if refusal is not None:
+            return action("quarantine", path, "failed", f"not quarantined: {refusal}")
+        try:
+            return self._quarantine_one(alert, memory, label, root, path)
+        except (QuarantineError, OSError) as exc:
+            return action("quarantine", path, "failed", f"not quarantined: {exc}")
+
+    def _quarantine_one(self, alert: dict[str, Any], memory: IncidentMemory, label: str, root: int, path: str
                         ) -> dict[str, str]:
         try:
             fd, st = open_no_follow(root, path)
         except QuarantineError as exc:
             if "No such file" in str(exc):
-                raise QuarantineError(f"{path} no longer exists (in {root})") from None
+                raise QuarantineError(f"{path} no longer exists (in {label})") from None
             raise
         try:
             if not stat.S_ISREG(st.st_mode):
                 raise QuarantineError(f"{path} is not a regular file")
             if st.st_ctime_ns < memory.first_wall_ns - CTIME_SLACK_NS:
-                raise QuarantineError(f"{path} (in {root}) has not changed since the incident began, so it is not "
+                raise QuarantineError(f"{path} (in {label}) has not changed since the incident began, so it is not "
                                       "the file the incident wrote")
             if self.config.dry_run:
-                return action("quarantine", path, "dry_run", f"would move it (in {root}) to "
+                return action("quarantine", path, "dry_run", f"would move it (in {label}) to "
                               f"{self.config.quarantine_dir}")
             if self.store is None:
                 raise QuarantineError("the quarantine directory is not set up")
-            meta = self.store.put(fd, st, original_path=path, resolved_in=root,
+            meta = self.store.put(fd, st, original_path=path, resolved_in=label,
                                   incident_id=str(alert["chainwatch"]["incident"]["id"]),
                                   alert_id=str((alert.get("event") or {}).get("id", "")))
         finally:
             os.close(fd)
-        parent, name = os.path.split(path)
-        dirfd, _ = open_no_follow(root, parent, os.O_RDONLY | os.O_DIRECTORY) if parent != "/" else (
-            os.open(root, os.O_RDONLY | os.O_DIRECTORY), None)
+        dirfd, name = parent_fd(root, path)
         try:
             now = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):

@@ -55,6 +55,21 @@ def extra_addresses(netlab: Any, count: int) -> list[str]:
     return addresses
 
 
+def extra_addresses6(netlab: Any, count: int) -> list[str]:
+    """Like extra_addresses, for random 2001:db8:c0de::x addresses."""
+    from pyroute2 import NetNS
+
+    addresses = [f"2001:db8:c0de::{n:x}" for n in random.sample(range(16, 4000), count)]
+    with NetNS(netlab.attacker_ns) as ipr:
+        (idx,) = ipr.link_lookup(ifname=netlab.attacker_if)
+        for address in addresses:
+            ipr.addr("add", index=idx, address=address, prefixlen=128, flags=0x02)  # IFA_F_NODAD
+    with NetNS(netlab.victim_ns) as ipr:
+        (idx,) = ipr.link_lookup(ifname=netlab.victim_if)
+        ipr.route("add", dst="2001:db8:c0de::/64", oif=idx, family=10)
+    return addresses
+
+
 def write_config(tmp_path: Path, **response: Any) -> tuple[ResponseConfig, Path]:
     """A config file whose [response] table has these keys, with the socket and quarantine in tmp_path."""
     values = {"enabled": True, "min_severity": "medium", "block_ttl_s": 30.0,
@@ -231,6 +246,36 @@ def test_block_refuses_the_c2_address_until_unblocked(sensorlab, netlab, respond
     assert connect(blocked).returncode == 1
     responder.close()
     assert connect(blocked).returncode == 0, "the block program must be detached when the responder closes"
+
+
+def test_block_ipv6_and_the_kernel_enforces_the_ttl(netlab) -> None:
+    """The block program itself: an IPv6 address is refused while another works, and an entry stops blocking
+    at its expiry in the kernel, before the agent's own expiry tick removes it."""
+    from agent.probes.block import Blocker
+
+    blocked, other = extra_addresses6(netlab, 2)
+    (short,) = extra_addresses(netlab, 1)
+
+    def connect(address: str) -> subprocess.CompletedProcess:
+        p = next(_ports)
+        netlab.listen_tcp(netlab.attacker_ns, p, family=6 if ":" in address else 4, bind=address, duration=10)
+        return netlab.connect_tcp(netlab.victim_ns, address, p, b"x", timeout=3)
+
+    blocker = Blocker()
+    try:
+        blocker.block(blocked, 0, 30)
+        blocker.block(short, 0, 2)
+        refused = connect(blocked)
+        assert refused.returncode == 1 and b"EPERM" in refused.stderr, refused
+        assert connect(other).returncode == 0
+        assert connect(short).returncode == 1
+        time.sleep(2.5)
+        assert [e.address for e in blocker.entries()] == sorted([blocked, short])  # not yet removed...
+        assert connect(short).returncode == 0  # ...but no longer enforced
+        assert [e.address for e in blocker.expire()] == [short]
+        assert blocker.unblock(blocked) == 1 and connect(blocked).returncode == 0
+    finally:
+        blocker.close()
 
 
 def cron_attack(netlab: Any, tmp_path: Path, host: str, port: int, name: str, marker: str
