@@ -16,11 +16,13 @@ from agent.btf import BtfError
 from agent.config import Config, ConfigError, load_config
 from agent.detect.rules import RuleErrors
 from agent.probes.offsets import OffsetsUnavailable
+from agent.quarantine import QuarantineError
 from agent.recording import RecordingError
 from agent.resources import ResourceMissing
+from agent.response import ResponseError
 
 USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError, RuleErrors,
-               ResourceMissing)
+               ResourceMissing, ResponseError, QuarantineError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +66,20 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--sigma", metavar="DIR", action="append",
                        help="check the Sigma rules in DIR (repeatable; default: DIR/sigma when it exists) and "
                             "list the ones chainwatch cannot evaluate, with why")
+
+    resp = sub.add_parser("response", help="blocked addresses and quarantined files (see README, Response)")
+    resp_sub = resp.add_subparsers(dest="response_command", required=True)
+    for name, text in (("list", "list blocked addresses (asks the running agent) and quarantined files"),
+                       ("unblock", "lift every block on ADDR in the running agent"),
+                       ("restore", "put quarantined file ID back where it was, with its mode, owner and times")):
+        cmd = resp_sub.add_parser(name, help=text)
+        cmd.add_argument("--config", help="TOML config file (its [response] paths)")
+        if name == "unblock":
+            cmd.add_argument("address")
+        if name == "restore":
+            cmd.add_argument("id")
+            cmd.add_argument("--force", action="store_true", help="replace a file that exists at the path again")
+            cmd.add_argument("--root", default="/", help="restore under this root (e.g. /proc/PID/root)")
     return p
 
 
@@ -196,6 +212,31 @@ def _rules_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _response(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.quarantine import QuarantineStore
+    from agent.response import control_request, quarantine_listing
+
+    config = load_config(args.config).response
+    if args.response_command == "restore":
+        meta = QuarantineStore(config.quarantine_dir).restore(args.id, root=args.root, force=args.force)
+        print(f"restored {meta.original_path} from quarantine entry {meta.id} (sha256 {meta.sha256})")
+        return 0
+    if args.response_command == "unblock":
+        reply = control_request(config.control_socket, {"cmd": "unblock", "address": args.address})
+        if not reply.get("ok"):
+            return _fail(str(reply.get("error")))
+        print(f"unblocked {args.address} ({reply['removed']} entries removed)")
+        return 0
+    try:
+        agent = control_request(config.control_socket, {"cmd": "list"})
+    except ResponseError as exc:
+        agent = {"ok": False, "error": str(exc), "blocks": []}
+    print(json.dumps({"agent": agent, "quarantine": quarantine_listing(config.quarantine_dir)}, indent=2))
+    return 0
+
+
 def _fail(sentence: str) -> int:
     print(f"chainwatch: {sentence}", file=sys.stderr)
     return 2
@@ -219,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bpf_dump(args)
         if args.command == "rules":
             return _rules_check(args)
+        if args.command == "response":
+            return _response(args)
     except USER_ERRORS as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:

@@ -190,6 +190,46 @@ def split_host_port(address: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+RESPONSE_ACTIONS = ("kill", "block", "quarantine")
+RESPONSE_SEVERITIES = {"low": 21, "medium": 47, "high": 73, "critical": 99}
+MAX_BLOCK_TTL_S = 30 * 86400.0
+
+
+def _list(*items: str) -> Any:
+    return field(default_factory=lambda: list(items))
+
+
+@dataclass(frozen=True)
+class ResponseConfig:
+    """Opt-in response to alerts (agent.response). Off unless enabled and a gate selects alerts."""
+
+    enabled: bool = False
+    dry_run: bool = False  # log and record what would be done; change nothing
+    min_severity: str = ""  # respond to alerts at least this severe (low/medium/high/critical); "" = none
+    rules: list[str] = field(default_factory=list)  # ...and to alerts whose rule.id is listed, any severity
+    actions: list[str] = _list(*RESPONSE_ACTIONS)
+    block_ttl_s: float = 3600.0
+    block_port: bool = False  # block only the incident's port on the address (default: the whole address)
+    # Never signalled, whatever the incident says (matched on /proc/<pid>/exe, never on a name).
+    protected_executables: list[str] = _list("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd",
+                                             "/usr/sbin/sshd", "/usr/sbin/cron", "/usr/bin/dbus-daemon",
+                                             "/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
+    # Never blocked: loopback, unspecified, link-local (cloud metadata), multicast.
+    protected_networks: list[str] = _list("127.0.0.0/8", "0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
+                                          "255.255.255.255/32", "::1/128", "::/128", "fe80::/10", "ff00::/8")
+    quarantine_dir: str = "/var/lib/chainwatch/quarantine"
+    # Only files under these are ever quarantined ("dir/" matches below it; otherwise the exact file).
+    quarantine_prefixes: list[str] = _list("/etc/cron.d/", "/etc/cron.hourly/", "/etc/cron.daily/",
+                                           "/etc/cron.weekly/", "/etc/cron.monthly/", "/var/spool/cron/",
+                                           "/etc/systemd/system/", "/run/systemd/system/",
+                                           "/usr/local/lib/systemd/system/", "/etc/profile.d/",
+                                           "/etc/sudoers.d/", "/etc/udev/rules.d/", "/etc/modprobe.d/",
+                                           "/etc/ld.so.preload")
+    protected_paths: list[str] = _list("/etc/crontab", "/etc/passwd", "/etc/shadow", "/etc/group",
+                                       "/etc/sudoers", "/etc/ssh/sshd_config")
+    control_socket: str = "/run/chainwatch/control.sock"  # `chainwatch response list/unblock` reach the agent here
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole agent configuration."""
@@ -198,6 +238,7 @@ class Config:
     lineage: LineageConfig = field(default_factory=LineageConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    response: ResponseConfig = field(default_factory=ResponseConfig)
 
     def validate(self, source: str = "<defaults>") -> Config:
         """Check value ranges; raises ConfigError."""
@@ -233,7 +274,60 @@ class Config:
             raise ConfigError(f"{source}: detection.alerts_format must be one of {list(FORMATS)}, "
                               f"not {self.detection.alerts_format!r}")
         self.outputs.validate(source)
+        validate_response(self.response, source)
         return self
+
+
+def path_under(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or below it ("dir/" prefixes match only below)."""
+    return path.startswith(prefix) if prefix.endswith("/") else path == prefix or path.startswith(prefix + "/")
+
+
+def validate_response(r: ResponseConfig, source: str) -> None:
+    """Check the [response] table; raises ConfigError with one sentence naming the key."""
+    import ipaddress
+
+    if r.min_severity and r.min_severity not in RESPONSE_SEVERITIES:
+        raise ConfigError(f"{source}: response.min_severity must be one of {', '.join(RESPONSE_SEVERITIES)} "
+                          f"(or \"\" for none), not {r.min_severity!r}")
+    if r.enabled and not r.min_severity and not r.rules:
+        raise ConfigError(f"{source}: response.enabled is true but neither response.min_severity nor "
+                          "response.rules selects any alert: set one of them")
+    for key in ("rules", "actions", "protected_executables", "protected_networks", "quarantine_prefixes",
+                "protected_paths"):
+        values = getattr(r, key)
+        if not all(isinstance(v, str) and v and "\0" not in v for v in values):
+            raise ConfigError(f"{source}: response.{key} must be a list of non-empty strings")
+    bad = [a for a in r.actions if a not in RESPONSE_ACTIONS]
+    if bad or len(set(r.actions)) != len(r.actions) or (r.enabled and not r.actions):
+        raise ConfigError(f"{source}: response.actions must list each of {', '.join(RESPONSE_ACTIONS)} at most "
+                          f"once (and at least one when enabled), not {r.actions!r}")
+    # Written as "not ok" so NaN fails too.
+    if not 1.0 <= r.block_ttl_s <= MAX_BLOCK_TTL_S:
+        raise ConfigError(f"{source}: response.block_ttl_s must be between 1 and {MAX_BLOCK_TTL_S:.0f} seconds, "
+                          f"not {r.block_ttl_s}")
+    for net in r.protected_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{source}: response.protected_networks entry {net!r} is not an address or "
+                              "network (e.g. 10.0.0.0/8)") from None
+    for key in ("quarantine_dir", "control_socket"):
+        value = getattr(r, key)
+        if not value.startswith("/") or "\0" in value or value.rstrip("/") == "":
+            raise ConfigError(f"{source}: response.{key} must be an absolute path other than /, not {value!r}")
+    for key in ("protected_executables", "quarantine_prefixes", "protected_paths"):
+        for value in getattr(r, key):
+            if not value.startswith("/") or "/../" in value + "/" or "/./" in value + "/" or "//" in value:
+                raise ConfigError(f"{source}: response.{key} entry {value!r} must be an absolute, normalised path")
+    qdir = r.quarantine_dir.rstrip("/")
+    for prefix in r.quarantine_prefixes:
+        if prefix.rstrip("/") == "":
+            raise ConfigError(f"{source}: response.quarantine_prefixes must not contain \"/\": that would allow "
+                              "quarantining any file on the host")
+        if path_under(qdir, prefix) or path_under(prefix.rstrip("/"), qdir + "/"):
+            raise ConfigError(f"{source}: response.quarantine_dir {r.quarantine_dir!r} must not overlap "
+                              f"response.quarantine_prefixes entry {prefix!r}")
 
 
 def _build(cls: type[Any], data: dict[str, Any], where: str, source: str) -> Any:

@@ -26,6 +26,7 @@ from agent.pipeline import Consumer, Pipeline
 from agent.probes.loader import Sensor, open_sensor
 from agent.probes.source import ProbeOptions
 from agent.recording import RecordingWriter
+from agent.response import Responder, check_rule_ids, open_responder
 from agent.sinks import AlertSink
 
 if TYPE_CHECKING:
@@ -101,6 +102,9 @@ class Agent:
         # Rules first: a bad rule stops startup with its file and line, before anything is loaded.
         self.rules: RuleSet = load_rules(config.detection.rules_dir or default_rules_dir())
         self.sigma = load_sigma_dirs(config.detection.sigma_dirs)
+        if config.response.enabled:
+            check_rule_ids(config.response, (rule.id for rule in self.rules.rules))
+        self.responder: Responder | None = None
         self.sink: AlertSink | None = None
         self.engine: DetectionEngine | None = None
         self.tagger: ContextTagger | None = None
@@ -131,7 +135,10 @@ class Agent:
                                                             "boot_offset_ns": boot_offset})
             taps.append(self.writer.write)
         self.sink = build_sink(self.config)
-        self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), self.sink.put,
+        # Response (off by default) sits between the correlator's alert and the sinks.
+        self.responder = open_responder(self.config.response, table)
+        emit = self.sink.put if self.responder is None else _respond_then(self.responder, self.sink.put)
+        self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), emit,
                                       boot_offset, sigma=self.sigma)
         self.sensor.set_context_executables(self.rules.lists.kernel_context_names())
         self.tagger = ContextTagger(self.rules.lists, table, self.sensor.write_context)
@@ -175,6 +182,8 @@ class Agent:
                     # Reap on this 1 s tick, not the stats tick: exited processes must leave within grace_s
                     # whatever the logging interval (with stats_interval_s = 3600 they stayed an hour).
                     pipeline.table.reap(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+                    if self.responder is not None:
+                        self.responder.tick()
                     if self.writer is not None:
                         self.writer.flush()
                     next_drop_check = now + DROP_CHECK_INTERVAL_S
@@ -190,6 +199,8 @@ class Agent:
             self._check_drops()
             self.log_stats(final=True)
         finally:
+            if self.responder is not None:
+                self.responder.close()  # detaches the block program
             if self.sink is not None:
                 self.sink.close()
             if self.writer is not None:
@@ -215,6 +226,8 @@ class Agent:
         detection = {**self.engine.stats(), **self.sink.stats()} if self.engine and self.sink else {}
         if self.tagger is not None:
             detection.update(self.tagger.stats())
+        if self.responder is not None:
+            detection.update(self.responder.stats())
         log.info("stats", final=final, **stats, **detection, kernel_drops=self.sensor.kernel_drops(),
                  userspace_drops=stats["decode_errors"],
                  recorded=self.writer.written if self.writer else None)
@@ -233,6 +246,12 @@ def load_sigma_dirs(directories: list[str]) -> SigmaRules | None:
                     hint="run `chainwatch rules check --sigma DIR` for the list",
                     rules=[str(p) for p in sigma.unsupported])
     return sigma
+
+
+def _respond_then(responder: Responder, put: Any) -> Any:
+    def emit(alert: dict[str, Any]) -> None:
+        put(responder(alert))
+    return emit
 
 
 def dump_event(out: IO[str]) -> Consumer:

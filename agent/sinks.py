@@ -32,8 +32,8 @@ from typing import IO, Any, Final, Protocol, runtime_checkable
 
 import structlog
 
-from agent.safefile import ALERT_MODE, open_private
 from agent.formats import encode_line, render
+from agent.safefile import ALERT_MODE, open_private
 from agent.spool import Spool
 
 log = structlog.get_logger()

@@ -29,10 +29,12 @@ class SensorLab:
         self._lock = threading.Lock()
         self.events: list[Event] = []
         self.alerts: list[dict[str, object]] = []
+        # A test's response stage (agent.response.Responder), between the correlator and the alert list.
+        self.respond: Callable[[dict[str, object]], dict[str, object]] | None = None
         table = ProcessTable()
         rules = load_rules(default_rules_dir())
         self.engine = DetectionEngine(rules, table, Host("live-test", "live-test-host"),
-                                      self.alerts.append, boot_to_wall_offset_ns(), sigma=load_sigma([SIGMA_DIR]))
+                                      self._emit, boot_to_wall_offset_ns(), sigma=load_sigma([SIGMA_DIR]))
         self.sensor.set_context_executables(rules.lists.kernel_context_names())
         self.tagger = ContextTagger(rules.lists, table, self.sensor.write_context)
         from_exec = not self.sensor.program.features.module_tracepoints
@@ -41,6 +43,10 @@ class SensorLab:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sensorlab", daemon=True)
         self._thread.start()
+
+    def _emit(self, alert: dict[str, object]) -> None:
+        respond = self.respond
+        self.alerts.append(respond(alert) if respond is not None else alert)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
