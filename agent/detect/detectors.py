@@ -18,7 +18,7 @@ from agent.detect.lists import Lists
 from agent.detect.rules import Rule, RuleSet
 from agent.detect.signals import Signal
 from agent.detect.stdio import Conn, StdioGraph
-from agent.events import Connect, Event, Exec, FileWrite, Fork, ModuleLoad, SocketDup
+from agent.events import Accept, Connect, Event, Exec, FileWrite, Fork, ModuleLoad, SocketDup
 from agent.lineage.identity import ProcessKey, process_key
 from agent.lineage.table import Process, ProcessTable
 
@@ -337,7 +337,8 @@ class Detectors:
             # someone else's relay, so only then is the neighbourhood walked (execs are the common event).
             candidates = self.graph.neighbourhood(changed[0]) if event.stdio_socket_fd >= 0 else changed
         else:
-            candidates = [k for key in changed for k in self.graph.neighbourhood(key)]
+            candidates = [k for key in changed for k in self.graph.neighbourhood(
+                key, children=isinstance(event, (Connect, Accept)))]
         out: list[Signal] = []
         for key in dict.fromkeys(candidates):
             proc = self.table.get(key)

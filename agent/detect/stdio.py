@@ -24,6 +24,9 @@ from agent.lineage.table import Process, ProcessTable
 
 MAX_HOPS = 3  # a relay is a few hops: nc -> FIFO -> cat -> pipe -> python -> pty -> sh is three
 MAX_VISIT = 64  # bound on the processes one evaluation or one neighbourhood walk looks at
+# An end held by more processes than this is a shared output or log pipe (a build's stdout, a terminal), never a
+# relay hop: it is skipped, which also keeps every walk short on a busy build host.
+MAX_HOLDERS = 8
 EXIT_GRACE_NS = 30 * 10**9  # an exited holder's ends stay known this long (events arrive out of order)
 ATTEMPTED = (0, -115, -11, -114)  # success, EINPROGRESS, EAGAIN, EALREADY
 TEMP_DIRS = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/user/")
@@ -139,6 +142,7 @@ class StdioGraph:
             gone = self.nodes.get(key)
             if gone is not None:
                 gone.exited_at = event.ktime
+                self._drop_holder(gone)  # an exited holder holds nothing (its pipes' inodes get reused)
             return []
         if isinstance(event, Connect):
             if event.result in ATTEMPTED and self.lists.is_remote(event.daddr):
@@ -168,6 +172,15 @@ class StdioGraph:
             self.holders.setdefault(event.end_id, set()).add(key)
             return [key]
         return []
+
+    def _drop_holder(self, node: Node) -> None:
+        for end in node.ends():
+            holders = self.holders.get(end)
+            if holders is not None:
+                holders.discard(node.key)
+                if not holders:
+                    del self.holders[end]
+                    self.unix_peer.pop(end, None)
 
     def _node(self, key: ProcessKey) -> Node:
         node = self.nodes.get(key)
@@ -228,18 +241,11 @@ class StdioGraph:
         """Forget processes that exited more than EXIT_GRACE_NS ago."""
         for key, node in list(self.nodes.items()):
             if node.exited_at is not None and now_ktime - node.exited_at > EXIT_GRACE_NS:
-                for end in node.ends():
-                    holders = self.holders.get(end)
-                    if holders is not None:
-                        holders.discard(key)
-                        if not holders:
-                            del self.holders[end]
-                            self.unix_peer.pop(end, None)
+                self._drop_holder(node)
                 for conn in node.conns:
-                    if self.conn_by_sock.get(conn.sock_id) is conn and not any(
-                            conn in n.conns for k, n in self.nodes.items() if k != key):
-                        del self.conn_by_sock[conn.sock_id]
-                        self.sock_owner.pop(conn.sock_id, None)
+                    if conn.sock_id and self.sock_owner.get(conn.sock_id) == key:
+                        self.conn_by_sock.pop(conn.sock_id, None)
+                        del self.sock_owner[conn.sock_id]
                 self.stdio_owner.pop(key, None)
                 del self.nodes[key]
 
@@ -304,17 +310,24 @@ class StdioGraph:
         node = self.nodes.get(key)
         return list(node.conns) if node is not None else []
 
-    def neighbourhood(self, key: ProcessKey) -> list[ProcessKey]:
-        """Processes within MAX_HOPS of ``key`` through shared ends or creation, ``key`` included."""
+    def neighbourhood(self, key: ProcessKey, *, children: bool = False) -> list[ProcessKey]:
+        """Processes within MAX_HOPS of ``key`` through shared ends, ``key`` included (at most MAX_VISIT). With
+        ``children``, also ``key``'s live children: a process that just connected may already have spawned the
+        shell it feeds through ends it never exec'd with (child_process.spawn before connect)."""
         seen = {key}
-        frontier = [key]
+        if children:
+            kids = self.table.children(key)
+            seen.update(c.key for c in kids[-MAX_HOLDERS:] if not c.exited)
+        frontier = list(seen)
         for _ in range(MAX_HOPS):
             nxt = []
             for k in frontier:
                 for other in self._adjacent(k):
-                    if other not in seen and len(seen) < MAX_VISIT:
+                    if other not in seen:
                         seen.add(other)
                         nxt.append(other)
+                        if len(seen) >= MAX_VISIT:
+                            return list(seen)
             frontier = nxt
         return list(seen)
 
@@ -323,14 +336,9 @@ class StdioGraph:
         if node is not None:
             for end in node.ends():
                 for far in (end, self._far(end)):
-                    if far:
-                        yield from self.holders.get(far, ())
-        for child in self.table.children(key):
-            if not child.exited:
-                yield child.key
-        proc = self.table.get(key)
-        if proc is not None and proc.parent_key is not None:
-            yield proc.parent_key
+                    holders = self.holders.get(far, ()) if far else ()
+                    if len(holders) <= MAX_HOLDERS:
+                        yield from holders
 
     def _alive(self, key: ProcessKey) -> bool:
         node = self.nodes.get(key)
@@ -357,6 +365,8 @@ class StdioGraph:
         out: list[ProcessKey] = []
         # Only live holders: a freed pipe's inode number is reused, so an exited holder's end may now be
         # another pipe altogether.
+        if len(self.holders.get(end, ())) > MAX_HOLDERS or len(self.holders.get(far, ())) > MAX_HOLDERS:
+            return [], False  # a shared output pipe or terminal, not a relay hop
         if far:
             out = [k for k in self.holders.get(far, ()) if k != key and self._alive(k)]
         elif end.startswith("fifo:"):

