@@ -11,7 +11,8 @@ TCP send the connection is checked for an end the collector sent (it restarted),
 fresh connection instead of into a dead one. UDP has no acknowledgement: a connected socket learns of a down
 collector from the ICMP error, which on one host arrives before the send returns and is checked right
 after it; from a remote collector it arrives later, so the datagram sent before it may be lost. Use tcp or
-tls where every alert must arrive.
+tls where every alert must arrive. Even TCP has no acknowledgement (RFC 6587; RELP is not implemented):
+what the kernel took for a collector whose host then vanished without closing the connection is lost.
 """
 
 from __future__ import annotations

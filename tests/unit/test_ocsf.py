@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 
 from agent.ocsf import OCSF_VERSION, to_ocsf
@@ -144,3 +147,41 @@ def test_file_output_in_ocsf_format(tmp_path: Path) -> None:
     [line] = out.read_text().splitlines()
     doc = json.loads(line)
     assert doc["class_uid"] == 2004 and errors(doc) == []
+
+
+def _alerts() -> st.SearchStrategy[dict[str, Any]]:
+    """ECS alerts as the agent makes them, with any of the optional parts present or not."""
+    text = st.text(max_size=30)
+    parts = {"entity_id": text, "executable": text, "args": st.lists(text, max_size=4),
+             "user": st.fixed_dictionaries({"id": text})}
+    parent = st.fixed_dictionaries({"pid": st.integers(0, 2**22), "name": text}, optional=parts)
+    proc = st.fixed_dictionaries({"pid": st.integers(0, 2**22), "name": text}, optional={**parts, "parent": parent})
+    endpoint = st.fixed_dictionaries({"ip": st.ip_addresses().map(str), "port": st.integers(0, 65535)})
+    return st.fixed_dictionaries(
+        {"@timestamp": st.datetimes(timezones=st.just(UTC)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
+         "event": st.fixed_dictionaries({"kind": st.just("alert"), "id": text,
+                                         "severity": st.sampled_from([21, 47, 73, 99])},
+                                        optional={"reason": text, "category": st.lists(text, max_size=2)}),
+         "rule": st.fixed_dictionaries({"name": text}, optional={"id": text, "ruleset": text}),
+         "host": st.fixed_dictionaries({}, optional={"hostname": text, "id": text}),
+         "chainwatch": st.fixed_dictionaries(
+             {"severity": text},
+             optional={"incident": st.fixed_dictionaries({"id": text}), "signals": st.lists(text, max_size=3),
+                       "ancestry": st.lists(st.fixed_dictionaries({"pid": st.integers(0, 2**22), "name": text,
+                                                                   "args": st.lists(text, max_size=3)}), max_size=4),
+                       "response": st.just([])})},
+        optional={"process": proc, "destination": endpoint, "source": endpoint,
+                  "network": st.fixed_dictionaries({"transport": st.sampled_from(["tcp", "udp"]),
+                                                    "type": st.sampled_from(["ipv4", "ipv6"])},
+                                                   optional={"direction": st.sampled_from(["ingress", "egress"])}),
+                  "file": st.fixed_dictionaries({"path": text}),
+                  "supply_chain": st.fixed_dictionaries({"context": st.none() | text}),
+                  "threat": st.fixed_dictionaries({"technique": st.fixed_dictionaries(
+                      {"id": st.lists(text, max_size=3)})})})
+
+
+@settings(max_examples=150, deadline=None)
+@given(_alerts())
+def test_any_alert_renders_to_a_valid_finding(alert: dict[str, Any]) -> None:
+    """Whatever optional parts an alert has or lacks, its rendering validates."""
+    assert errors(to_ocsf(alert)) == []
