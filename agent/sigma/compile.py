@@ -42,6 +42,7 @@ from sigma.modifiers import (
     SigmaModifier,
     SigmaStartswithModifier,
     SigmaTimestampModifier,
+    reverse_modifier_mapping,
 )
 from sigma.policy.profiles import SafePolicy
 from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
@@ -92,7 +93,6 @@ def _items(detection: SigmaDetection) -> Iterable[SigmaDetectionItem]:
 
 
 def _modifier_name(modifier: type[SigmaModifier[Any, Any]]) -> str:
-    from sigma.modifiers import reverse_modifier_mapping
     return reverse_modifier_mapping.get(modifier.__name__, modifier.__name__)
 
 

@@ -324,6 +324,11 @@ UNSUPPORTED = {
                    "field 'TargetFilename' is not supported: chainwatch's process_creation events have no such field"),
     "expand.yml": (rule_yaml("sel: {CommandLine|expand: '%admin_tools%'}\ncondition: sel"),
                    "the 'expand' modifier"),
+    "minute.yml": (rule_yaml("sel: {ProcessId|minute: 5}\ncondition: sel"), "the timestamp modifier 'minute'"),
+    "correlation.yml": (rule_yaml("keywords: [x]\ncondition: keywords", extra="name: base_rule\n")
+                        + "---\ntitle: Many\nid: 99999999-0000-4000-8000-000000000000\nstatus: test\ncorrelation:\n"
+                          "    type: event_count\n    rules: [base_rule]\n    group-by: [User]\n    timespan: 5m\n"
+                          "    condition: {gte: 10}\n", "only feeds a correlation (generate: false)"),
     "deprecated.yml": (rule_yaml("keywords: [x]\ncondition: keywords").replace("status: test", "status: deprecated"),
                        "status deprecated: not loaded"),
 }
@@ -338,8 +343,10 @@ def test_unsupported_rules_are_reported_with_file_line_and_reason(tmp_path: Path
     rules, problems = read_sigma([tmp_path])
     assert problems == []
     assert [e.rule.source_file for e in rules.rules] == [str(tmp_path / "ok.yml")]
-    reported = {Path(p.file).name: p for p in rules.unsupported}
+    reported = {Path(p.file).name: p for p in rules.unsupported if "CorrelationRule documents" not in p.reason}
     assert set(reported) == set(UNSUPPORTED)
+    assert [(Path(p.file).name, p.line) for p in rules.unsupported if "CorrelationRule documents" in p.reason] == [
+        ("correlation.yml", 17)]
     for name, (_, reason) in UNSUPPORTED.items():
         assert reason in reported[name].reason, reported[name]
     assert reported["cwd.yml"].line == 10  # the line naming the field
