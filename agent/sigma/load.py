@@ -34,7 +34,7 @@ from sigma.rule.attributes import SigmaLevel, SigmaStatus
 
 from agent.detect.catalog import SIGMA_DETECTORS
 from agent.detect.rules import Rule, RuleErrors, RuleProblem
-from agent.sigma.compile import Matcher, Unsupported, compile_rule
+from agent.sigma.compile import Gate, Matcher, Unsupported, compile_rule
 from agent.sigma.fields import CATEGORIES, pipeline
 
 LEVELS: Final = {"informational": "low", "low": "low", "medium": "medium", "high": "high", "critical": "critical"}
@@ -54,6 +54,7 @@ class SigmaRuleEntry:
     rule: Rule
     category: str  # process_creation | network_connection | file_event
     matcher: Matcher
+    gate: Gate | None = None  # a necessary condition on the executable (agent.sigma.compile.Gate)
 
 
 @dataclass(frozen=True)
@@ -197,14 +198,14 @@ class _Loader:
             return
         try:
             self.pipeline.apply(rule)
-            matcher = compile_rule(rule, category)
+            matcher, gate = compile_rule(rule, category)
         except Unsupported as exc:
             self.unsupported.append(RuleProblem(where, _line(text, exc.needle), exc.reason))
             return
         except SigmaError as exc:
             self.problems.append(RuleProblem(where, _error_line(exc, text), f"invalid Sigma rule: {exc}"))
             return
-        self.entries.append(SigmaRuleEntry(self.convert(rule, category, where, status), category, matcher))
+        self.entries.append(SigmaRuleEntry(self.convert(rule, category, where, status), category, matcher, gate))
 
     def convert(self, rule: SigmaRule, category: str, where: str, status: str) -> Rule:
         tags = [(t.namespace, t.name.lower()) for t in rule.tags]
