@@ -26,6 +26,7 @@ import copy
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from sigma.conditions import (
@@ -42,6 +43,7 @@ from sigma.modifiers import (
     SigmaModifier,
     SigmaStartswithModifier,
     SigmaTimestampModifier,
+    reverse_modifier_mapping,
 )
 from sigma.policy.profiles import SafePolicy
 from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
@@ -92,7 +94,6 @@ def _items(detection: SigmaDetection) -> Iterable[SigmaDetectionItem]:
 
 
 def _modifier_name(modifier: type[SigmaModifier[Any, Any]]) -> str:
-    from sigma.modifiers import reverse_modifier_mapping
     return reverse_modifier_mapping.get(modifier.__name__, modifier.__name__)
 
 
@@ -424,16 +425,60 @@ def _in_network(text: str | None, network: ipaddress.IPv4Network | ipaddress.IPv
     return ip in network or (mapped is not None and mapped in network)
 
 
-def compile_rule(rule: SigmaRule, category: str) -> Matcher:
-    """The predicate of a whole (field-mapped) rule: its conditions OR-ed. Raises Unsupported."""
+@dataclass(frozen=True)
+class Gate:
+    """A necessary condition on the executable, lower-cased: it equals one of ``equal`` or ends with one of
+    ``suffixes``. Lets the detector skip, with a few dict lookups, the rules an exec cannot match."""
+
+    equal: frozenset[str]
+    suffixes: frozenset[str]
+
+
+GATE_FIELD: Final = "process.executable"
+
+
+def _gate_values(node: object) -> list[SigmaString] | None:
+    """The plain string values of ``node`` when it tests only the executable (one value or a value list)."""
+    if isinstance(node, ConditionOR):
+        out: list[SigmaString] = []
+        for arg in node.args:
+            values = _gate_values(arg)
+            if values is None:
+                return None
+            out += values
+        return out
+    if isinstance(node, ConditionFieldEqualsValueExpression) and node.field == GATE_FIELD:
+        leaves = node.value.values if isinstance(node.value, SigmaExpansion) else [node.value]
+        if all(isinstance(v, SigmaString) and not isinstance(v, SigmaCasedString) for v in leaves):
+            return [v for v in leaves if isinstance(v, SigmaString)]
+    return None
+
+
+def gate_of(tree: object) -> Gate | None:
+    """A Gate from a top-level AND conjunct (or the whole tree) that is an Image equals/endswith list."""
+    for node in tree.args if isinstance(tree, ConditionAND) else [tree]:
+        values = _gate_values(node)
+        if not values:
+            continue
+        tests = [Compiler.classify(v) for v in values]
+        if all(kind in ("eq", "ends") and text for kind, text in tests):
+            return Gate(frozenset(t for k, t in tests if k == "eq"), frozenset(t for k, t in tests if k == "ends"))
+    return None
+
+
+def compile_rule(rule: SigmaRule, category: str) -> tuple[Matcher, Gate | None]:
+    """The predicate of a whole (field-mapped) rule, its conditions OR-ed, and its executable gate if it has
+    one (a single condition only). Raises Unsupported."""
     anchored = check_items(rule, category)
     compiler = Compiler(category, anchored)
     parts = []
+    trees = []
     for condition in rule.detection.parsed_condition:
         tree = condition.parsed
         if tree is None:
             raise Unsupported("the condition selects nothing")
+        trees.append(tree)
         parts.append(compiler.compile(tree))
     if not parts:
         raise Unsupported("the rule has no condition")
-    return _any(parts)
+    return _any(parts), gate_of(trees[0]) if len(trees) == 1 else None

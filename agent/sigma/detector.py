@@ -44,6 +44,37 @@ def category_of(event: Event) -> str | None:
     return None
 
 
+class _Index:
+    """A category's rules, with the executable gates indexed: an event is tested only against the rules
+    without a gate and those whose gate its executable passes (exact names, then each suffix length)."""
+
+    def __init__(self, entries: tuple[SigmaRuleEntry, ...]) -> None:
+        self.entries = entries
+        self.always = [i for i, e in enumerate(entries) if e.gate is None]
+        self.equal: dict[str, list[int]] = {}
+        self.suffix: dict[str, list[int]] = {}
+        for i, entry in enumerate(entries):
+            if entry.gate is not None:
+                for text in entry.gate.equal:
+                    self.equal.setdefault(text, []).append(i)
+                for text in entry.gate.suffixes:
+                    self.suffix.setdefault(text, []).append(i)
+        self.lengths = sorted({len(text) for text in self.suffix})
+
+    def candidates(self, exe: str | None) -> list[SigmaRuleEntry]:
+        """The rules that can match an event whose lower-cased executable is ``exe``, in load order."""
+        if len(self.always) == len(self.entries):
+            return list(self.entries)
+        hits = set(self.always)
+        if exe is not None:
+            hits.update(self.equal.get(exe, ()))
+            for n in self.lengths:
+                if n > len(exe):
+                    break
+                hits.update(self.suffix.get(exe[-n:], ()))
+        return [self.entries[i] for i in sorted(hits)]
+
+
 def _what(event: Event, fields: EventFields) -> str:
     exe = fields.text("process.executable") or event.comm
     if isinstance(event, Exec):
@@ -61,7 +92,7 @@ class SigmaDetector:
     """Evaluates the loaded Sigma rules on each event (after the process table saw it)."""
 
     def __init__(self, rules: SigmaRules, table: ProcessTable) -> None:
-        self.by_category = rules.by_category
+        self.by_category = {category: _Index(entries) for category, entries in rules.by_category.items()}
         self.table = table
         self.matches = 0
         self.errors = 0
@@ -70,13 +101,13 @@ class SigmaDetector:
     def __call__(self, event: Event) -> list[Signal]:
         """The signals of every Sigma rule that matches ``event``."""
         category = category_of(event)
-        entries = self.by_category.get(category) if category else None
-        if not entries:
+        index = self.by_category.get(category) if category else None
+        if index is None:
             return []
         proc = self.table.lookup_event(event)
         fields = EventFields(event, proc, self.table)
         out = []
-        for entry in entries:
+        for entry in index.candidates(fields.lower("process.executable")):
             try:
                 matched = entry.matcher(fields)
             except Exception:  # a bug in one rule's matcher must not hide the other rules' matches

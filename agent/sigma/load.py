@@ -6,7 +6,8 @@ in one of three places:
 * **loaded**: a rule chainwatch evaluates (:class:`SigmaRules.rules`);
 * **unsupported**: a valid rule chainwatch cannot evaluate: another logsource (auditd, builtin
   syslog, Windows...), a field its events do not carry, a modifier it does not implement, a
-  correlation or filter document, or a deprecated rule. Reported with file, line and reason
+  correlation document (and the rules only it uses), or a deprecated rule. Filter documents in a
+  rule's own file are applied by pySigma. Reported with file, line and reason
   (:class:`SigmaRules.unsupported`); the agent still starts;
 * **problems**: a file that is not a valid Sigma rule (YAML or pySigma errors, no id, a duplicate
   id). Like a bad native rule, these stop startup (:class:`RuleErrors`).
@@ -33,7 +34,7 @@ from sigma.rule.attributes import SigmaLevel, SigmaStatus
 
 from agent.detect.catalog import SIGMA_DETECTORS
 from agent.detect.rules import Rule, RuleErrors, RuleProblem
-from agent.sigma.compile import Matcher, Unsupported, compile_rule
+from agent.sigma.compile import Gate, Matcher, Unsupported, compile_rule
 from agent.sigma.fields import CATEGORIES, pipeline
 
 LEVELS: Final = {"informational": "low", "low": "low", "medium": "medium", "high": "high", "critical": "critical"}
@@ -53,6 +54,7 @@ class SigmaRuleEntry:
     rule: Rule
     category: str  # process_creation | network_connection | file_event
     matcher: Matcher
+    gate: Gate | None = None  # a necessary condition on the executable (agent.sigma.compile.Gate)
 
 
 @dataclass(frozen=True)
@@ -152,12 +154,18 @@ class _Loader:
                 self.problems.append(RuleProblem(where, _error_line(error, text), f"invalid Sigma: {error}"))
         if not collection.rules and not collection.errors:
             self.problems.append(RuleProblem(where, 1, "the file holds no Sigma rule"))
+        output = {id(item) for item in collection.get_output_rules()}
         for item in collection.rules:
             if not isinstance(item, SigmaRule):
                 kind = type(item).__name__.removeprefix("Sigma")
-                self.unsupported.append(RuleProblem(where, 1, f"{kind} documents are not evaluated by chainwatch"))
-                continue
-            self.rule(item, where, text)
+                self.unsupported.append(RuleProblem(where, _line(text, "correlation:") if kind == "CorrelationRule"
+                                                    else 1, f"{kind} documents are not evaluated by chainwatch"))
+            elif id(item) not in output:
+                # Alone it would alert on every event the correlation only counts.
+                self.unsupported.append(RuleProblem(where, _line(text, item.title), f"rule {item.title!r} only "
+                                                    "feeds a correlation (generate: false), which is not evaluated"))
+            else:
+                self.rule(item, where, text)
 
     def rule(self, rule: SigmaRule, where: str, text: str) -> None:
         if rule.errors:
@@ -190,14 +198,14 @@ class _Loader:
             return
         try:
             self.pipeline.apply(rule)
-            matcher = compile_rule(rule, category)
+            matcher, gate = compile_rule(rule, category)
         except Unsupported as exc:
             self.unsupported.append(RuleProblem(where, _line(text, exc.needle), exc.reason))
             return
         except SigmaError as exc:
             self.problems.append(RuleProblem(where, _error_line(exc, text), f"invalid Sigma rule: {exc}"))
             return
-        self.entries.append(SigmaRuleEntry(self.convert(rule, category, where, status), category, matcher))
+        self.entries.append(SigmaRuleEntry(self.convert(rule, category, where, status), category, matcher, gate))
 
     def convert(self, rule: SigmaRule, category: str, where: str, status: str) -> Rule:
         tags = [(t.namespace, t.name.lower()) for t in rule.tags]

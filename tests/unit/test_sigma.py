@@ -324,6 +324,11 @@ UNSUPPORTED = {
                    "field 'TargetFilename' is not supported: chainwatch's process_creation events have no such field"),
     "expand.yml": (rule_yaml("sel: {CommandLine|expand: '%admin_tools%'}\ncondition: sel"),
                    "the 'expand' modifier"),
+    "minute.yml": (rule_yaml("sel: {ProcessId|minute: 5}\ncondition: sel"), "the timestamp modifier 'minute'"),
+    "correlation.yml": (rule_yaml("keywords: [x]\ncondition: keywords", extra="name: base_rule\n")
+                        + "---\ntitle: Many\nid: 99999999-0000-4000-8000-000000000000\nstatus: test\ncorrelation:\n"
+                          "    type: event_count\n    rules: [base_rule]\n    group-by: [User]\n    timespan: 5m\n"
+                          "    condition: {gte: 10}\n", "only feeds a correlation (generate: false)"),
     "deprecated.yml": (rule_yaml("keywords: [x]\ncondition: keywords").replace("status: test", "status: deprecated"),
                        "status deprecated: not loaded"),
 }
@@ -338,8 +343,10 @@ def test_unsupported_rules_are_reported_with_file_line_and_reason(tmp_path: Path
     rules, problems = read_sigma([tmp_path])
     assert problems == []
     assert [e.rule.source_file for e in rules.rules] == [str(tmp_path / "ok.yml")]
-    reported = {Path(p.file).name: p for p in rules.unsupported}
+    reported = {Path(p.file).name: p for p in rules.unsupported if "CorrelationRule documents" not in p.reason}
     assert set(reported) == set(UNSUPPORTED)
+    assert [(Path(p.file).name, p.line) for p in rules.unsupported if "CorrelationRule documents" in p.reason] == [
+        ("correlation.yml", 17)]
     for name, (_, reason) in UNSUPPORTED.items():
         assert reason in reported[name].reason, reported[name]
     assert reported["cwd.yml"].line == 10  # the line naming the field
@@ -462,3 +469,47 @@ def test_a_failing_matcher_is_counted_and_does_not_hide_other_rules(tmp_path: Pa
     lab = Lab(SigmaRules((bad, good)))
     assert [s.rule.id for s in lab.spawn(20, None, "/usr/bin/python3", ("python3",))] == [UNIT_ID]
     assert lab.detector.errors == 1
+
+
+@pytest.mark.parametrize(("detection", "gated"), [
+    ("sel: {Image|endswith: [/curl, /wget]}\ncondition: sel", True),
+    ("sel: {Image: /usr/bin/nc, CommandLine|contains: ' -e '}\ncondition: sel", True),
+    ("sel: {Image|endswith: /nc}\nsel2: {CommandLine|contains: x}\ncondition: all of sel*", True),
+    ("sel: {Image|contains: python}\ncondition: sel", False),
+    ("sel: {Image|cased|endswith: /nc}\ncondition: sel", False),
+    ("sel: {Image|endswith: /nc}\nsel2: {CommandLine|contains: x}\ncondition: 1 of sel*", False),
+    ("sel: {Image|endswith: /nc}\ncondition: not sel", False),
+    ("keywords: [nc]\ncondition: keywords", False),
+])
+def test_executable_gate_only_where_it_is_a_necessary_condition(detection: str, gated: bool, tmp_path: Path) -> None:
+    """A rule gets an executable gate only when an Image equals/endswith list is one of its top-level ANDs."""
+    [entry] = load_one(tmp_path, rule_yaml(detection)).rules
+    assert (entry.gate is not None) is gated
+
+
+def test_gated_evaluation_equals_evaluating_every_rule(tmp_path: Path) -> None:
+    """The gate index never changes a result: the same signals as running every rule's matcher."""
+    from agent.sigma.fields import EventFields
+
+    texts = [rule_yaml("sel: {Image|endswith: [/curl, /wget]}\ncondition: sel"),
+             rule_yaml("sel: {Image: /usr/bin/nc, CommandLine|contains: ' -e '}\ncondition: sel"),
+             rule_yaml("sel: {Image|endswith: [/bin/bash, sh]}\nf: {CommandLine|contains: build}\n"
+                       "condition: sel and not f"),
+             rule_yaml("sel: {Image|contains: python}\ncondition: sel"),
+             rule_yaml("keywords: ['-e']\ncondition: keywords")]
+    for i, text in enumerate(texts):
+        (tmp_path / f"r{i}.yml").write_text(text.replace(UNIT_ID, f"{i:08d}-0000-4000-8000-000000000000"))
+    rules = load_sigma([tmp_path])
+    assert sum(1 for e in rules.rules if e.gate) == 3
+    lab = Lab(rules)
+    cases = [("/usr/bin/curl", ("curl", "x")), ("/usr/bin/CURL", ("curl",)), ("/usr/bin/nc", ("nc", "-e", "sh")),
+             ("/bin/nc", ("nc", "-e", "sh")), ("/usr/bin/bash", ("bash", "-c", "x")), ("/usr/bin/dash", ("dash",)),
+             ("/usr/bin/bash", ("bash", "build.sh")), ("/usr/bin/python3", ("python3", "-e")), ("/x", ("x",)),
+             ("", ())]
+    for pid, (exe, args) in enumerate(cases, start=10):
+        got = [s.rule.id for s in lab.spawn(pid, None, exe, args)]
+        proc = lab.table.by_pid(pid)
+        assert proc is not None
+        fields = EventFields(Exec(ktime=0, pid=pid, tid=pid, ppid=1, start_time=lab.start[pid], uid=0, cgroup_id=1,
+                                  comm="x", filename=exe, args=args), proc, lab.table)
+        assert got == [e.rule.id for e in rules.rules if e.matcher(fields)], exe
