@@ -20,6 +20,7 @@ CATEGORIES = {"shell_network_connection": ["process", "network"], "interpreter_r
               "irc_connection": ["network"], "persistence_write": ["file"], "runner_tracking_tamper": ["process"],
               "reverse_shell": ["process", "network"], "bind_shell": ["process", "network"],
               "download_execute": ["process", "network"], "c2_beacon": ["process", "network"],
+              "fileless_exec": ["process"],
               "sigma_process_creation": ["process"], "sigma_network_connection": ["process", "network"],
               "sigma_file_event": ["file"]}
 

@@ -17,6 +17,7 @@ from agent.alerts import Host, boot_to_wall_offset_ns
 from agent.config import Config
 from agent.context import ContextTagger
 from agent.detect.engine import DetectionEngine
+from agent.detect.exeid import for_lists
 from agent.detect.rules import RuleSet, default_rules_dir, load_rules
 from agent.events import Event
 from agent.lineage.seed import seed_events
@@ -139,7 +140,7 @@ class Agent:
         self.responder = open_responder(self.config.response, table)
         emit = self.sink.put if self.responder is None else _respond_then(self.responder, self.sink.put)
         self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), emit,
-                                      boot_offset, sigma=self.sigma)
+                                      boot_offset, sigma=self.sigma, exe_identity=for_lists(self.rules.lists))
         self.sensor.set_context_executables(self.rules.lists.kernel_context_names())
         self.tagger = ContextTagger(self.rules.lists, table, self.sensor.write_context)
         self.pipeline = Pipeline(table, module_loads_from_exec=not features.module_tracepoints, taps=taps,

@@ -124,8 +124,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     e->hdr.size = size;
     if (size > sizeof(*e)) /* never true; tells the verifier the bound */
         size = sizeof(*e);
-    /* A shell started on a socket is itself a reverse shell: that one wakes the agent at once. */
-    u64 wake = e->stdio_sock_fd >= 0 ? BPF_RB_FORCE_WAKEUP : lifecycle_wakeup_flag();
+    /* A shell started on a socket is itself a reverse shell, and a memfd or deleted executable is read by
+     * content from /proc/PID/exe while it still runs: those wake the agent at once. */
+    u64 wake = e->stdio_sock_fd >= 0 || (e->hdr.flags & (EV_EXE_MEMFD | EV_EXE_DELETED)) ? BPF_RB_FORCE_WAKEUP
+                                                                                     : lifecycle_wakeup_flag();
     if (events.ringbuf_output(e, size, wake) != 0)
         count_drop(DROP_RINGBUF);
     return 0;

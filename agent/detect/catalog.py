@@ -16,6 +16,7 @@ DETECTORS: Final = frozenset({
     "bind_shell",                 # an accepted remote connection given to a shell
     "download_execute",           # a shell reads its commands from a network client's download
     "c2_beacon",                  # the same loop runs downloaded commands from one destination again
+    "fileless_exec",              # an exec of a memfd or a deleted file
 })
 
 # What each detector's signal means for correlation (the Datadog seed): a command-and-control channel,
@@ -23,7 +24,8 @@ DETECTORS: Final = frozenset({
 # a shell that connects but reads no commands from the connection is a port probe until proven otherwise).
 FAMILIES: Final = {
     "shell_network_connection": "notice", "reverse_shell": "c2", "bind_shell": "c2", "c2_beacon": "c2",
-    "download_execute": "download", "interpreter_reverse_shell": "c2", "stdio_to_socket": "c2",
+    "download_execute": "download", "fileless_exec": "evasion",
+    "interpreter_reverse_shell": "c2", "stdio_to_socket": "c2",
     "tunnel_tool": "c2", "irc_connection": "c2", "persistence_write": "persistence",
     "runner_tracking_tamper": "evasion",
 }

@@ -14,11 +14,23 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from agent.context import context_of
+from agent.detect.exeid import ExeIdentity
 from agent.detect.lists import Lists
 from agent.detect.rules import Rule, RuleSet
 from agent.detect.signals import Signal
 from agent.detect.stdio import Conn, StdioGraph
-from agent.events import Accept, Connect, Event, Exec, FileWrite, Fork, ModuleLoad, SocketDup
+from agent.events import (
+    FLAG_EXE_DELETED,
+    FLAG_EXE_MEMFD,
+    Accept,
+    Connect,
+    Event,
+    Exec,
+    FileWrite,
+    Fork,
+    ModuleLoad,
+    SocketDup,
+)
 from agent.lineage.identity import ProcessKey, process_key
 from agent.lineage.table import Process, ProcessTable
 
@@ -91,7 +103,7 @@ class _Pending:
 class Detectors:
     """Runs every rule's detector on each event. Keeps only the short windows the sequence rules need."""
 
-    def __init__(self, rules: RuleSet, table: ProcessTable):
+    def __init__(self, rules: RuleSet, table: ProcessTable, exe_identity: ExeIdentity | None = None):
         self.rules = rules
         self.lists: Lists = rules.lists
         self.table = table
@@ -101,6 +113,7 @@ class Detectors:
         self._tracking: dict[ProcessKey, str] = {}
         self.unpacker_writes = 0  # persistence writes by the package manager itself (not signals)
         self.graph = StdioGraph(self.lists, table)
+        self.exe_identity = exe_identity
         # The stdio graph's findings, once each: shells judged relays, loop holders, download runs.
         self._judged: set[tuple[str, ProcessKey]] = set()
         # (creator of the shells, destination) -> ktimes of download-and-execute runs, for beacons
@@ -177,19 +190,31 @@ class Detectors:
 
     # ---------------------------------------------------------------- handlers
 
+    def _identify(self, event: Exec, proc: Process | None) -> str:
+        """The program this exec runs: by the executed file's inode or content when the agent can look
+        (agent.detect.exeid: a renamed bash is bash, a memfd socat is socat), else by name."""
+        if proc is not None:
+            proc.tags.pop("program", None)
+            known = self.exe_identity.identify(event.pid, event.exe_id) if self.exe_identity else None
+            if known is not None and known != self.lists.program(event.filename, event.args):
+                proc.tags["program"] = known
+            return self.graph.name_of(proc)
+        return self.lists.program(event.filename, event.args)
+
     def _on_exec(self, event: Event, proc: Process | None) -> Iterable[Signal]:
         assert isinstance(event, Exec)
-        name = self.lists.program(event.filename, event.args)
+        name = self._identify(event, proc)
         key = process_key(event.pid, event.start_time)
         self._pending.pop(key, None)  # a new program: old windows no longer apply
         out = []
         parent = self._parent(proc)
-        parent_name = self.lists.program(parent.filename, parent.args) if parent else ""
+        parent_name = self.graph.name_of(parent) if parent else ""
         technique = interpreter_one_liner(name, event.args)
         if technique and any(fnmatchcase(parent_name, p) for p in self.lists.reverse_shell_parents):
             for rule in self.rules.by_detector("interpreter_reverse_shell"):
                 self._pending.setdefault(key, []).append(_Pending(rule, event, technique, ELASTIC_WINDOW_NS))
-        tool = self.lists.tunnel_for(event.filename, event.args)
+        tool = self.lists.tunnel_for(name if name != self.lists.program(event.filename, event.args)
+                                     else event.filename, event.args)
         if tool is not None:
             for rule in self.rules.by_detector("tunnel_tool"):
                 # Signalled at once; its first remote connect adds the destination.
@@ -198,8 +223,18 @@ class Detectors:
                     out.append(sig)
                     self._pending.setdefault(key, []).append(_Pending(rule, event, tool.name, TUNNEL_WINDOW_NS))
         out += self._stdio_socket_at_exec(event, proc, name)
+        out += self._fileless(event, proc, name)
         out += self._tracking_tamper(event, proc)
         return out
+
+    def _fileless(self, event: Exec, proc: Process | None, name: str) -> list[Signal]:
+        """An exec of a memfd or of a file deleted before it ran: code that never was a file on disk."""
+        what = ("a memfd" if event.flags & FLAG_EXE_MEMFD else
+                "a deleted file" if event.flags & FLAG_EXE_DELETED else "")
+        if not what:
+            return []
+        known = f" (its content is {name})" if proc is not None and "program" in proc.tags else ""
+        return self._emit_all("fileless_exec", event, proc, f"{event.filename} runs from {what}{known}")
 
     def _stdio_socket_at_exec(self, event: Exec, proc: Process | None, name: str) -> list[Signal]:
         """A remote socket on stdin or stdout of a program that runs commands (a shell or an interpreter),
@@ -280,7 +315,7 @@ class Detectors:
                                "transport": event.transport}
         out = []
         exe = proc.filename if proc else ""
-        if proc is not None and self.lists.program(exe, proc.args) in self.lists.shells:
+        if proc is not None and self.graph.name_of(proc) in self.lists.shells:
             for rule in self.rules.by_detector("shell_network_connection"):
                 sig = self._emit(rule, event, proc, f"shell {exe} connected to {event.daddr}:{event.dport}", **net)
                 if sig:
@@ -311,7 +346,7 @@ class Detectors:
         key = proc.key if proc else process_key(event.pid, event.start_time)
         if proc is None or self.graph.is_legitimate(key):
             return []
-        if self.lists.program(proc.filename, proc.args) in self.lists.shells and any(
+        if self.graph.name_of(proc) in self.lists.shells and any(
                 self.graph.opener(c.sock_id) == key or not c.sock_id for c in self.graph.live_conns(key)):
             # A shell's redirection of the socket it opened itself (/dev/tcp) precedes the exec that the
             # exec probe judges (`bash -i >& /dev/tcp/H/P 0>&1`); on its own it is a probe's redirection.
@@ -374,8 +409,7 @@ class Detectors:
                       f"({via.hops} hop{'s' if via.hops > 1 else ''})")
             return self._emit_conn("bind_shell" if conn.ingress else "reverse_shell", event, proc, reason, conn)
         # Input from a download, output stays local: download-and-execute (and a beacon when it repeats).
-        if ("download", key) in self._judged or not self.lists.is_shell(proc.filename) and \
-                self.lists.program(proc.filename, proc.args) not in self.lists.shells:
+        if ("download", key) in self._judged or name not in self.lists.shells:
             return []
         feeder = next((r for r in verdict.inputs if r.hops == 1 and not r.conn.ingress), None)
         if feeder is None:

