@@ -17,6 +17,7 @@ FLAG_ENV_TRUNCATED = 1 << 2
 FLAG_SEEDED = 1 << 3  # synthesised from /proc at startup, not seen by a probe
 FLAG_EXE_DELETED = 1 << 4  # exec of a file that has no name left
 FLAG_EXE_MEMFD = 1 << 5  # exec of a memfd: fileless
+FLAG_SENDTO = 1 << 6  # a connect record that is an unconnected UDP socket's first sendto to a destination
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,8 @@ FLAGS: Final[dict[str, int]] = {
     # exec: the file executed has no name left (unlinked), or is a memfd (fileless execution).
     "EV_EXE_DELETED": 1 << 4,
     "EV_EXE_MEMFD": 1 << 5,
+    # connect record: a sendto's destination on an unconnected UDP socket, not a connect(2).
+    "EV_SENDTO": 1 << 6,
 }
 
 # fd_open_event.kind: the opens the stdio graph needs (a FIFO end, a pty master).

