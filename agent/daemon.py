@@ -73,11 +73,14 @@ def trim_heap() -> None:
         pass  # not glibc: nothing to trim
 
 
-def probe_options(config: Config) -> ProbeOptions:
-    """The kernel-side options from the config."""
+def probe_options(config: Config, rules: RuleSet | None = None) -> ProbeOptions:
+    """The kernel-side options from the config; the persistence filter from the rules in use (loaded from the
+    config's rules directory when not given)."""
+    rules = rules or load_rules(config.detection.rules_dir or default_rules_dir())
     return ProbeOptions(capture_env=config.sensor.capture_env, skip_loopback=config.sensor.skip_loopback,
                         ringbuf_pages=config.sensor.ringbuf_pages,
-                        net_ringbuf_pages=config.sensor.net_ringbuf_pages)
+                        net_ringbuf_pages=config.sensor.net_ringbuf_pages,
+                        persistence=rules.lists.persistence)
 
 
 class Agent:
@@ -105,7 +108,7 @@ class Agent:
     def start(self) -> Pipeline:
         """Load the probes, seed the process table and log sensor_ready."""
         started = time.monotonic()
-        self.sensor = open_sensor(probe_options(self.config))
+        self.sensor = open_sensor(probe_options(self.config, self.rules))
         features = self.sensor.program.features
         table = ProcessTable(grace_ns=int(self.config.lineage.grace_s * 1e9),
                              max_entries=self.config.lineage.max_entries)

@@ -139,10 +139,10 @@ class FileWrite(Event):
     """An open for write/create/truncate/append, or a rename/link, whose target is a persistence path."""
 
     type: ClassVar[str] = "file_write"
-    path: str = ""
-    source_path: str = ""  # rename/link: where it came from
+    path: str = ""  # resolved and normalised: the file written, within the process's root
+    source_path: str = ""  # rename/link: where it came from, as typed
     operation: str = ""  # "open" | "rename" | "link"
-    flags_open: int = 0  # open(2) flags
+    flags_open: int = 0  # the opened file's f_flags: access mode, O_APPEND... (the kernel drops O_CREAT/O_TRUNC)
     result: int = 0
 
 

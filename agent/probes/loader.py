@@ -21,7 +21,8 @@ class ProbeError(RuntimeError):
 
 COMPILER_LIBS = ("libLLVM", "libclang")  # what bcc compiles with
 MADV_PAGEOUT = 21
-DROP_REASONS = ("ringbuf_full", "stash_full", "net_ringbuf_full")  # bpf/include/common.h DROP_*
+DROP_REASONS = ("ringbuf_full", "stash_full", "net_ringbuf_full", "file_ringbuf_full",
+                "file_unresolved")  # bpf/include/common.h DROP_*
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def build_program(options: ProbeOptions) -> BuiltProgram:
     """Gather offsets and features and render the program. No bcc needed."""
     features = detect_features()
     offsets = kernel_offsets()
-    text = render_source(headers_for_offsets=offsets.source == "headers")
+    text = render_source(headers_for_offsets=offsets.source == "headers", persistence=options.persistence)
     return BuiltProgram(text, render_cflags(offsets, features, options), offsets, features)
 
 
@@ -77,7 +78,15 @@ class Sensor:
         except Exception as exc:  # bcc raises bare Exception on compile and attach errors
             raise ProbeError(f"the BPF program failed to build or attach ({exc}); "
                              "`chainwatch doctor` checks the kernel and headers") from exc
-        for ring in (b"events", b"net_events"):
+        try:
+            # Reached by tail call from the file probes (bpf/persistence.bpf.c TAIL_*), in this order.
+            for index, name in enumerate((b"persist_finish", b"persist_emit")):
+                func = self._bpf.load_func(name, bcc.BPF.TRACEPOINT)
+                self._bpf[b"file_tail"][ctypes.c_int(index)] = ctypes.c_int(func.fd)
+        except Exception as exc:
+            self._bpf.cleanup()
+            raise ProbeError(f"the file probes' resolver failed to load ({exc})") from exc
+        for ring in (b"events", b"net_events", b"file_events"):
             self._bpf[ring].open_ring_buffer(self._on_record)
         self._drops = self._bpf[b"drops"]
 

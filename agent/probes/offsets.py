@@ -38,6 +38,23 @@ WANTED: Final[dict[str, tuple[str, str]]] = {
     "SKC_DPORT": ("sock_common", "skc_dport"),
     "SKC_DADDR": ("sock_common", "skc_daddr"),
     "SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    # Resolving the path of an opened file, or of the directory a new name is relative to (persistence.bpf.c).
+    "FILE_F_PATH_MNT": ("file", "f_path.mnt"),
+    "FILE_F_PATH_DENTRY": ("file", "f_path.dentry"),
+    "FILE_F_MODE": ("file", "f_mode"),
+    "FILE_F_FLAGS": ("file", "f_flags"),
+    "DENTRY_D_PARENT": ("dentry", "d_parent"),
+    "DENTRY_D_NAME_LEN": ("dentry", "d_name.len"),
+    "DENTRY_D_NAME_NAME": ("dentry", "d_name.name"),
+    "VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
+    "MOUNT_MNT": ("mount", "mnt"),  # struct mount embeds the vfsmount a path points to
+    "MOUNT_MNT_PARENT": ("mount", "mnt_parent"),
+    "MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
+    "TASK_FS": ("task_struct", "fs"),
+    "FS_ROOT_MNT": ("fs_struct", "root.mnt"),
+    "FS_ROOT_DENTRY": ("fs_struct", "root.dentry"),
+    "FS_PWD_MNT": ("fs_struct", "pwd.mnt"),
+    "FS_PWD_DENTRY": ("fs_struct", "pwd.dentry"),
 }
 
 

@@ -40,7 +40,9 @@ BPF_RINGBUF_OUTPUT(net_events, NET_RINGBUF_PAGES);
 #define DROP_RINGBUF 0      /* events ring full: reserve/output failed */
 #define DROP_STASH 1        /* syscall enter/exit stash full */
 #define DROP_NET_RINGBUF 2  /* net_events ring full */
-#define DROP_REASONS 3
+#define DROP_FILE_RINGBUF 3 /* file_events ring full */
+#define DROP_UNRESOLVED 4   /* a file event could not be resolved: a kernel read or the tail call failed */
+#define DROP_REASONS 5
 BPF_PERCPU_ARRAY(drops, u64, DROP_REASONS);
 
 /* Process lifecycle records (fork, exec, exit) are the bulk of a build's events and no detection waits on
