@@ -68,3 +68,96 @@ def test_a_write_to_each_kind_of_place_gives_one_event(sensorlab, tmp_path) -> N
     got = sorted(e.path for e in events)
     assert got == sorted(EACH_KIND), (set(EACH_KIND) - set(got), [p for p in got if got.count(p) > 1])
     assert all(e.operation == "open" for e in events)
+
+
+CRONTAB = Path(__file__).resolve().parents[2] / ".cache" / "cron" / "usr" / "bin" / "crontab"
+
+DIRFD = textwrap.dedent("""
+    import os
+    d = os.open("/etc/cron.d", os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open("cw-dirfd", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=d)
+    os.write(fd, b"* * * * * root /bin/true\\n"); os.close(fd)
+    t = os.open("/etc", os.O_RDONLY | os.O_DIRECTORY)  # same filesystem: a rename, not a copy
+    fd = os.open("cw-staged", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=t)
+    os.close(fd)
+    os.rename("cw-staged", "cw-dirfd-renamed", src_dir_fd=t, dst_dir_fd=d)
+""")
+
+
+def test_every_way_of_naming_the_file_gives_its_resolved_path(sensorlab, tmp_path) -> None:
+    """Relative paths, a dirfd, cp, install, mv, crontab -, sed -i, "/./", "//", ".." and a symlinked
+    directory: each write gives exactly one event, with the resolved, normalised path of the file written."""
+    if not CRONTAB.is_file():
+        from conftest import skip_or_fail
+        skip_or_fail(f"{CRONTAB} is missing: `make setup` unpacks crontab from Debian's cron package")
+    link = tmp_path / "cwlink"
+    src = tmp_path / "job"
+    src.write_text("* * * * * root /bin/true\n")
+    script = f"""
+        set -e
+        mkdir -p /etc/cron.d /var/spool/cron/crontabs
+        printf 'export A=1\\n' > /root/.bashrc
+        echo SETUP-DONE
+        cd /etc/cron.d && echo '* * * * * root /bin/true' > cw-relative && cd /
+        {shlex.quote(str(Path('/usr/bin/python3')))} -c {shlex.quote(DIRFD)}
+        cp {src} /etc/cron.d/
+        install -m644 {src} /etc/cron.d/cw-installed
+        cp {src} /etc/cw-mv-staged && mv /etc/cw-mv-staged /etc/cron.d/cw-moved
+        echo '* * * * * /bin/true' | {CRONTAB} -
+        sed -i 's/A=1/A=2/' /root/.bashrc
+        echo x > /etc/./cron.d/cw-dot
+        echo x > /etc//cron.d/cw-slashes
+        echo x > /etc/cron.d/../cron.d/cw-dotdot
+        ln -s /etc/cron.d {link}
+        echo x > {link}/cw-symlinked
+    """
+    mark = sensorlab.mark()
+    pid, done = run_in_overlays(tmp_path, script, ["/etc", "/root", "/var"])
+    assert "SETUP-DONE" in done.stdout
+    # (resolved path, comm of the writer, operation)
+    want = [
+        ("/etc/cron.d/cw-relative", "sh", "open"),
+        ("/etc/cron.d/cw-dirfd", "python3", "open"),
+        ("/etc/cron.d/cw-dirfd-renamed", "python3", "rename"),
+        (f"/etc/cron.d/{src.name}", "cp", "open"),
+        ("/etc/cron.d/cw-installed", "install", "open"),
+        ("/etc/cron.d/cw-moved", "mv", "rename"),
+        ("/var/spool/cron/crontabs/root", "crontab", "rename"),
+        ("/root/.bashrc", "sed", "rename"),
+        ("/etc/cron.d/cw-dot", "sh", "open"),
+        ("/etc/cron.d/cw-slashes", "sh", "open"),
+        ("/etc/cron.d/cw-dotdot", "sh", "open"),
+        ("/etc/cron.d/cw-symlinked", "sh", "open"),
+    ]
+
+    def in_run(e) -> bool:
+        return isinstance(e, FileWrite) and (e.pid == pid or e.ppid == pid)
+    events = sensorlab.wait_for(lambda e: in_run(e) and e.path == "/etc/cron.d/cw-symlinked", since=mark)
+    events = sensorlab.select(in_run, since=mark)
+    for path, comm, operation in want:
+        hits = [e for e in events if e.path == path and e.comm == comm]
+        assert [(e.path, e.operation) for e in hits] == [(path, operation)], (path, comm, [
+            (e.path, e.comm, e.operation) for e in events])
+    # crontab writes a temp file in the spool first (relative to its cwd): resolved too, and in the spool.
+    temps = [e.path for e in events if e.comm == "crontab" and e.operation == "open"]
+    assert all(p.startswith("/var/spool/cron/crontabs/tmp.") for p in temps), temps
+    # No event carries an unresolved or unnormalised name.
+    assert all(e.path.startswith("/") and "/./" not in e.path and "//" not in e.path and "/../" not in e.path
+               and not e.path.startswith(str(tmp_path)) for e in events), [e.path for e in events]
+
+
+def test_a_failed_open_for_write_gives_no_event(sensorlab, tmp_path) -> None:
+    """An unprivileged user's denied open of /etc/cron.d/x for writing gives no event; the same write by root
+    right after it gives one (so the workload reached the sensor)."""
+    script = """
+        mkdir -p /etc/cron.d && chmod 755 /etc/cron.d
+        setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'echo x > /etc/cron.d/cw-denied' && exit 3
+        echo x > /etc/cron.d/cw-allowed
+    """
+    mark = sensorlab.mark()
+    pid, _ = run_in_overlays(tmp_path, script, ["/etc"])
+    allowed = sensorlab.wait_for(lambda e: isinstance(e, FileWrite) and e.path == "/etc/cron.d/cw-allowed"
+                                 and e.pid == pid, since=mark)
+    assert len(allowed) == 1
+    denied = sensorlab.select(lambda e: isinstance(e, FileWrite) and "cw-denied" in e.path, since=mark)
+    assert denied == []
