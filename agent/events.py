@@ -15,6 +15,8 @@ FLAG_FILENAME_TRUNCATED = 1 << 0
 FLAG_ARGS_TRUNCATED = 1 << 1
 FLAG_ENV_TRUNCATED = 1 << 2
 FLAG_SEEDED = 1 << 3  # synthesised from /proc at startup, not seen by a probe
+FLAG_IO_URING = 1 << 4  # submitted through io_uring, not a syscall
+FLAG_SOCK_STATE = 1 << 5  # a TCP connect seen only as its socket entering SYN_SENT
 
 
 @dataclass(frozen=True, slots=True)

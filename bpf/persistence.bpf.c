@@ -39,7 +39,8 @@ struct file_job {
     s32 dfd;
     u32 syscall;
     u32 open_flags;
-    u32 _pad;
+    u16 hdr_flags;   /* header flags to add (EV_IO_URING) */
+    u16 kernel_name; /* uname is a kernel string (io_uring's struct filename), not a user pointer */
 };
 BPF_PERCPU_ARRAY(file_jobs, struct file_job, 1);
 
@@ -59,6 +60,8 @@ BPF_PERCPU_ARRAY(file_scratch, struct file_scratch, 1);
 #define TAIL_FINISH 0
 #define TAIL_EMIT 1
 BPF_PROG_ARRAY(file_tail, 2);
+/* The same two programs for raw tracepoint callers (io_uring.bpf.c): a tail call stays in one program type. */
+BPF_PROG_ARRAY(file_tail_raw, 2);
 
 /* The path of (dentry, vfsmount) within the current task's root, into sc->ev.path (NUL-terminated); returns
  * its length. Built backwards in sc->walk, one component per step; a mount's root steps to its mountpoint.
@@ -147,7 +150,7 @@ static __always_inline int needs_folding(const char *p) {
     return 0;
 }
 
-int persist_finish(void *ctx) {
+static __always_inline int persist_finish_body(void *ctx, int raw) {
     int zero = 0;
     struct file_job *job = file_jobs.lookup(&zero);
     struct file_scratch *sc = file_scratch.lookup(&zero);
@@ -158,7 +161,10 @@ int persist_finish(void *ctx) {
     int n = 0;
     sc->flags = 0;
     if (job->uname) {
-        n = bpf_probe_read_user_str(sc->name, sizeof(sc->name), (const void *)job->uname);
+        if (job->kernel_name)
+            n = bpf_probe_read_kernel_str(sc->name, sizeof(sc->name), (const void *)job->uname);
+        else
+            n = bpf_probe_read_user_str(sc->name, sizeof(sc->name), (const void *)job->uname);
         if (n <= 1)
             return 0;
         if (n == sizeof(sc->name))
@@ -191,16 +197,20 @@ int persist_finish(void *ctx) {
             len = PATH_MAX_LEN - 1;
             sc->flags |= EV_FILENAME_TRUNCATED;
         }
+        cw_opaque(len);
         e->path[len & (PATH_MAX_LEN - 1)] = 0;
     }
     sc->len = len;
 emit:
-    file_tail.call(ctx, TAIL_EMIT);
+    if (raw)
+        file_tail_raw.call(ctx, TAIL_EMIT);
+    else
+        file_tail.call(ctx, TAIL_EMIT);
     count_drop(DROP_UNRESOLVED); /* only reached when the tail call failed */
     return 0;
 }
 
-int persist_emit(void *ctx) {
+static __always_inline int persist_emit_body(void *ctx) {
     int zero = 0;
     struct file_job *job = file_jobs.lookup(&zero);
     struct file_scratch *sc = file_scratch.lookup(&zero);
@@ -217,7 +227,7 @@ int persist_emit(void *ctx) {
     if (!*(volatile u16 *)&sc->fold && !persist_path_match(e->path, len, *(volatile u32 *)&sc->home))
         return 0;
     fill_header(&e->hdr, OP_FILE_WRITE, sizeof(*e));
-    e->hdr.flags |= sc->flags;
+    e->hdr.flags |= sc->flags | job->hdr_flags;
     e->syscall = job->syscall;
     e->open_flags = job->open_flags;
     e->result = 0;
@@ -226,7 +236,9 @@ int persist_emit(void *ctx) {
     e->_pad = 0;
     e->source[0] = 0;
     if (job->usource) {
-        int n = bpf_probe_read_user_str(e->source, sizeof(e->source), (const void *)job->usource);
+        int n = job->kernel_name
+                    ? bpf_probe_read_kernel_str(e->source, sizeof(e->source), (const void *)job->usource)
+                    : bpf_probe_read_user_str(e->source, sizeof(e->source), (const void *)job->usource);
         e->source_len = n > 0 ? n - 1 : 0;
     }
     if (file_events.ringbuf_output(e, sizeof(*e), 0) != 0)
@@ -234,12 +246,22 @@ int persist_emit(void *ctx) {
     return 0;
 }
 
-static __always_inline void finish(void *ctx) {
-    file_tail.call(ctx, TAIL_FINISH);
+int persist_finish(void *ctx) { return persist_finish_body(ctx, 0); }
+int persist_emit(void *ctx) { return persist_emit_body(ctx); }
+int persist_finish_raw(void *ctx) { return persist_finish_body(ctx, 1); }
+int persist_emit_raw(void *ctx) { return persist_emit_body(ctx); }
+
+static __always_inline void finish(void *ctx, int raw) {
+    if (raw)
+        file_tail_raw.call(ctx, TAIL_FINISH);
+    else
+        file_tail.call(ctx, TAIL_FINISH);
     count_drop(DROP_UNRESOLVED); /* only reached when the tail call failed */
 }
 
-static __always_inline int on_open_exit(void *ctx, long ret, u32 syscall) {
+/* After a successful open (ret: the new fd) in the current task: resolve and match its file if it is a
+ * regular file open for writing. raw: called from a raw tracepoint (io_uring completions). */
+static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, int raw, u16 hdr_flags) {
     if (ret < 0)
         return 0;
     void *file = current_fd_file((int)ret);
@@ -258,10 +280,16 @@ static __always_inline int on_open_exit(void *ctx, long ret, u32 syscall) {
     job->usource = 0;
     job->dfd = 0;
     job->syscall = syscall;
+    job->hdr_flags = hdr_flags;
+    job->kernel_name = 0;
     /* The kernel keeps the access mode and O_APPEND in f_flags; O_CREAT and O_TRUNC are gone by now. */
     job->open_flags = read_u32(file, FILE_F_FLAGS);
-    finish(ctx);
+    finish(ctx, raw);
     return 0;
+}
+
+static __always_inline int on_open_exit(void *ctx, long ret, u32 syscall) {
+    return on_open_exit_from(ctx, ret, syscall, 0, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return on_open_exit(args, args->ret, SC_OPENAT); }
@@ -294,7 +322,9 @@ static __always_inline int name_exit(void *ctx, long ret) {
     job->dfd = (s32)s.a;
     job->syscall = (u32)s.b;
     job->open_flags = 0;
-    finish(ctx);
+    job->hdr_flags = 0;
+    job->kernel_name = 0;
+    finish(ctx, 0);
     return 0;
 }
 

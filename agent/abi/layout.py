@@ -37,6 +37,9 @@ FLAGS: Final[dict[str, int]] = {
     "EV_FILENAME_TRUNCATED": 1 << 0,
     "EV_ARGS_TRUNCATED": 1 << 1,
     "EV_ENV_TRUNCATED": 1 << 2,
+    # 1 << 3 is userspace's FLAG_SEEDED (agent.events).
+    "EV_IO_URING": 1 << 4,  # submitted through io_uring, not a syscall
+    "EV_SOCK_STATE": 1 << 5,  # a TCP connect seen only as a socket entering SYN_SENT (no connect call explains it)
 }
 
 # Install and CI contexts (header.context). Package installs are below CONTEXT_CI_BASE, CI runners from

@@ -58,6 +58,45 @@ WANTED: Final[dict[str, tuple[str, str]]] = {
 }
 
 
+# Offsets a feature needs, each the sum of (struct, member) offsets; the feature is off when any is missing
+# (a kernel without io_uring has none of its structs). io_connect, io_open, io_rename and io_link sit in
+# io_kiocb's cmd area.
+OPTIONAL: Final[dict[str, dict[str, tuple[tuple[str, str], ...]]]] = {
+    "io_uring": {
+        "IO_KIOCB_OPCODE": (("io_kiocb", "opcode"),),
+        "IO_KIOCB_CQE_FD": (("io_kiocb", "cqe.fd"),),
+        "IO_CONNECT_ADDR": (("io_kiocb", "cmd"), ("io_connect", "addr")),
+        "IO_OPEN_FILE_SLOT": (("io_kiocb", "cmd"), ("io_open", "file_slot")),
+        "IO_RENAME_NEW_DFD": (("io_kiocb", "cmd"), ("io_rename", "new_dfd")),
+        "IO_RENAME_NEWPATH": (("io_kiocb", "cmd"), ("io_rename", "newpath")),
+        "IO_RENAME_OLDPATH": (("io_kiocb", "cmd"), ("io_rename", "oldpath")),
+        "IO_LINK_NEW_DFD": (("io_kiocb", "cmd"), ("io_link", "new_dfd")),
+        "IO_LINK_NEWPATH": (("io_kiocb", "cmd"), ("io_link", "newpath")),
+        "IO_LINK_OLDPATH": (("io_kiocb", "cmd"), ("io_link", "oldpath")),
+        "FILENAME_NAME": (("filename", "name"),),
+        "IO_URING_CQE_RES": (("io_uring_cqe", "res"),),
+    },
+}
+
+
+def resolve_optional(btf: Btf) -> dict[str, int]:
+    """The OPTIONAL offsets of every feature whose structs this kernel has."""
+    out: dict[str, int] = {}
+    for group in OPTIONAL.values():
+        try:
+            values = {name: sum(btf.offsetof(struct, member) for struct, member in parts)
+                      for name, parts in group.items()}
+        except BtfError:
+            continue
+        out.update(values)
+    # The io_uring probe reads linkat and symlinkat requests with io_rename's offsets.
+    if "IO_RENAME_NEWPATH" in out and any(
+            out[f"IO_LINK_{f}"] != out[f"IO_RENAME_{f}"] for f in ("NEW_DFD", "NEWPATH", "OLDPATH")):
+        for name in OPTIONAL["io_uring"]:
+            out.pop(name, None)
+    return out
+
+
 class OffsetsUnavailable(RuntimeError):
     """Neither BTF nor kernel headers can give the struct layout."""
 
@@ -68,6 +107,10 @@ class KernelOffsets:
 
     source: str
     values: dict[str, str]
+
+    def has(self, feature: str) -> bool:
+        """Whether the offsets of an OPTIONAL feature ("io_uring") were found."""
+        return all(name in self.values for name in OPTIONAL[feature])
 
     def cflags(self) -> list[str]:
         """Compiler flags defining every offset macro."""
@@ -83,7 +126,8 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF) -> KernelOffsets:
     """Offsets from BTF when the kernel has it; else offsetof() against the installed headers."""
     if os.path.exists(btf_path):
         btf = Btf.from_file(btf_path)
-        return KernelOffsets("btf", {k: str(v) for k, v in resolve_offsets(btf, WANTED).items()})
+        found = {**resolve_offsets(btf, WANTED), **resolve_optional(btf)}
+        return KernelOffsets("btf", {k: str(v) for k, v in found.items()})
     if os.path.isdir(headers_dir()):
         # The headers match the kernel only if they are its own; we cannot check that without BTF.
         return KernelOffsets("headers", {
@@ -94,4 +138,4 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF) -> KernelOffsets:
         "or use a kernel built with CONFIG_DEBUG_INFO_BTF")
 
 
-__all__ = ["WANTED", "KernelOffsets", "OffsetsUnavailable", "kernel_offsets", "BtfError"]
+__all__ = ["WANTED", "OPTIONAL", "KernelOffsets", "OffsetsUnavailable", "kernel_offsets", "BtfError"]

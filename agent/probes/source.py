@@ -17,7 +17,9 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 BPF_DIR: Final = ROOT / "bpf"
 # Order matters: the generated layout, then shared helpers, then one file per concern.
 SOURCE_FILES: Final = ("include/events.gen.h", "include/common.h", "process.bpf.c", "net.bpf.c", "fd.bpf.c",
-                       "persistence.bpf.c")
+                       "persistence.bpf.c", "io_uring.bpf.c")
+# The io_uring submission tracepoint, newest name first (io_uring_submit_sqe until 6.3).
+IO_URING_SUBMIT_TRACEPOINTS: Final = ("io_uring_submit_req", "io_uring_submit_sqe")
 TRACEFS_CANDIDATES: Final = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
@@ -29,6 +31,8 @@ class Features:
     exit_group_dead: bool  # sched_process_exit has group_dead (6.16+)
     legacy_syscalls: bool  # open, creat, rename, link, symlink exist (x86_64, not arm64)
     module_tracepoints: bool  # init_module / finit_module (absent when modules are compiled out)
+    io_uring_submit: str | None = None  # IO_URING_SUBMIT_TRACEPOINTS entry this kernel has (with io_uring_complete)
+    sock_state: bool = False  # sock:inet_sock_set_state
 
     def describe(self) -> dict[str, object]:
         """For the startup log and doctor."""
@@ -37,6 +41,8 @@ class Features:
             "exit_filter": "group_dead" if self.exit_group_dead else "leader_exit",
             "legacy_syscalls": self.legacy_syscalls,
             "module_load_source": "tracepoint" if self.module_tracepoints else "exec",
+            "io_uring": self.io_uring_submit or "unwatched (no io_uring tracepoints)",
+            "tcp_connect_backstop": "inet_sock_set_state" if self.sock_state else None,
         }
 
 
@@ -61,7 +67,11 @@ def detect_features(tracefs: str | None = None) -> Features:
     legacy = all((events / "syscalls" / f"sys_enter_{name}").is_dir()
                  for name in ("open", "creat", "rename", "link", "symlink"))
     modules = all((events / "syscalls" / f"sys_enter_{name}").is_dir() for name in ("init_module", "finit_module"))
-    return Features(tracefs, "group_dead" in exit_format, legacy, modules)
+    uring = None
+    if (events / "io_uring" / "io_uring_complete").is_dir():
+        uring = next((name for name in IO_URING_SUBMIT_TRACEPOINTS if (events / "io_uring" / name).is_dir()), None)
+    sock_state = (events / "sock" / "inet_sock_set_state").is_dir()
+    return Features(tracefs, "group_dead" in exit_format, legacy, modules, uring, sock_state)
 
 
 @dataclass(frozen=True)
@@ -190,11 +200,15 @@ def render_source(headers_for_offsets: bool = False, persistence: PersistencePla
 
 def render_cflags(offsets: KernelOffsets, features: Features, options: ProbeOptions) -> list[str]:
     """Every -D the program is built with."""
+    uring = features.io_uring_submit if offsets.has("io_uring") else None
     flags = offsets.cflags()
     flags += [
         f"-DHAVE_EXIT_GROUP_DEAD={int(features.exit_group_dead)}",
         f"-DHAVE_SYS_OPEN={int(features.legacy_syscalls)}",
         f"-DHAVE_MODULE_TRACEPOINTS={int(features.module_tracepoints)}",
+        f"-DHAVE_IO_URING_SUBMIT_REQ={int(uring == 'io_uring_submit_req')}",
+        f"-DHAVE_IO_URING_SUBMIT_SQE={int(uring == 'io_uring_submit_sqe')}",
+        f"-DHAVE_SOCK_STATE={int(features.sock_state)}",
         f"-DCAPTURE_ENV={int(options.capture_env)}",
         f"-DSKIP_LOOPBACK={int(options.skip_loopback)}",
         f"-DRINGBUF_PAGES={options.ringbuf_pages}",

@@ -21,6 +21,8 @@
 #define EV_FILENAME_TRUNCATED 1
 #define EV_ARGS_TRUNCATED 2
 #define EV_ENV_TRUNCATED 4
+#define EV_IO_URING 16
+#define EV_SOCK_STATE 32
 
 #define SC_DUP 1
 #define SC_DUP2 2

@@ -319,3 +319,27 @@ def test_render_source_includes_matcher() -> None:
     text = source.render_source()
     assert "#define OP_EXEC 1" in text
     assert render_path_matcher(bundled_persistence()) in text
+
+
+@pytest.mark.parametrize("names,want", [
+    (["io_uring_submit_req", "io_uring_complete"], "io_uring_submit_req"),
+    (["io_uring_submit_sqe", "io_uring_complete"], "io_uring_submit_sqe"),  # 5.x-6.3
+    (["io_uring_submit_req"], None),  # completions are needed for opens
+    ([], None),
+])
+def test_detect_io_uring_tracepoint(tmp_path: Path, names: list[str], want: str | None) -> None:
+    """The io_uring submission tracepoint is found by name (doctor and the startup log say which); the
+    probe's cflags follow it, and only when the kernel's BTF has io_uring's structs."""
+    root = _tracefs(tmp_path, group_dead=True, modules=False, legacy=False)
+    for name in names:
+        (root / "events" / "io_uring" / name).mkdir(parents=True)
+    features = detect_features(str(root))
+    assert features.io_uring_submit == want
+    assert (want or "unwatched") in str(features.describe()["io_uring"])
+    from agent.probes.offsets import OPTIONAL
+    values = {name: "8" for name in WANTED}
+    with_uring = KernelOffsets("btf", {**values, **{name: "8" for name in OPTIONAL["io_uring"]}})
+    flags = render_cflags(with_uring, features, ProbeOptions())
+    assert f"-DHAVE_IO_URING_SUBMIT_REQ={int(want == 'io_uring_submit_req')}" in flags
+    assert f"-DHAVE_IO_URING_SUBMIT_SQE={int(want == 'io_uring_submit_sqe')}" in flags
+    assert "-DHAVE_IO_URING_SUBMIT_REQ=0" in render_cflags(KernelOffsets("btf", values), features, ProbeOptions())
