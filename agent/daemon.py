@@ -19,30 +19,19 @@ from agent.context import ContextTagger
 from agent.detect.engine import DetectionEngine
 from agent.detect.rules import RuleSet, default_rules_dir, load_rules
 from agent.events import Event
+from agent.health import SensorHealth
 from agent.lineage.seed import seed_events
 from agent.lineage.table import ProcessTable
 from agent.pipeline import Consumer, Pipeline
 from agent.probes.loader import Sensor, open_sensor
 from agent.probes.source import ProbeOptions
 from agent.recording import RecordingWriter
+from agent.sdnotify import Watchdog, sd_notify
 from agent.sinks import AlertSink
 
 log = structlog.get_logger()
 
 DROP_CHECK_INTERVAL_S = 1.0
-
-
-def sd_notify(message: str) -> bool:
-    """Tell systemd (Type=notify) something, when running under it. Returns whether it was sent."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
-    return True
 
 
 def host_meta() -> dict[str, Any]:
@@ -100,6 +89,8 @@ class Agent:
         self.pipeline: Pipeline | None = None
         self.writer: RecordingWriter | None = None
         self._last_drops: dict[str, int] = {}
+        self.health: SensorHealth | None = None
+        self.watchdog = Watchdog()
 
     def stop(self, *_: object) -> None:
         """Ask the loop to finish (signal-safe)."""
@@ -124,6 +115,7 @@ class Agent:
                               spool_max_bytes=detection.spool_max_mb << 20)
         self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), self.sink.put,
                                       boot_offset)
+        self.health = SensorHealth(Host(meta["hostname"], meta["host_id"]), self.sink.put, boot_offset)
         self.sensor.set_context_executables(self.rules.lists.kernel_context_names())
         self.tagger = ContextTagger(self.rules.lists, table, self.sensor.write_context)
         self.pipeline = Pipeline(table, module_loads_from_exec=not features.module_tracepoints, taps=taps,
@@ -154,6 +146,7 @@ class Agent:
             next_drop_check = time.monotonic() + DROP_CHECK_INTERVAL_S
             while not self._stopping:
                 pipeline.feed_records(self.sensor.poll(self.config.sensor.poll_timeout_ms))
+                self.watchdog.ping()
                 now = time.monotonic()
                 if now >= next_drop_check:
                     self._check_drops()
@@ -184,8 +177,13 @@ class Agent:
         return 0
 
     def _check_drops(self) -> None:
-        assert self.sensor is not None
+        assert self.sensor is not None and self.pipeline is not None
         drops = self.sensor.kernel_drops()
+        if self.health is not None:
+            # Every loss, eviction and read failure is an alert too (agent.health), not only a log line.
+            self.health.observe({**drops, "decode_errors": self.pipeline.decode_errors,
+                                 "evicted_live": self.pipeline.table.evicted_live},
+                                time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         if any(v > self._last_drops.get(k, 0) for k, v in drops.items()):
             new = {k: v - self._last_drops.get(k, 0) for k, v in drops.items() if v != self._last_drops.get(k, 0)}
             log.warning("events_lost", where="kernel", new=new, total=drops,

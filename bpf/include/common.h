@@ -188,13 +188,14 @@ static __always_inline int addr_is_loopback(u16 family, const u8 addr[16]) {
 }
 
 /* Arguments of a syscall, kept from its enter to its exit tracepoint. A thread is in one syscall
- * at a time, so the thread id is the key. */
+ * at a time, so the thread id is the key. LRU: calls that never return (a flood of blocked connects)
+ * are the least recently used and make room themselves; a fresh call always gets its slot. */
 struct stash {
     s64 a;
     s64 b;
     u8 addr[28]; /* a sockaddr_in / sockaddr_in6 */
 };
-BPF_HASH(stash_map, u64, struct stash, 16384);
+BPF_TABLE("lru_hash", u64, struct stash, stash_map, 65536);
 
 static __always_inline void stash_put(struct stash *s) {
     u64 id = bpf_get_current_pid_tgid();
