@@ -93,6 +93,10 @@ class Sensor:
         for ring in (b"events", b"net_events", b"file_events"):
             self._bpf[ring].open_ring_buffer(self._on_record)
         self._drops = self._bpf[b"drops"]
+        # bcc attached the file probes before their tail-called programs were in place: the write-opens of
+        # those few milliseconds counted as file_unresolved. Nothing is watched before this point (the /proc
+        # seed covers processes), so the loss counters start here.
+        self._drops.clear()
 
     def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
         # Copy only: the buffer is the kernel's and is reused once we return.
