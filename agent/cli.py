@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     bpf_sub = bpf.add_subparsers(dest="bpf_command", required=True)
     dump = bpf_sub.add_parser("dump", help="print the exact BPF source and compiler flags")
     dump.add_argument("--config")
+    dump.add_argument("--rules", metavar="DIR", help="rules directory whose persistence list the kernel filters on")
+    dump.set_defaults(alerts=None)
 
     rules = sub.add_parser("rules", help="detection rule tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
@@ -173,7 +175,7 @@ def _bpf_dump(args: argparse.Namespace) -> int:
     from agent.daemon import probe_options
     from agent.probes.loader import build_program
 
-    program = build_program(probe_options(load_config(args.config)))
+    program = build_program(probe_options(with_detection_args(load_config(args.config), args)))
     print(f"// offsets from: {program.offsets.source}")
     print(f"// features: {program.features.describe()}")
     print("// cflags: " + " ".join(program.cflags))

@@ -125,6 +125,7 @@ class ContextTagger:
             current = Context(rule.context, proc.key, event.start_time, rule, tuple(rule.operands(call.args)),
                               outer=current if current is not None and current.is_ci else None)
             self.roots += 1
+            proc.keep = True  # the table evicts a live context root last
         proc.tags[TAG] = current
 
     def _sync_kernel(self, proc: Process, event: Event) -> None:

@@ -20,6 +20,7 @@ from agent.detect.engine import DetectionEngine
 from agent.detect.exeid import for_lists
 from agent.detect.rules import RuleSet, default_rules_dir, load_rules
 from agent.events import Event
+from agent.health import SensorHealth
 from agent.lineage.seed import seed_events
 from agent.lineage.table import ProcessTable
 from agent.outputs import build_sink
@@ -28,6 +29,7 @@ from agent.probes.loader import Sensor, open_sensor
 from agent.probes.source import ProbeOptions
 from agent.recording import RecordingWriter
 from agent.response import Responder, check_rule_ids, open_responder
+from agent.sdnotify import Watchdog, sd_notify
 from agent.sinks import AlertSink
 
 if TYPE_CHECKING:
@@ -36,28 +38,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 DROP_CHECK_INTERVAL_S = 1.0
-
-
-def sd_notify(message: str) -> bool:
-    """Tell systemd (Type=notify) something, when running under it. Returns whether it was sent."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
-    return True
-
-
-def watchdog_interval_s() -> float | None:
-    """How often to send WATCHDOG=1 when systemd watches this process (WatchdogSec=): half its timeout, as
-    sd_watchdog_enabled(3) advises; None when there is no watchdog (or it is for another process)."""
-    usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
-        return None
-    return int(usec) / 2e6
 
 
 def host_meta() -> dict[str, Any]:
@@ -88,11 +68,14 @@ def trim_heap() -> None:
         pass  # not glibc: nothing to trim
 
 
-def probe_options(config: Config) -> ProbeOptions:
-    """The kernel-side options from the config."""
+def probe_options(config: Config, rules: RuleSet | None = None) -> ProbeOptions:
+    """The kernel-side options from the config; the persistence filter from the rules in use (loaded from the
+    config's rules directory when not given)."""
+    rules = rules or load_rules(config.detection.rules_dir or default_rules_dir())
     return ProbeOptions(capture_env=config.sensor.capture_env, skip_loopback=config.sensor.skip_loopback,
                         ringbuf_pages=config.sensor.ringbuf_pages,
-                        net_ringbuf_pages=config.sensor.net_ringbuf_pages)
+                        net_ringbuf_pages=config.sensor.net_ringbuf_pages,
+                        persistence=rules.lists.persistence)
 
 
 class Agent:
@@ -116,6 +99,8 @@ class Agent:
         self.pipeline: Pipeline | None = None
         self.writer: RecordingWriter | None = None
         self._last_drops: dict[str, int] = {}
+        self.health: SensorHealth | None = None
+        self.watchdog = Watchdog()
 
     def stop(self, *_: object) -> None:
         """Ask the loop to finish (signal-safe)."""
@@ -124,7 +109,7 @@ class Agent:
     def start(self) -> Pipeline:
         """Load the probes, seed the process table and log sensor_ready."""
         started = time.monotonic()
-        self.sensor = open_sensor(probe_options(self.config))
+        self.sensor = open_sensor(probe_options(self.config, self.rules))
         features = self.sensor.program.features
         table = ProcessTable(grace_ns=int(self.config.lineage.grace_s * 1e9),
                              max_entries=self.config.lineage.max_entries)
@@ -141,6 +126,7 @@ class Agent:
         emit = self.sink.put if self.responder is None else _respond_then(self.responder, self.sink.put)
         self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), emit,
                                       boot_offset, sigma=self.sigma, exe_identity=for_lists(self.rules.lists))
+        self.health = SensorHealth(Host(meta["hostname"], meta["host_id"]), self.sink.put, boot_offset)
         self.sensor.set_context_executables(self.rules.lists.kernel_context_names())
         self.tagger = ContextTagger(self.rules.lists, table, self.sensor.write_context)
         self.pipeline = Pipeline(table, module_loads_from_exec=not features.module_tracepoints, taps=taps,
@@ -170,14 +156,10 @@ class Agent:
             interval = self.config.sensor.stats_interval_s
             next_stats = time.monotonic() + interval
             next_drop_check = time.monotonic() + DROP_CHECK_INTERVAL_S
-            watchdog = watchdog_interval_s()
-            next_ping = time.monotonic()
             while not self._stopping:
                 pipeline.feed_records(self.sensor.poll(self.config.sensor.poll_timeout_ms))
+                self.watchdog.ping()
                 now = time.monotonic()
-                if watchdog is not None and now >= next_ping:
-                    sd_notify("WATCHDOG=1")  # from the loop itself: a stuck loop gets restarted
-                    next_ping = now + watchdog
                 if now >= next_drop_check:
                     self._check_drops()
                     # Reap on this 1 s tick, not the stats tick: exited processes must leave within grace_s
@@ -211,8 +193,13 @@ class Agent:
         return 0
 
     def _check_drops(self) -> None:
-        assert self.sensor is not None
+        assert self.sensor is not None and self.pipeline is not None
         drops = self.sensor.kernel_drops()
+        if self.health is not None:
+            # Every loss, eviction and read failure is an alert too (agent.health), not only a log line.
+            self.health.observe({**drops, "decode_errors": self.pipeline.decode_errors,
+                                 "evicted_live": self.pipeline.table.evicted_live},
+                                time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         if any(v > self._last_drops.get(k, 0) for k, v in drops.items()):
             new = {k: v - self._last_drops.get(k, 0) for k, v in drops.items() if v != self._last_drops.get(k, 0)}
             log.warning("events_lost", where="kernel", new=new, total=drops,

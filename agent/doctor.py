@@ -48,6 +48,14 @@ def _checks() -> list[Check]:
                          "init_module/finit_module tracepoints" if features.module_tracepoints else
                          "no init_module/finit_module tracepoints (modules compiled out?): module_load comes from "
                          "the exec of insmod/modprobe/kmod"))
+        out.append(Check("io_uring", None,
+                         f"io_uring requests watched at io_uring:{features.io_uring_submit} and io_uring_complete"
+                         if features.io_uring_submit else
+                         "no io_uring submission tracepoint (io_uring_submit_req, io_uring_submit_sqe before 6.4): "
+                         "connects and file writes through io_uring are not seen"))
+        out.append(Check("tcp connect backstop", None,
+                         "sock:inet_sock_set_state reports TCP connects no connect call explains"
+                         if features.sock_state else "no sock:inet_sock_set_state tracepoint"))
     has_btf = os.path.exists(VMLINUX_BTF)
     has_headers = os.path.isdir(os.path.join(headers_dir(), "include"))
     if has_btf:

@@ -15,9 +15,11 @@ FLAG_FILENAME_TRUNCATED = 1 << 0
 FLAG_ARGS_TRUNCATED = 1 << 1
 FLAG_ENV_TRUNCATED = 1 << 2
 FLAG_SEEDED = 1 << 3  # synthesised from /proc at startup, not seen by a probe
-FLAG_EXE_DELETED = 1 << 4  # exec of a file that has no name left
-FLAG_EXE_MEMFD = 1 << 5  # exec of a memfd: fileless
-FLAG_SENDTO = 1 << 6  # a connect record that is an unconnected UDP socket's first sendto to a destination
+FLAG_IO_URING = 1 << 4  # submitted through io_uring, not a syscall
+FLAG_SOCK_STATE = 1 << 5  # a TCP connect seen only as its socket entering SYN_SENT
+FLAG_EXE_DELETED = 1 << 6  # exec of a file that has no name left
+FLAG_EXE_MEMFD = 1 << 7  # exec of a memfd: fileless
+FLAG_SENDTO = 1 << 8  # a connect record that is an unconnected UDP socket's first sendto to a destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +164,10 @@ class FileWrite(Event):
     """An open for write/create/truncate/append, or a rename/link, whose target is a persistence path."""
 
     type: ClassVar[str] = "file_write"
-    path: str = ""
-    source_path: str = ""  # rename/link: where it came from
+    path: str = ""  # resolved and normalised: the file written, within the process's root
+    source_path: str = ""  # rename/link: where it came from, as typed
     operation: str = ""  # "open" | "rename" | "link"
-    flags_open: int = 0  # open(2) flags
+    flags_open: int = 0  # the opened file's f_flags: access mode, O_APPEND... (the kernel drops O_CREAT/O_TRUNC)
     result: int = 0
 
 

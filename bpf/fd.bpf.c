@@ -75,13 +75,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_fcntl) { return dup_exit(args->ret); }
 
 /* FIFO and pty master opens: the ends of a relay that are not on anyone's stdio (`cat /tmp/f | sh | nc`
  * reads the FIFO on fd 3; socat and pty.spawn hold the pty master). Decided on the file the kernel opened,
- * so relative paths, dirfds and symlinks do not matter; every other open stops at the inode mode. */
-static __always_inline int fd_open_exit(long ret) {
-    if (ret < 0)
-        return 0;
-    void *file = current_fd_file((int)ret);
-    if (!file)
-        return 0;
+ * so relative paths, dirfds and symlinks do not matter. */
+static __always_inline int fd_open_note(void *file, long fd) {
     struct fd_open_event ev;
     __builtin_memset(&ev, 0, sizeof(ev));
     u16 mode = 0;
@@ -98,14 +93,9 @@ static __always_inline int fd_open_exit(long ret) {
         return 0;
     }
     fill_header(&ev.hdr, OP_FD_OPEN, sizeof(ev));
-    ev.fd = (s32)ret;
+    ev.fd = (s32)fd;
     if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
         count_drop(DROP_RINGBUF);
     return 0;
 }
-
-TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return fd_open_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return fd_open_exit(args->ret); }
-#if HAVE_SYS_OPEN
-TRACEPOINT_PROBE(syscalls, sys_exit_open) { return fd_open_exit(args->ret); }
-#endif
+/* Called from the open-exit programs in persistence.bpf.c, which look the new fd's file up once for both. */

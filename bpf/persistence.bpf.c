@@ -1,93 +1,376 @@
-/* Writes to persistence locations: opens for write/create/truncate/append, renames and links whose
- * target matches the persistence list (rules/lists/persistence_paths.yaml, compiled into
- * persist_path_match() by agent/probes/source.py), and kernel module loads where the kernel has
- * their tracepoints. Relative paths are not resolved here (a known limit; see docs). */
+/* Writes to persistence locations, decided on the path of the file the kernel actually opened, created,
+ * renamed or linked: the resolved, absolute path within the process's root (cwd, dirfd, "/./", "//" and
+ * symlinked directories resolved), and only for calls that succeeded.
+ *
+ * - open, openat, openat2, creat: at syscall exit, the new fd's struct file; when it is open for writing and
+ *   a regular file, its f_path is walked up (dentry->d_parent, crossing mounts through struct mount) to the
+ *   task's root.
+ * - rename*, link*, symlink*: the new name is only known as typed. At exit (success only) a relative name
+ *   is put after the resolved path of its directory (the dirfd's file, or the task's cwd); userspace
+ *   normalises what is left ("..", "."), and such a name is always sent since the kernel cannot fold it.
+ *   A symlinked directory inside a typed new name is not resolved (see README "Known limits").
+ *
+ * The exit probes only gather what to resolve into file_jobs and tail-call persist_finish, which walks,
+ * matches (persist_path_match, generated from the persistence list by agent/probes/source.py) and emits:
+ * one program with the verifier's whole instruction budget instead of a copy of the matcher in each probe.
+ * File events have a ring of their own (file_events), so a flood of them cannot crowd out process events.
+ */
 
-#define O_WRONLY_ 01
-#define O_RDWR_ 02
-#define O_CREAT_ 0100
-#define O_TRUNC_ 01000
-#define O_APPEND_ 02000
-#define O_WRITE_MASK (O_WRONLY_ | O_RDWR_ | O_CREAT_ | O_TRUNC_ | O_APPEND_)
+#define FMODE_WRITE_ 0x2
+#define S_IFREG_ 0100000
+#define AT_FDCWD_ -100
+#define WALK_BUF 768 /* 512 + 256: a name of up to 255 bytes may be copied to any offset below 512 */
+#define WALK_END 511
+#define WALK_DEPTH 48 /* path components plus mount crossings */
+/* cw_opaque(v) (from the generated matcher, in common code before this file) hides a value's known range
+ * from clang, so the "& mask" the verifier needs on a size or offset is not folded away. */
 
-BPF_PERCPU_ARRAY(file_scratch, struct file_event, 1);
+#ifndef FILE_RINGBUF_PAGES
+#define FILE_RINGBUF_PAGES 256
+#endif
+BPF_RINGBUF_OUTPUT(file_events, FILE_RINGBUF_PAGES);
 
-static __always_inline int emit_file(int syscall, u32 open_flags, const char *upath, const char *usource) {
+/* What persist_finish resolves, filled by the exit probe on this CPU just before the tail call. */
+struct file_job {
+    u64 dentry;  /* open: the opened file's dentry and vfsmount */
+    u64 vfsmnt;
+    u64 uname;   /* rename/link/symlink: the new name as typed (user pointer), and its dirfd */
+    u64 usource; /* the old name or link target as typed */
+    s32 dfd;
+    u32 syscall;
+    u32 open_flags;
+    u16 hdr_flags;   /* header flags to add (EV_IO_URING) */
+    u16 kernel_name; /* uname is a kernel string (io_uring's struct filename), not a user pointer */
+};
+BPF_PERCPU_ARRAY(file_jobs, struct file_job, 1);
+
+struct file_scratch {
+    struct file_event ev; /* path[] is followed by source[]: a name appended past path[] stays in the value */
+    char name[PATH_MAX_LEN];
+    char walk[WALK_BUF];
+    u32 len;   /* of ev.path, from persist_finish to persist_emit */
+    u16 flags; /* header flags found while resolving */
+    u16 fold;  /* the path needs folding in userspace: the kernel filter cannot judge it */
+    u32 home;  /* persist_home_offset(), read back through memory: see persist_emit */
+    u32 pos;   /* walk_path's write position in walk[] */
+};
+BPF_PERCPU_ARRAY(file_scratch, struct file_scratch, 1);
+/* 0: persist_finish (resolve), 1: persist_emit (match and send). Two programs, because the verifier would
+ * otherwise follow every way through the path walk into every branch of the matcher. */
+#define TAIL_FINISH 0
+#define TAIL_EMIT 1
+BPF_PROG_ARRAY(file_tail, 2);
+/* The same two programs for raw tracepoint callers (io_uring.bpf.c): a tail call stays in one program type. */
+BPF_PROG_ARRAY(file_tail_raw, 2);
+
+/* The path of (dentry, vfsmount) within the current task's root, into sc->ev.path (NUL-terminated); returns
+ * its length. Built backwards in sc->walk, one component per step; a mount's root steps to its mountpoint.
+ * The write position lives in the map and is read back with volatile loads: the verifier then sees one
+ * state per iteration, not one per mix of components and mount crossings so far. */
+static __always_inline u32 walk_path(void *dentry, void *vfsmnt, struct file_scratch *sc) {
+    void *fs = read_ptr((void *)bpf_get_current_task(), TASK_FS);
+    void *root_dentry = read_ptr(fs, FS_ROOT_DENTRY);
+    void *root_mnt = read_ptr(fs, FS_ROOT_MNT);
+    void *mnt = (char *)vfsmnt - MOUNT_MNT;
+    volatile u32 *vpos = &sc->pos;
+    char *buf = sc->walk;
+    int done = 0;
+    *vpos = WALK_END;
+    buf[WALK_END] = 0;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < WALK_DEPTH; i++) {
+        if (!dentry || (dentry == root_dentry && vfsmnt == root_mnt)) {
+            done = 1;
+            break;
+        }
+        void *mnt_root = read_ptr(vfsmnt, VFSMOUNT_MNT_ROOT);
+        void *parent = read_ptr(dentry, DENTRY_D_PARENT);
+        if (dentry == mnt_root || dentry == parent) {
+            void *mparent = read_ptr(mnt, MOUNT_MNT_PARENT);
+            if (dentry != mnt_root || !mparent || mparent == mnt) {
+                done = 1; /* the top of the mount tree */
+                break;
+            }
+            dentry = read_ptr(mnt, MOUNT_MNT_MOUNTPOINT);
+            mnt = mparent;
+            vfsmnt = (char *)mnt + MOUNT_MNT;
+            continue;
+        }
+        u32 len = read_u32(dentry, DENTRY_D_NAME_LEN);
+        const void *name = read_ptr(dentry, DENTRY_D_NAME_NAME);
+        u32 pos = *vpos;
+        if (len == 0 || len >= PATH_MAX_LEN || len + 1 > pos)
+            break; /* too long for the record: keep the part nearest the file */
+        pos -= len;
+        cw_opaque(len);
+        if (bpf_probe_read_kernel(buf + (pos & WALK_END), len & (PATH_MAX_LEN - 1), name) != 0) {
+            count_drop(DROP_UNRESOLVED);
+            break;
+        }
+        pos -= 1;
+        buf[pos & WALK_END] = '/';
+        *vpos = pos;
+        dentry = parent;
+    }
+    if (!done)
+        sc->flags |= EV_FILENAME_TRUNCATED;
+    u32 pos = *vpos & WALK_END;
+    u32 n = WALK_END - pos;
+    char *out = sc->ev.path;
+    if (n == 0) {
+        out[0] = '/';
+        out[1] = 0;
+        return 1;
+    }
+    if (n > PATH_MAX_LEN - 1) {
+        n = PATH_MAX_LEN - 1;
+        sc->flags |= EV_FILENAME_TRUNCATED;
+    }
+    cw_opaque(n);
+    bpf_probe_read_kernel(out, n & (PATH_MAX_LEN - 1), buf + pos);
+    out[n & (PATH_MAX_LEN - 1)] = 0;
+    return n;
+}
+
+/* A typed name with "//", "/./" or "/../" (or ending in "/." or "/..") that the kernel filter cannot judge. */
+static __always_inline int needs_folding(const char *p) {
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < PATH_MAX_LEN - 1; i++) {
+        char c = p[i];
+        if (c == 0)
+            return 0;
+        if (c != '/')
+            continue;
+        char c1 = p[i + 1], c2 = p[i + 2];
+        if (c1 == '/')
+            return 1;
+        if (c1 == '.' && (c2 == '/' || c2 == 0 || (c2 == '.' && (p[i + 3] == '/' || p[i + 3] == 0))))
+            return 1;
+    }
+    return 0;
+}
+
+static __always_inline int persist_finish_body(void *ctx, int raw) {
     int zero = 0;
-    struct file_event *e = file_scratch.lookup(&zero);
-    if (!e)
+    struct file_job *job = file_jobs.lookup(&zero);
+    struct file_scratch *sc = file_scratch.lookup(&zero);
+    if (!job || !sc)
         return 0;
-    int n = bpf_probe_read_user_str(e->path, sizeof(e->path), upath);
-    if (n <= 1 || e->path[0] != '/')
+    struct file_event *e = &sc->ev;
+    void *dentry = (void *)job->dentry, *vfsmnt = (void *)job->vfsmnt;
+    int n = 0;
+    sc->flags = 0;
+    if (job->uname) {
+        if (job->kernel_name)
+            n = bpf_probe_read_kernel_str(sc->name, sizeof(sc->name), (const void *)job->uname);
+        else
+            n = bpf_probe_read_user_str(sc->name, sizeof(sc->name), (const void *)job->uname);
+        if (n <= 1)
+            return 0;
+        if (n == sizeof(sc->name))
+            sc->flags |= EV_FILENAME_TRUNCATED;
+        cw_opaque(n);
+        if (sc->name[0] == '/') {
+            bpf_probe_read_kernel(e->path, n & (PATH_MAX_LEN - 1), sc->name);
+            sc->len = (u32)(n - 1) & (PATH_MAX_LEN - 1);
+            goto emit;
+        }
+        /* Relative: after the directory it is relative to. */
+        void *fs = read_ptr((void *)bpf_get_current_task(), TASK_FS);
+        dentry = read_ptr(fs, FS_PWD_DENTRY);
+        vfsmnt = read_ptr(fs, FS_PWD_MNT);
+        if (job->dfd != AT_FDCWD_) {
+            void *dir = current_fd_file(job->dfd);
+            dentry = read_ptr(dir, FILE_F_PATH_DENTRY);
+            vfsmnt = read_ptr(dir, FILE_F_PATH_MNT);
+        }
+    }
+    u32 len = walk_path(dentry, vfsmnt, sc);
+    if (n > 1) {
+        if (len > 1) /* not the root: "/etc" + "/" + name */
+            e->path[len++ & (PATH_MAX_LEN - 1)] = '/';
+        else
+            len = 1;
+        bpf_probe_read_kernel(e->path + (len & (PATH_MAX_LEN - 1)), n & (PATH_MAX_LEN - 1), sc->name);
+        len += (u32)(n - 1);
+        if (len > PATH_MAX_LEN - 1) {
+            len = PATH_MAX_LEN - 1;
+            sc->flags |= EV_FILENAME_TRUNCATED;
+        }
+        cw_opaque(len);
+        e->path[len & (PATH_MAX_LEN - 1)] = 0;
+    }
+    sc->len = len;
+emit:
+    if (raw)
+        file_tail_raw.call(ctx, TAIL_EMIT);
+    else
+        file_tail.call(ctx, TAIL_EMIT);
+    count_drop(DROP_UNRESOLVED); /* only reached when the tail call failed */
+    return 0;
+}
+
+static __always_inline int persist_emit_body(void *ctx) {
+    int zero = 0;
+    struct file_job *job = file_jobs.lookup(&zero);
+    struct file_scratch *sc = file_scratch.lookup(&zero);
+    if (!job || !sc)
         return 0;
-    u32 len = (u32)(n - 1);
-    if (!persist_path_match(e->path, len))
+    struct file_event *e = &sc->ev;
+    u32 len = sc->len;
+    if (len > PATH_MAX_LEN - 1)
+        return 0;
+    /* Results go through the map and are read back with volatile loads: the verifier then knows nothing
+     * of their values and follows one state into the matcher instead of one per possible result. */
+    sc->fold = job->uname ? needs_folding(e->path) : 0;
+    sc->home = persist_home_offset(e->path, len);
+    if (!*(volatile u16 *)&sc->fold && !persist_path_match(e->path, len, *(volatile u32 *)&sc->home))
         return 0;
     fill_header(&e->hdr, OP_FILE_WRITE, sizeof(*e));
-    if (n == sizeof(e->path))
-        e->hdr.flags |= EV_FILENAME_TRUNCATED;
-    e->syscall = syscall;
-    e->open_flags = open_flags;
+    e->hdr.flags |= sc->flags | job->hdr_flags;
+    e->syscall = job->syscall;
+    e->open_flags = job->open_flags;
     e->result = 0;
     e->path_len = len;
     e->source_len = 0;
     e->_pad = 0;
     e->source[0] = 0;
-    if (usource) {
-        n = bpf_probe_read_user_str(e->source, sizeof(e->source), usource);
+    if (job->usource) {
+        int n = job->kernel_name
+                    ? bpf_probe_read_kernel_str(e->source, sizeof(e->source), (const void *)job->usource)
+                    : bpf_probe_read_user_str(e->source, sizeof(e->source), (const void *)job->usource);
         e->source_len = n > 0 ? n - 1 : 0;
     }
-    if (events.ringbuf_output(e, sizeof(*e), 0) != 0)
-        count_drop(DROP_RINGBUF);
+    if (file_events.ringbuf_output(e, sizeof(*e), 0) != 0)
+        count_drop(DROP_FILE_RINGBUF);
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
-    if (!(args->flags & O_WRITE_MASK))
-        return 0;
-    return emit_file(SC_OPENAT, args->flags, args->filename, 0);
+int persist_finish(void *ctx) { return persist_finish_body(ctx, 0); }
+int persist_emit(void *ctx) { return persist_emit_body(ctx); }
+int persist_finish_raw(void *ctx) { return persist_finish_body(ctx, 1); }
+int persist_emit_raw(void *ctx) { return persist_emit_body(ctx); }
+
+static __always_inline void finish(void *ctx, int raw) {
+    if (raw)
+        file_tail_raw.call(ctx, TAIL_FINISH);
+    else
+        file_tail.call(ctx, TAIL_FINISH);
+    count_drop(DROP_UNRESOLVED); /* only reached when the tail call failed */
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_openat2) {
-    u64 flags = 0; /* struct open_how starts with u64 flags */
-    bpf_probe_read_user(&flags, sizeof(flags), (void *)args->how);
-    if (!(flags & O_WRITE_MASK))
+/* After a successful open (ret: the new fd) in the current task: resolve and match its file if it is a
+ * regular file open for writing. raw: called from a raw tracepoint (io_uring completions). */
+static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, int raw, u16 hdr_flags) {
+    if (ret < 0)
         return 0;
-    return emit_file(SC_OPENAT2, (u32)flags, args->filename, 0);
+    void *file = current_fd_file((int)ret);
+    if (!file)
+        return 0;
+    /* Regular files only: writes to /dev/null, ttys and fifos (every shell redirection) stop here; a FIFO or
+     * a pty master is an end of the stdio graph (fd.bpf.c). */
+    if ((read_u16(read_ptr(file, FILE_INODE), INODE_MODE) & S_IFMT_) != S_IFREG_)
+        return fd_open_note(file, ret);
+    if (!(read_u32(file, FILE_F_MODE) & FMODE_WRITE_))
+        return 0;
+    int zero = 0;
+    struct file_job *job = file_jobs.lookup(&zero);
+    if (!job)
+        return 0;
+    job->dentry = (u64)read_ptr(file, FILE_F_PATH_DENTRY);
+    job->vfsmnt = (u64)read_ptr(file, FILE_F_PATH_MNT);
+    job->uname = 0;
+    job->usource = 0;
+    job->dfd = 0;
+    job->syscall = syscall;
+    job->hdr_flags = hdr_flags;
+    job->kernel_name = 0;
+    /* The kernel keeps the access mode and O_APPEND in f_flags; O_CREAT and O_TRUNC are gone by now. */
+    job->open_flags = read_u32(file, FILE_F_FLAGS);
+    finish(ctx, raw);
+    return 0;
+}
+
+static __always_inline int on_open_exit(void *ctx, long ret, u32 syscall) {
+    return on_open_exit_from(ctx, ret, syscall, 0, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return on_open_exit(args, args->ret, SC_OPENAT); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return on_open_exit(args, args->ret, SC_OPENAT2); }
+
+/* rename/link/symlink: the typed names and the new name's dirfd, kept from enter to exit. */
+static __always_inline void name_enter(long newdfd, const char *newname, const char *source, u32 syscall) {
+    struct stash s = {};
+    s.a = newdfd;
+    s.b = syscall;
+    u64 ptrs[2] = {(u64)newname, (u64)source};
+    __builtin_memcpy(s.addr, ptrs, sizeof(ptrs));
+    stash_put(&s);
+}
+
+static __always_inline int name_exit(void *ctx, long ret) {
+    struct stash s;
+    if (!stash_take(&s) || ret != 0)
+        return 0;
+    int zero = 0;
+    struct file_job *job = file_jobs.lookup(&zero);
+    if (!job)
+        return 0;
+    u64 ptrs[2];
+    __builtin_memcpy(ptrs, s.addr, sizeof(ptrs));
+    job->dentry = 0;
+    job->vfsmnt = 0;
+    job->uname = ptrs[0];
+    job->usource = ptrs[1];
+    job->dfd = (s32)s.a;
+    job->syscall = (u32)s.b;
+    job->open_flags = 0;
+    job->hdr_flags = 0;
+    job->kernel_name = 0;
+    finish(ctx, 0);
+    return 0;
 }
 
 #if HAVE_SYS_OPEN
-TRACEPOINT_PROBE(syscalls, sys_enter_open) {
-    if (!(args->flags & O_WRITE_MASK))
-        return 0;
-    return emit_file(SC_OPEN, args->flags, args->filename, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_creat) {
-    return emit_file(SC_CREAT, O_CREAT_ | O_WRONLY_ | O_TRUNC_, args->pathname, 0);
-}
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return on_open_exit(args, args->ret, SC_OPEN); }
+TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return on_open_exit(args, args->ret, SC_CREAT); }
 TRACEPOINT_PROBE(syscalls, sys_enter_rename) {
-    return emit_file(SC_RENAME, 0, args->newname, args->oldname);
+    name_enter(AT_FDCWD_, args->newname, args->oldname, SC_RENAME);
+    return 0;
 }
+TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return name_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_link) {
-    return emit_file(SC_LINK, 0, args->newname, args->oldname);
+    name_enter(AT_FDCWD_, args->newname, args->oldname, SC_LINK);
+    return 0;
 }
+TRACEPOINT_PROBE(syscalls, sys_exit_link) { return name_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_symlink) {
-    return emit_file(SC_SYMLINK, 0, args->newname, args->oldname);
+    name_enter(AT_FDCWD_, args->newname, args->oldname, SC_SYMLINK);
+    return 0;
 }
+TRACEPOINT_PROBE(syscalls, sys_exit_symlink) { return name_exit(args, args->ret); }
 #endif
 
 TRACEPOINT_PROBE(syscalls, sys_enter_renameat) {
-    return emit_file(SC_RENAMEAT, 0, args->newname, args->oldname);
+    name_enter(args->newdfd, args->newname, args->oldname, SC_RENAMEAT);
+    return 0;
 }
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat) { return name_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_renameat2) {
-    return emit_file(SC_RENAMEAT2, 0, args->newname, args->oldname);
+    name_enter(args->newdfd, args->newname, args->oldname, SC_RENAMEAT2);
+    return 0;
 }
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat2) { return name_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_linkat) {
-    return emit_file(SC_LINKAT, 0, args->newname, args->oldname);
+    name_enter(args->newdfd, args->newname, args->oldname, SC_LINKAT);
+    return 0;
 }
+TRACEPOINT_PROBE(syscalls, sys_exit_linkat) { return name_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_symlinkat) {
-    return emit_file(SC_SYMLINKAT, 0, args->newname, args->oldname);
+    name_enter(args->newdfd, args->newname, args->oldname, SC_SYMLINKAT);
+    return 0;
 }
+TRACEPOINT_PROBE(syscalls, sys_exit_symlinkat) { return name_exit(args, args->ret); }
 
 #if HAVE_MODULE_TRACEPOINTS
 static __always_inline int emit_module(int syscall, int fd) {

@@ -51,6 +51,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# `crontab -` in the persistence live tests: only Debian's crontab binary, unpacked from the cron package
+# into .cache (installing cron would start a cron daemon on the build machine).
+if [ ! -x .cache/cron/usr/bin/crontab ]; then
+    apt_update
+    log "unpacking crontab from Debian's cron package into .cache/cron"
+    tmp=$(mktemp -d)
+    mkdir -p .cache/cron
+    (cd "$tmp" && apt-get download -qq cron 2>/dev/null) && dpkg-deb -x "$tmp"/cron_*.deb .cache/cron
+    rm -rf "$tmp"
+fi
+
 if [ ! -e "/lib/modules/$kernel/build/include" ]; then
     # No headers for this exact kernel: link the newest installed ones. Struct offsets come from BTF,
     # so the headers only need to compile bcc's helpers.

@@ -38,11 +38,14 @@ FLAGS: Final[dict[str, int]] = {
     "EV_FILENAME_TRUNCATED": 1 << 0,
     "EV_ARGS_TRUNCATED": 1 << 1,
     "EV_ENV_TRUNCATED": 1 << 2,
+    # 1 << 3 is userspace's FLAG_SEEDED (agent.events).
+    "EV_IO_URING": 1 << 4,  # submitted through io_uring, not a syscall
+    "EV_SOCK_STATE": 1 << 5,  # a TCP connect seen only as a socket entering SYN_SENT (no connect call explains it)
     # exec: the file executed has no name left (unlinked), or is a memfd (fileless execution).
-    "EV_EXE_DELETED": 1 << 4,
-    "EV_EXE_MEMFD": 1 << 5,
+    "EV_EXE_DELETED": 1 << 6,
+    "EV_EXE_MEMFD": 1 << 7,
     # connect record: a sendto's destination on an unconnected UDP socket, not a connect(2).
-    "EV_SENDTO": 1 << 6,
+    "EV_SENDTO": 1 << 8,
 }
 
 # fd_open_event.kind: the opens the stdio graph needs (a FIFO end, a pty master).

@@ -277,7 +277,8 @@ class Detectors:
 
     def _on_file_write(self, event: Event, proc: Process | None) -> Iterable[Signal]:
         assert isinstance(event, FileWrite)
-        if not self.lists.is_persistence_path(event.path):
+        place = self.lists.persistence_place(event.path)
+        if place is None:
             return []
         exe = proc.filename if proc else ""
         if exe in self.lists.unpackers:
@@ -286,7 +287,7 @@ class Detectors:
         what = {"open": "opened for writing", "rename": "renamed", "link": "linked", "symlink": "symlinked"}
         verb = what.get(event.operation, event.operation)
         source = f"{event.source_path} to " if event.source_path else ""
-        reason = f"{exe or event.comm} {verb} {source}{event.path}"
+        reason = f"{exe or event.comm} {verb} {source}{event.path} ({place.technique})"
         return self._emit_all("persistence_write", event, proc, reason, path=event.path)
 
     def _on_module_load(self, event: Event, proc: Process | None) -> Iterable[Signal]:

@@ -3,8 +3,8 @@
 Each list file is validated like a rule file: every problem is collected with its file and line
 (see :class:`agent.detect.rules.Checker`), and :func:`load_lists` raises RuleErrors with all of them.
 
-``persistence_paths.yaml`` is also read by the kernel probe compiler
-(``agent.probes.source.load_persistence_list``); this module only reads it.
+``persistence_paths.yaml`` is read by :mod:`agent.detect.persistence`; the kernel probe compiler renders its
+filter from the same :class:`~agent.detect.persistence.PersistencePlaces` (``Lists.persistence``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Final
 
 from agent.abi.layout import COMM_LEN, CONTEXTS
 from agent.capture import env_wanted, looks_secret
+from agent.detect.persistence import KINDS as PERSISTENCE_KINDS
+from agent.detect.persistence import PersistencePlaces, Place, read_places
 from agent.detect.rules import (
     Checker,
     IPNetwork,
@@ -184,10 +186,8 @@ class Lists:
     """Networks that are not "remote": loopback, unspecified, link-local, multicast (network.yaml)."""
     irc_ports: frozenset[int]
     """Ports that mean IRC (network.yaml)."""
-    persistence_prefixes: tuple[str, ...]
-    """Path prefixes where a write means persistence (persistence_paths.yaml)."""
-    persistence_suffixes: tuple[str, ...]
-    """Path suffixes where a write means persistence (persistence_paths.yaml)."""
+    persistence: PersistencePlaces
+    """Places where a write means persistence (persistence_paths.yaml)."""
     context_roots: tuple[ContextRoot, ...] = ()
     """Execs that start an install or CI context (contexts.yaml)."""
     script_interpreters: tuple[str, ...] = ()
@@ -266,8 +266,12 @@ class Lists:
         return next((tool for tool in self.tunnels if tool.matches(exe, argv)), None)
 
     def is_persistence_path(self, path: str) -> bool:
-        """True when a write to ``path`` means persistence."""
-        return path.startswith(self.persistence_prefixes) or path.endswith(self.persistence_suffixes)
+        """True when a write to ``path`` (normalised first) means persistence."""
+        return self.persistence.place_for(path) is not None
+
+    def persistence_place(self, path: str) -> Place | None:
+        """The persistence place (with its ATT&CK technique) a write to ``path`` lands in, or None."""
+        return self.persistence.place_for(path)
 
 
 def default_lists_dir() -> Path:
@@ -285,8 +289,8 @@ def _check_absolute(text: str) -> str | None:
     return None if text.startswith("/") else f"{text!r} is not an absolute path"
 
 
-def _open(directory: Path, name: str, problems: list[RuleProblem], keys: Sequence[str]
-          ) -> tuple[Checker, YamlMap] | None:
+def _open(directory: Path, name: str, problems: list[RuleProblem], keys: Sequence[str],
+          optional: Sequence[str] = ()) -> tuple[Checker, YamlMap] | None:
     checker = Checker(directory / name, problems)
     if not checker.path.is_file():
         checker.problem(1, "the list file is missing")
@@ -297,7 +301,7 @@ def _open(directory: Path, name: str, problems: list[RuleProblem], keys: Sequenc
     m = checker.mapping(doc, "a list file")
     if m is None:
         return None
-    checker.keys(m, keys)
+    checker.keys(m, keys, optional)
     return checker, m
 
 
@@ -426,7 +430,8 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
         if path.suffix in (".yaml", ".yml") and path.name not in LIST_FILES:
             problems.append(RuleProblem(str(path), 1, f"unknown list file (the lists are: {', '.join(LIST_FILES)})"))
 
-    shells = interpreters = parents = prefixes = suffixes = cidrs = None
+    shells = interpreters = parents = cidrs = None
+    places: PersistencePlaces | None = None
     tunnels: tuple[TunnelTool, ...] | None = None
     irc_ports: frozenset[int] | None = None
     if opened := _open(directory, "shells.yaml", problems, ("shells",)):
@@ -442,10 +447,8 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
         checker, m = opened
         cidrs = checker.get_strs(m, "local_cidrs", check_network, min_items=1)
         irc_ports = _read_irc_ports(checker, m)
-    if opened := _open(directory, "persistence_paths.yaml", problems, ("prefixes", "suffixes")):
-        checker, m = opened
-        prefixes = checker.get_strs(m, "prefixes", _check_absolute, min_items=1)
-        suffixes = checker.get_strs(m, "suffixes")
+    if opened := _open(directory, "persistence_paths.yaml", problems, ("prefixes",), PERSISTENCE_KINDS[1:]):
+        places = read_places(*opened)
 
     multicall = holders = None
     if opened := _open(directory, "stdio.yaml", problems, ("multicall", "socket_holders")):
@@ -464,7 +467,7 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
     if len(problems) > start:
         return None
     assert (shells is not None and interpreters is not None and parents is not None and tunnels is not None
-            and cidrs is not None and irc_ports is not None and prefixes is not None and suffixes is not None
+            and cidrs is not None and irc_ports is not None and places is not None
             and roots is not None and script_interpreters is not None and unpackers is not None
             and multicall is not None and holders is not None)
     return Lists(
@@ -474,8 +477,7 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
         tunnels=tunnels,
         local_cidrs=tuple(ipaddress.ip_network(c) for c in cidrs),
         irc_ports=irc_ports,
-        persistence_prefixes=prefixes,
-        persistence_suffixes=suffixes,
+        persistence=places,
         context_roots=roots,
         script_interpreters=script_interpreters,
         unpackers=frozenset(unpackers),

@@ -66,6 +66,9 @@ class Process:
     exit_code: int | None = None  # None unless an Exit event was seen
     seeded: bool = False  # first known from the /proc snapshot, not from a probe
     tags: dict[str, object] = field(default_factory=dict)  # free for later stages
+    # Evicted by the bound only after every other live process (a context root: losing it would drop the
+    # install/CI context of everything it started).
+    keep: bool = False
 
     @property
     def exited(self) -> bool:
@@ -78,7 +81,7 @@ class ProcessTable:
 
     ``grace_ns``: how long exited processes stay after their exit (see :meth:`reap`).
     ``max_entries``: the bound on ``len(table)``; when an insert exceeds it, exited
-    processes are evicted oldest-exit first, then the oldest-started live ones.
+    processes are evicted oldest-exit first, then the oldest-started live ones, and live ``keep`` ones last.
     Counters: ``reaped`` (removed by :meth:`reap`), ``evicted`` (removed by the bound)
     and ``evicted_live`` (the part of ``evicted`` that had not exited).
     """
@@ -378,21 +381,27 @@ class ProcessTable:
         for item in held:
             heapq.heappush(heap, item)
         held = []
+        kept: list[tuple[int, ProcessKey]] = []
         heap = self._start_heap
-        while excess > 0 and heap:
-            item = heapq.heappop(heap)
+        while excess > 0 and (heap or kept):
+            # Ordinary live processes first (oldest start first), then the kept ones in the same order.
+            from_kept = not heap
+            item = kept.pop(0) if from_kept else heapq.heappop(heap)
             proc = self._procs.get(item[1])
             if proc is None:
                 continue
             if item[1] == protect:
                 held.append(item)
                 continue
+            if proc.keep and not from_kept and proc.exited_at is None:
+                kept.append(item)
+                continue
             self._remove(proc)
             self.evicted += 1
             if proc.exited_at is None:
                 self.evicted_live += 1
             excess -= 1
-        for item in held:
+        for item in held + kept:
             heapq.heappush(heap, item)
         self._maybe_compact()
 

@@ -21,7 +21,8 @@ class ProbeError(RuntimeError):
 
 COMPILER_LIBS = ("libLLVM", "libclang")  # what bcc compiles with
 MADV_PAGEOUT = 21
-DROP_REASONS = ("ringbuf_full", "stash_full", "net_ringbuf_full")  # bpf/include/common.h DROP_*
+DROP_REASONS = ("ringbuf_full", "stash_full", "net_ringbuf_full", "file_ringbuf_full",
+                "file_unresolved")  # bpf/include/common.h DROP_*
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def build_program(options: ProbeOptions) -> BuiltProgram:
     """Gather offsets and features and render the program. No bcc needed."""
     features = detect_features()
     offsets = kernel_offsets()
-    text = render_source(headers_for_offsets=offsets.source == "headers")
+    text = render_source(headers_for_offsets=offsets.source == "headers", persistence=options.persistence)
     return BuiltProgram(text, render_cflags(offsets, features, options), offsets, features)
 
 
@@ -77,9 +78,25 @@ class Sensor:
         except Exception as exc:  # bcc raises bare Exception on compile and attach errors
             raise ProbeError(f"the BPF program failed to build or attach ({exc}); "
                              "`chainwatch doctor` checks the kernel and headers") from exc
-        for ring in (b"events", b"net_events"):
+        try:
+            # Reached by tail call from the file probes (bpf/persistence.bpf.c TAIL_*), in this order.
+            tails = [(b"file_tail", bcc.BPF.TRACEPOINT, (b"persist_finish", b"persist_emit"))]
+            if program.features.io_uring_submit and program.offsets.has("io_uring"):
+                tails.append((b"file_tail_raw", bcc.BPF.RAW_TRACEPOINT, (b"persist_finish_raw", b"persist_emit_raw")))
+            for table, prog_type, names in tails:
+                for index, name in enumerate(names):
+                    func = self._bpf.load_func(name, prog_type)
+                    self._bpf[table][ctypes.c_int(index)] = ctypes.c_int(func.fd)
+        except Exception as exc:
+            self._bpf.cleanup()
+            raise ProbeError(f"the file probes' resolver failed to load ({exc})") from exc
+        for ring in (b"events", b"net_events", b"file_events"):
             self._bpf[ring].open_ring_buffer(self._on_record)
         self._drops = self._bpf[b"drops"]
+        # bcc attached the file probes before their tail-called programs were in place: the write-opens of
+        # those few milliseconds counted as file_unresolved. Nothing is watched before this point (the /proc
+        # seed covers processes), so the loss counters start here.
+        self._drops.clear()
 
     def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
         # Copy only: the buffer is the kernel's and is reused once we return.

@@ -59,7 +59,62 @@ WANTED: Final[dict[str, tuple[str, str]]] = {
     "TTY_FILE_PRIVATE_TTY": ("tty_file_private", "tty"),
     "TTY_INDEX": ("tty_struct", "index"),
     "MM_EXE_FILE": ("mm_struct", "exe_file"),
+    # Resolving the path of an opened file, or of the directory a new name is relative to (persistence.bpf.c).
+    "FILE_F_PATH_MNT": ("file", "f_path.mnt"),
+    "FILE_F_PATH_DENTRY": ("file", "f_path.dentry"),
+    "FILE_F_MODE": ("file", "f_mode"),
+    "DENTRY_D_PARENT": ("dentry", "d_parent"),
+    "DENTRY_D_NAME_LEN": ("dentry", "d_name.len"),
+    "DENTRY_D_NAME_NAME": ("dentry", "d_name.name"),
+    "VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
+    "MOUNT_MNT": ("mount", "mnt"),  # struct mount embeds the vfsmount a path points to
+    "MOUNT_MNT_PARENT": ("mount", "mnt_parent"),
+    "MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
+    "TASK_FS": ("task_struct", "fs"),
+    "FS_ROOT_MNT": ("fs_struct", "root.mnt"),
+    "FS_ROOT_DENTRY": ("fs_struct", "root.dentry"),
+    "FS_PWD_MNT": ("fs_struct", "pwd.mnt"),
+    "FS_PWD_DENTRY": ("fs_struct", "pwd.dentry"),
 }
+
+
+# Offsets a feature needs, each the sum of (struct, member) offsets; the feature is off when any is missing
+# (a kernel without io_uring has none of its structs). io_connect, io_open, io_rename and io_link sit in
+# io_kiocb's cmd area.
+OPTIONAL: Final[dict[str, dict[str, tuple[tuple[str, str], ...]]]] = {
+    "io_uring": {
+        "IO_KIOCB_OPCODE": (("io_kiocb", "opcode"),),
+        "IO_KIOCB_CQE_FD": (("io_kiocb", "cqe.fd"),),
+        "IO_CONNECT_ADDR": (("io_kiocb", "cmd"), ("io_connect", "addr")),
+        "IO_OPEN_FILE_SLOT": (("io_kiocb", "cmd"), ("io_open", "file_slot")),
+        "IO_RENAME_NEW_DFD": (("io_kiocb", "cmd"), ("io_rename", "new_dfd")),
+        "IO_RENAME_NEWPATH": (("io_kiocb", "cmd"), ("io_rename", "newpath")),
+        "IO_RENAME_OLDPATH": (("io_kiocb", "cmd"), ("io_rename", "oldpath")),
+        "IO_LINK_NEW_DFD": (("io_kiocb", "cmd"), ("io_link", "new_dfd")),
+        "IO_LINK_NEWPATH": (("io_kiocb", "cmd"), ("io_link", "newpath")),
+        "IO_LINK_OLDPATH": (("io_kiocb", "cmd"), ("io_link", "oldpath")),
+        "FILENAME_NAME": (("filename", "name"),),
+        "IO_URING_CQE_RES": (("io_uring_cqe", "res"),),
+    },
+}
+
+
+def resolve_optional(btf: Btf) -> dict[str, int]:
+    """The OPTIONAL offsets of every feature whose structs this kernel has."""
+    out: dict[str, int] = {}
+    for group in OPTIONAL.values():
+        try:
+            values = {name: sum(btf.offsetof(struct, member) for struct, member in parts)
+                      for name, parts in group.items()}
+        except BtfError:
+            continue
+        out.update(values)
+    # The io_uring probe reads linkat and symlinkat requests with io_rename's offsets.
+    if "IO_RENAME_NEWPATH" in out and any(
+            out[f"IO_LINK_{f}"] != out[f"IO_RENAME_{f}"] for f in ("NEW_DFD", "NEWPATH", "OLDPATH")):
+        for name in OPTIONAL["io_uring"]:
+            out.pop(name, None)
+    return out
 
 
 class OffsetsUnavailable(RuntimeError):
@@ -72,6 +127,10 @@ class KernelOffsets:
 
     source: str
     values: dict[str, str]
+
+    def has(self, feature: str) -> bool:
+        """Whether the offsets of an OPTIONAL feature ("io_uring") were found."""
+        return all(name in self.values for name in OPTIONAL[feature])
 
     def cflags(self) -> list[str]:
         """Compiler flags defining every offset macro."""
@@ -87,7 +146,8 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF) -> KernelOffsets:
     """Offsets from BTF when the kernel has it; else offsetof() against the installed headers."""
     if os.path.exists(btf_path):
         btf = Btf.from_file(btf_path)
-        return KernelOffsets("btf", {k: str(v) for k, v in resolve_offsets(btf, WANTED).items()})
+        found = {**resolve_offsets(btf, WANTED), **resolve_optional(btf)}
+        return KernelOffsets("btf", {k: str(v) for k, v in found.items()})
     if os.path.isdir(headers_dir()):
         # The headers match the kernel only if they are its own; we cannot check that without BTF.
         return KernelOffsets("headers", {
@@ -98,4 +158,4 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF) -> KernelOffsets:
         "or use a kernel built with CONFIG_DEBUG_INFO_BTF")
 
 
-__all__ = ["WANTED", "KernelOffsets", "OffsetsUnavailable", "kernel_offsets", "BtfError"]
+__all__ = ["WANTED", "OPTIONAL", "KernelOffsets", "OffsetsUnavailable", "kernel_offsets", "BtfError"]

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import yaml
-
 from agent import resources
+from agent.detect.persistence import HOME_USER_MAX, PersistencePlaces, Place
 from agent.probes.offsets import KernelOffsets
 
-PERSISTENCE_LIST: Final = Path("lists") / "persistence_paths.yaml"  # under the rules directory
 # Order matters: the generated layout, then shared helpers, then one file per concern.
 SOURCE_FILES: Final = ("include/events.gen.h", "include/common.h", "process.bpf.c", "net.bpf.c", "fd.bpf.c",
-                       "persistence.bpf.c")
+                       "persistence.bpf.c", "io_uring.bpf.c")
+# The io_uring submission tracepoint, newest name first (io_uring_submit_sqe until 6.3).
+IO_URING_SUBMIT_TRACEPOINTS: Final = ("io_uring_submit_req", "io_uring_submit_sqe")
 TRACEFS_CANDIDATES: Final = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
@@ -30,6 +30,8 @@ class Features:
     exit_group_dead: bool  # sched_process_exit has group_dead (6.16+)
     legacy_syscalls: bool  # open, creat, rename, link, symlink exist (x86_64, not arm64)
     module_tracepoints: bool  # init_module / finit_module (absent when modules are compiled out)
+    io_uring_submit: str | None = None  # IO_URING_SUBMIT_TRACEPOINTS entry this kernel has (with io_uring_complete)
+    sock_state: bool = False  # sock:inet_sock_set_state
 
     def describe(self) -> dict[str, object]:
         """For the startup log and doctor."""
@@ -38,6 +40,8 @@ class Features:
             "exit_filter": "group_dead" if self.exit_group_dead else "leader_exit",
             "legacy_syscalls": self.legacy_syscalls,
             "module_load_source": "tracepoint" if self.module_tracepoints else "exec",
+            "io_uring": self.io_uring_submit or "unwatched (no io_uring tracepoints)",
+            "tcp_connect_backstop": "inet_sock_set_state" if self.sock_state else None,
         }
 
 
@@ -62,7 +66,11 @@ def detect_features(tracefs: str | None = None) -> Features:
     legacy = all((events / "syscalls" / f"sys_enter_{name}").is_dir()
                  for name in ("open", "creat", "rename", "link", "symlink"))
     modules = all((events / "syscalls" / f"sys_enter_{name}").is_dir() for name in ("init_module", "finit_module"))
-    return Features(tracefs, "group_dead" in exit_format, legacy, modules)
+    uring = None
+    if (events / "io_uring" / "io_uring_complete").is_dir():
+        uring = next((name for name in IO_URING_SUBMIT_TRACEPOINTS if (events / "io_uring" / name).is_dir()), None)
+    sock_state = (events / "sock" / "inet_sock_set_state").is_dir()
+    return Features(tracefs, "group_dead" in exit_format, legacy, modules, uring, sock_state)
 
 
 @dataclass(frozen=True)
@@ -73,26 +81,15 @@ class ProbeOptions:
     skip_loopback: bool = True
     ringbuf_pages: int = 2048
     net_ringbuf_pages: int = 1024
+    file_ringbuf_pages: int = 256
+    persistence: PersistencePlaces | None = None  # the rules' list (None: the bundled one)
 
 
-def load_persistence_list(path: Path | None = None) -> tuple[list[str], list[str]]:
-    """(prefixes, suffixes) from the shared persistence list (default: the bundled one)."""
-    path = path if path is not None else resources.rules_dir() / PERSISTENCE_LIST
-    data = yaml.safe_load(path.read_text()) or {}
-    out: dict[str, list[str]] = {"prefixes": [], "suffixes": []}
-    for kind, entries in out.items():
-        for entry in data.get(kind) or []:
-            # The kernel compares bytes at constant offsets: entries must be non-empty ASCII strings.
-            if not isinstance(entry, str) or not entry or not entry.isascii():
-                raise ValueError(f"{path}: {kind} entry {entry!r} must be a non-empty ASCII string")
-            if kind == "prefixes" and not entry.startswith("/"):
-                raise ValueError(f"{path}: prefix {entry!r} is not an absolute path")
-            entries.append(entry)
-    return out["prefixes"], out["suffixes"]
+def bundled_persistence() -> PersistencePlaces:
+    """The bundled list, through the one reader (agent.detect.persistence via agent.detect.lists)."""
+    from agent.detect.lists import load_lists  # the full list loader validates the file with line numbers
 
-
-def _c_char(ch: str) -> str:
-    return repr(ch) if ch not in "'\\" else "'\\" + ch + "'"
+    return load_lists().persistence
 
 
 def _c_comment(text: str) -> str:
@@ -100,25 +97,92 @@ def _c_comment(text: str) -> str:
     return text.replace("*/", "*\\/").replace("/*", "/\\*")
 
 
-def render_path_matcher(prefixes: list[str], suffixes: list[str]) -> str:
-    """C for persist_path_match(p, len): byte compares at constant offsets, which the verifier likes."""
-    lines = ["static __always_inline int persist_path_match(const char *p, u32 len) {"]
-    for prefix in prefixes:
-        cond = " && ".join(f"p[{i}] == {_c_char(c)}" for i, c in enumerate(prefix))
-        lines.append(f"    if (len >= {len(prefix)} && {cond}) return 1;  /* {_c_comment(prefix)} */")
-    for suffix in suffixes:
-        cond = " && ".join(f"s[{i}] == {_c_char(c)}" for i, c in enumerate(suffix))
-        lines.append(f"    if (len >= {len(suffix)}) {{  /* ends with {_c_comment(suffix)} */")
-        lines.append(f"        const char *s = p + ((len - {len(suffix)}) & (PATH_MAX_LEN - 1));")
-        lines.append(f"        if ({cond}) return 1;")
+HOME_OFFSET_C: Final = f"""\
+/* Start of the part below /root/ or /home/<user>/ (user of 1-{HOME_USER_MAX} bytes), or 0: see home_offset(). */
+static __always_inline u32 persist_home_offset(const char *p, u32 len) {{
+    if (len > 6 && p[0] == '/' && p[1] == 'r' && p[2] == 'o' && p[3] == 'o' && p[4] == 't' && p[5] == '/')
+        return 6;
+    if (len > 7 && p[0] == '/' && p[1] == 'h' && p[2] == 'o' && p[3] == 'm' && p[4] == 'e' && p[5] == '/') {{
+        for (u32 i = 7; i < 7 + {HOME_USER_MAX} && i < len; i++)
+            if (p[i] == '/')
+                return i + 1;
+    }}
+    return 0;
+}}
+"""
+
+
+_WORDS: Final = ((8, "u64", "ULL"), (4, "u32", "U"), (2, "u16", "U"), (1, "u8", "U"))
+
+
+def _compare(var: str, offset: str, text: str) -> list[str]:
+    """C conditions that the bytes at var + offset are ``text``: 8, 4, 2 and 1-byte loads against constants
+    (a quarter of the instructions of byte compares: the matcher must fit the verifier's 4096 per program).
+    Volatile, so that clang does not keep a loaded word for the next entry: a register whose value the
+    verifier knows on one path and not on another splits its states at every entry."""
+    raw = text.encode()
+    out, i = [], 0
+    while i < len(raw):
+        size, ctype, suffix = next(w for w in _WORDS if w[0] <= len(raw) - i)
+        value = int.from_bytes(raw[i:i + size], "little")
+        out.append(f"*(const volatile {ctype} *)({var} + {offset}{i}) == {value:#x}{suffix}")
+        i += size
+    return out
+
+
+def _condition(var: str, start: str, end: str) -> tuple[list[str], str]:
+    """(setup lines, C condition) for "the string at var starts with start, and the path ends with end".
+
+    No length checks: the NUL at p[len] stops a longer prefix, and a suffix longer than the path is read at
+    a wrapped offset inside the record, which can only pass more paths (userspace decides), never fewer.
+    A length check per entry would be hoisted by clang into booleans that split the verifier's states."""
+    setup = []
+    conds = _compare(var, "", start)
+    if end:
+        setup.append(f"const char *s = p + ((len - {len(end)}) & (PATH_MAX_LEN - 1));")
+        conds += _compare("s", "", end)
+    return setup, " && ".join(conds)
+
+
+def _render_entry(place: Place, indent: str) -> list[str]:
+    start, end = place.kernel_filter()
+    setup, cond = _condition("r" if place.in_home else "p", start, end)
+    where = f"{place.kind} {_c_comment(place.path)}"
+    if not setup:
+        return [f"{indent}if ({cond}) return 1;  /* {where} */"]
+    return [f"{indent}{{  /* {where} */", *(f"{indent}    {line}" for line in setup),
+            f"{indent}    if ({cond}) return 1;", f"{indent}}}"]
+
+
+def render_path_matcher(places: PersistencePlaces) -> str:
+    """C for persist_path_match(p, len, h): word compares at constant offsets, which the verifier likes.
+
+    The kernel's coarse filter: each entry's literal start and end (Place.kernel_filter), at the path's start
+    or below its home directory. Userspace then decides on the whole entry."""
+    lines = [HOME_OFFSET_C, "#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__",
+             "#error the persistence matcher compares little-endian words", "#endif",
+             "#ifndef cw_opaque  /* hide a value's range from the compiler: the verifier needs each mask kept */",
+             '#define cw_opaque(v) __asm__ __volatile__("" : "+r"(v))', "#endif",
+             "/* h: persist_home_offset(p, len), which the caller passes through memory (see persist_emit). */",
+             "static __always_inline int persist_path_match(const char *p, u32 len, u32 h) {", "    cw_opaque(len);"]
+    for place in places.places:
+        if not place.in_home:
+            lines += _render_entry(place, "    ")
+    home = [place for place in places.places if place.in_home]
+    if home:
+        lines.append("    if (h) {  /* below a home directory */")
+        lines.append("        const char *r = p + (h & (PATH_MAX_LEN - 1));")
+        for place in home:
+            lines += _render_entry(place, "        ")
         lines.append("    }")
     lines.append("    return 0;")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def render_source(headers_for_offsets: bool = False) -> str:
-    """The whole program as one text (includes inlined), exactly as compiled."""
+def render_source(headers_for_offsets: bool = False, persistence: PersistencePlaces | None = None) -> str:
+    """The whole program as one text (includes inlined), exactly as compiled; the persistence filter from
+    ``persistence`` (the rules in use), else from the bundled list."""
     parts = []
     if headers_for_offsets:
         # Only without BTF: the offset macros expand to offsetof() over the kernel's own headers.
@@ -129,22 +193,27 @@ def render_source(headers_for_offsets: bool = False) -> str:
         text = (bpf / name).read_text()
         parts.append(f"/* ---- bpf/{name} ---- */\n{text}")
         if name == "include/common.h":
-            parts.append("/* ---- generated from rules/lists/persistence_paths.yaml ---- */\n"
-                         + render_path_matcher(*load_persistence_list()))
+            parts.append("/* ---- generated from persistence_paths.yaml ---- */\n"
+                         + render_path_matcher(persistence or bundled_persistence()))
     return "\n".join(parts)
 
 
 def render_cflags(offsets: KernelOffsets, features: Features, options: ProbeOptions) -> list[str]:
     """Every -D the program is built with."""
+    uring = features.io_uring_submit if offsets.has("io_uring") else None
     flags = offsets.cflags()
     flags += [
         f"-DHAVE_EXIT_GROUP_DEAD={int(features.exit_group_dead)}",
         f"-DHAVE_SYS_OPEN={int(features.legacy_syscalls)}",
         f"-DHAVE_MODULE_TRACEPOINTS={int(features.module_tracepoints)}",
+        f"-DHAVE_IO_URING_SUBMIT_REQ={int(uring == 'io_uring_submit_req')}",
+        f"-DHAVE_IO_URING_SUBMIT_SQE={int(uring == 'io_uring_submit_sqe')}",
+        f"-DHAVE_SOCK_STATE={int(features.sock_state)}",
         f"-DCAPTURE_ENV={int(options.capture_env)}",
         f"-DSKIP_LOOPBACK={int(options.skip_loopback)}",
         f"-DRINGBUF_PAGES={options.ringbuf_pages}",
         f"-DNET_RINGBUF_PAGES={options.net_ringbuf_pages}",
+        f"-DFILE_RINGBUF_PAGES={options.file_ringbuf_pages}",
         "-Wno-unused-function",
     ]
     return flags

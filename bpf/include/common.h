@@ -40,7 +40,9 @@ BPF_RINGBUF_OUTPUT(net_events, NET_RINGBUF_PAGES);
 #define DROP_RINGBUF 0      /* events ring full: reserve/output failed */
 #define DROP_STASH 1        /* syscall enter/exit stash full */
 #define DROP_NET_RINGBUF 2  /* net_events ring full */
-#define DROP_REASONS 3
+#define DROP_FILE_RINGBUF 3 /* file_events ring full */
+#define DROP_UNRESOLVED 4   /* a file event could not be resolved: a kernel read or the tail call failed */
+#define DROP_REASONS 5
 BPF_PERCPU_ARRAY(drops, u64, DROP_REASONS);
 
 /* Process lifecycle records (fork, exec, exit) are the bulk of a build's events and no detection waits on
@@ -240,13 +242,14 @@ static __always_inline int addr_is_loopback(u16 family, const u8 addr[16]) {
 }
 
 /* Arguments of a syscall, kept from its enter to its exit tracepoint. A thread is in one syscall
- * at a time, so the thread id is the key. */
+ * at a time, so the thread id is the key. LRU: calls that never return (a flood of blocked connects)
+ * are the least recently used and make room themselves; a fresh call always gets its slot. */
 struct stash {
     s64 a;
     s64 b;
     u8 addr[28]; /* a sockaddr_in / sockaddr_in6 */
 };
-BPF_HASH(stash_map, u64, struct stash, 16384);
+BPF_TABLE("lru_hash", u64, struct stash, stash_map, 65536);
 
 static __always_inline void stash_put(struct stash *s) {
     u64 id = bpf_get_current_pid_tgid();

@@ -22,9 +22,11 @@
 #define EV_FILENAME_TRUNCATED 1
 #define EV_ARGS_TRUNCATED 2
 #define EV_ENV_TRUNCATED 4
-#define EV_EXE_DELETED 16
-#define EV_EXE_MEMFD 32
-#define EV_SENDTO 64
+#define EV_IO_URING 16
+#define EV_SOCK_STATE 32
+#define EV_EXE_DELETED 64
+#define EV_EXE_MEMFD 128
+#define EV_SENDTO 256
 
 #define SC_DUP 1
 #define SC_DUP2 2

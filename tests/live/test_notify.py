@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from agent.daemon import watchdog_interval_s
+from agent.sdnotify import watchdog_interval_s
 
 pytestmark = pytest.mark.live
 

@@ -168,7 +168,7 @@ def test_cron_write_in_private_mount_namespace(sensorlab, tmp_path) -> None:
     assert not Path("/etc/cron.d/x").exists() or marker not in Path("/etc/cron.d/x").read_text()
     events = sensorlab.wait_for(lambda e: isinstance(e, FileWrite) and e.pid == pid, since=mark)
     assert [(e.path, e.operation) for e in events] == [("/etc/cron.d/x", "open")]
-    assert events[0].flags_open & (os.O_WRONLY | os.O_CREAT | os.O_TRUNC) == os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    assert events[0].flags_open & os.O_ACCMODE == os.O_WRONLY  # the opened file's flags (no O_CREAT/O_TRUNC)
 
 
 def test_insmod_of_a_non_module_gives_module_load(sensorlab, tmp_path) -> None:

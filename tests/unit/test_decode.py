@@ -270,6 +270,18 @@ def test_file_write_open() -> None:
         "open", 0o1101, "/root/.ssh/authorized_keys", "")
 
 
+@pytest.mark.parametrize("raw,want", [
+    (b"/etc/cron.d/../cron.d/x", "/etc/cron.d/x"),  # a relative new name put after its resolved directory
+    (b"/var/spool/cron/./crontabs/root", "/var/spool/cron/crontabs/root"),
+    (b"/etc//cron.d/x", "/etc/cron.d/x"),
+])
+def test_file_write_path_is_normalised(raw: bytes, want: str) -> None:
+    """What the kernel could not fold ("..", "." and "//" in a typed new name) is folded on decode."""
+    r = _record("OP_FILE_WRITE", syscall=SC["SC_RENAMEAT"], path=raw, path_len=len(raw))
+    event = decode(bytes(r))
+    assert isinstance(event, ev.FileWrite) and event.path == want
+
+
 def test_fork_parent_start_time() -> None:
     """fork carries the parent's start time; the header describes the child."""
     event = decode(bytes(_record("OP_FORK", parent_start_time=123_456_789_012)))

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from agent.detect.persistence import PersistencePlaces, Place
 from agent.probes import source
 from agent.probes.offsets import WANTED, KernelOffsets
 from agent.probes.source import (
     Features,
     ProbeOptions,
+    bundled_persistence,
     detect_features,
-    load_persistence_list,
     render_cflags,
     render_path_matcher,
 )
@@ -27,7 +28,10 @@ needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed: cannot
 HARNESS_PRELUDE = """\
 #include <stdio.h>
 #include <string.h>
+typedef unsigned char u8;
+typedef unsigned short u16;
 typedef unsigned int u32;
+typedef unsigned long long u64;
 #undef __always_inline /* glibc's cdefs.h has one */
 #define __always_inline inline
 #define PATH_MAX_LEN 256
@@ -48,7 +52,20 @@ KNOWN_PATHS = {
     "/home/u/.ssh/authorized_keys.bak": 0,
     "/home/u/.ssh/known_hosts": 0,
     "/": 0,
+    "/home/u/.config/systemd/user/x.service": 1,
+    "/home/u/.config/fish/config.fish": 1,
+    "/home/u/.bash_logout": 1,
+    "/usr/lib/python3/dist-packages/x.pth": 1,
+    "/usr/lib/python3/dist-packages/x.py": 0,
+    "/home/" + "u" * 40 + "/.config/autostart/x.desktop": 0,  # not a home the kernel knows (user > 32 bytes)
+    "/root/.config/autostart/x.desktop": 1,
+    "/home//.config/autostart/x.desktop": 0,
 }
+
+
+def _places(prefixes: list[str], suffixes: list[str]) -> PersistencePlaces:
+    return PersistencePlaces(tuple([Place("prefix", p, "T1546") for p in prefixes]
+                                   + [Place("suffix", x, "T1546") for x in suffixes]))
 
 
 def _comments(text: str) -> list[str]:
@@ -67,9 +84,9 @@ def _c_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _reference(path: str, prefixes: list[str], suffixes: list[str]) -> int:
-    """What the kernel filter means: a listed prefix or suffix."""
-    return int(any(path.startswith(p) for p in prefixes) or any(path.endswith(s) for s in suffixes))
+def _reference(path: str, places: PersistencePlaces) -> int:
+    """What the kernel filter means (Place.kernel_matches, the Python side of the same rule)."""
+    return int(any(place.kernel_matches(path) for place in places.places))
 
 
 def _compile_and_run(tmp_path: Path, matcher: str, cases: dict[str, int]) -> subprocess.CompletedProcess[str]:
@@ -80,7 +97,7 @@ static int check(const char *path, int want) {{
     size_t n = strlen(path);
     memset(buf, 0, sizeof(buf));
     memcpy(buf, path, n);
-    int got = persist_path_match(buf, (u32)n);
+    int got = persist_path_match(buf, (u32)n, persist_home_offset(buf, (u32)n));
     if (got != want) {{
         printf("MISMATCH %s: got %d, want %d\\n", path, got, want);
         return 1;
@@ -106,13 +123,20 @@ int main(void) {{
 
 
 def test_matcher_shape() -> None:
-    """A prefix renders as byte compares on p[], a suffix as byte compares on s[] at len - n, in one function."""
-    text = render_path_matcher(["/etc/cron"], ["/.zshrc"])
-    assert text.startswith("static __always_inline int persist_path_match(const char *p, u32 len) {")
-    assert "len >= 9 && p[0] == '/' && p[1] == 'e'" in text and "p[8] == 'n') return 1;" in text
-    assert "if (len >= 7) {" in text
+    """A prefix renders as little-endian word compares on p, a suffix on s at len - n, home entries in one
+    block on r; no per-entry length checks (they would split the verifier's states)."""
+    places = PersistencePlaces((Place("prefix", "/etc/cron", "T1053.003"), Place("suffix", "/.zshrc", "T1546.004"),
+                                Place("home", ".config/fish/", "T1546.004")))
+    text = render_path_matcher(places)
+    assert "static __always_inline int persist_path_match(const char *p, u32 len, u32 h) {" in text
+    # "/etc/cro" as one little-endian u64, then "n"
+    assert ("if (*(const volatile u64 *)(p + 0) == 0x6f72632f6374652fULL && *(const volatile u8 *)(p + 8) == 0x6eU)"
+            " return 1;") in text
     assert "const char *s = p + ((len - 7) & (PATH_MAX_LEN - 1));" in text
-    assert "s[0] == '/' && s[1] == '.' && s[2] == 'z'" in text and "s[6] == 'c') return 1;" in text
+    assert "*(const volatile u32 *)(s + 0) == 0x737a2e2fU" in text  # "/.zs"
+    assert "if (h) {" in text and "const char *r = p + (h & (PATH_MAX_LEN - 1));" in text
+    assert "*(const volatile u64 *)(r + 0) == 0x2f6769666e6f632eULL" in text  # ".config/"
+    assert "len >=" not in text.split("int persist_path_match")[1]
     assert text.rstrip().endswith("return 0;\n}")
     code = _strip_comments(text)
     assert code.count("{") == code.count("}")
@@ -120,83 +144,58 @@ def test_matcher_shape() -> None:
 
 def test_matcher_empty_lists() -> None:
     """With no prefixes or suffixes the matcher matches nothing."""
-    text = render_path_matcher([], [])
-    assert "return 1" not in text
+    text = render_path_matcher(_places([], []))
+    assert "return 1" not in text.split("persist_path_match")[1]
     assert "return 0;" in text
-
-
-def test_matcher_quotes_special_chars() -> None:
-    """Quote and backslash characters are rendered as valid C character constants."""
-    text = render_path_matcher(["/it's\\x"], [])
-    assert "p[3] == '\\''" in text
-    assert "p[5] == '\\\\'" in text
 
 
 def test_matcher_comments_do_not_close_early() -> None:
     """Each comment in the matcher for the real list closes exactly once, at its end (no premature `*/`)."""
-    prefixes, suffixes = load_persistence_list()
-    text = render_path_matcher(prefixes, suffixes)
+    places = bundled_persistence()
+    text = render_path_matcher(places)
     for line in text.splitlines():
         opens, closes = line.count("/*"), line.count("*/")
         assert opens == closes <= 1, f"unbalanced comment in: {line}"
         if opens:
             assert line.rstrip().endswith("*/"), f"code after a comment: {line}"
     code = _strip_comments(text)
-    for entry in prefixes + suffixes:  # every listed path appears only inside comments and char constants
-        assert entry not in code
+    for place in places.places:  # every listed path appears only inside comments and char constants
+        assert place.path not in code
 
 
 def test_matcher_comment_injection() -> None:
     """An entry containing `*/` cannot close the comment early and turn the rest of the entry into C."""
-    text = render_path_matcher(["/x*/ return 1; /*"], ["/y*/.bashrc"])
-    code = _strip_comments(text)
+    text = render_path_matcher(_places(["/x*/ return 1; /*"], ["/y*/.bashrc"]))
+    code = _strip_comments(text.split("persist_path_match")[1])
     assert code.count("return 1;") == 2  # one per entry, none smuggled out of a comment
     assert "/*" not in code and "*/" not in code
     assert ".bashrc" not in code
 
 
 def test_real_persistence_list() -> None:
-    """The shared persistence list has the cron, ld.so.preload and authorized_keys entries."""
-    prefixes, suffixes = load_persistence_list()
+    """The shared persistence list has the cron, ld.so.preload and authorized_keys entries, each with a technique."""
+    places = bundled_persistence()
+    prefixes = [p.path for p in places.of_kind("prefix")]
+    suffixes = [p.path for p in places.of_kind("suffix")]
     assert "/etc/cron" in prefixes
     assert "/etc/ld.so.preload" in prefixes
     assert "/.ssh/authorized_keys" in suffixes
     assert all(p.startswith("/") for p in prefixes)
-    assert all(isinstance(s, str) and s for s in suffixes)
-    assert len(set(prefixes)) == len(prefixes) and len(set(suffixes)) == len(suffixes)
-    assert all(len(entry) < 256 for entry in prefixes + suffixes)
-
-
-def test_relative_prefix_rejected(tmp_path: Path) -> None:
-    """A prefix that is not an absolute path raises ValueError naming it and the file."""
-    path = tmp_path / "persistence.yaml"
-    path.write_text("prefixes:\n  - /etc/cron\n  - etc/sudoers\nsuffixes:\n  - /.bashrc\n")
-    with pytest.raises(ValueError, match="etc/sudoers") as info:
-        load_persistence_list(path)
-    assert str(path) in str(info.value)
-
-
-def test_custom_list(tmp_path: Path) -> None:
-    """A list file's prefixes and suffixes come back in order; a missing section is empty."""
-    path = tmp_path / "persistence.yaml"
-    path.write_text("prefixes:\n  - /b\n  - /a/\n")
-    assert load_persistence_list(path) == (["/b", "/a/"], [])
-    path.write_text("")
-    assert load_persistence_list(path) == ([], [])
+    assert all(place.technique.startswith("T1") for place in places.places)
+    assert all(len(place.path) < 256 for place in places.places)
 
 
 def test_known_paths_agree_with_list() -> None:
     """The expected results in KNOWN_PATHS are what the list means (so the C harness checks the right thing)."""
-    prefixes, suffixes = load_persistence_list()
+    places = bundled_persistence()
     for path, want in KNOWN_PATHS.items():
-        assert _reference(path, prefixes, suffixes) == want, path
+        assert _reference(path, places) == want, path
 
 
 @needs_gcc
 def test_matcher_compiles_and_matches(tmp_path: Path) -> None:
     """The matcher rendered from the real list compiles and gives the right answer for known paths."""
-    prefixes, suffixes = load_persistence_list()
-    result = _compile_and_run(tmp_path, render_path_matcher(prefixes, suffixes), KNOWN_PATHS)
+    result = _compile_and_run(tmp_path, render_path_matcher(bundled_persistence()), KNOWN_PATHS)
     assert result.returncode == 0, result.stdout
     assert "0 mismatches" in result.stdout
 
@@ -204,24 +203,27 @@ def test_matcher_compiles_and_matches(tmp_path: Path) -> None:
 @needs_gcc
 def test_matcher_agrees_with_reference(tmp_path: Path) -> None:
     """Over many generated paths (up to 255 bytes) the C matcher equals startswith/endswith over the list."""
-    prefixes, suffixes = load_persistence_list()
+    places = bundled_persistence()
     rng = random.Random(20240607)
     pieces = ["/", "etc", "cron", ".d", "home", "u", ".ssh", "authorized_keys", ".bashrc", "x", "systemd",
-              "system", ".service", ".timer", "tmp", "ld.so.preload", "lib", "modules", "..", "a" * 40]
+              "system", ".service", ".timer", "tmp", "ld.so.preload", "lib", "modules", "..", "a" * 40, "root",
+              ".config", "user", "fish", "python3", "dist-packages", "x.pth", "usr", "security", "pam_x.so"]
     cases: dict[str, int] = {}
-    for entry in prefixes + suffixes:
-        for variant in (entry, entry[:-1], entry + "x", "/home/u" + entry, "/q" + entry[1:], entry * 3):
+    for place in places.places:
+        entry = place.path.replace("*", "x3").replace("~/", "/home/u/")
+        for variant in (entry, entry[:-1], entry + "x", "/home/u" + entry, "/home/u/" + entry, "/root/" + entry,
+                        "/q" + entry[1:], entry * 3):
             if variant.startswith("/") and len(variant) < 256:
-                cases[variant] = _reference(variant, prefixes, suffixes)
+                cases[variant] = _reference(variant, places)
     while len(cases) < 600:
         path = "/" + "/".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
         path = path[:255]
-        cases[path] = _reference(path, prefixes, suffixes)
+        cases[path] = _reference(path, places)
     long_key = "/home/" + "u" * (255 - len("/home//.ssh/authorized_keys")) + "/.ssh/authorized_keys"
     assert len(long_key) == 255
     cases[long_key] = 1
     assert {0, 1} <= set(cases.values())
-    result = _compile_and_run(tmp_path, render_path_matcher(prefixes, suffixes), cases)
+    result = _compile_and_run(tmp_path, render_path_matcher(places), cases)
     assert result.returncode == 0, result.stdout
 
 
@@ -230,7 +232,7 @@ def test_injected_entry_compiles_as_data(tmp_path: Path) -> None:
     """An entry with `*/` in it still renders C that compiles and matches only that literal path."""
     evil = "/x*/ return 1; /*"
     cases = {evil: 1, "/tmp/x": 0, "/x": 0, "/home/y*/.bashrc": 1}
-    result = _compile_and_run(tmp_path, render_path_matcher([evil], ["/y*/.bashrc"]), cases)
+    result = _compile_and_run(tmp_path, render_path_matcher(_places([evil], ["/y*/.bashrc"])), cases)
     assert result.returncode == 0, result.stdout
 
 
@@ -316,13 +318,28 @@ def test_render_source_includes_matcher() -> None:
     """render_source inlines the generated header and the matcher for the real list."""
     text = source.render_source()
     assert "#define OP_EXEC 1" in text
-    assert render_path_matcher(*load_persistence_list()) in text
+    assert render_path_matcher(bundled_persistence()) in text
 
 
-@pytest.mark.parametrize("entry", ["''", "null", "/etc/crön", "42"])
-def test_persistence_list_rejects_entries_the_kernel_cannot_compare(tmp_path, entry) -> None:
-    """Empty, null, non-string and non-ASCII entries are refused: the kernel matcher compares ASCII bytes."""
-    bad = tmp_path / "p.yaml"
-    bad.write_text(f"prefixes: ['/etc/cron']\nsuffixes: [{entry}]\n")
-    with pytest.raises(ValueError, match="non-empty ASCII"):
-        load_persistence_list(bad)
+@pytest.mark.parametrize("names,want", [
+    (["io_uring_submit_req", "io_uring_complete"], "io_uring_submit_req"),
+    (["io_uring_submit_sqe", "io_uring_complete"], "io_uring_submit_sqe"),  # 5.x-6.3
+    (["io_uring_submit_req"], None),  # completions are needed for opens
+    ([], None),
+])
+def test_detect_io_uring_tracepoint(tmp_path: Path, names: list[str], want: str | None) -> None:
+    """The io_uring submission tracepoint is found by name (doctor and the startup log say which); the
+    probe's cflags follow it, and only when the kernel's BTF has io_uring's structs."""
+    root = _tracefs(tmp_path, group_dead=True, modules=False, legacy=False)
+    for name in names:
+        (root / "events" / "io_uring" / name).mkdir(parents=True)
+    features = detect_features(str(root))
+    assert features.io_uring_submit == want
+    assert (want or "unwatched") in str(features.describe()["io_uring"])
+    from agent.probes.offsets import OPTIONAL
+    values = {name: "8" for name in WANTED}
+    with_uring = KernelOffsets("btf", {**values, **{name: "8" for name in OPTIONAL["io_uring"]}})
+    flags = render_cflags(with_uring, features, ProbeOptions())
+    assert f"-DHAVE_IO_URING_SUBMIT_REQ={int(want == 'io_uring_submit_req')}" in flags
+    assert f"-DHAVE_IO_URING_SUBMIT_SQE={int(want == 'io_uring_submit_sqe')}" in flags
+    assert "-DHAVE_IO_URING_SUBMIT_REQ=0" in render_cflags(KernelOffsets("btf", values), features, ProbeOptions())

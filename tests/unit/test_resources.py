@@ -8,7 +8,7 @@ import pytest
 
 from agent import resources
 from agent.detect.rules import default_rules_dir, load_rules
-from agent.probes.source import load_persistence_list, render_source
+from agent.probes.source import bundled_persistence, render_source
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,11 +69,12 @@ def test_callers_read_rules_and_bpf_from_the_override(tmp_path, monkeypatch) -> 
     shutil.copytree(REPO / "bpf", share / "bpf")
     (share / "bpf" / "fd.bpf.c").write_text((REPO / "bpf" / "fd.bpf.c").read_text() + "\n/* from-the-share */\n")
     lst = share / "rules" / "lists" / "persistence_paths.yaml"
-    lst.write_text(lst.read_text().replace("\nprefixes:\n", "\nprefixes:\n  - /from-the-share/\n", 1))
+    entry = "  - {path: /from-the-share/, technique: T1053.003}\n"
+    lst.write_text(lst.read_text().replace("\nprefixes:\n", "\nprefixes:\n" + entry, 1))
     monkeypatch.setenv(resources.SHARE_ENV, str(share))
     assert default_rules_dir() == share / "rules"
     ruleset = load_rules()
     assert ruleset.rules and all(r.source_file.startswith(str(share)) for r in ruleset.rules)
-    assert "/from-the-share/" in load_persistence_list()[0]
+    assert bundled_persistence().place_for("/from-the-share/x") is not None
     text = render_source()
     assert "/* from-the-share */" in text and "/from-the-share/" in text

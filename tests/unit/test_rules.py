@@ -297,11 +297,11 @@ def test_list_contents(lists: Lists) -> None:
 
 
 def test_persistence_list_agrees_with_probe_compiler(lists: Lists) -> None:
-    """Lists reads persistence_paths.yaml exactly as the kernel probe compiler does."""
-    from agent.probes.source import load_persistence_list
+    """The probe compiler renders its filter from the list the detectors use (one reader)."""
+    from agent.probes.source import bundled_persistence, render_path_matcher
 
-    prefixes, suffixes = load_persistence_list()
-    assert (list(lists.persistence_prefixes), list(lists.persistence_suffixes)) == (prefixes, suffixes)
+    assert bundled_persistence() == lists.persistence
+    assert render_path_matcher(lists.persistence) == render_path_matcher(bundled_persistence())
 
 
 def test_tunnel_list(lists: Lists) -> None:
