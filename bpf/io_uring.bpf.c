@@ -56,7 +56,7 @@ static __always_inline int uring_connect(void *req) {
     e->result = 0; /* not known at submission */
     void *file = current_fd_file(fd);
     if (file) {
-        sock_describe(file, &e->family, &e->sock_type, &e->port, &e->lport, e->addr);
+        SOCK_DESCRIBE(file, e);
         u64 sk = (u64)read_ptr(read_ptr(file, FILE_PRIVATE_DATA), SOCKET_SK);
         u8 one = 1;
         if (sk)
