@@ -101,7 +101,7 @@ def reverse(sensorlab, netlab, command: str, *, family: int = 4, signal: str = "
     received = listener.wait(timeout=timeout + 5)
     assert expect in received, received
     alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
-    record_case(sensorlab, case_name(), emark, token, {"signal": signal, "port": port})
+    record_case(sensorlab, case_name(), emark, token, {"signal": replay_signal or signal, "port": port})
     groups = incidents(c2_alerts(alerts))
     assert len(groups) == 1, [(a["rule"]["name"], a["event"]["reason"]) for a in alerts]
     lines = next(iter(groups.values()))
