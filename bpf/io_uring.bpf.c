@@ -2,7 +2,7 @@
  * EV_IO_URING, with the submitting process. The SQPOLL thread and io-wq workers are threads of the ring
  * creator's process and share its fd table, so the header and the fd lookups are the process's own.
  *
- * - CONNECT: at submission (raw tracepoint io_uring_submit_req, io_uring_submit_sqe before 6.4), the
+ * - CONNECT: at submission (io_uring:io_uring_submit_req, io_uring_submit_sqe before 6.4), the
  *   destination from the request's sockaddr, like the connect syscall probe.
  * - OPENAT, OPENAT2: at completion (io_uring_complete) with the new fd, through the open-exit path of
  *   persistence.bpf.c: resolved path, successful opens only. Opens into a fixed-file slot have no fd and
@@ -14,6 +14,9 @@
  * And any TCP connect the connect probes did not report (a path we did not think of): a socket entering
  * SYN_SENT (sock:inet_sock_set_state) outside a connect syscall and not announced by an io_uring CONNECT
  * is reported as a connect flagged EV_SOCK_STATE.
+ *
+ * Plain tracepoints, not raw ones: their req, opcode and res fields stay put across kernels whose
+ * TP_PROTO changed (io_uring_complete took the CQE fields one by one before it took the CQE).
  */
 
 /* Sockets whose connect an io_uring CONNECT already reported: their SYN_SENT is explained. */
@@ -91,14 +94,11 @@ static __always_inline int uring_name(void *ctx, void *req, u32 syscall) {
     job->kernel_name = 1;
     if (!job->uname)
         return 0;
-    finish(ctx, 1);
+    finish(ctx);
     return 0;
 }
 
-static __always_inline int on_uring_submit(struct bpf_raw_tracepoint_args *ctx) {
-    void *req = (void *)ctx->args[0];
-    u8 opcode = 0;
-    bpf_probe_read_kernel(&opcode, 1, (char *)req + IO_KIOCB_OPCODE);
+static __always_inline int on_uring_submit(void *ctx, void *req, u8 opcode) {
     switch (opcode) {
     case IORING_OP_CONNECT_:
         return uring_connect(req);
@@ -113,22 +113,21 @@ static __always_inline int on_uring_submit(struct bpf_raw_tracepoint_args *ctx) 
 }
 
 #if HAVE_IO_URING_SUBMIT_REQ
-RAW_TRACEPOINT_PROBE(io_uring_submit_req) { return on_uring_submit(ctx); }
+TRACEPOINT_PROBE(io_uring, io_uring_submit_req) { return on_uring_submit(args, (void *)args->req, args->opcode); }
 #elif HAVE_IO_URING_SUBMIT_SQE
-RAW_TRACEPOINT_PROBE(io_uring_submit_sqe) { return on_uring_submit(ctx); }
+TRACEPOINT_PROBE(io_uring, io_uring_submit_sqe) { return on_uring_submit(args, (void *)args->req, args->opcode); }
 #endif
 
-/* io_uring_complete(ctx, req, cqe): an OPENAT's result is the new fd. */
-RAW_TRACEPOINT_PROBE(io_uring_complete) {
-    void *req = (void *)ctx->args[1];
+/* An OPENAT's result is the new fd. */
+TRACEPOINT_PROBE(io_uring, io_uring_complete) {
+    void *req = (void *)args->req;
     u8 opcode = 0;
     bpf_probe_read_kernel(&opcode, 1, (char *)req + IO_KIOCB_OPCODE);
     if (opcode != IORING_OP_OPENAT_ && opcode != IORING_OP_OPENAT2_)
         return 0;
     if (read_u32(req, IO_OPEN_FILE_SLOT) != 0)
         return 0; /* into a fixed-file slot: no fd */
-    s32 res = (s32)read_u32((void *)ctx->args[2], IO_URING_CQE_RES);
-    return on_open_exit_from(ctx, res, opcode == IORING_OP_OPENAT_ ? SC_OPENAT : SC_OPENAT2, 1, EV_IO_URING);
+    return on_open_exit_from(args, args->res, opcode == IORING_OP_OPENAT_ ? SC_OPENAT : SC_OPENAT2, EV_IO_URING);
 }
 #endif /* io_uring */
 

@@ -60,8 +60,6 @@ BPF_PERCPU_ARRAY(file_scratch, struct file_scratch, 1);
 #define TAIL_FINISH 0
 #define TAIL_EMIT 1
 BPF_PROG_ARRAY(file_tail, 2);
-/* The same two programs for raw tracepoint callers (io_uring.bpf.c): a tail call stays in one program type. */
-BPF_PROG_ARRAY(file_tail_raw, 2);
 
 /* The path of (dentry, vfsmount) within the current task's root, into sc->ev.path (NUL-terminated); returns
  * its length. Built backwards in sc->walk, one component per step; a mount's root steps to its mountpoint.
@@ -150,7 +148,7 @@ static __always_inline int needs_folding(const char *p) {
     return 0;
 }
 
-static __always_inline int persist_finish_body(void *ctx, int raw) {
+int persist_finish(void *ctx) {
     int zero = 0;
     struct file_job *job = file_jobs.lookup(&zero);
     struct file_scratch *sc = file_scratch.lookup(&zero);
@@ -202,15 +200,12 @@ static __always_inline int persist_finish_body(void *ctx, int raw) {
     }
     sc->len = len;
 emit:
-    if (raw)
-        file_tail_raw.call(ctx, TAIL_EMIT);
-    else
-        file_tail.call(ctx, TAIL_EMIT);
+    file_tail.call(ctx, TAIL_EMIT);
     count_drop(DROP_UNRESOLVED); /* only reached when the tail call failed */
     return 0;
 }
 
-static __always_inline int persist_emit_body(void *ctx) {
+int persist_emit(void *ctx) {
     int zero = 0;
     struct file_job *job = file_jobs.lookup(&zero);
     struct file_scratch *sc = file_scratch.lookup(&zero);
@@ -246,22 +241,14 @@ static __always_inline int persist_emit_body(void *ctx) {
     return 0;
 }
 
-int persist_finish(void *ctx) { return persist_finish_body(ctx, 0); }
-int persist_emit(void *ctx) { return persist_emit_body(ctx); }
-int persist_finish_raw(void *ctx) { return persist_finish_body(ctx, 1); }
-int persist_emit_raw(void *ctx) { return persist_emit_body(ctx); }
-
-static __always_inline void finish(void *ctx, int raw) {
-    if (raw)
-        file_tail_raw.call(ctx, TAIL_FINISH);
-    else
-        file_tail.call(ctx, TAIL_FINISH);
+static __always_inline void finish(void *ctx) {
+    file_tail.call(ctx, TAIL_FINISH);
     count_drop(DROP_UNRESOLVED); /* only reached when the tail call failed */
 }
 
 /* After a successful open (ret: the new fd) in the current task: resolve and match its file if it is a
- * regular file open for writing. raw: called from a raw tracepoint (io_uring completions). */
-static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, int raw, u16 hdr_flags) {
+ * regular file open for writing. hdr_flags: header flags to add (EV_IO_URING for io_uring completions). */
+static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, u16 hdr_flags) {
     if (ret < 0)
         return 0;
     void *file = current_fd_file((int)ret);
@@ -287,12 +274,12 @@ static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, i
     job->kernel_name = 0;
     /* The kernel keeps the access mode and O_APPEND in f_flags; O_CREAT and O_TRUNC are gone by now. */
     job->open_flags = read_u32(file, FILE_F_FLAGS);
-    finish(ctx, raw);
+    finish(ctx);
     return 0;
 }
 
 static __always_inline int on_open_exit(void *ctx, long ret, u32 syscall) {
-    return on_open_exit_from(ctx, ret, syscall, 0, 0);
+    return on_open_exit_from(ctx, ret, syscall, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return on_open_exit(args, args->ret, SC_OPENAT); }
@@ -327,7 +314,7 @@ static __always_inline int name_exit(void *ctx, long ret) {
     job->open_flags = 0;
     job->hdr_flags = 0;
     job->kernel_name = 0;
-    finish(ctx, 0);
+    finish(ctx);
     return 0;
 }
 

@@ -80,13 +80,9 @@ class Sensor:
                              "`chainwatch doctor` checks the kernel and headers") from exc
         try:
             # Reached by tail call from the file probes (bpf/persistence.bpf.c TAIL_*), in this order.
-            tails = [(b"file_tail", bcc.BPF.TRACEPOINT, (b"persist_finish", b"persist_emit"))]
-            if program.features.io_uring_submit and program.offsets.has("io_uring"):
-                tails.append((b"file_tail_raw", bcc.BPF.RAW_TRACEPOINT, (b"persist_finish_raw", b"persist_emit_raw")))
-            for table, prog_type, names in tails:
-                for index, name in enumerate(names):
-                    func = self._bpf.load_func(name, prog_type)
-                    self._bpf[table][ctypes.c_int(index)] = ctypes.c_int(func.fd)
+            for index, name in enumerate((b"persist_finish", b"persist_emit")):
+                func = self._bpf.load_func(name, bcc.BPF.TRACEPOINT)
+                self._bpf[b"file_tail"][ctypes.c_int(index)] = ctypes.c_int(func.fd)
         except Exception as exc:
             self._bpf.cleanup()
             raise ProbeError(f"the file probes' resolver failed to load ({exc})") from exc

@@ -94,7 +94,6 @@ OPTIONAL: Final[dict[str, dict[str, tuple[tuple[str, str], ...]]]] = {
         "IO_LINK_NEWPATH": (("io_kiocb", "cmd"), ("io_link", "newpath")),
         "IO_LINK_OLDPATH": (("io_kiocb", "cmd"), ("io_link", "oldpath")),
         "FILENAME_NAME": (("filename", "name"),),
-        "IO_URING_CQE_RES": (("io_uring_cqe", "res"),),
     },
 }
 
