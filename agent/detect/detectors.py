@@ -253,13 +253,7 @@ class Detectors:
                 owner is not None and owner != key and self.graph.is_command_reader(owner)):
             return []
         self._judged.add(("stdio", key))
-        fd = event.stdio_socket_fd
-        if conn.ingress:
-            reason = (f"{name} started with fd {fd} on a connection accepted from {conn.daddr}:{conn.dport} "
-                      f"on port {conn.lport}")
-            return self._emit_conn("bind_shell", event, proc, reason, conn)
-        reason = f"{name} started with fd {fd} connected to {conn.daddr}:{conn.dport}"
-        return self._emit_conn("stdio_to_socket", event, proc, reason, conn)
+        return self._socket_on_stdio(event, proc, f"{name} started with fd {event.stdio_socket_fd}", conn, "")
 
     def _tracking_tamper(self, event: Exec, proc: Process | None) -> list[Signal]:
         """A step whose RUNNER_TRACKING_ID differs from the one its runner gave the job's first step: the
@@ -354,13 +348,16 @@ class Detectors:
             return []
         conn = self.graph.conn(event.sock_id) or Conn(event.sock_id, event.daddr, event.dport, "", event.lport,
                                                       event.family, event.transport, ingress=False)
-        what = f"{self.graph.program(key) or event.comm} put a socket"
+        return self._socket_on_stdio(event, proc, f"{self.graph.program(key) or event.comm} put on fd {event.newfd}",
+                                     conn, f" ({event.syscall})")
+
+    def _socket_on_stdio(self, event: Event, proc: Process | None, what: str, conn: Conn, how: str) -> list[Signal]:
+        """A remote socket on a command reader's stdio: a bind shell when it was accepted, else stdio_to_socket."""
         if conn.ingress:
-            reason = (f"{what} accepted from {conn.daddr}:{conn.dport} on port {conn.lport} on fd {event.newfd} "
-                      f"({event.syscall})")
-            return self._emit_conn("bind_shell", event, proc, reason, conn)
-        reason = f"{what} connected to {conn.daddr}:{conn.dport} on fd {event.newfd} ({event.syscall})"
-        return self._emit_conn("stdio_to_socket", event, proc, reason, conn)
+            return self._emit_conn("bind_shell", event, proc, f"{what} a connection accepted from {conn.daddr}:"
+                                   f"{conn.dport} on port {conn.lport}{how}", conn)
+        return self._emit_conn("stdio_to_socket", event, proc,
+                               f"{what} a socket connected to {conn.daddr}:{conn.dport}{how}", conn)
 
     # ---------------------------------------------------------------- the stdio graph
 
