@@ -443,7 +443,9 @@ class Detectors:
         if not stdout_back or (stdin_back and self.graph.reads_commands_from_stdin(child.key)):
             return []  # nothing comes back, or a shell fed and read by the holder: a relay, judged as one
         ctx = context_of(holder)
-        in_install = ctx is not None and not ctx.is_ci
+        # Inside a package install, a hook's own script holding a connection and running shell commands back
+        # to itself counts too; a downloader running the binary it fetched (esbuild's --version check) does not.
+        in_install = ctx is not None and not ctx.is_ci and self.graph.program(child.key) in self.lists.shells
         if not (self.graph.suspicious_program(holder_key) or in_install):
             return []
         self._judged.add(("loop", holder_key))

@@ -157,3 +157,20 @@ def test_port_probe_is_only_a_notice() -> None:
     assert [a["event"]["severity"] for a in w.alerts] == [21]
     text = (w.alerts[0]["rule"]["name"] + w.alerts[0]["event"]["reason"]).lower()
     assert "reverse shell" not in text and "c2" not in text
+
+
+def test_install_hook_loop_needs_a_shell_child() -> None:
+    """In a package install, a hook script holding a connection that runs the binary it downloaded is quiet; the
+    same script running shell commands whose output comes back to it is a command loop."""
+    w = World()
+    w.spawn(100, None, "/usr/bin/npm", ("npm", "install"), t=0, **TTY)
+    w.spawn(101, 100, "/bin/sh", ("sh", "-c", "node install.js"), t=0.1, **TTY)
+    w.spawn(102, 101, "/usr/bin/node", ("node", "install.js"), t=0.2, **TTY)
+    connect(w, 102, 0.3, sock="sock:90")
+    w.spawn(103, 102, "/work/node_modules/esbuild/bin/esbuild", ("esbuild", "--version"), t=0.4,
+            **ends("null", "fifo:9:60", "fifo:9:61"))
+    assert c2(w) == []
+    w.spawn(104, 102, "/bin/sh", ("/bin/sh", "-c", "id"), t=0.5, **ends("null", "fifo:9:62", "fifo:9:63"))
+    hits = c2(w)
+    assert len(hits) == 1 and hits[0]["process"]["pid"] == 102
+    assert hits[0]["supply_chain"]["context"] == "package_install_npm"
