@@ -195,7 +195,10 @@ class Detectors:
         (agent.detect.exeid: a renamed bash is bash, a memfd socat is socat), else by name."""
         if proc is not None:
             proc.tags.pop("program", None)
-            known = self.exe_identity.identify(event.pid, event.exe_id) if self.exe_identity else None
+            # A script's executed file is its interpreter (binfmt_script puts the script's path in argv[1]):
+            # the script is named by its path, as before.
+            script = len(event.args) > 1 and event.args[1] == event.filename
+            known = self.exe_identity.identify(event.pid, event.exe_id) if self.exe_identity and not script else None
             if known is not None and known != self.lists.program(event.filename, event.args):
                 proc.tags["program"] = known
             return self.graph.name_of(proc)
