@@ -65,14 +65,8 @@ static __always_inline int uring_connect(void *req) {
         if (sk)
             uring_connects.update(&sk, &one);
     }
-    e->family = family;
-    __builtin_memcpy(&port, sa + 2, 2);
+    sockaddr_peer(sa, &e->family, &port, e->addr);
     e->port = cw_ntohs(port);
-    __builtin_memset(e->addr, 0, sizeof(e->addr));
-    if (family == AF_INET_)
-        __builtin_memcpy(e->addr, sa + 4, 4);
-    else
-        __builtin_memcpy(e->addr, sa + 8, 16);
     return net_out(e);
 }
 

@@ -17,17 +17,9 @@ static __always_inline int emit_net_flags(u16 op, int fd, int result, void *file
     if (uaddr && e->port == 0) {
         /* connect failed and the kernel cleared the peer (or the socket is gone), or an unconnected UDP
          * socket's sendto: the destination the caller asked for, from its sockaddr copied at entry. */
-        u16 family = 0;
-        __builtin_memcpy(&family, uaddr, 2);
-        e->family = family;
         u16 port = 0;
-        __builtin_memcpy(&port, uaddr + 2, 2);
+        sockaddr_peer(uaddr, &e->family, &port, e->addr);
         e->port = cw_ntohs(port);
-        __builtin_memset(e->addr, 0, sizeof(e->addr));
-        if (family == AF_INET_)
-            __builtin_memcpy(e->addr, uaddr + 4, 4);
-        else
-            __builtin_memcpy(e->addr, uaddr + 8, 16);
     }
 #if SKIP_LOOPBACK
     if (addr_is_loopback(e->family, e->addr) && op != OP_LISTEN)
@@ -70,14 +62,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto) {
     if (bpf_probe_read_user(sa, n & 31, (void *)args->addr) != 0)
         return 0;
     struct udp_dest key = {};
-    __builtin_memcpy(&key.family, sa, 2);
+    sockaddr_peer(sa, &key.family, &key.port, key.addr);
     if (key.family != AF_INET_ && key.family != AF_INET6_)
         return 0;
-    __builtin_memcpy(&key.port, sa + 2, 2);
-    if (key.family == AF_INET_)
-        __builtin_memcpy(key.addr, sa + 4, 4);
-    else
-        __builtin_memcpy(key.addr, sa + 8, 16);
     key.sock_ino = read_u64(file_inode(file), INODE_INO);
     if (udp_dests.lookup(&key))
         return 0;

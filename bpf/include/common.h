@@ -225,6 +225,18 @@ static __always_inline void file_identity(void *file, u16 *mode, u32 *dev, u64 *
     }
 }
 
+/* The peer of a sockaddr_in / sockaddr_in6 as the caller passed it: family, port (network order) and the
+ * address (IPv4 in the first 4 bytes). One parser for connect's fallback, sendto and io_uring. */
+static __always_inline void sockaddr_peer(const u8 *sa, u16 *family, u16 *port_be, u8 addr[16]) {
+    __builtin_memcpy(family, sa, 2);
+    __builtin_memcpy(port_be, sa + 2, 2);
+    __builtin_memset(addr, 0, 16);
+    if (*family == AF_INET_)
+        __builtin_memcpy(addr, sa + 4, 4);
+    else
+        __builtin_memcpy(addr, sa + 8, 16);
+}
+
 /* Loopback destinations never count as remote; dropping them here is a compile-time option. */
 static __always_inline int addr_is_loopback(u16 family, const u8 addr[16]) {
     if (family == AF_INET_)
