@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     dump = bpf_sub.add_parser("dump", help="print the exact BPF source and compiler flags")
     dump.add_argument("--config")
     dump.add_argument("--rules", metavar="DIR", help="rules directory whose persistence list the kernel filters on")
-    dump.set_defaults(alerts=None)
+    dump.set_defaults(alerts=None, sigma=None)
 
     rules = sub.add_parser("rules", help="detection rule tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import SensorConfig
 from agent.detect.persistence import PersistencePlaces, Place
 from agent.probes import source
 from agent.probes.offsets import WANTED, KernelOffsets
@@ -20,6 +21,7 @@ from agent.probes.source import (
     detect_features,
     render_cflags,
     render_path_matcher,
+    render_persist_match_header,
 )
 
 GCC = shutil.which("gcc")
@@ -293,14 +295,15 @@ def test_render_cflags() -> None:
     values = {name: str(8 * i + 3) for i, name in enumerate(sorted(WANTED))}
     offsets = KernelOffsets("btf", values)
     features = Features("/sys/kernel/tracing", exit_group_dead=True, legacy_syscalls=False, module_tracepoints=True)
-    options = ProbeOptions(capture_env=False, skip_loopback=True, ringbuf_pages=512)
+    options = ProbeOptions(SensorConfig(capture_env=False, skip_loopback=True, ringbuf_pages=512))
     flags = render_cflags(offsets, features, options)
     for name, value in values.items():
         assert f"-D{name}={value}" in flags, name
     defined = {f[2:].split("=", 1)[0] for f in flags if f.startswith("-D")}
     assert set(WANTED) <= defined
     for flag in ("-DHAVE_EXIT_GROUP_DEAD=1", "-DHAVE_SYS_OPEN=0", "-DHAVE_MODULE_TRACEPOINTS=1",
-                 "-DCAPTURE_ENV=0", "-DSKIP_LOOPBACK=1", "-DRINGBUF_PAGES=512"):
+                 "-DCAPTURE_ENV=0", "-DSKIP_LOOPBACK=1", "-DRINGBUF_PAGES=512", "-DNET_RINGBUF_PAGES=1024",
+                 "-DFILE_RINGBUF_PAGES=256", "-DOFFSETS_FROM_HEADERS=0"):
         assert flag in flags
     assert len(flags) == len(set(flags))
 
@@ -312,13 +315,17 @@ def test_render_cflags_headers_fallback() -> None:
     assert "-DTASK_TGID=offsetof(struct task_struct, tgid)" in flags
     assert "-DHAVE_SYS_OPEN=1" in flags and "-DHAVE_EXIT_GROUP_DEAD=0" in flags
     assert "-DCAPTURE_ENV=1" in flags and "-DRINGBUF_PAGES=2048" in flags
+    assert "-DOFFSETS_FROM_HEADERS=1" in flags  # common.h then includes the kernel's headers
 
 
 def test_render_source_includes_matcher() -> None:
-    """render_source inlines the generated header and the matcher for the real list."""
+    """render_source inlines the ABI header and the generated matcher header for the real list."""
     text = source.render_source()
     assert "#define OP_EXEC 1" in text
     assert render_path_matcher(bundled_persistence()) in text
+    header = render_persist_match_header(bundled_persistence())
+    assert header.startswith("/* GENERATED") and '#include "events.gen.h"' in header
+    assert '#line 1 "<generated>/persist_match.gen.h"\n' + header.split("#include")[0] in text
 
 
 @pytest.mark.parametrize("names,want", [
