@@ -174,12 +174,14 @@ def _replay(args: argparse.Namespace) -> int:
 def _bpf_dump(args: argparse.Namespace) -> int:
     from agent.daemon import probe_options
     from agent.probes.loader import build_program
+    from agent.probes.source import source_files
 
     program = build_program(probe_options(with_detection_args(load_config(args.config), args)))
     print(f"// offsets from: {program.offsets.source}")
     print(f"// features: {program.features.describe()}")
     print("// cflags: " + " ".join(program.cflags))
-    print(program.text)
+    print("// files (each starts at its #line 1): " + " ".join(source_files(program.text)))
+    print(program.text, end="")
     return 0
 
 

@@ -21,6 +21,7 @@ INCLUDE_DIR: Final = "include"  # bpf/include: shared headers and the ABI's even
 PERSIST_MATCH_HEADER: Final = "persist_match.gen.h"  # generated at load from the persistence list in use
 GENERATED_DIR: Final = "<generated>"  # where the rendered text says generated headers come from
 _QUOTE_INCLUDE: Final = re.compile(r'[ \t]*#[ \t]*include[ \t]*"([^"]+)"')
+_FILE_START: Final = re.compile(r'^#line 1 "([^"]+)"$', re.M)
 # The io_uring submission tracepoint, newest name first (io_uring_submit_sqe until 6.3).
 IO_URING_SUBMIT_TRACEPOINTS: Final = ("io_uring_submit_req", "io_uring_submit_sqe")
 TRACEFS_CANDIDATES: Final = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -246,6 +247,11 @@ def render_source(main: str = MAIN_FILE, persistence: PersistencePlaces | None =
     path = inliner.bpf / main
     inliner.inline(inliner.label(path), path.read_text(encoding="utf-8"), path.parent)
     return "\n".join(inliner.out) + "\n"
+
+
+def source_files(text: str) -> list[str]:
+    """The files a rendered program is made of, in order: each begins at its ``#line 1 "name"``."""
+    return _FILE_START.findall(text)
 
 
 def render_cflags(offsets: KernelOffsets, features: Features, options: ProbeOptions) -> list[str]:
