@@ -196,9 +196,10 @@ class _Inliner:
     include guard), with ``#line`` markers so that compiler messages name the file and line it came from.
 
     bcc rewrites its map syntax (``map.lookup()``, ``TRACEPOINT_PROBE``'s args) only in the main file it is
-    given, not in included files, so the program reaches it as one text. A name is searched for the way
-    clang searches ``-I``: the including file's directory, then the generated headers, then bpf/include.
-    ``#include <...>`` (the kernel's headers, without BTF) is left to the compiler."""
+    given, not in included files, so the program reaches it as one text. A name is searched for as clang
+    searches a quote include with ``-I<generated> -Ibpf/include``: next to the includer, then among the
+    generated headers, then in bpf/include. ``#if`` is not evaluated, so a project include is never made
+    conditional; ``#include <...>`` (the kernel's headers, without BTF) is left to the compiler."""
 
     def __init__(self, bpf: Path, generated: dict[str, str]):
         self.bpf, self.generated = bpf.resolve(), generated
@@ -209,15 +210,18 @@ class _Inliner:
         """How the text names a project file (in #line markers): bpf/include/common.h."""
         return f"bpf/{path.relative_to(self.bpf).as_posix()}"
 
+    def read(self, path: Path) -> tuple[str, str, Path | None]:
+        """(label, text, directory to search first for its own includes) of a project file."""
+        path = path.resolve()
+        return self.label(path), path.read_text(encoding="utf-8"), path.parent
+
     def _find(self, name: str, here: Path | None, where: str) -> tuple[str, str, Path | None]:
-        """(label, text, directory) of an included name."""
-        for directory in (here, None, self.bpf / INCLUDE_DIR):
-            if directory is None:
-                if name in self.generated:
-                    return f"{GENERATED_DIR}/{name}", self.generated[name], None
-            elif (directory / name).is_file():
-                path = (directory / name).resolve()
-                return self.label(path), path.read_text(encoding="utf-8"), path.parent
+        if here is not None and (here / name).is_file():
+            return self.read(here / name)
+        if name in self.generated:
+            return f"{GENERATED_DIR}/{name}", self.generated[name], None
+        if (self.bpf / INCLUDE_DIR / name).is_file():
+            return self.read(self.bpf / INCLUDE_DIR / name)
         raise FileNotFoundError(f'{where}: #include "{name}" is neither next to it, generated, nor in '
                                 f"{self.bpf / INCLUDE_DIR}")
 
@@ -244,8 +248,7 @@ def render_source(main: str = MAIN_FILE, persistence: PersistencePlaces | None =
     bpf = resources.bpf_dir()
     generated = {PERSIST_MATCH_HEADER: render_persist_match_header(persistence or bundled_persistence())}
     inliner = _Inliner(bpf, generated)
-    path = inliner.bpf / main
-    inliner.inline(inliner.label(path), path.read_text(encoding="utf-8"), path.parent)
+    inliner.inline(*inliner.read(bpf / main))
     return "\n".join(inliner.out) + "\n"
 
 

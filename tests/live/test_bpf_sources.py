@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import skip_or_fail
@@ -27,7 +28,7 @@ CONCERN_FILES = ("process.bpf.c", "net.bpf.c", "fd.bpf.c", "persistence.bpf.c", 
 
 
 @pytest.fixture(scope="module")
-def bcc_lib() -> object:
+def bcc_lib() -> Any:
     if os.geteuid() != 0:
         skip_or_fail("compiling with bcc creates BPF maps, which needs root (run `make test` as root)")
     try:
@@ -37,15 +38,15 @@ def bcc_lib() -> object:
     return lib
 
 
-def _compiles(lib: object, text: str, cflags: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[bool, str]:
+def _compiles(lib: Any, text: str, cflags: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[bool, str]:
     """(bcc compiled it, what bcc printed). Compile only: nothing is loaded into the kernel."""
     # An implicitly declared function would compile and only fail at load: make it a compile error here.
     flags = [flag.encode() for flag in [*cflags, "-Werror=implicit-function-declaration"]]
     array = (ctypes.c_char_p * len(flags))(*flags)
     capfd.readouterr()
-    module = lib.bpf_module_create_c_from_string(text.encode(), 0, array, len(flags), True, None)  # type: ignore[attr-defined]
+    module = lib.bpf_module_create_c_from_string(text.encode(), 0, array, len(flags), True, None)
     if module:
-        lib.bpf_module_destroy(module)  # type: ignore[attr-defined]
+        lib.bpf_module_destroy(module)
     return bool(module), capfd.readouterr().err
 
 
@@ -55,7 +56,7 @@ def _cflags(btf_path: str | None = None) -> list[str]:
 
 
 @pytest.mark.parametrize("name", CONCERN_FILES)
-def test_concern_file_compiles_alone(bcc_lib: object, name: str, capfd: pytest.CaptureFixture[str]) -> None:
+def test_concern_file_compiles_alone(bcc_lib: Any, name: str, capfd: pytest.CaptureFixture[str]) -> None:
     """bcc compiles each concern file as the only file it is given: it includes everything it uses."""
     text = render_source(name)
     assert f'#line 1 "bpf/{name}"' in text.splitlines()[0]
@@ -63,7 +64,7 @@ def test_concern_file_compiles_alone(bcc_lib: object, name: str, capfd: pytest.C
     assert ok, f"bpf/{name} does not compile on its own:\n{errors}"
 
 
-def test_missing_include_fails_to_compile(bcc_lib: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_missing_include_fails_to_compile(bcc_lib: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capfd: pytest.CaptureFixture[str]) -> None:
     """The control: io_uring.bpf.c without its include of persistence.bpf.c does not compile, so the test
     above would see a file that leans on another one without including it."""
@@ -81,7 +82,7 @@ def test_missing_include_fails_to_compile(bcc_lib: object, tmp_path: Path, monke
     assert "bpf/io_uring.bpf.c:" in errors  # the #line markers name the file the error is in
 
 
-def test_missing_define_fails_to_compile(bcc_lib: object, capfd: pytest.CaptureFixture[str]) -> None:
+def test_missing_define_fails_to_compile(bcc_lib: Any, capfd: pytest.CaptureFixture[str]) -> None:
     """An option the agent did not pass is a compile error naming it, not a silent 0 or a C default."""
     flags = [flag for flag in _cflags() if not flag.startswith("-DSKIP_LOOPBACK=")]
     ok, errors = _compiles(bcc_lib, render_source("net.bpf.c"), flags, capfd)
@@ -96,7 +97,7 @@ HEADER_FALLBACK_GAPS = re.compile(r"offsetof of incomplete type 'struct (fs_stru
                                   r"tty_struct)'|conflicting types for 'file_inode'")
 
 
-def test_program_builds_from_kernel_headers(bcc_lib: object, tmp_path: Path,
+def test_program_builds_from_kernel_headers(bcc_lib: Any, tmp_path: Path,
                                             capfd: pytest.CaptureFixture[str]) -> None:
     """Without BTF the offsets are offsetof() over the kernel's headers, which common.h then includes: every
     other struct resolves (an error about task_struct or sock would show the headers missing), and the only
