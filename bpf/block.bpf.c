@@ -32,7 +32,7 @@ struct block_val {
     u64 hits;
 };
 
-/* BLOCK_MAX_ENTRIES: a -D from agent/probes/block.py (MAX_ENTRIES), which also bounds the agent's side. */
+/* BLOCK_MAX_ENTRIES: a -D from agent/probes/block.py (MAX_ENTRIES), declared there only. */
 BPF_HASH(blocked, struct block_key, struct block_val, BLOCK_MAX_ENTRIES);
 
 static __always_inline int block_match(struct block_key *key) {
