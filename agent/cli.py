@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     dump = bpf_sub.add_parser("dump", help="print the exact BPF source and compiler flags")
     dump.add_argument("--config")
     dump.add_argument("--rules", metavar="DIR", help="rules directory whose persistence list the kernel filters on")
-    dump.set_defaults(alerts=None)
+    dump.set_defaults(alerts=None, sigma=None)
 
     rules = sub.add_parser("rules", help="detection rule tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
@@ -174,12 +174,14 @@ def _replay(args: argparse.Namespace) -> int:
 def _bpf_dump(args: argparse.Namespace) -> int:
     from agent.daemon import probe_options
     from agent.probes.loader import build_program
+    from agent.probes.source import source_files
 
     program = build_program(probe_options(with_detection_args(load_config(args.config), args)))
     print(f"// offsets from: {program.offsets.source}")
     print(f"// features: {program.features.describe()}")
     print("// cflags: " + " ".join(program.cflags))
-    print(program.text)
+    print("// files (each starts at its #line 1): " + " ".join(source_files(program.text)))
+    print(program.text, end="")
     return 0
 
 

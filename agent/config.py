@@ -9,23 +9,38 @@ import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 
 class ConfigError(ValueError):
     """The config file cannot be used; the message names the file and the key."""
 
 
+KERNEL_DEFINE: Final = "kernel_define"  # field metadata: the BPF program is compiled with -D<NAME>=<value>
+
+
+def _kernel(default: bool | int) -> Any:
+    """A compile-time constant of the BPF program, declared here once: its default is the config's and the
+    probe options', and agent/probes/source.py passes it as -D<FIELD NAME IN CAPITALS>; the C has no default."""
+    return field(default=default, metadata={KERNEL_DEFINE: True})
+
+
 @dataclass(frozen=True)
 class SensorConfig:
     """Kernel-side options (compile-time constants in the BPF program) and the read loop."""
 
-    capture_env: bool = True  # copy the environment block at exec (attribution labels)
-    skip_loopback: bool = True  # drop connects/accepts to loopback in the kernel: they never count as remote
-    ringbuf_pages: int = 2048  # ring buffer size in 4 KiB pages, a power of two
-    net_ringbuf_pages: int = 1024  # the connect/accept/listen ring, likewise
+    capture_env: bool = _kernel(True)  # copy the environment block at exec (attribution labels)
+    skip_loopback: bool = _kernel(True)  # drop connects/accepts to loopback in the kernel: they never count as remote
+    ringbuf_pages: int = _kernel(2048)  # ring buffer size in 4 KiB pages, a power of two
+    net_ringbuf_pages: int = _kernel(1024)  # the connect/accept/listen ring, likewise
+    file_ringbuf_pages: int = _kernel(256)  # the persistence (file write) ring, likewise
     poll_timeout_ms: int = 100
     stats_interval_s: float = 60.0
+
+    def kernel_defines(self) -> dict[str, int]:
+        """The C defines of the kernel-side options: {"CAPTURE_ENV": 1, "RINGBUF_PAGES": 2048, ...}."""
+        return {f.name.upper(): int(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.metadata.get(KERNEL_DEFINE)}
 
 
 @dataclass(frozen=True)
@@ -243,7 +258,8 @@ class Config:
     def validate(self, source: str = "<defaults>") -> Config:
         """Check value ranges; raises ConfigError."""
         for key, pages in (("ringbuf_pages", self.sensor.ringbuf_pages),
-                           ("net_ringbuf_pages", self.sensor.net_ringbuf_pages)):
+                           ("net_ringbuf_pages", self.sensor.net_ringbuf_pages),
+                           ("file_ringbuf_pages", self.sensor.file_ringbuf_pages)):
             # bcc sizes a ring buffer as pages * 4096 in a C int: 2**18 pages (1 GiB) is the most that fits.
             if pages < 1 or pages & (pages - 1) or pages > MAX_RINGBUF_PAGES:
                 raise ConfigError(f"{source}: sensor.{key} must be a power of two up to {MAX_RINGBUF_PAGES}, "

@@ -72,10 +72,7 @@ def probe_options(config: Config, rules: RuleSet | None = None) -> ProbeOptions:
     """The kernel-side options from the config; the persistence filter from the rules in use (loaded from the
     config's rules directory when not given)."""
     rules = rules or load_rules(config.detection.rules_dir or default_rules_dir())
-    return ProbeOptions(capture_env=config.sensor.capture_env, skip_loopback=config.sensor.skip_loopback,
-                        ringbuf_pages=config.sensor.ringbuf_pages,
-                        net_ringbuf_pages=config.sensor.net_ringbuf_pages,
-                        persistence=rules.lists.persistence)
+    return ProbeOptions(sensor=config.sensor, persistence=rules.lists.persistence)
 
 
 class Agent:
@@ -203,8 +200,8 @@ class Agent:
         if any(v > self._last_drops.get(k, 0) for k, v in drops.items()):
             new = {k: v - self._last_drops.get(k, 0) for k, v in drops.items() if v != self._last_drops.get(k, 0)}
             log.warning("events_lost", where="kernel", new=new, total=drops,
-                        hint="raise sensor.ringbuf_pages (net_ringbuf_pages for net_ringbuf_full), or the agent is "
-                             "starved of CPU")
+                        hint="raise sensor.ringbuf_pages (net_ringbuf_pages for net_ringbuf_full, "
+                             "file_ringbuf_pages for file_ringbuf_full), or the agent is starved of CPU")
             self._last_drops = drops
 
     def log_stats(self, final: bool = False) -> None:

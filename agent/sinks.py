@@ -32,6 +32,7 @@ from typing import IO, Any, Final, Protocol, runtime_checkable
 
 import structlog
 
+from agent.config import DetectionConfig
 from agent.formats import encode_line, render
 from agent.safefile import ALERT_MODE, open_private
 from agent.spool import Spool
@@ -40,7 +41,7 @@ log = structlog.get_logger()
 
 STOP: Final = object()
 MEMORY_SPOOL_BYTES: Final = 4 * 1024 * 1024  # per output; a few thousand alerts
-DISK_SPOOL_BYTES: Final = 64 * 1024 * 1024  # per output
+DISK_SPOOL_BYTES: Final = DetectionConfig.spool_max_mb * 1024 * 1024  # per output (detection.spool_max_mb)
 RETRY_MIN_S: Final = 0.1
 RETRY_MAX_S: Final = 5.0
 

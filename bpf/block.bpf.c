@@ -32,9 +32,7 @@ struct block_val {
     u64 hits;
 };
 
-#ifndef BLOCK_MAX_ENTRIES
-#define BLOCK_MAX_ENTRIES 4096
-#endif
+/* BLOCK_MAX_ENTRIES: a -D from agent/probes/block.py (MAX_ENTRIES), declared there only. */
 BPF_HASH(blocked, struct block_key, struct block_val, BLOCK_MAX_ENTRIES);
 
 static __always_inline int block_match(struct block_key *key) {

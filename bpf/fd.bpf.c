@@ -1,6 +1,10 @@
 /* Sockets duplicated onto stdin/stdout/stderr: dup, dup2, dup3 and fcntl(F_DUPFD*); FIFO and pty master opens.
  * The kernel decides from the inode type and the peer: only an inet socket with a (non-loopback) peer
  * onto 0/1/2 reaches userspace. */
+#ifndef CHAINWATCH_FD_BPF_C
+#define CHAINWATCH_FD_BPF_C
+
+#include "common.h"
 
 #define F_DUPFD_ 0
 #define F_DUPFD_CLOEXEC_ 1030
@@ -99,3 +103,5 @@ static __always_inline int fd_open_note(void *file, long fd) {
     return 0;
 }
 /* Called from the open-exit programs in persistence.bpf.c, which look the new fd's file up once for both. */
+
+#endif /* CHAINWATCH_FD_BPF_C */

@@ -18,6 +18,11 @@
  * Plain tracepoints, not raw ones: their req, opcode and res fields stay put across kernels whose
  * TP_PROTO changed (io_uring_complete took the CQE fields one by one before it took the CQE).
  */
+#ifndef CHAINWATCH_IO_URING_BPF_C
+#define CHAINWATCH_IO_URING_BPF_C
+
+#include "common.h"
+#include "persistence.bpf.c" /* file_jobs, finish() and on_open_exit_from(): the open and name paths */
 
 /* Sockets whose connect an io_uring CONNECT already reported: their SYN_SENT is explained. */
 BPF_TABLE("lru_hash", u64, u8, uring_connects, 4096);
@@ -161,3 +166,5 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     return net_out(e);
 }
 #endif
+
+#endif /* CHAINWATCH_IO_URING_BPF_C */

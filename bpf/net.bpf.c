@@ -1,6 +1,10 @@
 /* Network: connect (IPv4/IPv6, with result), accept and listen (bind shells). The peer of a connect is read
  * from the socket after the call (what the kernel connected to), so a thread rewriting the caller's sockaddr
  * cannot change it; the sockaddr copied at entry is only the fallback for a failed connect. */
+#ifndef CHAINWATCH_NET_BPF_C
+#define CHAINWATCH_NET_BPF_C
+
+#include "common.h"
 
 static __always_inline int emit_net_flags(u16 op, int fd, int result, void *file, const u8 *uaddr, u16 flags) {
     /* Built on the stack and filtered before it takes ring space: a full ring must count only the
@@ -121,3 +125,5 @@ TRACEPOINT_PROBE(syscalls, sys_exit_listen) {
         return 0;
     return emit_net(OP_LISTEN, (int)s.a, (int)args->ret, file, 0);
 }
+
+#endif /* CHAINWATCH_NET_BPF_C */

@@ -15,6 +15,12 @@
  * one program with the verifier's whole instruction budget instead of a copy of the matcher in each probe.
  * File events have a ring of their own (file_events), so a flood of them cannot crowd out process events.
  */
+#ifndef CHAINWATCH_PERSISTENCE_BPF_C
+#define CHAINWATCH_PERSISTENCE_BPF_C
+
+#include "common.h"
+#include "persist_match.gen.h" /* persist_path_match(): generated at load from the persistence list in use */
+#include "fd.bpf.c"            /* fd_open_note(): the open-exit probes report FIFO and pty master opens too */
 
 #define FMODE_WRITE_ 0x2
 #define S_IFREG_ 0100000
@@ -22,12 +28,9 @@
 #define WALK_BUF 768 /* 512 + 256: a name of up to 255 bytes may be copied to any offset below 512 */
 #define WALK_END 511
 #define WALK_DEPTH 48 /* path components plus mount crossings */
-/* cw_opaque(v) (from the generated matcher, in common code before this file) hides a value's known range
- * from clang, so the "& mask" the verifier needs on a size or offset is not folded away. */
+/* cw_opaque(v) (from persist_match.gen.h) hides a value's known range from clang, so the "& mask" the
+ * verifier needs on a size or offset is not folded away. */
 
-#ifndef FILE_RINGBUF_PAGES
-#define FILE_RINGBUF_PAGES 256
-#endif
 BPF_RINGBUF_OUTPUT(file_events, FILE_RINGBUF_PAGES);
 
 /* What persist_finish resolves, filled by the exit probe on this CPU just before the tail call. */
@@ -375,3 +378,5 @@ static __always_inline int emit_module(int syscall, int fd) {
 TRACEPOINT_PROBE(syscalls, sys_enter_init_module) { return emit_module(SC_INIT_MODULE, -1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_finit_module) { return emit_module(SC_FINIT_MODULE, args->fd); }
 #endif
+
+#endif /* CHAINWATCH_PERSISTENCE_BPF_C */

@@ -1,4 +1,8 @@
 /* Process lifecycle: exec (with argv and the environment block), fork of processes, exit of thread groups. */
+#ifndef CHAINWATCH_PROCESS_BPF_C
+#define CHAINWATCH_PROCESS_BPF_C
+
+#include "common.h"
 
 /* An exec record is ~12 KiB, too big for the BPF stack: build it in a per-CPU scratch slot. */
 BPF_PERCPU_ARRAY(exec_scratch, struct exec_event, 1);
@@ -196,3 +200,5 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     events.ringbuf_submit(e, lifecycle_wakeup_flag());
     return 0;
 }
+
+#endif /* CHAINWATCH_PROCESS_BPF_C */

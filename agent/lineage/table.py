@@ -18,6 +18,7 @@ import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from agent.config import LineageConfig
 from agent.events import FLAG_SEEDED, Event, Exec, Exit, Fork
 from agent.lineage.identity import ProcessKey, process_key
 
@@ -29,11 +30,11 @@ __all__ = [
     "ProcessTable",
 ]
 
-DEFAULT_GRACE_NS = 30 * 10**9
-"""How long an exited process stays resolvable before :meth:`ProcessTable.reap` drops it."""
+DEFAULT_GRACE_NS = int(LineageConfig.grace_s * 10**9)
+"""How long an exited process stays resolvable before :meth:`ProcessTable.reap` drops it (lineage.grace_s)."""
 
-DEFAULT_MAX_ENTRIES = 65536
-"""Default bound on the number of processes a :class:`ProcessTable` holds."""
+DEFAULT_MAX_ENTRIES = LineageConfig.max_entries
+"""Default bound on the number of processes a :class:`ProcessTable` holds (lineage.max_entries)."""
 
 EARLY_EXIT_CAP = 4096
 """How many Exit events for not-yet-known processes a table remembers (see ``apply``)."""

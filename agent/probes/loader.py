@@ -39,7 +39,7 @@ def build_program(options: ProbeOptions) -> BuiltProgram:
     """Gather offsets and features and render the program. No bcc needed."""
     features = detect_features()
     offsets = kernel_offsets()
-    text = render_source(headers_for_offsets=offsets.source == "headers", persistence=options.persistence)
+    text = render_source(persistence=options.persistence)
     return BuiltProgram(text, render_cflags(offsets, features, options), offsets, features)
 
 

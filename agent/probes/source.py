@@ -6,17 +6,22 @@ Pure: no bcc here, so ``chainwatch bpf dump`` and the tests can show and check w
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from agent import resources
+from agent.config import SensorConfig
 from agent.detect.persistence import HOME_USER_MAX, PersistencePlaces, Place
 from agent.probes.offsets import KernelOffsets
 
-# Order matters: the generated layout, then shared helpers, then one file per concern.
-SOURCE_FILES: Final = ("include/events.gen.h", "include/common.h", "process.bpf.c", "net.bpf.c", "fd.bpf.c",
-                       "persistence.bpf.c", "io_uring.bpf.c")
+MAIN_FILE: Final = "chainwatch.bpf.c"  # the translation unit: it includes one file per concern
+INCLUDE_DIR: Final = "include"  # bpf/include: shared headers and the ABI's events.gen.h
+PERSIST_MATCH_HEADER: Final = "persist_match.gen.h"  # generated at load from the persistence list in use
+GENERATED_DIR: Final = "<generated>"  # where the rendered text says generated headers come from
+_QUOTE_INCLUDE: Final = re.compile(r'[ \t]*#[ \t]*include[ \t]*"([^"]+)"')
+_FILE_START: Final = re.compile(r'^#line 1 "([^"]+)"$', re.M)
 # The io_uring submission tracepoint, newest name first (io_uring_submit_sqe until 6.3).
 IO_URING_SUBMIT_TRACEPOINTS: Final = ("io_uring_submit_req", "io_uring_submit_sqe")
 TRACEFS_CANDIDATES: Final = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -75,13 +80,10 @@ def detect_features(tracefs: str | None = None) -> Features:
 
 @dataclass(frozen=True)
 class ProbeOptions:
-    """Compile-time options: the kernel filters on these constants."""
+    """What the program is compiled with besides the kernel's own facts: the [sensor] options (declared, with
+    their defaults, once in SensorConfig; see SensorConfig.kernel_defines) and the persistence list."""
 
-    capture_env: bool = True
-    skip_loopback: bool = True
-    ringbuf_pages: int = 2048
-    net_ringbuf_pages: int = 1024
-    file_ringbuf_pages: int = 256
+    sensor: SensorConfig = field(default_factory=SensorConfig)
     persistence: PersistencePlaces | None = None  # the rules' list (None: the bundled one)
 
 
@@ -180,22 +182,79 @@ def render_path_matcher(places: PersistencePlaces) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_source(headers_for_offsets: bool = False, persistence: PersistencePlaces | None = None) -> str:
-    """The whole program as one text (includes inlined), exactly as compiled; the persistence filter from
-    ``persistence`` (the rules in use), else from the bundled list."""
-    parts = []
-    if headers_for_offsets:
-        # Only without BTF: the offset macros expand to offsetof() over the kernel's own headers.
-        parts.append("#include <linux/sched.h>\n#include <linux/fdtable.h>\n#include <linux/fs.h>\n"
-                     "#include <linux/mm_types.h>\n#include <linux/net.h>\n#include <net/sock.h>\n")
+def render_persist_match_header(places: PersistencePlaces) -> str:
+    """persist_match.gen.h: the matcher for ``places`` as a header of its own (persistence.bpf.c includes it)."""
+    return ("/* GENERATED at load by agent/probes/source.py from the persistence list in use\n"
+            " * (lists/persistence_paths.yaml of the rules directory). Do not edit. */\n"
+            "#ifndef CHAINWATCH_PERSIST_MATCH_GEN_H\n#define CHAINWATCH_PERSIST_MATCH_GEN_H\n\n"
+            '#include "events.gen.h" /* PATH_MAX_LEN */\n\n'
+            + render_path_matcher(places) + "\n#endif /* CHAINWATCH_PERSIST_MATCH_GEN_H */\n")
+
+
+class _Inliner:
+    """Puts each project file a file includes in place of its ``#include "..."``, once (every one has an
+    include guard), with ``#line`` markers so that compiler messages name the file and line it came from.
+
+    bcc rewrites its map syntax (``map.lookup()``, ``TRACEPOINT_PROBE``'s args) only in the main file it is
+    given, not in included files, so the program reaches it as one text. A name is searched for as clang
+    searches a quote include with ``-I<generated> -Ibpf/include``: next to the includer, then among the
+    generated headers, then in bpf/include. ``#if`` is not evaluated, so a project include is never made
+    conditional; ``#include <...>`` (the kernel's headers, without BTF) is left to the compiler."""
+
+    def __init__(self, bpf: Path, generated: dict[str, str]):
+        self.bpf, self.generated = bpf.resolve(), generated
+        self.seen: set[str] = set()
+        self.out: list[str] = []
+
+    def label(self, path: Path) -> str:
+        """How the text names a project file (in #line markers): bpf/include/common.h."""
+        return f"bpf/{path.relative_to(self.bpf).as_posix()}"
+
+    def read(self, path: Path) -> tuple[str, str, Path | None]:
+        """(label, text, directory to search first for its own includes) of a project file."""
+        path = path.resolve()
+        return self.label(path), path.read_text(encoding="utf-8"), path.parent
+
+    def _find(self, name: str, here: Path | None, where: str) -> tuple[str, str, Path | None]:
+        if here is not None and (here / name).is_file():
+            return self.read(here / name)
+        if name in self.generated:
+            return f"{GENERATED_DIR}/{name}", self.generated[name], None
+        if (self.bpf / INCLUDE_DIR / name).is_file():
+            return self.read(self.bpf / INCLUDE_DIR / name)
+        raise FileNotFoundError(f'{where}: #include "{name}" is neither next to it, generated, nor in '
+                                f"{self.bpf / INCLUDE_DIR}")
+
+    def inline(self, label: str, text: str, here: Path | None) -> None:
+        self.seen.add(label)
+        self.out.append(f'#line 1 "{label}"')
+        for number, line in enumerate(text.splitlines(), 1):
+            include = _QUOTE_INCLUDE.match(line)
+            if include is None:
+                self.out.append(line)
+                continue
+            name, text_of, directory = self._find(include.group(1), here, f"{label}:{number}")
+            if name in self.seen:
+                self.out.append(f"/* {_c_comment(name)}: included above */")
+                continue
+            self.inline(name, text_of, directory)
+            self.out.append(f'#line {number + 1} "{label}"')
+
+
+def render_source(main: str = MAIN_FILE, persistence: PersistencePlaces | None = None) -> str:
+    """The program exactly as compiled: bpf/``main`` with the project files it includes put in place (see
+    _Inliner), persist_match.gen.h among them, rendered from ``persistence`` (the rules in use), else from the
+    bundled list. Any concern file can be ``main``: each stands alone."""
     bpf = resources.bpf_dir()
-    for name in SOURCE_FILES:
-        text = (bpf / name).read_text()
-        parts.append(f"/* ---- bpf/{name} ---- */\n{text}")
-        if name == "include/common.h":
-            parts.append("/* ---- generated from persistence_paths.yaml ---- */\n"
-                         + render_path_matcher(persistence or bundled_persistence()))
-    return "\n".join(parts)
+    generated = {PERSIST_MATCH_HEADER: render_persist_match_header(persistence or bundled_persistence())}
+    inliner = _Inliner(bpf, generated)
+    inliner.inline(*inliner.read(bpf / main))
+    return "\n".join(inliner.out) + "\n"
+
+
+def source_files(text: str) -> list[str]:
+    """The files a rendered program is made of, in order: each begins at its ``#line 1 "name"``."""
+    return _FILE_START.findall(text)
 
 
 def render_cflags(offsets: KernelOffsets, features: Features, options: ProbeOptions) -> list[str]:
@@ -203,17 +262,14 @@ def render_cflags(offsets: KernelOffsets, features: Features, options: ProbeOpti
     uring = features.io_uring_submit if offsets.has("io_uring") else None
     flags = offsets.cflags()
     flags += [
+        f"-DOFFSETS_FROM_HEADERS={int(offsets.source == 'headers')}",
         f"-DHAVE_EXIT_GROUP_DEAD={int(features.exit_group_dead)}",
         f"-DHAVE_SYS_OPEN={int(features.legacy_syscalls)}",
         f"-DHAVE_MODULE_TRACEPOINTS={int(features.module_tracepoints)}",
         f"-DHAVE_IO_URING_SUBMIT_REQ={int(uring == 'io_uring_submit_req')}",
         f"-DHAVE_IO_URING_SUBMIT_SQE={int(uring == 'io_uring_submit_sqe')}",
         f"-DHAVE_SOCK_STATE={int(features.sock_state)}",
-        f"-DCAPTURE_ENV={int(options.capture_env)}",
-        f"-DSKIP_LOOPBACK={int(options.skip_loopback)}",
-        f"-DRINGBUF_PAGES={options.ringbuf_pages}",
-        f"-DNET_RINGBUF_PAGES={options.net_ringbuf_pages}",
-        f"-DFILE_RINGBUF_PAGES={options.file_ringbuf_pages}",
+        *(f"-D{name}={value}" for name, value in options.sensor.kernel_defines().items()),
         "-Wno-unused-function",
     ]
     return flags

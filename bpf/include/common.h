@@ -7,6 +7,27 @@
 #ifndef CHAINWATCH_COMMON_H
 #define CHAINWATCH_COMMON_H
 
+/* Every option and kernel feature is a -D from agent/probes/source.py render_cflags (the options' defaults
+ * are declared once, in agent/config.py SensorConfig); none has a default here, and an #if on a missing one
+ * is an error rather than a silent 0. */
+#pragma GCC diagnostic error "-Wundef"
+
+/* Without BTF the offset macros are offsetof() over the kernel's own headers (agent/probes/offsets.py),
+ * which then come before anything that uses them. */
+#if OFFSETS_FROM_HEADERS
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wundef" /* the kernel's headers are not ours to hold to it */
+#include <linux/sched.h>
+#include <linux/fdtable.h>
+#include <linux/fs.h>
+#include <linux/mm_types.h>
+#include <linux/net.h>
+#include <net/sock.h>
+#pragma GCC diagnostic pop
+#endif
+
+#include "events.gen.h"
+
 #define S_IFMT_ 00170000
 #define S_IFSOCK_ 0140000
 #define AF_UNIX_ 1
@@ -24,16 +45,10 @@
 #define cw_htonll(x) (x)
 #endif
 
-/* Ring buffer size in pages (power of two); a compile-time option. */
-#ifndef RINGBUF_PAGES
-#define RINGBUF_PAGES 2048
-#endif
+/* Ring buffer size in pages (power of two): sensor.ringbuf_pages. */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* Connect/accept/listen have a ring of their own: any process can make them by the thousand, and a
  * flood of them must not crowd out the process, fd and file events that most detections stand on. */
-#ifndef NET_RINGBUF_PAGES
-#define NET_RINGBUF_PAGES 1024
-#endif
 BPF_RINGBUF_OUTPUT(net_events, NET_RINGBUF_PAGES);
 
 /* Loss counters, summed per CPU by userspace: a lost event is a possible missed attack. */
@@ -279,4 +294,4 @@ static __always_inline int stash_take(struct stash *out) {
     return 1;
 }
 
-#endif
+#endif /* CHAINWATCH_COMMON_H */

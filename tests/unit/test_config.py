@@ -18,6 +18,7 @@ capture_env = false
 skip_loopback = false
 ringbuf_pages = 512
 net_ringbuf_pages = 64
+file_ringbuf_pages = 32
 poll_timeout_ms = 250
 stats_interval_s = 15.5
 
@@ -32,7 +33,8 @@ def test_defaults() -> None:
     config = load_config(None)
     assert config == Config()
     assert config.sensor == SensorConfig(capture_env=True, skip_loopback=True, ringbuf_pages=2048,
-                                         net_ringbuf_pages=1024, poll_timeout_ms=100, stats_interval_s=60.0)
+                                         net_ringbuf_pages=1024, file_ringbuf_pages=256, poll_timeout_ms=100,
+                                         stats_interval_s=60.0)
     assert config.lineage == LineageConfig(grace_s=30.0, max_entries=65536)
 
 
@@ -49,7 +51,8 @@ def test_all_keys(tmp_path: Path) -> None:
     path.write_text(FULL_TOML)
     config = load_config(str(path))
     assert config.sensor == SensorConfig(capture_env=False, skip_loopback=False, ringbuf_pages=512,
-                                         net_ringbuf_pages=64, poll_timeout_ms=250, stats_interval_s=15.5)
+                                         net_ringbuf_pages=64, file_ringbuf_pages=32, poll_timeout_ms=250,
+                                         stats_interval_s=15.5)
     assert config.lineage == LineageConfig(grace_s=5.0, max_entries=4096)
 
 

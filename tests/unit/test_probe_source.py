@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from agent import resources
+from agent.config import SensorConfig
 from agent.detect.persistence import PersistencePlaces, Place
 from agent.probes import source
 from agent.probes.offsets import WANTED, KernelOffsets
@@ -20,21 +22,25 @@ from agent.probes.source import (
     detect_features,
     render_cflags,
     render_path_matcher,
+    render_persist_match_header,
 )
 
 GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed: cannot compile the matcher harness")
 
+# The generated header is compiled as the BPF program gets it: #include "persist_match.gen.h" with -I<its
+# directory> ahead of -Ibpf/include, where it finds the real events.gen.h (PATH_MAX_LEN).
 HARNESS_PRELUDE = """\
 #include <stdio.h>
 #include <string.h>
+#include <linux/types.h>
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 #undef __always_inline /* glibc's cdefs.h has one */
 #define __always_inline inline
-#define PATH_MAX_LEN 256
+#include "persist_match.gen.h"
 """
 
 # The handful of paths the brief names, plus a few edges. Expected values are checked against the list, below.
@@ -89,9 +95,13 @@ def _reference(path: str, places: PersistencePlaces) -> int:
     return int(any(place.kernel_matches(path) for place in places.places))
 
 
-def _compile_and_run(tmp_path: Path, matcher: str, cases: dict[str, int]) -> subprocess.CompletedProcess[str]:
+def _compile_and_run(tmp_path: Path, places: PersistencePlaces, cases: dict[str, int]
+                     ) -> subprocess.CompletedProcess[str]:
     checks = "\n".join(f"    bad += check({_c_string(path)}, {want});" for path, want in cases.items())
-    program = HARNESS_PRELUDE + matcher + f"""
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    (generated / source.PERSIST_MATCH_HEADER).write_text(render_persist_match_header(places))
+    program = HARNESS_PRELUDE + f"""
 static int check(const char *path, int want) {{
     static char buf[600]; /* the kernel's path buffer is followed by more of the record: suffix reads stay inside */
     size_t n = strlen(path);
@@ -116,7 +126,8 @@ int main(void) {{
     exe = tmp_path / "matcher"
     src.write_text(program)
     assert GCC is not None
-    build = subprocess.run([GCC, "-std=c11", "-Wall", "-Werror", "-o", str(exe), str(src)],
+    build = subprocess.run([GCC, "-std=c11", "-Wall", "-Werror", f"-I{generated}",
+                            f"-I{resources.bpf_dir() / source.INCLUDE_DIR}", "-o", str(exe), str(src)],
                            capture_output=True, text=True, timeout=60)
     assert build.returncode == 0, f"the rendered matcher does not compile:\n{build.stderr}"
     return subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
@@ -195,7 +206,7 @@ def test_known_paths_agree_with_list() -> None:
 @needs_gcc
 def test_matcher_compiles_and_matches(tmp_path: Path) -> None:
     """The matcher rendered from the real list compiles and gives the right answer for known paths."""
-    result = _compile_and_run(tmp_path, render_path_matcher(bundled_persistence()), KNOWN_PATHS)
+    result = _compile_and_run(tmp_path, bundled_persistence(), KNOWN_PATHS)
     assert result.returncode == 0, result.stdout
     assert "0 mismatches" in result.stdout
 
@@ -223,7 +234,7 @@ def test_matcher_agrees_with_reference(tmp_path: Path) -> None:
     assert len(long_key) == 255
     cases[long_key] = 1
     assert {0, 1} <= set(cases.values())
-    result = _compile_and_run(tmp_path, render_path_matcher(places), cases)
+    result = _compile_and_run(tmp_path, places, cases)
     assert result.returncode == 0, result.stdout
 
 
@@ -232,7 +243,7 @@ def test_injected_entry_compiles_as_data(tmp_path: Path) -> None:
     """An entry with `*/` in it still renders C that compiles and matches only that literal path."""
     evil = "/x*/ return 1; /*"
     cases = {evil: 1, "/tmp/x": 0, "/x": 0, "/home/y*/.bashrc": 1}
-    result = _compile_and_run(tmp_path, render_path_matcher(_places([evil], ["/y*/.bashrc"])), cases)
+    result = _compile_and_run(tmp_path, _places([evil], ["/y*/.bashrc"]), cases)
     assert result.returncode == 0, result.stdout
 
 
@@ -293,14 +304,15 @@ def test_render_cflags() -> None:
     values = {name: str(8 * i + 3) for i, name in enumerate(sorted(WANTED))}
     offsets = KernelOffsets("btf", values)
     features = Features("/sys/kernel/tracing", exit_group_dead=True, legacy_syscalls=False, module_tracepoints=True)
-    options = ProbeOptions(capture_env=False, skip_loopback=True, ringbuf_pages=512)
+    options = ProbeOptions(SensorConfig(capture_env=False, skip_loopback=True, ringbuf_pages=512))
     flags = render_cflags(offsets, features, options)
     for name, value in values.items():
         assert f"-D{name}={value}" in flags, name
     defined = {f[2:].split("=", 1)[0] for f in flags if f.startswith("-D")}
     assert set(WANTED) <= defined
     for flag in ("-DHAVE_EXIT_GROUP_DEAD=1", "-DHAVE_SYS_OPEN=0", "-DHAVE_MODULE_TRACEPOINTS=1",
-                 "-DCAPTURE_ENV=0", "-DSKIP_LOOPBACK=1", "-DRINGBUF_PAGES=512"):
+                 "-DCAPTURE_ENV=0", "-DSKIP_LOOPBACK=1", "-DRINGBUF_PAGES=512", "-DNET_RINGBUF_PAGES=1024",
+                 "-DFILE_RINGBUF_PAGES=256", "-DOFFSETS_FROM_HEADERS=0"):
         assert flag in flags
     assert len(flags) == len(set(flags))
 
@@ -312,13 +324,17 @@ def test_render_cflags_headers_fallback() -> None:
     assert "-DTASK_TGID=offsetof(struct task_struct, tgid)" in flags
     assert "-DHAVE_SYS_OPEN=1" in flags and "-DHAVE_EXIT_GROUP_DEAD=0" in flags
     assert "-DCAPTURE_ENV=1" in flags and "-DRINGBUF_PAGES=2048" in flags
+    assert "-DOFFSETS_FROM_HEADERS=1" in flags  # common.h then includes the kernel's headers
 
 
 def test_render_source_includes_matcher() -> None:
-    """render_source inlines the generated header and the matcher for the real list."""
+    """render_source inlines the ABI header and the generated matcher header for the real list."""
     text = source.render_source()
     assert "#define OP_EXEC 1" in text
     assert render_path_matcher(bundled_persistence()) in text
+    header = render_persist_match_header(bundled_persistence())
+    assert header.startswith("/* GENERATED") and '#include "events.gen.h"' in header
+    assert '#line 1 "<generated>/persist_match.gen.h"\n' + header.split("#include")[0] in text
 
 
 @pytest.mark.parametrize("names,want", [
