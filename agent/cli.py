@@ -14,12 +14,12 @@ import structlog
 from agent import logs
 from agent.btf import BtfError
 from agent.config import Config, ConfigError, load_config
-from agent.detect.rules import RuleErrors
 from agent.probes.offsets import OffsetsUnavailable
 from agent.quarantine import QuarantineError
 from agent.recording import RecordingError
 from agent.resources import ResourceMissing
 from agent.response import ResponseError
+from agent.ruleset.yamlcheck import RuleErrors
 
 USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError, RuleErrors,
                ResourceMissing, ResponseError, QuarantineError)
@@ -147,7 +147,7 @@ def _replay(args: argparse.Namespace) -> int:
             from agent.alerts import Host
             from agent.context import ContextTagger
             from agent.detect.engine import DetectionEngine
-            from agent.detect.rules import default_rules_dir, load_rules
+            from agent.ruleset.load import default_rules_dir, load_rules
             from agent.sinks import AlertSink
 
             rules = load_rules(args.rules or default_rules_dir())
@@ -184,7 +184,7 @@ def _bpf_dump(args: argparse.Namespace) -> int:
 
 
 def _rules_check(args: argparse.Namespace) -> int:
-    from agent.detect.rules import default_rules_dir, load_rules
+    from agent.ruleset.load import default_rules_dir, load_rules
 
     directory = args.dir or default_rules_dir()
     failed = False

@@ -18,7 +18,6 @@ from agent.config import Config
 from agent.context import ContextTagger
 from agent.detect.engine import DetectionEngine
 from agent.detect.exeid import for_lists
-from agent.detect.rules import RuleSet, default_rules_dir, load_rules
 from agent.events import Event
 from agent.health import SensorHealth
 from agent.lineage.seed import seed_events
@@ -29,6 +28,8 @@ from agent.probes.loader import Sensor, open_sensor
 from agent.probes.source import ProbeOptions
 from agent.recording import RecordingWriter
 from agent.response import Responder, check_rule_ids, open_responder
+from agent.ruleset.load import default_rules_dir, load_rules
+from agent.ruleset.rules import RuleSet
 from agent.sdnotify import Watchdog, sd_notify
 from agent.sinks import AlertSink
 

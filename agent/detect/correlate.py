@@ -25,10 +25,10 @@ from typing import Any
 
 from agent.alerts import Host, build_alert
 from agent.context import Context
-from agent.detect.rules import Severity
 from agent.detect.signals import Signal
 from agent.lineage.identity import ProcessKey
 from agent.lineage.table import ProcessTable
+from agent.ruleset.rules import Severity
 
 INCIDENT_WINDOW_NS = 600 * 10**9  # an incident stays open this long after its last signal
 

@@ -15,8 +15,6 @@ from typing import Any
 
 from agent.context import context_of
 from agent.detect.exeid import ExeIdentity
-from agent.detect.lists import Lists
-from agent.detect.rules import Rule, RuleSet
 from agent.detect.signals import Signal
 from agent.detect.stdio import Conn, StdioGraph
 from agent.events import (
@@ -33,6 +31,8 @@ from agent.events import (
 )
 from agent.lineage.identity import ProcessKey, process_key
 from agent.lineage.table import Process, ProcessTable
+from agent.ruleset.lists import Lists
+from agent.ruleset.rules import Rule, RuleSet
 
 ELASTIC_WINDOW_NS = 1_000_000_000  # the Elastic seed's maxspan=1s between the exec and the connect
 TUNNEL_WINDOW_NS = 5_000_000_000  # a tunnel tool's first remote connect names the alert's destination

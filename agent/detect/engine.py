@@ -9,9 +9,9 @@ from agent.alerts import Host
 from agent.detect.correlate import Correlator
 from agent.detect.detectors import Detectors
 from agent.detect.exeid import ExeIdentity
-from agent.detect.rules import RuleSet
 from agent.events import Event
 from agent.lineage.table import ProcessTable
+from agent.ruleset.rules import RuleSet
 
 if TYPE_CHECKING:
     from agent.sigma import SigmaDetector, SigmaRules

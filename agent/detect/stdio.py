@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agent.context import context_of
-from agent.detect.lists import Lists
 from agent.events import FLAG_EXE_DELETED, FLAG_EXE_MEMFD, Accept, Connect, Event, Exec, Exit, FdOpen, Fork, Listen
 from agent.lineage.identity import ProcessKey, process_key
 from agent.lineage.table import Process, ProcessTable
+from agent.ruleset.lists import Lists
 
 MAX_HOPS = 3  # a relay is a few hops: nc -> FIFO -> cat -> pipe -> python -> pty -> sh is three
 MAX_VISIT = 64  # bound on the processes one evaluation or one neighbourhood walk looks at

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Final
 
 from agent import resources
-from agent.detect.persistence import HOME_USER_MAX, PersistencePlaces, Place
 from agent.probes.offsets import KernelOffsets
+from agent.ruleset.persistence import HOME_USER_MAX, PersistencePlaces, Place
 
 # Order matters: the generated layout, then shared helpers, then one file per concern.
 SOURCE_FILES: Final = ("include/events.gen.h", "include/common.h", "process.bpf.c", "net.bpf.c", "fd.bpf.c",
@@ -86,8 +86,8 @@ class ProbeOptions:
 
 
 def bundled_persistence() -> PersistencePlaces:
-    """The bundled list, through the one reader (agent.detect.persistence via agent.detect.lists)."""
-    from agent.detect.lists import load_lists  # the full list loader validates the file with line numbers
+    """The bundled list, through the one reader (agent.ruleset.persistence via agent.ruleset.load)."""
+    from agent.ruleset.load import load_lists
 
     return load_lists().persistence
 

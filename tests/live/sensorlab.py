@@ -11,11 +11,11 @@ from agent.alerts import Host, boot_to_wall_offset_ns
 from agent.context import ContextTagger
 from agent.detect.engine import DetectionEngine
 from agent.detect.exeid import for_lists
-from agent.detect.rules import default_rules_dir, load_rules
 from agent.events import Event
 from agent.lineage.table import ProcessTable
 from agent.pipeline import Pipeline
 from agent.probes.loader import Sensor, open_sensor
+from agent.ruleset.load import default_rules_dir, load_rules
 from agent.sigma import load_sigma
 
 # Sigma rules for the live tests; each matches only its own test's marker (test_sigma_live.py).

@@ -12,9 +12,10 @@ import pytest
 from agent.alerts import Host
 from agent.context import ContextTagger
 from agent.detect.engine import DetectionEngine
-from agent.detect.rules import RuleSet, default_rules_dir, load_rules
 from agent.events import Connect, Event, Exec, Fork, SocketDup
 from agent.lineage.table import ProcessTable
+from agent.ruleset.load import default_rules_dir, load_rules
+from agent.ruleset.rules import RuleSet
 
 S = 10**9  # ns per second
 T0 = 1_000 * S  # boot time of the scenarios

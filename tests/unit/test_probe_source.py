@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.detect.persistence import PersistencePlaces, Place
 from agent.probes import source
 from agent.probes.offsets import WANTED, KernelOffsets
 from agent.probes.source import (
@@ -21,6 +20,7 @@ from agent.probes.source import (
     render_cflags,
     render_path_matcher,
 )
+from agent.ruleset.persistence import PersistencePlaces, Place
 
 GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed: cannot compile the matcher harness")

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, parse_config
-from agent.detect.rules import RuleErrors
 from agent.detect.signals import Signal
 from agent.events import FLAG_SEEDED, Accept, Connect, Event, Exec, FileWrite, Fork
 from agent.lineage.table import ProcessTable
+from agent.ruleset.yamlcheck import RuleErrors
 from agent.sigma import SigmaDetector, SigmaRules, default_sigma_dir, load_sigma, read_sigma
 from agent.sigma.load import family_of
 
@@ -442,7 +442,7 @@ def test_engine_correlates_sigma_signals_and_counts_them(tmp_path: Path) -> None
     """DetectionEngine with Sigma rules emits their alerts and reports sigma_matches in its stats."""
     from agent.alerts import Host
     from agent.detect.engine import DetectionEngine
-    from agent.detect.rules import load_rules
+    from agent.ruleset.load import load_rules
 
     alerts: list[dict[str, object]] = []
     lab = Lab(load_one(tmp_path, rule_yaml("sel: {Image|endswith: /python3}\ncondition: sel", level="medium")))
