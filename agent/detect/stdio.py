@@ -11,7 +11,6 @@ pipe, socketpair or pty in the parent and never exec with it on their own stdio)
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -271,7 +270,7 @@ class StdioGraph:
         if proc is None:
             return False
         name = self.name_of(proc)
-        return name in self.lists.shells or any(fnmatch.fnmatchcase(name, p) for p in self.lists.interpreters)
+        return self.lists.is_shell(name) or self.lists.is_interpreter(name)
 
     def reads_commands_from_stdin(self, key: ProcessKey) -> bool:
         """A shell or interpreter that takes its commands from stdin (no -c, no script operand; or -i/-s):
