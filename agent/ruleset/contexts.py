@@ -129,7 +129,6 @@ class ContextRoot:
         return not said.isdisjoint(self.subcommands)
 
 
-
 def root_for(roots: Sequence[ContextRoot], script_interpreters: Sequence[str], filename: str,
              argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
     """The first of ``roots`` that the exec of ``filename`` with ``argv`` is, and how it was invoked; or None."""
@@ -152,6 +151,7 @@ def kernel_context_names(roots: Sequence[ContextRoot]) -> dict[str, int]:
 
 
 def read_roots(checker: Checker, m: YamlMap) -> tuple[ContextRoot, ...] | None:
+    """The ``roots`` of an opened contexts.yaml, or None (each problem reported with its line)."""
     entries = checker.get_list(m, "roots", min_items=1)
     if entries is None:
         return None
@@ -181,7 +181,6 @@ def read_roots(checker: Checker, m: YamlMap) -> tuple[ContextRoot, ...] | None:
                                  paths=matchers["paths"] or (), subcommands=subcommands or (), bare=bool(bare),
                                  options=options or (), labels=labels))
     return tuple(roots) if good else None
-
 
 
 def _one_of_contexts(text: str) -> str | None:

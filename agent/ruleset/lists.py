@@ -160,7 +160,6 @@ class Lists:
         return self.persistence.place_for(path)
 
 
-
 def _open(directory: Path, name: str, problems: list[RuleProblem], keys: Sequence[str],
           optional: Sequence[str] = ()) -> tuple[Checker, YamlMap] | None:
     checker = Checker(directory / name, problems)

@@ -18,7 +18,6 @@ def default_rules_dir() -> Path:
     return resources.rules_dir()
 
 
-
 def default_lists_dir() -> Path:
     """The bundled ``rules/lists`` directory."""
     return default_rules_dir() / "lists"

@@ -24,7 +24,6 @@ def in_networks(ip: IPAddress, networks: Sequence[IPNetwork]) -> bool:
     return any(ip in net or (mapped is not None and mapped in net) for net in networks)
 
 
-
 def check_network(text: str) -> str | None:
     """Why ``text`` is not a network in CIDR notation (a bare address is a /32 or /128), or None."""
     try:

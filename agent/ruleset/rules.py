@@ -110,7 +110,6 @@ class Rule:
         object.__setattr__(self, "severity_score", int(Severity[self.severity]))
 
 
-
 @dataclass(frozen=True)
 class RuleSet:
     """Every loaded rule, and the shared lists the detectors match against."""
@@ -123,7 +122,6 @@ class RuleSet:
         if name not in DETECTORS:
             raise ValueError(f"unknown detector {name!r}")
         return tuple(rule for rule in self.rules if rule.detector == name)
-
 
 
 def _check_uuid(text: str) -> str | None:
@@ -180,7 +178,9 @@ def _read_exceptions(checker: Checker, m: YamlMap) -> Exceptions | None:
 
 
 @dataclass(frozen=True)
-class _Parsed:
+class ParsedRule:
+    """One rule file as read: the rule when it is valid, and its id and name (with lines) for duplicate checks."""
+
     rule: Rule | None
     id: str | None
     id_line: int
@@ -188,7 +188,8 @@ class _Parsed:
     name_line: int
 
 
-def read_rule(path: Path, problems: list[RuleProblem]) -> _Parsed | None:
+def read_rule(path: Path, problems: list[RuleProblem]) -> ParsedRule | None:
+    """The rule file at ``path``, checked against the schema (problems appended); None when unreadable."""
     checker = Checker(path, problems)
     if not RULE_FILE_NAME.fullmatch(path.name):
         checker.problem(1, "a rule file name is kebab-case, e.g. shell-network-connection.yaml")
@@ -224,5 +225,5 @@ def read_rule(path: Path, problems: list[RuleProblem]) -> _Parsed | None:
         rule = Rule(id=rule_id, name=name, description=description, detector=detector, severity=severity,
                     maturity=maturity, mitre=mitre, false_positives=false_positives, references=references or (),
                     exceptions=exceptions, source_file=str(path), seed=seed)
-    return _Parsed(rule, rule_id, m.key_lines.get("id", 1), name, m.key_lines.get("name", 1))
+    return ParsedRule(rule, rule_id, m.key_lines.get("id", 1), name, m.key_lines.get("name", 1))
 

@@ -3,7 +3,7 @@ and line, so one run of ``chainwatch rules check`` shows everything there is to 
 
 The YAML is read with PyYAML's compose API rather than ``safe_load``: the node tree keeps the line of
 each key, which is what a problem report needs. :class:`Checker` reads one file and checks its values;
-the rule, list and Sigma loaders build on it.
+the rule and list readers build on it, and the Sigma loader reports through the same :class:`RuleProblem`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ class RuleErrors(Exception):
         count = len(self.problems)
         super().__init__(f"{count} problem{'s' if count != 1 else ''} in the rules:\n"
                          + "\n".join(str(p) for p in self.problems))
-
 
 
 class _Invalid:
@@ -359,17 +358,21 @@ class Checker:
         return tuple(out) if good else None
 
 
+# --- value checks shared by the rule and list files (each returns why the text is not acceptable, or None)
+
 def check_basename(text: str) -> str | None:
+    """An executable's basename."""
     if "/" in text or text != text.strip():
         return f"{text!r} must be an executable's basename (no '/', no surrounding spaces)"
     return None
 
 
 def check_absolute(text: str) -> str | None:
+    """An absolute path."""
     return None if text.startswith("/") else f"{text!r} is not an absolute path"
 
 
-
 def check_path_glob(text: str) -> str | None:
+    """An fnmatch pattern on a full path."""
     return None if text.startswith(("/", "*")) else f"{text!r} must be an absolute path or start with '*'"
 
