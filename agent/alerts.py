@@ -1,28 +1,26 @@
-"""Alert documents (ECS field names, nested) as shared/design/contracts.md defines them."""
+"""Alert documents (ECS field names, nested) as shared/design/contracts.md defines them.
+
+Built above detection: the correlator says which incident update is due (agent.detect.correlate), and
+:class:`AlertBuilder` turns it into the document the sinks write.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from agent.context import Context, attribution
+from agent.detect.correlate import IncidentUpdate
 from agent.detect.signals import Signal
 from agent.lineage.identity import ProcessKey, entity_id
 from agent.lineage.table import Process, ProcessTable
-
-SEVERITY_NAMES = {21: "low", 47: "medium", 73: "high", 99: "critical"}
-CATEGORIES = {"shell_network_connection": ["process", "network"], "interpreter_reverse_shell": ["process", "network"],
-              "stdio_to_socket": ["process", "network"], "tunnel_tool": ["process", "network"],
-              "irc_connection": ["network"], "persistence_write": ["file"], "runner_tracking_tamper": ["process"],
-              "reverse_shell": ["process", "network"], "bind_shell": ["process", "network"],
-              "download_execute": ["process", "network"], "c2_beacon": ["process", "network"],
-              "fileless_exec": ["process"],
-              "sigma_process_creation": ["process"], "sigma_network_connection": ["process", "network"],
-              "sigma_file_event": ["file"]}
+from agent.ruleset.catalog import CATEGORIES
+from agent.ruleset.rules import Severity
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ def _process_fields(host: Host, proc: Process | None, key: ProcessKey, comm: str
             "name": os.path.basename(exe) if exe else comm, "executable": exe}
 
 
-def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: int, signals: list[Signal],
+def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: int, signals: Sequence[Signal],
                 trigger: Signal, boot_offset_ns: int, context: Context | None = None) -> dict[str, Any]:
     """One alert line for an incident, focused on the process of ``trigger``, in install/CI ``context``."""
     proc = table.get(trigger.key)
@@ -66,14 +64,14 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
     doc: dict[str, Any] = {
         "@timestamp": iso(trigger.event.ktime + boot_offset_ns),
         "event": {"kind": "alert", "id": str(uuid.uuid4()), "severity": severity, "reason": trigger.reason,
-                  "category": sorted({c for s in signals for c in CATEGORIES.get(s.detector, ["process"])})},
+                  "category": sorted({c for s in signals for c in CATEGORIES.get(s.detector, ("process",))})},
         "rule": {"id": lead.id, "name": lead.name, "ruleset": lead.ruleset},
         "host": {"hostname": host.hostname, "id": host.id},
         "process": process,
         "supply_chain": attribution(table, trigger.key, context),
         "threat": {"technique": {"id": sorted({t for r in rules.values() for t in r.mitre})}},
         "chainwatch": {
-            "severity": SEVERITY_NAMES[severity],
+            "severity": Severity(severity).name,
             "incident": {"id": incident_id},
             "signals": sorted({s.detector for s in signals}),
             "rules": sorted(r.name for r in rules.values()),
@@ -103,3 +101,19 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
     if path:
         doc["file"] = {"path": path}
     return doc
+
+
+class AlertBuilder:
+    """Turns each incident update that detection emits into its alert document and hands it to ``out``."""
+
+    def __init__(self, host: Host, table: ProcessTable, boot_offset_ns: int,
+                 out: Callable[[dict[str, Any]], None]) -> None:
+        self.host = host
+        self.table = table
+        self.boot_offset_ns = boot_offset_ns
+        self.out = out
+
+    def __call__(self, update: IncidentUpdate) -> None:
+        self.out(build_alert(host=self.host, table=self.table, incident_id=update.incident_id,
+                             severity=update.severity, signals=update.signals, trigger=update.trigger,
+                             boot_offset_ns=self.boot_offset_ns, context=update.context))

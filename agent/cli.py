@@ -14,12 +14,12 @@ import structlog
 from agent import logs
 from agent.btf import BtfError
 from agent.config import Config, ConfigError, load_config
-from agent.detect.rules import RuleErrors
 from agent.probes.offsets import OffsetsUnavailable
 from agent.quarantine import QuarantineError
 from agent.recording import RecordingError
 from agent.resources import ResourceMissing
 from agent.response import ResponseError
+from agent.ruleset.yamlcheck import RuleErrors
 
 USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError, RuleErrors,
                ResourceMissing, ResponseError, QuarantineError)
@@ -118,10 +118,12 @@ def with_detection_args(config: Config, args: argparse.Namespace) -> Config:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from agent.alerts import Host
+    from agent.assemble import assemble
     from agent.daemon import dump_event, load_sigma_dirs
     from agent.events import FLAG_SEEDED, Event
     from agent.lineage.table import ProcessTable
-    from agent.pipeline import Consumer, Pipeline
+    from agent.pipeline import Consumer
     from agent.recording import read_recording
 
     try:
@@ -140,25 +142,18 @@ def _replay(args: argparse.Namespace) -> int:
                 if not event.flags & FLAG_SEEDED:
                     write(event)
             consumers.append(dump_live)
-        table = ProcessTable()
-        sink = None
-        tagger = None
+        rules = sigma = sink = None
         if args.alerts:
-            from agent.alerts import Host
-            from agent.context import ContextTagger
-            from agent.detect.engine import DetectionEngine
-            from agent.detect.rules import default_rules_dir, load_rules
+            from agent.ruleset.load import default_rules_dir, load_rules
             from agent.sinks import AlertSink
 
             rules = load_rules(args.rules or default_rules_dir())
             sigma = load_sigma_dirs(list(args.sigma or []))
             sink = AlertSink(list(args.alerts))
-            host = Host(str(rec.meta.get("hostname", "")), str(rec.meta.get("host_id", "")))
-            consumers.append(DetectionEngine(rules, table, host, sink.put, int(rec.meta.get("boot_offset_ns", 0)),
-                                             sigma=sigma))
-            tagger = ContextTagger(rules.lists, table)
-        pipeline = Pipeline(table, module_loads_from_exec=features.get("module_load_source") == "exec",
-                            consumers=consumers, tagger=tagger)
+        host = Host(str(rec.meta.get("hostname", "")), str(rec.meta.get("host_id", "")))
+        pipeline = assemble(rules, ProcessTable(), [sink.put] if sink is not None else [], host=host,
+                            boot_offset_ns=int(rec.meta.get("boot_offset_ns", 0)), sigma=sigma,
+                            module_loads_from_exec=features.get("module_load_source") == "exec", consumers=consumers)
         for event in rec.events:
             pipeline.feed(event)
         if sink is not None:
@@ -186,7 +181,7 @@ def _bpf_dump(args: argparse.Namespace) -> int:
 
 
 def _rules_check(args: argparse.Namespace) -> int:
-    from agent.detect.rules import default_rules_dir, load_rules
+    from agent.ruleset.load import default_rules_dir, load_rules
 
     directory = args.dir or default_rules_dir()
     failed = False

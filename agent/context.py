@@ -23,13 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agent.abi.layout import CONTEXT_CI_BASE, CONTEXTS
-from agent.detect.lists import ContextRoot, Lists
+from agent.abi.layout import CONTEXTS
 from agent.events import FLAG_SEEDED, Event, Exec, Fork
 from agent.lineage.identity import ProcessKey, process_key
 from agent.lineage.table import Process, ProcessTable
+from agent.ruleset import contexts
+from agent.ruleset.contexts import ContextRoot
+from agent.ruleset.lists import Lists
 
-CONTEXT_NAMES: Final = {value: name for name, value in CONTEXTS.items()}
 TAG: Final = "context"  # Process.tags key
 _KERNEL_TAG: Final = "context_kernel"  # what we last wrote into the kernel map for the process
 
@@ -50,13 +51,13 @@ class Context:
 
     @property
     def is_ci(self) -> bool:
-        """A CI runner context, not a package install."""
-        return CONTEXTS[self.name] >= CONTEXT_CI_BASE
+        """A CI runner context, not a package install (:func:`agent.ruleset.contexts.is_ci`)."""
+        return contexts.is_ci(self.name)
 
     @property
     def kind(self) -> str:
         """The manager (npm, pip, ...) or provider (github_actions, ...)."""
-        return self.name.removeprefix("cicd_runner_").removeprefix("package_install_")
+        return contexts.kind(self.name)
 
     def ci(self) -> Context | None:
         """The CI context this context is or runs in."""
@@ -105,7 +106,7 @@ class ContextTagger:
 
     def _from_kernel(self, event: Event) -> Context | None:
         """The kernel's context for a process whose lineage we do not hold."""
-        name = CONTEXT_NAMES.get(event.context)
+        name = contexts.CONTEXT_NAMES.get(event.context)
         if name is None:
             return None
         self.kernel_fallbacks += 1

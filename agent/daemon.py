@@ -8,17 +8,13 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
 from agent.alerts import Host, boot_to_wall_offset_ns
+from agent.assemble import assemble
 from agent.config import Config
-from agent.context import ContextTagger
-from agent.detect.engine import DetectionEngine
-from agent.detect.exeid import for_lists
-from agent.detect.rules import RuleSet, default_rules_dir, load_rules
 from agent.events import Event
 from agent.health import SensorHealth
 from agent.lineage.seed import seed_events
@@ -29,6 +25,8 @@ from agent.probes.loader import Sensor, open_sensor
 from agent.probes.source import ProbeOptions
 from agent.recording import RecordingWriter
 from agent.response import Responder, check_rule_ids, open_responder
+from agent.ruleset.load import default_rules_dir, load_rules
+from agent.ruleset.rules import RuleSet
 from agent.sdnotify import Watchdog, sd_notify
 from agent.sinks import AlertSink
 
@@ -78,7 +76,7 @@ def probe_options(config: Config, rules: RuleSet | None = None) -> ProbeOptions:
 class Agent:
     """The running sensor. ``run()`` blocks until ``stop()`` (or SIGTERM/SIGINT) and then flushes."""
 
-    def __init__(self, config: Config, *, record: IO[bytes] | None = None, consumers: Iterable[Consumer] = ()):
+    def __init__(self, config: Config, *, record: IO[bytes] | None = None):
         self.config = config
         # Rules first: a bad rule stops startup with its file and line, before anything is loaded.
         self.rules: RuleSet = load_rules(config.detection.rules_dir or default_rules_dir())
@@ -87,10 +85,7 @@ class Agent:
             check_rule_ids(config.response, (rule.id for rule in self.rules.rules))
         self.responder: Responder | None = None
         self.sink: AlertSink | None = None
-        self.engine: DetectionEngine | None = None
-        self.tagger: ContextTagger | None = None
         self._record_fh = record
-        self._extra_consumers = list(consumers)
         self._stopping = False
         self.sensor: Sensor | None = None
         self.pipeline: Pipeline | None = None
@@ -120,14 +115,11 @@ class Agent:
         self.sink = build_sink(self.config)
         # Response (off by default) sits between the correlator's alert and the sinks.
         self.responder = open_responder(self.config.response, table)
-        emit = self.sink.put if self.responder is None else _respond_then(self.responder, self.sink.put)
-        self.engine = DetectionEngine(self.rules, table, Host(meta["hostname"], meta["host_id"]), emit,
-                                      boot_offset, sigma=self.sigma, exe_identity=for_lists(self.rules.lists))
-        self.health = SensorHealth(Host(meta["hostname"], meta["host_id"]), self.sink.put, boot_offset)
-        self.sensor.set_context_executables(self.rules.lists.kernel_context_names())
-        self.tagger = ContextTagger(self.rules.lists, table, self.sensor.write_context)
-        self.pipeline = Pipeline(table, module_loads_from_exec=not features.module_tracepoints, taps=taps,
-                                 consumers=[self.engine, *self._extra_consumers], tagger=self.tagger)
+        host = Host(meta["hostname"], meta["host_id"])
+        self.pipeline = assemble(self.rules, table, [self.sink.put], host=host, boot_offset_ns=boot_offset,
+                                 kernel=self.sensor, module_loads_from_exec=not features.module_tracepoints,
+                                 sigma=self.sigma, exe_identity=True, respond=self.responder, taps=taps)
+        self.health = SensorHealth(host, self.sink.put, boot_offset)
         # Seed after attaching, so a process born in between is seen by one or both; the table merges them.
         seeded = seed_events()
         for event in seeded:
@@ -169,8 +161,7 @@ class Agent:
                     next_drop_check = now + DROP_CHECK_INTERVAL_S
                 if now >= next_stats:
                     ktime = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-                    assert self.engine is not None
-                    self.engine.prune(ktime)
+                    pipeline.prune(ktime)
                     trim_heap()
                     self.log_stats()
                     next_stats = now + interval
@@ -208,9 +199,7 @@ class Agent:
         """The periodic stats line: event counts, losses (kernel and userspace), table size."""
         assert self.pipeline is not None and self.sensor is not None
         stats = self.pipeline.stats()
-        detection = {**self.engine.stats(), **self.sink.stats()} if self.engine and self.sink else {}
-        if self.tagger is not None:
-            detection.update(self.tagger.stats())
+        detection = {**self.pipeline.detection_stats(), **(self.sink.stats() if self.sink else {})}
         if self.responder is not None:
             detection.update(self.responder.stats())
         log.info("stats", final=final, **stats, **detection, kernel_drops=self.sensor.kernel_drops(),
@@ -231,12 +220,6 @@ def load_sigma_dirs(directories: list[str]) -> SigmaRules | None:
                     hint="run `chainwatch rules check --sigma DIR` for the list",
                     rules=[str(p) for p in sigma.unsupported])
     return sigma
-
-
-def _respond_then(responder: Responder, put: Any) -> Any:
-    def emit(alert: dict[str, Any]) -> None:
-        put(responder(alert))
-    return emit
 
 
 def dump_event(out: IO[str]) -> Consumer:

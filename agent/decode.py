@@ -15,7 +15,6 @@ from typing import Any, Final
 from agent import events as ev
 from agent.abi import layout
 from agent.capture import parse_env_block
-from agent.detect.persistence import normalize
 
 HEADER_SIZE: Final = ctypes.sizeof(layout.EventHeader)
 OP = layout.OPS
@@ -173,7 +172,7 @@ def _file_write(r: Any, common: dict[str, Any]) -> ev.Event:
     syscall = SYSCALL_NAMES.get(r.syscall, "unknown")
     # The kernel resolved the path, or put a typed new name after its resolved directory: fold "." and "..".
     path = _text(_chars(r, "path", r.path_len))
-    return ev.FileWrite(**common, path=normalize(path) if path.startswith("/") else path,
+    return ev.FileWrite(**common, path=ev.normalize_path(path) if path.startswith("/") else path,
                         source_path=_text(_chars(r, "source", r.source_len)),
                         operation=_FILE_OPERATIONS.get(syscall, "open"), flags_open=r.open_flags,
                         result=r.result)

@@ -7,6 +7,7 @@ describes is identified by ``(tgid, start_time)``; see :func:`agent.lineage.iden
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -169,6 +170,13 @@ class FileWrite(Event):
     operation: str = ""  # "open" | "rename" | "link"
     flags_open: int = 0  # the opened file's f_flags: access mode, O_APPEND... (the kernel drops O_CREAT/O_TRUNC)
     result: int = 0
+
+
+def normalize_path(path: str) -> str:
+    """The absolute path with ``.``, ``..`` and repeated slashes folded (no symlinks are followed): the form of
+    ``FileWrite.path`` and of the paths the persistence list is matched against."""
+    out = posixpath.normpath("/" + path.lstrip("/"))
+    return "/" + out.lstrip("/")  # normpath keeps a leading "//"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from agent.alerts import Host, iso
+from agent.ruleset.rules import Severity
 
 RULE_NAME: Final = "Sensor degraded"
 RULE_ID: Final = str(uuid.uuid5(uuid.NAMESPACE_URL, "https://chainwatch/rules/sensor-degraded"))
-SEVERITY: Final = 73
+SEVERITY: Final = Severity.high
 DEFAULT_INTERVAL_S: Final = 60.0
 # What each counter means, for the alert's reason.
 WHAT: Final = {
@@ -70,14 +71,14 @@ class SensorHealth:
         parts = ", ".join(f"{n} {WHAT.get(name, name)}" for name, n in sorted(counts.items()))
         return {
             "@timestamp": end,
-            "event": {"kind": "alert", "id": str(uuid.uuid4()), "severity": SEVERITY, "category": ["host"],
+            "event": {"kind": "alert", "id": str(uuid.uuid4()), "severity": int(SEVERITY), "category": ["host"],
                       "reason": f"The sensor lost sight of events between {start} and {end}: {parts}. "
                                 "Attacks in that window may have gone unseen; check what ran then and "
                                 "raise the ring sizes if this repeats."},
             "rule": {"id": RULE_ID, "name": RULE_NAME, "ruleset": "chainwatch"},
             "host": {"hostname": self.host.hostname, "id": self.host.id},
             "chainwatch": {
-                "severity": "high",
+                "severity": SEVERITY.name,
                 "incident": {"id": str(uuid.uuid4())},
                 "signals": ["sensor_degraded"],
                 "sensor": {"counts": counts, "total": dict(self._last),

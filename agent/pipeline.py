@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, Protocol
 
 import structlog
 
@@ -25,7 +25,24 @@ MODULE_LOADERS: Final = frozenset({"insmod", "modprobe"})
 MULTICALL: Final = frozenset({"kmod", "busybox"})
 
 Consumer = Callable[[Event], None]
-Stage = Callable[[Event, Process | None], None]  # runs right after the process table, e.g. the context tagger
+
+
+class Tagger(Protocol):
+    """Runs right after the process table, before any consumer: the context tagger (agent.context)."""
+
+    def __call__(self, event: Event, proc: Process | None, /) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+class Detection(Protocol):
+    """The last consumer: detection (agent.detect.engine), with windows to close and counters to report."""
+
+    def __call__(self, event: Event, /) -> None: ...
+
+    def prune(self, now_ktime: int, /) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
 
 
 def module_load_from_exec(event: Exec) -> ModuleLoad | None:
@@ -48,16 +65,19 @@ class Pipeline:
     """Feeds events through the process table and on to consumers, counting everything it sees.
 
     ``taps`` see only the primary events (what the kernel or the /proc seed produced): the recorder is one.
-    ``consumers`` see primary and derived events (the replay dump, later the detectors).
+    ``consumers`` see primary and derived events (the replay dump, a test's event list), then ``detection``.
+    agent.assemble builds the daemon's, replay's and the tests' pipelines.
     """
 
     def __init__(self, table: ProcessTable, *, module_loads_from_exec: bool,
-                 taps: Iterable[Consumer] = (), consumers: Iterable[Consumer] = (), tagger: Stage | None = None):
+                 taps: Iterable[Consumer] = (), consumers: Iterable[Consumer] = (), tagger: Tagger | None = None,
+                 detection: Detection | None = None):
         self.table = table
         self.tagger = tagger
+        self.detection = detection
         self.module_loads_from_exec = module_loads_from_exec
         self.taps = list(taps)
-        self.consumers = list(consumers)
+        self.consumers: list[Consumer] = [*consumers, *([detection] if detection is not None else [])]
         self.counts: Counter[str] = Counter()
         self.decode_errors = 0
         self.consumer_errors = 0
@@ -96,6 +116,16 @@ class Pipeline:
                 self.consumer_errors += 1
                 log.exception("consumer_failed", consumer=getattr(consumer, "__qualname__", repr(consumer)),
                               event_type=event.type)
+
+    def prune(self, now_ktime: int) -> None:
+        """Close detection's expired windows and incidents (on the stats tick)."""
+        if self.detection is not None:
+            self.detection.prune(now_ktime)
+
+    def detection_stats(self) -> dict[str, int]:
+        """Detection's and the tagger's counters for the stats line."""
+        out = self.detection.stats() if self.detection is not None else {}
+        return {**out, **(self.tagger.stats() if self.tagger is not None else {})}
 
     def stats(self) -> dict[str, object]:
         """Counters for the periodic stats line."""

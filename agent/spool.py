@@ -40,7 +40,6 @@ class Spool:
         self._disk_end = 0
         self._disk_lines = 0
         self._mem_from_disk = 0  # the first memory lines came from the file, which still holds them
-        self.recovered_lines = 0
         self.recovered_cut_bytes = 0
 
     def __len__(self) -> int:
@@ -77,7 +76,6 @@ class Spool:
             os.ftruncate(fd, end)
             self.recovered_cut_bytes = size - end
         self._disk_read, self._disk_end, self._disk_lines = 0, end, lines
-        self.recovered_lines = lines
         if not lines:
             self._drop_file()
         return lines

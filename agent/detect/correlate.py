@@ -1,4 +1,4 @@
-"""Signals -> incidents -> alert lines. One attack gives one incident, updated, never a storm.
+"""Signals -> incidents -> updates due as alert lines. One attack gives one incident, updated, never a storm.
 
 Grouping (the Datadog seed): a signal from a process in an install or CI context joins the open
 incident of that context, keyed by the context root's entity, so a postinstall's reverse shell and
@@ -14,21 +14,20 @@ shell that then installs a cron entry is a durable foothold wherever it happens.
 A new line is written only when an incident opens, its severity rises, it gains a new kind of
 signal, or it learns a new destination or a new persistence file (so a decoy shell cannot hide the real
 C2 address and a SIEM sees every file written); repeats of the same signal on the same target only count
-as suppressed.
+as suppressed. The alert document itself is built above detection, from the :class:`IncidentUpdate`
+(:mod:`agent.alerts`).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
-from agent.alerts import Host, build_alert
 from agent.context import Context
-from agent.detect.rules import Severity
 from agent.detect.signals import Signal
 from agent.lineage.identity import ProcessKey
 from agent.lineage.table import ProcessTable
+from agent.ruleset.rules import Severity
 
 INCIDENT_WINDOW_NS = 600 * 10**9  # an incident stays open this long after its last signal
 
@@ -49,6 +48,17 @@ class Incident:
     suppressed: int = 0
 
 
+@dataclass(frozen=True)
+class IncidentUpdate:
+    """An incident whose alert line is due: its signals so far, the one that made the line due, and its context."""
+
+    incident_id: str
+    severity: int
+    signals: tuple[Signal, ...]
+    trigger: Signal
+    context: Context | None
+
+
 def incident_severity(signals: list[Signal], context: Context | None) -> int:
     """The severity of an incident with these signals, in this context (see the module docstring)."""
     score = max(s.rule.severity_score for s in signals)
@@ -66,10 +76,8 @@ def incident_severity(signals: list[Signal], context: Context | None) -> int:
 class Correlator:
     """Groups signals into incidents and decides which produce an alert line."""
 
-    def __init__(self, table: ProcessTable, host: Host, boot_offset_ns: int):
+    def __init__(self, table: ProcessTable):
         self.table = table
-        self.host = host
-        self.boot_offset_ns = boot_offset_ns
         self._by_process: dict[ProcessKey, Incident] = {}
         self._by_context: dict[ProcessKey, Incident] = {}
         self.suppressed = 0
@@ -88,8 +96,8 @@ class Correlator:
                 return incident
         return None
 
-    def add(self, signal: Signal) -> dict[str, Any] | None:
-        """Take one signal; returns an alert document when a line is due."""
+    def add(self, signal: Signal) -> IncidentUpdate | None:
+        """Take one signal; returns the incident's update when an alert line is due."""
         now = signal.event.ktime
         incident = self._find(signal, now)
         new = incident is None
@@ -113,9 +121,7 @@ class Correlator:
             return None
         incident.severity, incident.detectors = severity, detectors
         incident.destinations, incident.files = destinations, files
-        return build_alert(host=self.host, table=self.table, incident_id=incident.id, severity=severity,
-                           signals=incident.signals, trigger=signal, context=incident.context,
-                           boot_offset_ns=self.boot_offset_ns)
+        return IncidentUpdate(incident.id, severity, tuple(incident.signals), signal, incident.context)
 
     def prune(self, now_ktime: int) -> int:
         """Close incidents idle past the window; returns how many links were dropped."""

@@ -15,8 +15,6 @@ from typing import Any
 
 from agent.context import context_of
 from agent.detect.exeid import ExeIdentity
-from agent.detect.lists import Lists
-from agent.detect.rules import Rule, RuleSet
 from agent.detect.signals import Signal
 from agent.detect.stdio import Conn, StdioGraph
 from agent.events import (
@@ -33,6 +31,9 @@ from agent.events import (
 )
 from agent.lineage.identity import ProcessKey, process_key
 from agent.lineage.table import Process, ProcessTable
+from agent.ruleset import catalog
+from agent.ruleset.lists import Lists
+from agent.ruleset.rules import Rule, RuleSet
 
 ELASTIC_WINDOW_NS = 1_000_000_000  # the Elastic seed's maxspan=1s between the exec and the connect
 TUNNEL_WINDOW_NS = 5_000_000_000  # a tunnel tool's first remote connect names the alert's destination
@@ -100,6 +101,11 @@ class _Pending:
     window_ns: int
 
 
+def _shell_detector(conn: Conn) -> catalog.Detector:
+    """A shell given an accepted connection is a bind shell; given one it opened, a reverse shell."""
+    return catalog.BIND_SHELL if conn.ingress else catalog.REVERSE_SHELL
+
+
 class Detectors:
     """Runs every rule's detector on each event. Keeps only the short windows the sequence rules need."""
 
@@ -164,7 +170,8 @@ class Detectors:
                       transport=transport, path=path, context=context_of(proc), saddr=saddr, sport=sport,
                       direction=direction or ("egress" if daddr else ""))
 
-    def _emit_conn(self, detector: str, event: Event, proc: Process | None, reason: str, conn: Conn) -> list[Signal]:
+    def _emit_conn(self, detector: catalog.Detector, event: Event, proc: Process | None, reason: str,
+                   conn: Conn) -> list[Signal]:
         """Signals of ``detector`` about a connection: for an accepted one (a bind shell) the remote peer is
         the source and the local listening address and port the destination."""
         if conn.ingress:
@@ -173,16 +180,16 @@ class Detectors:
         else:
             net = {"daddr": conn.daddr, "dport": conn.dport, "direction": "egress"}
         out = []
-        for rule in self.rules.by_detector(detector):
+        for rule in self.rules.by_detector(detector.name):
             sig = self._emit(rule, event, proc, reason, family=conn.family, transport=conn.transport, **net)
             if sig:
                 out.append(sig)
         return out
 
-    def _emit_all(self, detector: str, event: Event, proc: Process | None, reason: str, *,
+    def _emit_all(self, detector: catalog.Detector, event: Event, proc: Process | None, reason: str, *,
                   path: str = "") -> list[Signal]:
         out = []
-        for rule in self.rules.by_detector(detector):
+        for rule in self.rules.by_detector(detector.name):
             sig = self._emit(rule, event, proc, reason, path=path)
             if sig:
                 out.append(sig)
@@ -213,13 +220,13 @@ class Detectors:
         parent = self._parent(proc)
         parent_name = self.graph.name_of(parent) if parent else ""
         technique = interpreter_one_liner(name, event.args)
-        if technique and any(fnmatchcase(parent_name, p) for p in self.lists.reverse_shell_parents):
-            for rule in self.rules.by_detector("interpreter_reverse_shell"):
+        if technique and self.lists.is_reverse_shell_parent(parent_name):
+            for rule in self.rules.by_detector(catalog.INTERPRETER_REVERSE_SHELL.name):
                 self._pending.setdefault(key, []).append(_Pending(rule, event, technique, ELASTIC_WINDOW_NS))
         tool = self.lists.tunnel_for(name if name != self.lists.program(event.filename, event.args)
                                      else event.filename, event.args)
         if tool is not None:
-            for rule in self.rules.by_detector("tunnel_tool"):
+            for rule in self.rules.by_detector(catalog.TUNNEL_TOOL.name):
                 # Signalled at once; its first remote connect adds the destination.
                 sig = self._emit(rule, event, proc, f"{tool.name} started: {' '.join(event.args)[:200]}")
                 if sig:
@@ -237,7 +244,7 @@ class Detectors:
         if not what:
             return []
         known = f" (its content is {name})" if proc is not None and "program" in proc.tags else ""
-        return self._emit_all("fileless_exec", event, proc, f"{event.filename} runs from {what}{known}")
+        return self._emit_all(catalog.FILELESS_EXEC, event, proc, f"{event.filename} runs from {what}{known}")
 
     def _stdio_socket_at_exec(self, event: Exec, proc: Process | None, name: str) -> list[Signal]:
         """A remote socket on stdin or stdout of a program that runs commands (a shell or an interpreter),
@@ -269,7 +276,7 @@ class Detectors:
         expected = self._tracking.setdefault(ci.root, value)
         if value == expected:
             return []
-        return self._emit_all("runner_tracking_tamper", event, proc,
+        return self._emit_all(catalog.RUNNER_TRACKING_TAMPER, event, proc,
                               f"{event.filename} runs with {TRACKING_VAR}={value!r}, not the job's {expected!r}")
 
     def _on_file_write(self, event: Event, proc: Process | None) -> Iterable[Signal]:
@@ -285,7 +292,7 @@ class Detectors:
         verb = what.get(event.operation, event.operation)
         source = f"{event.source_path} to " if event.source_path else ""
         reason = f"{exe or event.comm} {verb} {source}{event.path} ({place.technique})"
-        return self._emit_all("persistence_write", event, proc, reason, path=event.path)
+        return self._emit_all(catalog.PERSISTENCE_WRITE, event, proc, reason, path=event.path)
 
     def _on_module_load(self, event: Event, proc: Process | None) -> Iterable[Signal]:
         assert isinstance(event, ModuleLoad)
@@ -294,7 +301,7 @@ class Detectors:
             return []
         module = next((a for a in event.args[1:] if a.endswith(MODULE_SUFFIXES)), "")
         reason = f"{exe or event.comm} loads a kernel module" + (f" {module}" if module else f" ({event.syscall})")
-        return self._emit_all("persistence_write", event, proc, reason, path=module)
+        return self._emit_all(catalog.PERSISTENCE_WRITE, event, proc, reason, path=module)
 
     def _on_fork(self, event: Event, proc: Process | None) -> Iterable[Signal]:
         # The Elastic seed also follows a fork of the suspicious process: the child inherits the window.
@@ -313,8 +320,8 @@ class Detectors:
                                "transport": event.transport}
         out = []
         exe = proc.filename if proc else ""
-        if proc is not None and self.graph.name_of(proc) in self.lists.shells:
-            for rule in self.rules.by_detector("shell_network_connection"):
+        if proc is not None and self.lists.is_shell(self.graph.name_of(proc)):
+            for rule in self.rules.by_detector(catalog.SHELL_NETWORK_CONNECTION.name):
                 sig = self._emit(rule, event, proc, f"shell {exe} connected to {event.daddr}:{event.dport}", **net)
                 if sig:
                     out.append(sig)
@@ -326,7 +333,7 @@ class Detectors:
                 if sig:
                     out.append(sig)
         if event.dport in self.lists.irc_ports:
-            for rule in self.rules.by_detector("irc_connection"):
+            for rule in self.rules.by_detector(catalog.IRC_CONNECTION.name):
                 sig = self._emit(rule, event, proc, f"{exe or event.comm} connected to IRC port {event.dport} "
                                  f"on {event.daddr}", **net)
                 if sig:
@@ -344,7 +351,7 @@ class Detectors:
         key = proc.key if proc else process_key(event.pid, event.start_time)
         if proc is None or self.graph.is_legitimate(key):
             return []
-        if self.graph.name_of(proc) in self.lists.shells and any(
+        if self.lists.is_shell(self.graph.name_of(proc)) and any(
                 self.graph.opener(c.sock_id) == key or not c.sock_id for c in self.graph.live_conns(key)):
             # A shell's redirection of the socket it opened itself (/dev/tcp) precedes the exec that the
             # exec probe judges (`bash -i >& /dev/tcp/H/P 0>&1`); on its own it is a probe's redirection.
@@ -357,9 +364,9 @@ class Detectors:
     def _socket_on_stdio(self, event: Event, proc: Process | None, what: str, conn: Conn, how: str) -> list[Signal]:
         """A remote socket on a command reader's stdio: a bind shell when it was accepted, else stdio_to_socket."""
         if conn.ingress:
-            return self._emit_conn("bind_shell", event, proc, f"{what} a connection accepted from {conn.daddr}:"
+            return self._emit_conn(catalog.BIND_SHELL, event, proc, f"{what} a connection accepted from {conn.daddr}:"
                                    f"{conn.dport} on port {conn.lport}{how}", conn)
-        return self._emit_conn("stdio_to_socket", event, proc,
+        return self._emit_conn(catalog.STDIO_TO_SOCKET, event, proc,
                                f"{what} a socket connected to {conn.daddr}:{conn.dport}{how}", conn)
 
     # ---------------------------------------------------------------- the stdio graph
@@ -408,9 +415,9 @@ class Detectors:
                       f"{conn.daddr}:{conn.dport} and its output goes back through "
                       f"{' -> '.join(back.path) or name} to {back.conn.daddr}:{back.conn.dport} "
                       f"({via.hops} hop{'s' if via.hops > 1 else ''})")
-            return self._emit_conn("bind_shell" if conn.ingress else "reverse_shell", event, proc, reason, conn)
+            return self._emit_conn(_shell_detector(conn), event, proc, reason, conn)
         # Input from a download, output stays local: download-and-execute (and a beacon when it repeats).
-        if ("download", key) in self._judged or name not in self.lists.shells:
+        if ("download", key) in self._judged or not self.lists.is_shell(name):
             return []
         feeder = next((r for r in verdict.inputs if r.hops == 1 and not r.conn.ingress), None)
         if feeder is None:
@@ -423,12 +430,12 @@ class Detectors:
         runs = self._downloads.setdefault((anchor.key, conn.daddr, conn.dport), [])
         runs.append(event.ktime)
         del runs[:-16]
-        out = self._emit_conn("download_execute", event, anchor,
+        out = self._emit_conn(catalog.DOWNLOAD_EXECUTE, event, anchor,
                               f"{name} runs what {client} downloaded from {conn.daddr}:{conn.dport}", conn)
         recent = [t for t in runs if event.ktime - t <= BEACON_WINDOW_NS]
         if len(recent) >= 2 and ("beacon", anchor.key) not in self._judged:
             self._judged.add(("beacon", anchor.key))
-            out += self._emit_conn("c2_beacon", event, anchor,
+            out += self._emit_conn(catalog.C2_BEACON, event, anchor,
                                    f"{self.graph.program(anchor.key) or 'a loop'} ran commands downloaded from "
                                    f"{conn.daddr}:{conn.dport} {len(recent)} times (a polling beacon)", conn)
         return out
@@ -448,7 +455,7 @@ class Detectors:
         ctx = context_of(holder)
         # Inside a package install, a hook's own script holding a connection and running shell commands back
         # to itself counts too; a downloader running the binary it fetched (esbuild's --version check) does not.
-        in_install = ctx is not None and not ctx.is_ci and self.graph.program(child.key) in self.lists.shells
+        in_install = ctx is not None and not ctx.is_ci and self.lists.is_shell(self.graph.program(child.key))
         if not (self.graph.suspicious_program(holder_key) or in_install):
             return []
         self._judged.add(("loop", holder_key))
@@ -457,4 +464,4 @@ class Detectors:
         reason = (f"{name} holds a connection {'accepted from' if conn.ingress else 'to'} {conn.daddr}:{conn.dport} "
                   f"and runs commands whose output comes back to it ({self.graph.program(child.key)}): "
                   f"an interpreter command loop")
-        return self._emit_conn("bind_shell" if conn.ingress else "reverse_shell", event, holder, reason, conn)
+        return self._emit_conn(_shell_detector(conn), event, holder, reason, conn)

@@ -1,48 +1,53 @@
-"""Detection as a pipeline consumer: event -> detectors -> correlator -> alert out."""
+"""Detection as a pipeline consumer: event -> signal sources -> correlator -> incident updates out.
+
+The native detectors are always a source; more sources (the loaded Sigma rules, agent/sigma) are handed in.
+What an update becomes (the alert document, agent.alerts) is decided above detection.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from agent.alerts import Host
-from agent.detect.correlate import Correlator
+from agent.detect.correlate import Correlator, IncidentUpdate
 from agent.detect.detectors import Detectors
 from agent.detect.exeid import ExeIdentity
-from agent.detect.rules import RuleSet
+from agent.detect.signals import Signal
 from agent.events import Event
 from agent.lineage.table import ProcessTable
+from agent.ruleset.rules import RuleSet
 
-if TYPE_CHECKING:
-    from agent.sigma import SigmaDetector, SigmaRules
+
+class SignalSource(Protocol):
+    """More signals for each event (after the process table saw it), correlated like the native detectors'."""
+
+    def __call__(self, event: Event) -> list[Signal]: ...
+
+    def stats(self) -> dict[str, int]: ...
 
 
 class DetectionEngine:
-    """Call it with every event (after the process table saw it); alerts go to ``emit``."""
+    """Call it with every event (after the process table saw it); incident updates go to ``emit``."""
 
-    def __init__(self, rules: RuleSet, table: ProcessTable, host: Host, emit: Callable[[dict[str, Any]], None],
-                 boot_offset_ns: int, sigma: SigmaRules | None = None, exe_identity: ExeIdentity | None = None):
+    def __init__(self, rules: RuleSet, table: ProcessTable, emit: Callable[[IncidentUpdate], None], *,
+                 sources: Sequence[SignalSource] = (), exe_identity: ExeIdentity | None = None):
         self.detectors = Detectors(rules, table, exe_identity)
-        # Loaded Sigma rules (agent/sigma) are one more source of signals, correlated like the rest.
-        self.sigma: SigmaDetector | None = None
-        if sigma is not None and sigma.rules:
-            from agent.sigma import SigmaDetector
-            self.sigma = SigmaDetector(sigma, table)
-        self.correlator = Correlator(table, host, boot_offset_ns)
+        self.sources = list(sources)
+        self.correlator = Correlator(table)
         self.emit = emit
         self.signals = 0
         self.alerts = 0
 
     def __call__(self, event: Event) -> None:
         signals = self.detectors(event)
-        if self.sigma is not None:
-            signals = [*signals, *self.sigma(event)]
+        for source in self.sources:
+            signals = [*signals, *source(event)]
         for signal in signals:
             self.signals += 1
-            alert = self.correlator.add(signal)
-            if alert is not None:
+            update = self.correlator.add(signal)
+            if update is not None:
                 self.alerts += 1
-                self.emit(alert)
+                self.emit(update)
 
     def prune(self, now_ktime: int) -> None:
         """Close expired windows and incidents."""
@@ -52,6 +57,6 @@ class DetectionEngine:
     def stats(self) -> dict[str, int]:
         """Counters for the stats line."""
         stats = {"signals": self.signals, "alerts": self.alerts, "alerts_suppressed": self.correlator.suppressed}
-        if self.sigma is not None:
-            stats.update(sigma_matches=self.sigma.matches, sigma_rule_errors=self.sigma.errors)
+        for source in self.sources:
+            stats.update(source.stats())
         return stats

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from agent.detect.lists import Lists
+from agent.ruleset.lists import Lists
 
 DEFAULT_DIRS: Final = ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/local/sbin")
 MAX_HASH_BYTES: Final = 8 << 20  # bash, python, socat, ncat are smaller; hashing node (90 MB) would cost a second

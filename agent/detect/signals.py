@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.context import Context
-from agent.detect.catalog import FAMILIES
-from agent.detect.rules import Rule
 from agent.events import Event
 from agent.lineage.identity import ProcessKey
+from agent.ruleset.catalog import FAMILIES
+from agent.ruleset.rules import Rule
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,15 @@ pipe, socketpair or pty in the parent and never exec with it on their own stdio)
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agent.context import context_of
-from agent.detect.lists import Lists
 from agent.events import FLAG_EXE_DELETED, FLAG_EXE_MEMFD, Accept, Connect, Event, Exec, Exit, FdOpen, Fork, Listen
 from agent.lineage.identity import ProcessKey, process_key
 from agent.lineage.table import Process, ProcessTable
+from agent.ruleset.lists import Lists
 
 MAX_HOPS = 3  # a relay is a few hops: nc -> FIFO -> cat -> pipe -> python -> pty -> sh is three
 MAX_VISIT = 64  # bound on the processes one evaluation or one neighbourhood walk looks at
@@ -271,7 +270,7 @@ class StdioGraph:
         if proc is None:
             return False
         name = self.name_of(proc)
-        return name in self.lists.shells or any(fnmatch.fnmatchcase(name, p) for p in self.lists.interpreters)
+        return self.lists.is_shell(name) or self.lists.is_interpreter(name)
 
     def reads_commands_from_stdin(self, key: ProcessKey) -> bool:
         """A shell or interpreter that takes its commands from stdin (no -c, no script operand; or -i/-s):

@@ -79,7 +79,6 @@ class WebhookOutput:
         self.batch_max = batch_max
         self.batch_bytes = batch_bytes
         self.timeout_s = timeout_s
-        self.requests = 0
         self._host = parsed.hostname
         self._port = parsed.port or 443
         self._target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
@@ -134,7 +133,6 @@ class WebhookOutput:
             if isinstance(exc, OSError):
                 raise
             raise OSError(errno.EPROTO, f"bad HTTP exchange with {self._host}: {exc!r}") from exc
-        self.requests += 1
         if response.will_close:
             self._drop_connection()
         if not 200 <= response.status < 300:

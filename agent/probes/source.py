@@ -13,8 +13,8 @@ from typing import Final
 
 from agent import resources
 from agent.config import SensorConfig
-from agent.detect.persistence import HOME_USER_MAX, PersistencePlaces, Place
 from agent.probes.offsets import KernelOffsets
+from agent.ruleset.persistence import HOME_USER_MAX, PersistencePlaces, Place
 
 MAIN_FILE: Final = "chainwatch.bpf.c"  # the translation unit: it includes one file per concern
 INCLUDE_DIR: Final = "include"  # bpf/include: shared headers and the ABI's events.gen.h
@@ -88,8 +88,8 @@ class ProbeOptions:
 
 
 def bundled_persistence() -> PersistencePlaces:
-    """The bundled list, through the one reader (agent.detect.persistence via agent.detect.lists)."""
-    from agent.detect.lists import load_lists  # the full list loader validates the file with line numbers
+    """The bundled list, through the one reader (agent.ruleset.persistence via agent.ruleset.load)."""
+    from agent.ruleset.load import load_lists
 
     return load_lists().persistence
 

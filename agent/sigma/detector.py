@@ -121,6 +121,10 @@ class SigmaDetector:
                 out.append(self._signal(entry, event, proc, fields))
         return out
 
+    def stats(self) -> dict[str, int]:
+        """Counters for the stats line."""
+        return {"sigma_matches": self.matches, "sigma_rule_errors": self.errors}
+
     def _signal(self, entry: SigmaRuleEntry, event: Event, proc: Process | None, fields: EventFields) -> Signal:
         key = proc.key if proc is not None else process_key(event.pid, event.start_time)
         reason = f"Sigma rule '{entry.rule.name}' matched: {_what(event, fields)}"

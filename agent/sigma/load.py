@@ -32,8 +32,9 @@ from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 from sigma.rule.attributes import SigmaLevel, SigmaStatus
 
-from agent.detect.catalog import SIGMA_DETECTORS
-from agent.detect.rules import Rule, RuleErrors, RuleProblem
+from agent.ruleset.catalog import SIGMA_DETECTORS
+from agent.ruleset.rules import Rule
+from agent.ruleset.yamlcheck import RuleErrors, RuleProblem
 from agent.sigma.compile import Gate, Matcher, Unsupported, compile_rule
 from agent.sigma.fields import CATEGORIES, pipeline
 

@@ -8,14 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.alerts import Host, boot_to_wall_offset_ns
-from agent.context import ContextTagger
-from agent.detect.engine import DetectionEngine
-from agent.detect.exeid import for_lists
-from agent.detect.rules import default_rules_dir, load_rules
+from agent.assemble import assemble
 from agent.events import Event
 from agent.lineage.table import ProcessTable
-from agent.pipeline import Pipeline
 from agent.probes.loader import Sensor, open_sensor
+from agent.ruleset.load import default_rules_dir, load_rules
 from agent.sigma import load_sigma
 
 # Sigma rules for the live tests; each matches only its own test's marker (test_sigma_live.py).
@@ -32,16 +29,11 @@ class SensorLab:
         self.alerts: list[dict[str, object]] = []
         # A test's response stage (agent.response.Responder), between the correlator and the alert list.
         self.respond: Callable[[dict[str, object]], dict[str, object]] | None = None
-        table = ProcessTable()
-        rules = load_rules(default_rules_dir())
-        self.engine = DetectionEngine(rules, table, Host("live-test", "live-test-host"),
-                                      self._emit, boot_to_wall_offset_ns(), sigma=load_sigma([SIGMA_DIR]),
-                                      exe_identity=for_lists(rules.lists))
-        self.sensor.set_context_executables(rules.lists.kernel_context_names())
-        self.tagger = ContextTagger(rules.lists, table, self.sensor.write_context)
-        from_exec = not self.sensor.program.features.module_tracepoints
-        self.pipeline = Pipeline(table, module_loads_from_exec=from_exec,
-                                 consumers=[self.events.append, self.engine], tagger=self.tagger)
+        self.pipeline = assemble(load_rules(default_rules_dir()), ProcessTable(), [self._emit],
+                                 host=Host("live-test", "live-test-host"), boot_offset_ns=boot_to_wall_offset_ns(),
+                                 kernel=self.sensor,
+                                 module_loads_from_exec=not self.sensor.program.features.module_tracepoints,
+                                 sigma=load_sigma([SIGMA_DIR]), exe_identity=True, consumers=[self.events.append])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sensorlab", daemon=True)
         self._thread.start()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from supplychain import in_private_overlays
 
-from agent.detect.lists import load_lists
 from agent.events import FileWrite
+from agent.ruleset.load import load_lists
 
 pytestmark = pytest.mark.live
 

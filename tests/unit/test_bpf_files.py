@@ -16,7 +16,6 @@ import pytest
 
 from agent import resources
 from agent.config import SensorConfig
-from agent.detect.persistence import PersistencePlaces, Place
 from agent.probes.offsets import WANTED, KernelOffsets
 from agent.probes.source import (
     MAIN_FILE,
@@ -28,6 +27,7 @@ from agent.probes.source import (
     render_source,
     source_files,
 )
+from agent.ruleset.persistence import PersistencePlaces, Place
 
 GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed: cannot preprocess the BPF sources")

@@ -10,12 +10,13 @@ import pytest
 
 from agent.capture import ENV_CAPTURE_NAMES, env_wanted, looks_secret, parse_env_block
 from agent.decode import decode
-from agent.detect.rules import RuleErrors, default_rules_dir, load_rules
 from agent.events import Exec
 from agent.lineage.seed import _read_env
 from agent.lineage.table import ProcessTable
 from agent.pipeline import Pipeline
 from agent.recording import RecordingWriter, read_recording
+from agent.ruleset.load import default_rules_dir, load_rules
+from agent.ruleset.yamlcheck import RuleErrors
 from tests.unit.test_decode import _exec_record
 
 # The credentials CI systems put in the environment of every job step, and a few more shapes of name.

@@ -1,4 +1,4 @@
-"""Detection: hand-built event sequences through ProcessTable + DetectionEngine, checked on the alert lines."""
+"""Detection: hand-built event sequences through the assembled pipeline (agent.assemble), checked on the alert lines."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from agent.alerts import Host
-from agent.context import ContextTagger
-from agent.detect.engine import DetectionEngine
-from agent.detect.rules import RuleSet, default_rules_dir, load_rules
+from agent.assemble import assemble
 from agent.events import Connect, Event, Exec, Fork, SocketDup
 from agent.lineage.table import ProcessTable
+from agent.ruleset.load import default_rules_dir, load_rules
+from agent.ruleset.rules import RuleSet
 
 S = 10**9  # ns per second
 T0 = 1_000 * S  # boot time of the scenarios
@@ -30,16 +30,24 @@ class World:
     def __init__(self, rules: RuleSet = RULES):
         self.table = ProcessTable()
         self.alerts: list[dict[str, Any]] = []
-        self.engine = DetectionEngine(rules, self.table, HOST, self.alerts.append, boot_offset_ns=0)
         self.kernel_writes: list[tuple[int, int, int, int, int]] = []
-        self.tagger = ContextTagger(rules.lists, self.table, lambda *w: self.kernel_writes.append(w))
+        self.pipeline = assemble(rules, self.table, [self.alerts.append], host=HOST, boot_offset_ns=0, kernel=self)
+        self.engine, self.tagger = self.pipeline.detection, self.pipeline.tagger
         self.start: dict[int, int] = {}
         self.ppid: dict[int, int] = {}
         self.comm: dict[int, str] = {}
 
     def feed(self, event: Event) -> None:
-        self.tagger(event, self.table.apply(event))
-        self.engine(event)
+        errors = self.pipeline.consumer_errors
+        self.pipeline.feed(event)
+        assert self.pipeline.consumer_errors == errors, "detection raised (logged above)"
+
+    # The kernel's side of context tagging (agent.assemble.KernelContexts): the writes are recorded.
+    def set_context_executables(self, names: dict[str, int]) -> None:
+        pass
+
+    def write_context(self, pid: int, start_time: int, context: int, root_pid: int, root_start: int) -> None:
+        self.kernel_writes.append((pid, start_time, context, root_pid, root_start))
 
     def _hdr(self, pid: int, t: float) -> dict[str, Any]:
         return {"ktime": int(T0 + t * S), "pid": pid, "tid": pid, "ppid": self.ppid[pid],

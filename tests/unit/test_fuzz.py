@@ -22,8 +22,9 @@ from agent import events as ev
 from agent.abi import layout
 from agent.config import Config, ConfigError, load_config, parse_config
 from agent.decode import HEADER_SIZE, DecodeError, decode
-from agent.detect.lists import default_lists_dir
-from agent.detect.rules import RuleErrors, RuleSet, check_rules, default_rules_dir, load_rules, rule_files
+from agent.ruleset.load import check_rules, default_lists_dir, default_rules_dir, load_rules, rule_files
+from agent.ruleset.rules import RuleSet
+from agent.ruleset.yamlcheck import RuleErrors
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

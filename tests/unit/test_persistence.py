@@ -1,4 +1,4 @@
-"""agent.detect.persistence: the one reader of persistence_paths.yaml, its matching, and the kernel filter it feeds."""
+"""agent.ruleset.persistence: the one reader of persistence_paths.yaml, its matching, and the kernel filter it feeds."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 
 from agent.config import Config
 from agent.daemon import probe_options
-from agent.detect.lists import load_lists
-from agent.detect.persistence import home_offset, normalize
-from agent.detect.rules import RuleErrors, default_rules_dir
+from agent.events import normalize_path
 from agent.probes.source import render_path_matcher, render_source
+from agent.ruleset.load import default_rules_dir, load_lists
+from agent.ruleset.persistence import home_offset
+from agent.ruleset.yamlcheck import RuleErrors
 
 # One path per kind of place the list must cover (ATT&CK Linux persistence), with the technique expected.
 PLACES = {
@@ -107,7 +108,7 @@ def test_userspace_never_matches_what_the_kernel_drops(places) -> None:
 ])
 def test_normalize(raw, want) -> None:
     """Typed paths are folded before matching: ., .., repeated and leading double slashes."""
-    assert normalize(raw) == want
+    assert normalize_path(raw) == want
 
 
 def test_place_for_normalises(places) -> None:

@@ -12,7 +12,6 @@ import pytest
 
 from agent import resources
 from agent.config import SensorConfig
-from agent.detect.persistence import PersistencePlaces, Place
 from agent.probes import source
 from agent.probes.offsets import WANTED, KernelOffsets
 from agent.probes.source import (
@@ -24,6 +23,7 @@ from agent.probes.source import (
     render_path_matcher,
     render_persist_match_header,
 )
+from agent.ruleset.persistence import PersistencePlaces, Place
 
 GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed: cannot compile the matcher harness")

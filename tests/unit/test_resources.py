@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent import resources
-from agent.detect.rules import default_rules_dir, load_rules
 from agent.probes.source import bundled_persistence, render_source
+from agent.ruleset.load import default_rules_dir, load_rules
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""agent.detect.rules and agent.detect.lists: the rule schema, the shared lists, and `chainwatch rules check`."""
+"""agent.ruleset (rules, lists, load): the rule schema, the shared lists, and `chainwatch rules check`."""
 
 from __future__ import annotations
 
@@ -15,18 +15,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.detect.catalog import DETECTORS
-from agent.detect.lists import Lists, TunnelTool, load_lists
-from agent.detect.rules import (
-    Exceptions,
-    Rule,
-    RuleErrors,
-    RuleProblem,
-    Severity,
-    check_rules,
-    default_rules_dir,
-    load_rules,
-)
+from agent.ruleset.catalog import DETECTORS
+from agent.ruleset.lists import Lists, TunnelTool
+from agent.ruleset.load import check_rules, default_rules_dir, load_lists, load_rules
+from agent.ruleset.rules import Exceptions, Rule, Severity
+from agent.ruleset.yamlcheck import RuleErrors, RuleProblem
 
 CHAINWATCH = [sys.executable, "-m", "agent"]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, parse_config
-from agent.detect.rules import RuleErrors
 from agent.detect.signals import Signal
 from agent.events import FLAG_SEEDED, Accept, Connect, Event, Exec, FileWrite, Fork
 from agent.lineage.table import ProcessTable
+from agent.ruleset.yamlcheck import RuleErrors
 from agent.sigma import SigmaDetector, SigmaRules, default_sigma_dir, load_sigma, read_sigma
 from agent.sigma.load import family_of
 
@@ -439,19 +439,19 @@ def test_regular_expressions_are_re2(tmp_path: Path) -> None:
 
 
 def test_engine_correlates_sigma_signals_and_counts_them(tmp_path: Path) -> None:
-    """DetectionEngine with Sigma rules emits their alerts and reports sigma_matches in its stats."""
+    """Detection with Sigma rules emits their alerts and reports sigma_matches in its stats."""
     from agent.alerts import Host
-    from agent.detect.engine import DetectionEngine
-    from agent.detect.rules import load_rules
+    from agent.assemble import assemble
+    from agent.ruleset.load import load_rules
 
     alerts: list[dict[str, object]] = []
     lab = Lab(load_one(tmp_path, rule_yaml("sel: {Image|endswith: /python3}\ncondition: sel", level="medium")))
-    engine = DetectionEngine(load_rules(), lab.table, Host("h", "hid"), alerts.append, 0,
-                             sigma=load_sigma([tmp_path]))
+    pipeline = assemble(load_rules(), lab.table, [alerts.append], host=Host("h", "hid"), boot_offset_ns=0,
+                        sigma=load_sigma([tmp_path]))
+    engine = pipeline.detection
     event = Exec(ktime=10, pid=20, tid=20, ppid=1, start_time=5, uid=0, cgroup_id=1, comm="python3",
                  filename="/usr/bin/python3", args=("python3",))
-    lab.table.apply(event)
-    engine(event)
+    pipeline.feed(event)
     assert len(alerts) == 1 and alerts[0]["rule"] == {"id": UNIT_ID, "name": "Unit rule 9a8b7c6d", "ruleset": "sigma"}
     assert engine.stats()["sigma_matches"] == 1 and engine.stats()["sigma_rule_errors"] == 0
 

@@ -1,7 +1,7 @@
 """The places where a write means persistence (``rules/lists/persistence_paths.yaml``), read once.
 
 One reader for both sides: :func:`read_places` validates the file like every list (file and line for each
-problem); :class:`agent.detect.lists.Lists` keeps the result for the detectors, and the probe compiler
+problem); :class:`agent.ruleset.lists.Lists` keeps the result for the detectors, and the probe compiler
 (``agent.probes.source``) renders the kernel's coarse filter from the same :class:`PersistencePlaces`.
 
 Four kinds of place, each entry ``{path, technique}`` (an ATT&CK technique id):
@@ -15,18 +15,19 @@ Four kinds of place, each entry ``{path, technique}`` (an ATT&CK technique id):
   so both must be non-empty; userspace then matches the pattern itself.
 
 Paths are matched after normalisation (``/etc/./cron.d//x`` is ``/etc/cron.d/x``): the kernel reports the
-resolved path of the file it opened, and names built from a typed path are normalised here.
+resolved path of the file it opened, and names built from a typed path are normalised here
+(:func:`agent.events.normalize_path`, which the decoder also applies).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from agent.detect.rules import MITRE_ID, Checker, YamlMap
+from agent.events import normalize_path
+from agent.ruleset.yamlcheck import MITRE_ID, Checker, YamlMap
 
 KINDS: Final = ("prefixes", "home", "suffixes", "globs")
 KIND_OF_KEY: Final = {"prefixes": "prefix", "home": "home", "suffixes": "suffix", "globs": "glob"}
@@ -35,12 +36,6 @@ WILDCARDS: Final = "*?["
 PATH_MAX: Final = 256  # agent.abi.layout.PATH_MAX: the kernel matches names shorter than this
 HOME_USER_MAX: Final = 32  # longest user name in /home/<user>/ the kernel looks for (useradd's limit)
 HOME_PREFIX: Final = "~/"
-
-
-def normalize(path: str) -> str:
-    """The absolute path with ``.``, ``..`` and repeated slashes folded (no symlinks are followed)."""
-    out = posixpath.normpath("/" + path.lstrip("/"))
-    return "/" + out.lstrip("/")  # normpath keeps a leading "//"
 
 
 def home_offset(path: str) -> int:
@@ -115,7 +110,7 @@ class PersistencePlaces:
 
     def place_for(self, path: str) -> Place | None:
         """The first place a write to ``path`` (normalised first) lands in, or None."""
-        path = normalize(path)
+        path = normalize_path(path)
         return next((place for place in self.places if place.matches(path)), None)
 
     def of_kind(self, kind: str) -> tuple[Place, ...]:

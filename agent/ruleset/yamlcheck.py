@@ -1,143 +1,26 @@
-"""Detection rules as typed data, loaded from ``rules/*.yaml`` and validated as a whole.
-
-One rule per file. The schema lives here, in code: :class:`Rule` and :class:`Exceptions` say what a
-rule is, and :func:`load_rules` checks every file against them. It collects *every* problem in the
-directory (each with its file, line and reason) before it fails, so one run of
-``chainwatch rules check`` shows everything there is to fix.
+"""One YAML reader for ``rules/``: every value keeps its line, and every problem is collected with its file
+and line, so one run of ``chainwatch rules check`` shows everything there is to fix.
 
 The YAML is read with PyYAML's compose API rather than ``safe_load``: the node tree keeps the line of
-each key, which is what a problem report needs.
+each key, which is what a problem report needs. :class:`Checker` reads one file and checks its values;
+the rule and list readers build on it, and the Sigma loader reports through the same :class:`RuleProblem`.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import ipaddress
 import re
-import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
-from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 # PyYAML ships no type information and the project does not depend on types-PyYAML: without the stubs
 # the import is untyped, with them the ignore is unused. Everything from yaml is handled as Any below.
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from agent import resources
-from agent.detect.catalog import DETECTORS
-
-if TYPE_CHECKING:
-    from agent.detect.lists import Lists
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class Severity(IntEnum):
-    """Severity names and their scores (Elastic's risk-score numbers): ``Severity["high"] == 73``."""
-
-    low = 21
-    medium = 47
-    high = 73
-    critical = 99
-
-
-MATURITIES: Final = ("experimental", "test", "stable")
-
 # A technique or sub-technique id. [0-9] and not \d: \d also matches non-ASCII digits.
 MITRE_ID: Final = re.compile(r"T[0-9]{4}(\.[0-9]{3})?")
-# Where a rule was adapted from, "source:identifier", e.g. "sigma:83dcd9f6-9ca8-4af7-a16e-a1c7a6b51871".
-SEED: Final = re.compile(r"[a-z][a-z0-9-]*:\S+")
-RULE_FILE_NAME: Final = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*\.ya?ml")
-
-RULE_KEYS: Final = ("id", "name", "description", "detector", "severity", "maturity", "mitre", "false_positives",
-                    "exceptions")
-RULE_OPTIONAL_KEYS: Final = ("references", "seed")
-EXCEPTION_KEYS: Final = ("process_executables", "parent_executables", "args_contains", "destination_cidrs",
-                         "destination_ports")
-
-
-def parse_ip(addr: str) -> IPAddress | None:
-    """The address in ``addr``, or None when it is not an IP address."""
-    try:
-        return ipaddress.ip_address(addr)
-    except ValueError:
-        return None
-
-
-def in_networks(ip: IPAddress, networks: Sequence[IPNetwork]) -> bool:
-    """True when ``ip`` is in one of ``networks``; an IPv4-mapped IPv6 address is also tried as IPv4."""
-    # A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d; it is the same host.
-    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-    return any(ip in net or (mapped is not None and mapped in net) for net in networks)
-
-
-@dataclass(frozen=True)
-class Exceptions:
-    """A rule's tuning hooks: an event that matches ANY of them is suppressed.
-
-    Every hook is empty by default, and an empty hook matches nothing.
-    """
-
-    process_executables: tuple[str, ...] = ()
-    """fnmatch globs on the full executable path of the process, e.g. ``/usr/bin/python3*``."""
-    parent_executables: tuple[str, ...] = ()
-    """fnmatch globs on the full executable path of the parent process."""
-    args_contains: tuple[str, ...] = ()
-    """Substrings of the process's argv joined with single spaces."""
-    destination_cidrs: tuple[IPNetwork, ...] = ()
-    """Networks of the remote peer."""
-    destination_ports: tuple[int, ...] = ()
-    """Ports of the remote peer."""
-
-    def matches(self, exe: str, parent_exe: str, args: Sequence[str], daddr: str | None,
-                dport: int | None) -> bool:
-        """True when any hook matches this event, which then must not raise an alert."""
-        if any(fnmatch.fnmatchcase(exe, glob) for glob in self.process_executables):
-            return True
-        if any(fnmatch.fnmatchcase(parent_exe, glob) for glob in self.parent_executables):
-            return True
-        if self.args_contains:
-            joined = " ".join(args)
-            if any(needle in joined for needle in self.args_contains):
-                return True
-        if daddr is not None and self.destination_cidrs:
-            ip = parse_ip(daddr)
-            if ip is not None and in_networks(ip, self.destination_cidrs):
-                return True
-        return dport is not None and dport in self.destination_ports
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One detection rule: which detector raises it, how bad it is, and how to tune it.
-
-    ``severity_score`` is derived from ``severity`` (see :class:`Severity`).
-    """
-
-    id: str
-    name: str
-    description: str
-    detector: str
-    severity: str
-    severity_score: int = field(init=False)
-    maturity: str
-    mitre: tuple[str, ...]
-    false_positives: tuple[str, ...]
-    references: tuple[str, ...] = ()
-    exceptions: Exceptions = Exceptions()
-    source_file: str = ""
-    seed: str | None = None
-    family: str = ""  # the correlation family when not the detector's (catalog.FAMILIES): Sigma rules set it
-    ruleset: str = "chainwatch"  # rule.ruleset in alerts: "chainwatch", or "sigma" for a loaded Sigma rule
-
-    def __post_init__(self) -> None:
-        if self.severity not in Severity.__members__:
-            raise ValueError(f"unknown severity {self.severity!r}: use one of {', '.join(Severity.__members__)}")
-        object.__setattr__(self, "severity_score", int(Severity[self.severity]))
 
 
 @dataclass(frozen=True)
@@ -161,22 +44,6 @@ class RuleErrors(Exception):
         super().__init__(f"{count} problem{'s' if count != 1 else ''} in the rules:\n"
                          + "\n".join(str(p) for p in self.problems))
 
-
-@dataclass(frozen=True)
-class RuleSet:
-    """Every loaded rule, and the shared lists the detectors match against."""
-
-    rules: tuple[Rule, ...]
-    lists: Lists
-
-    def by_detector(self, name: str) -> tuple[Rule, ...]:
-        """The rules raised by detector ``name`` (ValueError for a name not in DETECTORS)."""
-        if name not in DETECTORS:
-            raise ValueError(f"unknown detector {name!r}")
-        return tuple(rule for rule in self.rules if rule.detector == name)
-
-
-# --- YAML with line numbers -------------------------------------------------------------------------------
 
 class _Invalid:
     """The value of a node that was already reported as broken; checks skip it silently."""
@@ -491,180 +358,21 @@ class Checker:
         return tuple(out) if good else None
 
 
-def check_network(text: str) -> str | None:
-    """Why ``text`` is not a network in CIDR notation (a bare address is a /32 or /128), or None."""
-    try:
-        ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        return f"{exc}"
+# --- value checks shared by the rule and list files (each returns why the text is not acceptable, or None)
+
+def check_basename(text: str) -> str | None:
+    """An executable's basename."""
+    if "/" in text or text != text.strip():
+        return f"{text!r} must be an executable's basename (no '/', no surrounding spaces)"
     return None
 
 
-# --- rules ------------------------------------------------------------------------------------------------
-
-def default_rules_dir() -> Path:
-    """The bundled ``rules/`` directory (source tree or /usr/share/chainwatch: :mod:`agent.resources`)."""
-    return resources.rules_dir()
+def check_absolute(text: str) -> str | None:
+    """An absolute path."""
+    return None if text.startswith("/") else f"{text!r} is not an absolute path"
 
 
-def _check_uuid(text: str) -> str | None:
-    try:
-        canonical = str(uuid.UUID(text))
-    except ValueError:
-        canonical = None
-    if canonical != text:
-        return (f"{text!r} is not a UUID in lowercase 8-4-4-4-12 form; make one with "
-                "python3 -c 'import uuid; print(uuid.uuid4())'")
-    return None
+def check_path_glob(text: str) -> str | None:
+    """An fnmatch pattern on a full path."""
+    return None if text.startswith(("/", "*")) else f"{text!r} must be an absolute path or start with '*'"
 
-
-def _check_glob_on_path(text: str) -> str | None:
-    if not text.startswith(("/", "*", "?", "[")):
-        return f"{text!r} is matched against the whole executable path: start it with / or *"
-    return None
-
-
-def _one_of(options: Collection[str]) -> Callable[[str], str | None]:
-    def check(text: str) -> str | None:
-        return None if text in options else f"{text!r} is not one of: {', '.join(sorted(options))}"
-    return check
-
-
-def _check_mitre(text: str) -> str | None:
-    return None if MITRE_ID.fullmatch(text) else f"{text!r} is not a MITRE ATT&CK technique id like T1059 or T1059.004"
-
-
-def _check_url(text: str) -> str | None:
-    return None if text.startswith(("https://", "http://")) and " " not in text else f"{text!r} is not a URL"
-
-
-def _check_seed(text: str) -> str | None:
-    return None if SEED.fullmatch(text) else f"{text!r} is not 'source:identifier', e.g. 'sigma:<rule id>'"
-
-
-def _read_exceptions(checker: Checker, m: YamlMap) -> Exceptions | None:
-    checker.keys(m, (), EXCEPTION_KEYS)
-    procs = checker.get_strs(m, "process_executables", _check_glob_on_path)
-    parents = checker.get_strs(m, "parent_executables", _check_glob_on_path)
-    args = checker.get_strs(m, "args_contains")
-    cidrs = checker.get_strs(m, "destination_cidrs", check_network)
-    ports = checker.get_ints(m, "destination_ports", 1, 65535)
-    if not checker.ok:
-        return None
-    return Exceptions(
-        process_executables=procs or (),
-        parent_executables=parents or (),
-        args_contains=args or (),
-        destination_cidrs=tuple(ipaddress.ip_network(c) for c in cidrs or ()),
-        destination_ports=ports or (),
-    )
-
-
-@dataclass(frozen=True)
-class _Parsed:
-    rule: Rule | None
-    id: str | None
-    id_line: int
-    name: str | None
-    name_line: int
-
-
-def _read_rule(path: Path, problems: list[RuleProblem]) -> _Parsed | None:
-    checker = Checker(path, problems)
-    if not RULE_FILE_NAME.fullmatch(path.name):
-        checker.problem(1, "a rule file name is kebab-case, e.g. shell-network-connection.yaml")
-    doc = checker.read()
-    if doc is None:
-        return None
-    m = checker.mapping(doc, "a rule file")
-    if m is None:
-        return None
-    checker.keys(m, RULE_KEYS, RULE_OPTIONAL_KEYS, hints={
-        "severity_score": "it is derived from 'severity': remove it",
-        "source_file": "it is set by the loader: remove it",
-    })
-    rule_id = checker.get_str(m, "id", _check_uuid)
-    name = checker.get_str(m, "name")
-    description = checker.get_str(m, "description")
-    detector = checker.get_str(m, "detector", _one_of(DETECTORS))
-    severity = checker.get_str(m, "severity", _one_of(Severity.__members__))
-    maturity = checker.get_str(m, "maturity", _one_of(MATURITIES))
-    mitre = checker.get_strs(m, "mitre", _check_mitre, min_items=1)
-    false_positives = checker.get_strs(m, "false_positives")
-    references = checker.get_strs(m, "references", _check_url)
-    seed = checker.get_str(m, "seed", _check_seed)
-    exceptions: Exceptions | None = None
-    exc_node = m.values.get("exceptions")
-    if exc_node is not None:
-        exc_map = checker.mapping(exc_node, "'exceptions'")
-        if exc_map is not None:
-            exceptions = _read_exceptions(checker, exc_map)
-    rule = None
-    if (checker.ok and rule_id and name and description and detector and severity and maturity and mitre
-            and false_positives is not None and exceptions is not None):
-        rule = Rule(id=rule_id, name=name, description=description, detector=detector, severity=severity,
-                    maturity=maturity, mitre=mitre, false_positives=false_positives, references=references or (),
-                    exceptions=exceptions, source_file=str(path), seed=seed)
-    return _Parsed(rule, rule_id, m.key_lines.get("id", 1), name, m.key_lines.get("name", 1))
-
-
-def rule_files(directory: Path) -> list[Path]:
-    """The rule files directly in ``directory`` (``*.yaml`` and ``*.yml``), sorted by name."""
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-
-
-def _load(directory: Path | str | None, lists_dir: Path | str | None) -> tuple[RuleSet | None, list[RuleProblem]]:
-    # Imported here because lists.py builds on this module's Checker and RuleProblem.
-    from agent.detect.lists import default_lists_dir, read_lists
-
-    base = Path(directory) if directory is not None else default_rules_dir()
-    problems: list[RuleProblem] = []
-    if not base.is_dir():
-        return None, [RuleProblem(str(base), 1, "not a directory of rule files")]
-    files = rule_files(base)
-    if not files:
-        problems.append(RuleProblem(str(base), 1, "no rule files (*.yaml, *.yml) in this directory"))
-    rules: list[Rule] = []
-    ids: dict[str, tuple[str, int]] = {}
-    names: dict[str, tuple[str, int]] = {}
-    for path in files:
-        parsed = _read_rule(path, problems)
-        if parsed is None:
-            continue
-        for value, line, seen, what in ((parsed.id, parsed.id_line, ids, "id"),
-                                        (parsed.name, parsed.name_line, names, "name")):
-            if value is None:
-                continue
-            if value in seen:
-                first_file, first_line = seen[value]
-                problems.append(RuleProblem(str(path), line,
-                                            f"duplicate {what} {value!r} (also in {first_file}:{first_line})"))
-            else:
-                seen[value] = (str(path), line)
-        if parsed.rule is not None:
-            rules.append(parsed.rule)
-    if lists_dir is None:
-        # A rule directory of its own may reuse the bundled lists.
-        lists_dir = base / "lists" if (base / "lists").is_dir() else default_lists_dir()
-    lists = read_lists(Path(lists_dir), problems)
-    problems.sort(key=lambda p: (p.file, p.line))
-    if problems or lists is None:
-        return None, problems
-    return RuleSet(tuple(rules), lists), problems
-
-
-def load_rules(directory: Path | str | None = None, lists_dir: Path | str | None = None) -> RuleSet:
-    """Load and validate every rule in ``directory`` (default: :func:`default_rules_dir`).
-
-    The lists come from ``lists_dir``, else ``directory/lists``, else the bundled ``rules/lists``.
-    Raises RuleErrors with every problem found, in file and line order.
-    """
-    ruleset, problems = _load(directory, lists_dir)
-    if ruleset is None:
-        raise RuleErrors(problems)
-    return ruleset
-
-
-def check_rules(directory: Path | str | None = None, lists_dir: Path | str | None = None) -> list[RuleProblem]:
-    """Every problem in the rules and lists of ``directory``; empty when they load."""
-    return _load(directory, lists_dir)[1]

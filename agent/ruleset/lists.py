@@ -1,10 +1,12 @@
 """The shared lists in ``rules/lists/*.yaml`` that detectors match against, as one typed :class:`Lists`.
 
 Each list file is validated like a rule file: every problem is collected with its file and line
-(see :class:`agent.detect.rules.Checker`), and :func:`load_lists` raises RuleErrors with all of them.
+(see :class:`agent.ruleset.yamlcheck.Checker`), and :func:`agent.ruleset.load.load_lists` raises RuleErrors
+with all of them.
 
-``persistence_paths.yaml`` is read by :mod:`agent.detect.persistence`; the kernel probe compiler renders its
-filter from the same :class:`~agent.detect.persistence.PersistencePlaces` (``Lists.persistence``).
+``persistence_paths.yaml`` is read by :mod:`agent.ruleset.persistence` and ``contexts.yaml`` by
+:mod:`agent.ruleset.contexts`; the kernel probe compiler renders its filter from the same
+:class:`~agent.ruleset.persistence.PersistencePlaces` (``Lists.persistence``).
 """
 
 from __future__ import annotations
@@ -17,21 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from agent.abi.layout import COMM_LEN, CONTEXTS
-from agent.capture import env_wanted, looks_secret
-from agent.detect.persistence import KINDS as PERSISTENCE_KINDS
-from agent.detect.persistence import PersistencePlaces, Place, read_places
-from agent.detect.rules import (
-    Checker,
-    IPNetwork,
-    RuleErrors,
-    RuleProblem,
-    YamlMap,
-    check_network,
-    default_rules_dir,
-    in_networks,
-    parse_ip,
-)
+from agent.ruleset.contexts import ContextRoot, Invocation, kernel_context_names, read_roots, root_for
+from agent.ruleset.net import IPNetwork, check_network, in_networks, parse_ip
+from agent.ruleset.persistence import KINDS as PERSISTENCE_KINDS
+from agent.ruleset.persistence import PersistencePlaces, Place, read_places
+from agent.ruleset.yamlcheck import Checker, RuleProblem, YamlMap, check_absolute, check_basename, check_path_glob
 
 LIST_FILES: Final = ("stdio.yaml", "shells.yaml", "interpreters.yaml", "tunnels.yaml", "network.yaml",
                      "persistence_paths.yaml", "contexts.yaml")
@@ -71,103 +63,7 @@ class TunnelTool:
         return any(arg.startswith(self.args_prefix_any) for arg in argv)
 
 
-ROOT_MATCH_KEYS: Final = ("executables", "python_modules", "jars", "paths")
-ROOT_OPTIONAL_KEYS: Final = (*ROOT_MATCH_KEYS, "subcommands", "bare", "options", "labels")
 REMOTE_CACHE_MAX: Final = 4096
-PACKAGE_LABELS: Final = ("name", "version", "hook")
-CI_LABELS: Final = ("repository", "workflow", "run_id", "job", "job_id")
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """What an exec runs, seen through its interpreter: ``node /usr/bin/npm install`` is the script
-    ``npm`` with args ``("install",)``; ``python3 -m pip install x`` is the module ``pip``."""
-
-    kind: str  # "executable" | "script" | "module" | "jar"
-    name: str
-    args: tuple[str, ...]
-
-
-def invocations(filename: str, argv: Sequence[str], script_interpreters: Sequence[str]) -> list[Invocation]:
-    """Every way ``filename`` run with ``argv`` may name a tool: itself, and the script, module or jar it runs."""
-    exe = os.path.basename(filename)
-    out = [Invocation("executable", exe, tuple(argv[1:]))]
-    if not any(fnmatch.fnmatchcase(exe, p) for p in script_interpreters):
-        return out
-    rest = list(argv[1:])
-    i = 0
-    while i < len(rest):
-        arg = rest[i]
-        if arg == "-m" and i + 1 < len(rest):
-            out.append(Invocation("module", rest[i + 1], tuple(rest[i + 2:])))
-            break
-        if arg in ("-jar", "-cp", "-classpath", "--class-path") and i + 1 < len(rest):
-            out.append(Invocation("jar", os.path.basename(rest[i + 1]), tuple(rest[i + 2:])))
-            break
-        if arg in ("-c", "-e", "--eval", "-p", "--print", "-r"):
-            break  # inline code: no script names the tool
-        if not arg.startswith("-"):
-            out.append(Invocation("script", os.path.basename(arg), tuple(rest[i + 1:])))
-            break
-        i += 1
-    return out
-
-
-@dataclass(frozen=True)
-class ContextRoot:
-    """One way to start an install or CI context (contexts.yaml ``roots``)."""
-
-    context: str
-    executables: tuple[str, ...] = ()
-    python_modules: tuple[str, ...] = ()
-    jars: tuple[str, ...] = ()
-    paths: tuple[str, ...] = ()
-    subcommands: tuple[str, ...] = ()
-    bare: bool = False
-    options: tuple[str, ...] = ()
-    labels: tuple[tuple[str, str], ...] = ()  # (attribution field, environment variable)
-
-    @property
-    def is_ci(self) -> bool:
-        """A CI runner (cicd_runner_*), not a package install."""
-        return self.context.startswith("cicd_runner_")
-
-    def kernel_names(self) -> tuple[str, ...]:
-        """Executable names the kernel can match on their own: exact names, with no argv condition."""
-        if self.subcommands or self.options or self.bare:
-            return ()
-        return tuple(name for name in self.executables if not any(c in name for c in "*?["))
-
-    def match(self, filename: str, calls: Sequence[Invocation]) -> Invocation | None:
-        """The invocation by which the exec of ``filename`` (seen as ``calls``, from :func:`invocations`)
-        starts this context, or None."""
-        if any(fnmatch.fnmatchcase(filename, p) for p in self.paths):
-            return calls[0]
-        for call in calls:
-            patterns = {"executable": self.executables, "script": self.executables, "module": self.python_modules,
-                        "jar": self.jars}[call.kind]
-            if any(fnmatch.fnmatchcase(call.name, p) for p in patterns) and self._args_match(call.args):
-                return call
-        return None
-
-    def operands(self, args: Sequence[str]) -> list[str]:
-        """The words after the command in a matched invocation's ``args``: what is being installed."""
-        words = [a for a in args if not a.startswith("-")]
-        for i, word in enumerate(words[:3]):
-            if word in self.subcommands:
-                return words[i + 1:]
-        return [] if self.subcommands else words
-
-    def _args_match(self, args: Sequence[str]) -> bool:
-        if self.options and not any(fnmatch.fnmatchcase(a, p) for a in args for p in self.options):
-            return False
-        if not self.subcommands:
-            return True
-        words = [a for a in args if not a.startswith("-")][:3]
-        if not words:
-            return self.bare
-        said = set(words) | {f"{a} {b}" for a, b in zip(words, words[1:], strict=False)}
-        return not said.isdisjoint(self.subcommands)
 
 
 @dataclass(frozen=True)
@@ -203,21 +99,11 @@ class Lists:
 
     def context_root_for(self, filename: str, argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
         """The first root that the exec of ``filename`` with ``argv`` is, and how it was invoked; or None."""
-        calls = invocations(filename, argv, self.script_interpreters)
-        for root in self.context_roots:
-            call = root.match(filename, calls)
-            if call is not None:
-                return root, call
-        return None
+        return root_for(self.context_roots, self.script_interpreters, filename, argv)
 
     def kernel_context_names(self) -> dict[str, int]:
-        """comm at exec -> context id, for the exec probe's own matching. exec sets comm to the basename of
-        the path it ran, cut to 15 bytes; userspace confirms every such tag on the full path and argv."""
-        out: dict[str, int] = {}
-        for root in self.context_roots:
-            for name in root.kernel_names():
-                out.setdefault(name.encode()[:COMM_LEN - 1].decode(errors="ignore"), CONTEXTS[root.context])
-        return out
+        """comm at exec -> context id, for the exec probe's own matching (:func:`contexts.kernel_context_names`)."""
+        return kernel_context_names(self.context_roots)
 
     def is_remote(self, addr: str) -> bool:
         """True when ``addr`` is an IP address outside ``local_cidrs`` (False when it does not parse)."""
@@ -274,21 +160,6 @@ class Lists:
         return self.persistence.place_for(path)
 
 
-def default_lists_dir() -> Path:
-    """The bundled ``rules/lists`` directory."""
-    return default_rules_dir() / "lists"
-
-
-def _check_basename(text: str) -> str | None:
-    if "/" in text or text != text.strip():
-        return f"{text!r} must be an executable's basename (no '/', no surrounding spaces)"
-    return None
-
-
-def _check_absolute(text: str) -> str | None:
-    return None if text.startswith("/") else f"{text!r} is not an absolute path"
-
-
 def _open(directory: Path, name: str, problems: list[RuleProblem], keys: Sequence[str],
           optional: Sequence[str] = ()) -> tuple[Checker, YamlMap] | None:
     checker = Checker(directory / name, problems)
@@ -317,7 +188,7 @@ def _read_tunnels(checker: Checker, m: YamlMap) -> tuple[TunnelTool, ...] | None
             continue
         checker.keys(spec, ("name", "executables"), TUNNEL_OPTIONAL_KEYS)
         name = checker.get_str(spec, "name")
-        executables = checker.get_strs(spec, "executables", _check_basename, min_items=1)
+        executables = checker.get_strs(spec, "executables", check_basename, min_items=1)
         args_any = checker.get_strs(spec, "args_any")
         args_prefix_any = checker.get_strs(spec, "args_prefix_any")
         ignore_case = checker.get_bool(spec, "args_prefix_ignore_case")
@@ -354,72 +225,6 @@ def _read_irc_ports(checker: Checker, m: YamlMap) -> frozenset[int] | None:
     return frozenset(ports)
 
 
-def _read_roots(checker: Checker, m: YamlMap) -> tuple[ContextRoot, ...] | None:
-    entries = checker.get_list(m, "roots", min_items=1)
-    if entries is None:
-        return None
-    roots: list[ContextRoot] = []
-    good = True
-    for entry in entries:
-        spec = checker.mapping(entry, "a context root")
-        if spec is None:
-            good = False
-            continue
-        before = len(checker.problems)
-        checker.keys(spec, ("context",), ROOT_OPTIONAL_KEYS)
-        context = checker.get_str(spec, "context", _one_of_contexts)
-        matchers = {key: checker.get_strs(spec, key, _check_path_glob if key == "paths" else _check_basename)
-                    for key in ROOT_MATCH_KEYS}
-        if not any(matchers.values()) and len(checker.problems) == before:
-            checker.problem(entry.line, f"a context root needs one of {', '.join(ROOT_MATCH_KEYS)}")
-        subcommands = checker.get_strs(spec, "subcommands")
-        options = checker.get_strs(spec, "options")
-        bare = checker.get_bool(spec, "bare")
-        labels = _read_labels(checker, spec, context)
-        if len(checker.problems) > before or context is None:
-            good = False
-            continue
-        roots.append(ContextRoot(context, executables=matchers["executables"] or (),
-                                 python_modules=matchers["python_modules"] or (), jars=matchers["jars"] or (),
-                                 paths=matchers["paths"] or (), subcommands=subcommands or (), bare=bool(bare),
-                                 options=options or (), labels=labels))
-    return tuple(roots) if good else None
-
-
-def _check_path_glob(text: str) -> str | None:
-    return None if text.startswith(("/", "*")) else f"{text!r} must be an absolute path or start with '*'"
-
-
-def _one_of_contexts(text: str) -> str | None:
-    return None if text in CONTEXTS else f"{text!r} is not a context (they are: {', '.join(CONTEXTS)})"
-
-
-def _check_captured(var: str) -> str | None:
-    if looks_secret(var):
-        return f"{var} names a credential: chainwatch never captures token, password, secret or key variables"
-    if not env_wanted(var):
-        return (f"{var} is not captured at exec: add it to ENV_CAPTURE_NAMES in agent/capture.py "
-                "(attribution labels only, never a secret)")
-    return None
-
-
-def _read_labels(checker: Checker, spec: YamlMap, context: str | None) -> tuple[tuple[str, str], ...]:
-    node = spec.values.get("labels")
-    if node is None:
-        return ()
-    labels = checker.mapping(node, "'labels'")
-    if labels is None:
-        return ()
-    fields = CI_LABELS if context and context.startswith("cicd_runner_") else PACKAGE_LABELS
-    checker.keys(labels, (), fields)
-    out = []
-    for field_name in labels.values:
-        var = checker.get_str(labels, field_name, _check_captured)
-        if var is not None and field_name in fields:
-            out.append((field_name, var))
-    return tuple(out)
-
-
 def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
     """The lists in ``directory``, or None when they have problems (appended to ``problems``)."""
     start = len(problems)
@@ -436,11 +241,11 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
     irc_ports: frozenset[int] | None = None
     if opened := _open(directory, "shells.yaml", problems, ("shells",)):
         checker, m = opened
-        shells = checker.get_strs(m, "shells", _check_basename, min_items=1)
+        shells = checker.get_strs(m, "shells", check_basename, min_items=1)
     if opened := _open(directory, "interpreters.yaml", problems, ("interpreters", "reverse_shell_parents")):
         checker, m = opened
-        interpreters = checker.get_strs(m, "interpreters", _check_basename, min_items=1)
-        parents = checker.get_strs(m, "reverse_shell_parents", _check_basename, min_items=1)
+        interpreters = checker.get_strs(m, "interpreters", check_basename, min_items=1)
+        parents = checker.get_strs(m, "reverse_shell_parents", check_basename, min_items=1)
     if opened := _open(directory, "tunnels.yaml", problems, ("tunnels",)):
         tunnels = _read_tunnels(*opened)
     if opened := _open(directory, "network.yaml", problems, ("local_cidrs", "irc_ports")):
@@ -453,16 +258,16 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
     multicall = holders = None
     if opened := _open(directory, "stdio.yaml", problems, ("multicall", "socket_holders")):
         checker, m = opened
-        multicall = checker.get_strs(m, "multicall", _check_basename)
-        holders = checker.get_strs(m, "socket_holders", _check_path_glob)
+        multicall = checker.get_strs(m, "multicall", check_basename)
+        holders = checker.get_strs(m, "socket_holders", check_path_glob)
 
     roots: tuple[ContextRoot, ...] | None = None
     script_interpreters = unpackers = None
     if opened := _open(directory, "contexts.yaml", problems, ("roots", "script_interpreters", "unpackers")):
         checker, m = opened
-        roots = _read_roots(checker, m)
-        script_interpreters = checker.get_strs(m, "script_interpreters", _check_basename, min_items=1)
-        unpackers = checker.get_strs(m, "unpackers", _check_absolute)
+        roots = read_roots(checker, m)
+        script_interpreters = checker.get_strs(m, "script_interpreters", check_basename, min_items=1)
+        unpackers = checker.get_strs(m, "unpackers", check_absolute)
 
     if len(problems) > start:
         return None
@@ -485,14 +290,3 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
         socket_holders=holders,
     )
 
-
-def load_lists(directory: Path | str | None = None) -> Lists:
-    """Load and validate the lists in ``directory`` (default: the bundled ``rules/lists``).
-
-    Raises RuleErrors with every problem found.
-    """
-    problems: list[RuleProblem] = []
-    lists = read_lists(Path(directory) if directory is not None else default_lists_dir(), problems)
-    if lists is None:
-        raise RuleErrors(sorted(problems, key=lambda p: (p.file, p.line)))
-    return lists
