@@ -6,6 +6,10 @@ veth pair and nothing else:
 * victim   198.51.100.1/24, 2001:db8::1/64
 * attacker 198.51.100.2/24, 2001:db8::2/64
 
+and, on request (``add_attacker_addresses``), more attacker addresses from 203.0.113.0/24 and
+2001:db8:c0de::/64, routed on-link from the victim. These are the only addresses tests use: take them from the
+lab, and ports from ``NetLab.port()``, never as literals.
+
 Only documentation addresses are used, ``lo`` is up, IPv6 addresses are added
 with ``nodad`` (usable at once), router advertisements are ignored and there is
 no default route in either namespace (checked after setup), so nothing sent
@@ -19,8 +23,10 @@ the namespaces (which destroys the veth pair) and verifies that they are gone.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import secrets
 import select
 import shutil
@@ -34,12 +40,18 @@ from typing import Any, Self
 
 from pyroute2 import IPRoute, NetNS, netns
 
+from tests.helpers.polling import wait_until
+
 NETNS_DIR = Path("/run/netns")
 IFA_F_NODAD = 0x02
 
 SETUP_TIMEOUT = 10.0  # seconds for any single setup step / helper command
 TERM_GRACE = 1.0  # seconds between SIGTERM and SIGKILL at close
 READY_TIMEOUT = 10.0  # seconds for a listener to report that it is bound
+
+# Ports for lab listeners: one counter for the whole test process, from an offset of its own. The sensor is
+# host-wide and tests pick their events and alerts by port, so sessions running at once should not share them.
+_PORTS = itertools.count(40000 + os.getpid() % 100 * 200)
 
 # Bounded TCP/UDP listener, run as ``python -c LISTENER proto family bind port
 # duration payload_hex max_count max_bytes``.  Prints "READY" once bound, then
@@ -298,6 +310,14 @@ class NetLab:
     attacker_ip6 = "2001:db8::2"
     prefix4 = 24
     prefix6 = 64
+    net4 = "198.51.100.0/24"
+    net6 = "2001:db8::/64"
+    # A documentation address nothing in the lab routes to: a connect to it must fail.
+    outside_ip4 = "203.0.113.9"
+    # Where add_attacker_addresses takes its addresses from (not the lab's own subnet, so other sessions' labs,
+    # which all use 198.51.100.0/24, are never affected by what a test does to these).
+    extra_net4 = "203.0.113.0/24"
+    extra_net6 = "2001:db8:c0de::/64"
 
     def __init__(self) -> None:
         if os.geteuid() != 0:
@@ -314,6 +334,7 @@ class NetLab:
         self.attacker_if = f"cwa{tag}"
         self._procs: list[subprocess.Popen] = []
         self._created_ns: list[str] = []
+        self._extra_routes: set[str] = set()
         self._closed = False
         try:
             self._setup()
@@ -388,17 +409,16 @@ class NetLab:
             )
 
     def _wait_carrier(self) -> None:
-        deadline = time.monotonic() + SETUP_TIMEOUT
         pending = {
             (self.victim_ns, self.victim_if),
             (self.attacker_ns, self.attacker_if),
         }
-        while pending:
-            pending = {(ns, ifname) for ns, ifname in pending if not _is_up(ns, ifname)}
-            if pending:
-                if time.monotonic() > deadline:
-                    raise NetLabError(f"veth never came up: {sorted(pending)}")
-                time.sleep(0.05)
+
+        def all_up() -> bool:
+            pending.difference_update([(ns, ifname) for ns, ifname in pending if _is_up(ns, ifname)])
+            return not pending
+        if not wait_until(all_up, timeout=SETUP_TIMEOUT):
+            raise NetLabError(f"veth never came up: {sorted(pending)}")
 
     # --------------------------------------------------------------- helpers
     def _ns(self, ns: str) -> str:
@@ -479,6 +499,33 @@ class NetLab:
         )
         self._procs.append(proc)
         return proc
+
+    @staticmethod
+    def port() -> int:
+        """A port no other test of this process has used (see _PORTS)."""
+        return next(_PORTS)
+
+    def add_attacker_addresses(self, count: int, *, family: int = 4) -> list[str]:
+        """``count`` random addresses from extra_net4 (or extra_net6) on the attacker's veth, routed on-link
+        from the victim (a route to that network only, never a default route)."""
+        if family == 4:
+            net, prefixlen, flags = self.extra_net4, 32, 0
+            addresses = [f"203.0.113.{n}" for n in random.sample(range(10, 250), count)]
+        elif family == 6:
+            net, prefixlen, flags = self.extra_net6, 128, IFA_F_NODAD
+            addresses = [f"2001:db8:c0de::{n:x}" for n in random.sample(range(16, 4000), count)]
+        else:
+            raise ValueError("family must be 4 or 6")
+        with NetNS(self._ns("attacker")) as ipr:
+            (idx,) = ipr.link_lookup(ifname=self.attacker_if)
+            for address in addresses:
+                ipr.addr("add", index=idx, address=address, prefixlen=prefixlen, flags=flags)
+        if net not in self._extra_routes:
+            with NetNS(self._ns("victim")) as ipr:
+                (idx,) = ipr.link_lookup(ifname=self.victim_if)
+                ipr.route("add", dst=net, oif=idx, family=socket.AF_INET if family == 4 else socket.AF_INET6)
+            self._extra_routes.add(net)
+        return addresses
 
     @property
     def pids(self) -> list[int]:
