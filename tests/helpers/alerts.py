@@ -4,6 +4,7 @@ message, and waited for on the session's sensor."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -18,6 +19,19 @@ def incidents(alerts: Iterable[Mapping[str, Any]]) -> dict[str, list[Alert]]:
     for a in alerts:
         out.setdefault(a["chainwatch"]["incident"]["id"], []).append(dict(a))
     return out
+
+
+def tagged(command: str) -> tuple[str, str]:
+    """``command`` with a unique marker comment, and the marker: the sensor is host-wide, so a test looks only at
+    alerts whose process or ancestry carries its marker (the bash -c argv is in every descendant's ancestry)."""
+    token = f"cw-test-{uuid.uuid4().hex[:12]}"
+    return f"{command} # {token}", token
+
+
+def mine(alerts: Iterable[Mapping[str, Any]], token: str) -> list[Alert]:
+    """The alerts whose process or an ancestor carries ``token`` in its argv (see tagged)."""
+    return [dict(a) for a in alerts
+            if token in json.dumps([a["process"].get("args"), a["chainwatch"]["ancestry"]])]
 
 
 def tree_pids(events: Iterable[Any], root: int) -> set[int]:

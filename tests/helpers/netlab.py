@@ -7,8 +7,8 @@ veth pair and nothing else:
 * attacker 198.51.100.2/24, 2001:db8::2/64
 
 and, on request (``add_attacker_addresses``), more attacker addresses from 203.0.113.0/24 and
-2001:db8:c0de::/64, routed on-link from the victim. These are the only addresses tests use: take them from the
-lab, and ports from ``NetLab.port()``, never as literals.
+2001:db8:c0de::/64, routed on-link from the victim (tests/helpers/addresses.py). Tests take addresses from the
+lab and ports from ``NetLab.port()``, never as literals.
 
 Only documentation addresses are used, ``lo`` is up, IPv6 addresses are added
 with ``nodad`` (usable at once), router advertisements are ignored and there is
@@ -23,6 +23,7 @@ the namespaces (which destroys the veth pair) and verifies that they are gone.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -40,6 +41,17 @@ from typing import Any, Self
 
 from pyroute2 import IPRoute, NetNS, netns
 
+from tests.helpers.addresses import (
+    ATTACKER_IP4,
+    ATTACKER_IP6,
+    EXTRA_NET4,
+    EXTRA_NET6,
+    LAB_NET4,
+    LAB_NET6,
+    OUTSIDE_IP4,
+    VICTIM_IP4,
+    VICTIM_IP6,
+)
 from tests.helpers.polling import wait_until
 
 NETNS_DIR = Path("/run/netns")
@@ -304,20 +316,15 @@ def _default_routes(ns: str) -> list[str]:
 class NetLab:
     """A victim and an attacker namespace joined by one veth pair."""
 
-    victim_ip4 = "198.51.100.1"
-    attacker_ip4 = "198.51.100.2"
-    victim_ip6 = "2001:db8::1"
-    attacker_ip6 = "2001:db8::2"
+    victim_ip4 = VICTIM_IP4
+    attacker_ip4 = ATTACKER_IP4
+    victim_ip6 = VICTIM_IP6
+    attacker_ip6 = ATTACKER_IP6
     prefix4 = 24
     prefix6 = 64
-    net4 = "198.51.100.0/24"
-    net6 = "2001:db8::/64"
-    # A documentation address nothing in the lab routes to: a connect to it must fail.
-    outside_ip4 = "203.0.113.9"
-    # Where add_attacker_addresses takes its addresses from (not the lab's own subnet, so other sessions' labs,
-    # which all use 198.51.100.0/24, are never affected by what a test does to these).
-    extra_net4 = "203.0.113.0/24"
-    extra_net6 = "2001:db8:c0de::/64"
+    net4 = LAB_NET4
+    net6 = LAB_NET6
+    outside_ip4 = OUTSIDE_IP4
 
     def __init__(self) -> None:
         if os.geteuid() != 0:
@@ -506,16 +513,17 @@ class NetLab:
         return next(_PORTS)
 
     def add_attacker_addresses(self, count: int, *, family: int = 4) -> list[str]:
-        """``count`` random addresses from extra_net4 (or extra_net6) on the attacker's veth, routed on-link
+        """``count`` random addresses from EXTRA_NET4 (or EXTRA_NET6) on the attacker's veth, routed on-link
         from the victim (a route to that network only, never a default route)."""
         if family == 4:
-            net, prefixlen, flags = self.extra_net4, 32, 0
-            addresses = [f"203.0.113.{n}" for n in random.sample(range(10, 250), count)]
+            net, prefixlen, flags = EXTRA_NET4, 32, 0
+            hosts = random.sample(range(10, 250), count)
         elif family == 6:
-            net, prefixlen, flags = self.extra_net6, 128, IFA_F_NODAD
-            addresses = [f"2001:db8:c0de::{n:x}" for n in random.sample(range(16, 4000), count)]
+            net, prefixlen, flags = EXTRA_NET6, 128, IFA_F_NODAD
+            hosts = random.sample(range(16, 4000), count)
         else:
             raise ValueError("family must be 4 or 6")
+        addresses = [str(ipaddress.ip_network(net)[n]) for n in hosts]
         with NetNS(self._ns("attacker")) as ipr:
             (idx,) = ipr.link_lookup(ifname=self.attacker_if)
             for address in addresses:

@@ -1,5 +1,5 @@
-"""`chainwatch run` as a subprocess for the resilience tests: its JSON log lines, stats and alerts as files, and
-the benchmark's C workloads that load it."""
+"""`chainwatch run` as a subprocess for the resilience and degraded-sensor tests: its JSON log lines, stats lines
+and alerts, read from the files it writes."""
 
 from __future__ import annotations
 

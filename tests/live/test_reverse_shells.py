@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers.alerts import incidents
+from tests.helpers.alerts import incidents, mine, tagged
 from tests.helpers.proof import assert_sensor_saw
 
 SHELL_PAYLOAD = b"echo cw-$((6*7))\nexit\n"
@@ -123,7 +123,7 @@ def test_tunnel_tool_by_name_and_argv(sensorlab, netlab, tmp_path) -> None:
 
 def benign(sensorlab, netlab, command: str, *, server: list[str] | None = None, port: int | None = None) -> list:
     """Run ``command`` ({host}, {port}) from bash in the victim against a server; prove the sensor saw that bash
-    and its connect; return the alerts since."""
+    and its connect; return the alerts since of that bash and its children (the sensor is host-wide)."""
     port = port or netlab.port()
     if server:
         netlab.spawn(netlab.attacker_ns, [a.format(host=netlab.attacker_ip4, port=port) for a in server])
@@ -134,10 +134,10 @@ def benign(sensorlab, netlab, command: str, *, server: list[str] | None = None, 
     else:
         netlab.listen_tcp(netlab.attacker_ns, port, duration=10, max_conns=5)
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
-    command = command.format(host=netlab.attacker_ip4, port=port)
-    netlab.run(netlab.victim_ns, ["bash", "-c", command + "; exit 0"], timeout=20)
-    assert_sensor_saw(sensorlab, emark, exe="bash", argv_has=command, port=port)
-    return sensorlab.alerts_since(mark)
+    command, token = tagged(command.format(host=netlab.attacker_ip4, port=port) + "; exit 0")
+    netlab.run(netlab.victim_ns, ["bash", "-c", command], timeout=20)
+    assert_sensor_saw(sensorlab, emark, exe="bash", argv_has=token, port=port)
+    return mine(sensorlab.alerts_since(mark), token)
 
 
 HTTP_SERVER = [sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]
@@ -165,11 +165,11 @@ def test_benign_loopback_dev_tcp_health_check(sensorlab, netlab) -> None:
     port = netlab.port()
     netlab.listen_tcp(netlab.victim_ns, port, duration=10, bind="127.0.0.1")
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
-    command = f"exec 3<>/dev/tcp/127.0.0.1/{port}; echo ok >&3; exit 0"
+    command, token = tagged(f"exec 3<>/dev/tcp/127.0.0.1/{port}; echo ok >&3; exit 0")
     netlab.run(netlab.victim_ns, ["bash", "-c", command])
     # Loopback connects are dropped in the kernel (SKIP_LOOPBACK): the shell's exec is the proof it ran.
-    assert_sensor_saw(sensorlab, emark, exe="bash", argv_has=command)
-    assert sensorlab.alerts_since(mark) == []
+    assert_sensor_saw(sensorlab, emark, exe="bash", argv_has=token)
+    assert mine(sensorlab.alerts_since(mark), token) == []
 
 
 def test_benign_git_over_http(sensorlab, netlab) -> None:

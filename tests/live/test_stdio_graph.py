@@ -5,7 +5,6 @@ bounded by a timeout, and each benign test first proves the sensor saw its exec 
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -13,12 +12,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
 import pytest
 
 from agent.events import Connect
-from tests.helpers.alerts import incidents
+from tests.helpers.alerts import incidents, mine, tagged
 from tests.helpers.live import require_tools, skip_or_fail
 from tests.helpers.polling import wait_until
 from tests.helpers.proof import assert_sensor_saw
@@ -31,13 +29,6 @@ C2 = {"reverse_shell", "bind_shell", "stdio_to_socket", "c2_beacon", "interprete
 
 def c2_alerts(alerts: list[dict]) -> list[dict]:
     return [a for a in alerts if C2 & set(a["chainwatch"]["signals"])]
-
-
-def tagged(command: str) -> tuple[str, str]:
-    """``command`` with a unique marker comment: the sensor is host-wide, so a test looks only at alerts
-    whose process or ancestry carries its marker (the bash -c argv is in every descendant's ancestry)."""
-    token = f"cw-test-{uuid.uuid4().hex[:12]}"
-    return f"{command} # {token}", token
 
 
 CONTEXTS = ["plain", "ci"]
@@ -67,10 +58,6 @@ def case_name() -> str:
     """This test's name, as a corpus file name."""
     name = os.environ.get("PYTEST_CURRENT_TEST", "case").split("::")[-1].split(" ")[0]
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
-
-
-def mine(alerts: list[dict], token: str) -> list[dict]:
-    return [a for a in alerts if token in json.dumps([a["process"].get("args"), a["chainwatch"]["ancestry"]])]
 
 
 def reverse(sensorlab, netlab, command: str, *, family: int = 4, signal: str = "reverse_shell",
