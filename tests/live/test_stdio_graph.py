@@ -366,7 +366,8 @@ def test_curl_polling_beacon(sensorlab, netlab) -> None:
     port = netlab.port()
     www = netlab.spawn(netlab.attacker_ns, [sys.executable, "-c", (
         "import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n"
-        "  b=b'echo cw-beacon\\n';s.send_response(200);s.send_header('Content-Length',str(len(b)));s.end_headers();"
+        "  b=b'echo cw-beacon\\n';s.send_response(200);"
+        "s.send_header('Content-Length',str(len(b)));s.end_headers();"
         "s.wfile.write(b)\n def log_message(s,*a): pass\n"
         f"h.HTTPServer(('{netlab.attacker_ip4}',{port}),H).serve_forever()")])
     time.sleep(0.8)
