@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "live"))
-from netlab import NetLab  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the tests package: tests/helpers/netlab.py
+from tests.helpers.netlab import NetLab  # noqa: E402
 
 
 def boottime_ns() -> int:

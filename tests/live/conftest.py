@@ -1,35 +1,34 @@
-"""Shared fixtures for live tests (run as root on a real kernel)."""
+"""Shared fixtures for live tests (run as root on a real kernel); every test collected here is marked live."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.helpers.live import require_netlab, require_sensor
+
 if TYPE_CHECKING:
-    from netlab import NetLab
+    from tests.helpers.netlab import NetLab
+    from tests.live.sensorlab import SensorLab
+
+LIVE_DIR = Path(__file__).resolve().parent
 
 
-def skip_or_fail(reason: str) -> None:
-    """Skip a live test with its reason, or fail it where live tests are required (make test sets
-    CHAINWATCH_REQUIRE_LIVE=1: on the build machines and in CI they must run)."""
-    if os.environ.get("CHAINWATCH_REQUIRE_LIVE") == "1":
-        pytest.fail(f"live test required but cannot run: {reason}")
-    pytest.skip(reason)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The live marker on every test under tests/live, so `-m "not live"` leaves out exactly this tier."""
+    for item in items:
+        if LIVE_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.live)
 
 
 @pytest.fixture
 def netlab() -> Iterator[NetLab]:
-    """A fresh victim/attacker namespace lab (see netlab.py); always torn down."""
-    if os.geteuid() != 0:
-        skip_or_fail("netlab needs root (network namespaces)")
-    if shutil.which("ip") is None:
-        skip_or_fail("netlab needs iproute2 'ip' in PATH")
-    pytest.importorskip("pyroute2", reason="netlab needs pyroute2")
-    from netlab import NetLab  # imported only after the skips
+    """A fresh victim/attacker namespace lab (tests/helpers/netlab.py); always torn down."""
+    require_netlab()
+    from tests.helpers.netlab import NetLab  # imported only after the checks: it needs pyroute2
 
     lab = NetLab()
     try:
@@ -39,15 +38,10 @@ def netlab() -> Iterator[NetLab]:
 
 
 @pytest.fixture(scope="session")
-def sensorlab() -> Iterator[object]:
+def sensorlab() -> Iterator[SensorLab]:
     """One loaded sensor for the whole session (compiling takes seconds); unloaded at the end."""
-    if os.geteuid() != 0:
-        skip_or_fail("live sensor tests need root to load BPF programs (run `make test` as root)")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        skip_or_fail("live sensor tests need the distro's bcc (python3-bpfcc); `make setup` installs it")
-    from sensorlab import SensorLab
+    require_sensor()
+    from tests.live.sensorlab import SensorLab  # imported only after the checks: it needs bcc
 
     lab = SensorLab()
     try:

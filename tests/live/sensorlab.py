@@ -14,6 +14,7 @@ from agent.lineage.table import ProcessTable
 from agent.probes.loader import Sensor, open_sensor
 from agent.ruleset.load import default_rules_dir, load_rules
 from agent.sigma import load_sigma
+from tests.helpers.polling import wait_until
 
 # Sigma rules for the live tests; each matches only its own test's marker (test_sigma_live.py).
 SIGMA_DIR = Path(__file__).resolve().parent / "sigma"
@@ -61,9 +62,7 @@ class SensorLab:
     def wait_for(self, pred: Callable[[Event], bool], count: int = 1, since: int = 0,
                  timeout: float = 10.0, settle: float = 0.5) -> list[Event]:
         """Wait until ``count`` matching events arrived (or timeout), then a short settle so extras show up too."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(self.select(pred, since)) < count:
-            time.sleep(0.02)
+        wait_until(lambda: len(self.select(pred, since)) >= count, timeout=timeout, interval=0.02)
         time.sleep(settle)
         return self.select(pred, since)
 

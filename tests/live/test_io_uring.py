@@ -6,8 +6,6 @@ traffic stays in the netns lab; file writes happen in a private mount namespace 
 
 from __future__ import annotations
 
-import itertools
-import os
 import shutil
 import subprocess
 import sys
@@ -15,15 +13,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail
-from test_persistence import run_in_overlays
 
 from agent.events import FLAG_IO_URING, FLAG_SOCK_STATE, Connect, FileWrite
-
-pytestmark = pytest.mark.live
+from tests.helpers.live import skip_or_fail
+from tests.live.supplychain import run_in_overlays
 
 FIXTURE = Path(__file__).parent / "fixtures" / "uring.c"
-_ports = itertools.count(46000 + os.getpid() % 500 * 4)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +42,7 @@ def test_io_uring_connect_reverse_shell_alerts(sensorlab, netlab, uring, sqpoll)
     """An io_uring CONNECT reverse shell gives one connect event (flagged io_uring, from the helper's process,
     with the destination) and an alert with the right destination."""
     _require_uring(sensorlab)
-    port = next(_ports)
+    port = netlab.port()
     host = netlab.attacker_ip4
     listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))\nexit\n", duration=10)
     mark, alert_mark = sensorlab.mark(), sensorlab.alert_mark()
@@ -106,7 +101,7 @@ def test_tcp_connect_without_connect_call_is_reported(sensorlab, netlab) -> None
     connect gives one event, not a second one from its SYN_SENT."""
     if not sensorlab.sensor.program.features.sock_state:
         skip_or_fail("this kernel has no sock:inet_sock_set_state tracepoint")
-    port = next(_ports)
+    port = netlab.port()
     host = netlab.attacker_ip4
     listener = netlab.listen_tcp(netlab.attacker_ns, port, duration=10)
     mark = sensorlab.mark()

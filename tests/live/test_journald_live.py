@@ -14,19 +14,17 @@ import os
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import skip_or_fail
 
 from agent.outputs.journald import JournalOutput
 from agent.sinks import AlertSink
+from tests.helpers.live import require_root, skip_or_fail
+from tests.helpers.polling import wait_until
 from tests.unit.test_outputs import alert
-
-pytestmark = pytest.mark.live
 
 JOURNALD_CONF = """[Journal]
 Storage=volatile
@@ -44,14 +42,6 @@ def find_journald() -> str | None:
         if os.access(path, os.X_OK):
             return path
     return None
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            pytest.fail(f"gave up waiting for: {what}")
-        time.sleep(0.05)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -79,8 +69,8 @@ class PrivateJournal:
         self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script])
         self.root = Path(f"/proc/{self.holder.pid}/root")
         self.daemon: subprocess.Popen[bytes] | None = None
-        wait_for(lambda: (self.root / "run/systemd/journal").is_dir() or self.holder.poll() is not None,
-                 "the private namespace")
+        wait_until(lambda: (self.root / "run/systemd/journal").is_dir() or self.holder.poll() is not None,
+                   "the private namespace")
         assert self.holder.poll() is None, "could not set up the private mount namespace"
 
     @property
@@ -105,8 +95,7 @@ class PrivateJournal:
 
 @pytest.fixture
 def private_journal(tmp_path: Path) -> Iterator[PrivateJournal]:
-    if os.geteuid() != 0:
-        skip_or_fail("a private mount namespace for journald needs root")
+    require_root("a private mount namespace for journald needs root")
     journald = find_journald()
     if journald is None or not shutil.which("journalctl") or not shutil.which("unshare"):
         skip_or_fail("needs systemd-journald, journalctl, unshare and nsenter (Debian: systemd, util-linux)")
@@ -126,13 +115,13 @@ def test_real_journald_down_then_up(private_journal: PrivateJournal, tmp_path: P
     try:
         for i in range(down):
             sink.put(alert(i))
-        wait_for(lambda: sink.stats()["alerts_in_spool"] == down, "the alerts spooled while journald is down")
+        wait_until(lambda: sink.stats()["alerts_in_spool"] == down, "the alerts spooled while journald is down")
         assert sink.stats()["alerts_written"] == 0
         private_journal.start()
-        wait_for(lambda: sink.stats()["alerts_written"] == down, "the spool written to journald")
+        wait_until(lambda: sink.stats()["alerts_written"] == down, "the spool written to journald")
         for i in range(down, down + after):
             sink.put(alert(i))
-        wait_for(lambda: len(private_journal.entries()) >= down + after, "journalctl to show every alert")
+        wait_until(lambda: len(private_journal.entries()) >= down + after, "journalctl to show every alert")
     finally:
         sink.close()
     entries = private_journal.entries()

@@ -1,14 +1,15 @@
-"""Checks of the namespace lab itself (tests/live/netlab.py)."""
+"""Checks of the namespace lab itself (tests/helpers/netlab.py)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from netlab import NetLab
+
+from tests.helpers.netlab import NetLab
+from tests.helpers.polling import wait_until
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
@@ -17,13 +18,8 @@ def _ip(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+def _gone(pid: int) -> bool:
+    return wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=5.0)
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -31,11 +27,12 @@ def test_tcp_victim_to_attacker_listener(netlab: NetLab, family: int) -> None:
     """Victim connects to an attacker TCP listener; bytes flow both ways."""
     dst = netlab.attacker_ip4 if family == 4 else netlab.attacker_ip6
     src = netlab.victim_ip4 if family == 4 else netlab.victim_ip6
+    port = netlab.port()
     listener = netlab.listen_tcp(
-        netlab.attacker_ns, 4444, family=family, payload=b"hello victim\n", duration=10
+        netlab.attacker_ns, port, family=family, payload=b"hello victim\n", duration=10
     )
     res = netlab.connect_tcp(
-        netlab.victim_ns, dst, 4444, b"hello attacker\n", timeout=5
+        netlab.victim_ns, dst, port, b"hello attacker\n", timeout=5
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout == b"hello victim\n"
@@ -48,8 +45,9 @@ def test_tcp_victim_to_attacker_listener(netlab: NetLab, family: int) -> None:
 def test_udp_datagram_arrives(netlab: NetLab, family: int) -> None:
     """A UDP datagram from the victim reaches an attacker receiver."""
     dst = netlab.attacker_ip4 if family == 4 else netlab.attacker_ip6
-    listener = netlab.listen_udp(netlab.attacker_ns, 5353, family=family, duration=10)
-    res = netlab.send_udp(netlab.victim_ns, dst, 5353, b"ping-udp")
+    port = netlab.port()
+    listener = netlab.listen_udp(netlab.attacker_ns, port, family=family, duration=10)
+    res = netlab.send_udp(netlab.victim_ns, dst, port, b"ping-udp")
     assert res.returncode == 0, res.stderr
     assert listener.wait(timeout=10) == b"ping-udp"
     assert listener.chunks == [b"ping-udp"]
@@ -63,12 +61,12 @@ def test_no_default_route(netlab: NetLab) -> None:
             assert res.returncode == 0, res.stderr
             assert res.stdout.strip() == "", f"{ns} {fam}: {res.stdout}"
         # The lab subnet itself is routed (so the check above is not vacuous).
-        assert "198.51.100.0/24" in _ip("-n", ns, "-4", "route", "show").stdout
+        assert netlab.net4 in _ip("-n", ns, "-4", "route", "show").stdout
 
 
 def test_outside_address_unreachable(netlab: NetLab) -> None:
-    """A connect from the victim to 203.0.113.9 fails with Network is unreachable: there is no route out."""
-    res = netlab.connect_tcp(netlab.victim_ns, "203.0.113.9", 80, b"x", timeout=5)
+    """A connect from the victim to an outside address fails with Network is unreachable: there is no route out."""
+    res = netlab.connect_tcp(netlab.victim_ns, netlab.outside_ip4, netlab.port(), b"x", timeout=5)
     assert res.returncode == 1
     assert b"Network is unreachable" in res.stderr
 
@@ -76,10 +74,8 @@ def test_outside_address_unreachable(netlab: NetLab) -> None:
 def test_spawn_pid_is_command_in_namespace(netlab: NetLab) -> None:
     """spawn() returns the command's own pid, running inside the lab namespace."""
     proc = netlab.spawn(netlab.victim_ns, ["sleep", "30"])
-    deadline = time.monotonic() + 5
-    while Path(f"/proc/{proc.pid}/comm").read_text().strip() != "sleep":
-        assert time.monotonic() < deadline, "ip netns exec never exec'd sleep"
-        time.sleep(0.02)
+    wait_until(lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sleep", "ip netns exec to exec sleep",
+               timeout=5, interval=0.02)
     ns_ino = os.stat(f"/run/netns/{netlab.victim_ns}").st_ino
     assert os.stat(f"/proc/{proc.pid}/ns/net").st_ino == ns_ino
     assert proc.pid in netlab.pids
@@ -104,7 +100,7 @@ def test_close_removes_everything(netlab: NetLab) -> None:
         ["sh", "-c", "setsid sleep 60 >/dev/null 2>&1 </dev/null & echo $!"],
     )
     stray = int(res.stdout)
-    listener = netlab.listen_tcp(netlab.attacker_ns, 4444, duration=30)
+    listener = netlab.listen_tcp(netlab.attacker_ns, netlab.port(), duration=30)
     pids = [p.pid for p in procs] + [stray, listener.pid]
     assert all(Path(f"/proc/{pid}").exists() for pid in pids)
 

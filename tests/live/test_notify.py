@@ -9,11 +9,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from agent.sdnotify import watchdog_interval_s
-
-pytestmark = pytest.mark.live
 
 
 def test_ready_then_watchdog_pings_then_stopping(sensorlab, tmp_path) -> None:

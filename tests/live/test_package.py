@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.live
-
 REPO = Path(__file__).resolve().parents[2]
 INSTALLED = ("/usr/bin/chainwatch", "/usr/lib/chainwatch", "/usr/share/chainwatch", "/etc/chainwatch")
 DATA = ("/var/lib/chainwatch", "/var/log/chainwatch")
@@ -134,7 +132,7 @@ def test_installing_leaves_the_checkout_venv_alone(packages) -> None:
 
 
 def test_installed_agent_with_installed_config_catches_a_reverse_shell(packages, sensorlab, tmp_path) -> None:
-    from scenarios import Agent, play
+    from tests.helpers.scenarios import Agent, play
 
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # nothing from the checkout
     agent = Agent(["/usr/bin/chainwatch"], tmp_path / "out", config=CONFIG, alerts=Path(ALERTS), env=env)

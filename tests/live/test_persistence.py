@@ -5,17 +5,13 @@ event with the resolved path, and the detectors must place it (with its ATT&CK t
 from __future__ import annotations
 
 import shlex
-import subprocess
 import textwrap
 from pathlib import Path
 
-import pytest
-from supplychain import in_private_overlays
-
 from agent.events import FileWrite
 from agent.ruleset.load import load_lists
-
-pytestmark = pytest.mark.live
+from tests.helpers.live import skip_or_fail
+from tests.live.supplychain import run_in_overlays
 
 OVERLAYS = ["/etc", "/root", "/home", "/var", "/usr"]
 
@@ -36,17 +32,6 @@ EACH_KIND = [
 ]
 
 
-def run_in_overlays(tmp_path: Path, script: str, dirs: list[str] = OVERLAYS,
-                    timeout: float = 60) -> tuple[int, subprocess.CompletedProcess[str]]:
-    """Run ``script`` with sh in a private mount namespace over overlays of ``dirs``; returns (the script
-    shell's pid, the result). The script's first line of output is its pid."""
-    body = "echo $$\n" + textwrap.dedent(script)
-    argv = in_private_overlays(["sh", "-c", body], dirs, tmp_path / "scratch", tmp_path / "evidence")
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"fixture failed ({done.returncode}): {done.stderr}"
-    return int(done.stdout.split()[0]), done
-
-
 def writes_of(sensorlab, since: int, pids: set[int], count: int) -> list[FileWrite]:
     events = sensorlab.wait_for(lambda e: isinstance(e, FileWrite) and e.pid in pids, count=count, since=since)
     return [e for e in events if isinstance(e, FileWrite)]
@@ -59,7 +44,7 @@ def test_a_write_to_each_kind_of_place_gives_one_event(sensorlab, tmp_path) -> N
     script = "set -e\n" + "".join(f"mkdir -p {shlex.quote(str(Path(p).parent))}; echo cw > {shlex.quote(p)}\n"
                                   for p in EACH_KIND)
     mark = sensorlab.mark()
-    pid, _ = run_in_overlays(tmp_path, script)
+    pid, _ = run_in_overlays(tmp_path, script, OVERLAYS)
     evidence = tmp_path / "evidence"
     for path in EACH_KIND:  # the fixture really wrote each file, into the overlay
         top = next(d for d in OVERLAYS if path.startswith(d + "/"))
@@ -88,7 +73,6 @@ def test_every_way_of_naming_the_file_gives_its_resolved_path(sensorlab, tmp_pat
     """Relative paths, a dirfd, cp, install, mv, crontab -, sed -i, "/./", "//", ".." and a symlinked
     directory: each write gives exactly one event, with the resolved, normalised path of the file written."""
     if not CRONTAB.is_file():
-        from conftest import skip_or_fail
         skip_or_fail(f"{CRONTAB} is missing: `make setup` unpacks crontab from Debian's cron package")
     link = tmp_path / "cwlink"
     src = tmp_path / "job"

@@ -13,133 +13,38 @@ The storms are the benchmark's own C workloads (bench/workloads.py), built here 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
-from conftest import skip_or_fail
 
-pytestmark = pytest.mark.live
-
-ROOT = Path(__file__).resolve().parents[2]
-CHAINWATCH = [sys.executable, "-m", "agent"]
-READY_TIMEOUT_S = 120.0  # compiling the probes takes seconds; far more on a loaded machine
-STOP_TIMEOUT_S = 60.0
-LogLine = dict[str, Any]
-
+from bench import workloads as workloads_module
+from tests.helpers.live import require_bcc, require_netlab, require_root, require_tools
+from tests.helpers.polling import wait_until
+from tests.live.daemon import Daemon, LogLine, read_lines
 
 # ------------------------------------------------------------------ helpers
-
-def _load_workloads() -> ModuleType:
-    """bench/workloads.py by path: bench/ is not an installed package and need not be on sys.path."""
-    path = ROOT / "bench" / "workloads.py"
-    if not path.exists():
-        skip_or_fail(f"the benchmark workloads are missing ({path})")
-    spec = importlib.util.spec_from_file_location("chainwatch_bench_workloads", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def workloads(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, dict[str, Path]]:
     """The workloads module and its binaries (name -> path), built once for this file."""
-    if os.geteuid() != 0:
-        skip_or_fail("resilience tests run the real agent, which needs root (run `make test` as root)")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        skip_or_fail("resilience tests need the distro's bcc (python3-bpfcc); `make setup` installs it")
-    if shutil.which("gcc") is None:
-        skip_or_fail("the storm workloads are C programs built with gcc, which is not installed")
-    module = _load_workloads()
-    return module, module.build(tmp_path_factory.mktemp("workloads"))
+    require_root("resilience tests run the real agent, which needs root (run `make test` as root)")
+    require_bcc("resilience tests need the distro's bcc (python3-bpfcc); `make setup` installs it")
+    require_tools("gcc", reason="the storm workloads are C programs built with gcc, which is not installed")
+    return workloads_module, workloads_module.build(tmp_path_factory.mktemp("workloads"))
 
 
 def live_process_count() -> int:
     """Processes alive now, as /proc lists them (the table holds processes, not threads)."""
     return sum(1 for name in os.listdir("/proc") if name.isdigit())
-
-
-class Daemon:
-    """`chainwatch run --config FILE --alerts FILE` as a subprocess; its JSON log lines go to a file."""
-
-    def __init__(self, workdir: Path, config: str) -> None:
-        self.log = workdir / "run.log"
-        self.alerts = workdir / "alerts.jsonl"
-        config_file = workdir / "chainwatch.toml"
-        config_file.write_text(config)
-        with self.log.open("w") as err:
-            self.proc = subprocess.Popen([*CHAINWATCH, "run", "--config", str(config_file), "--alerts",
-                                          str(self.alerts)], stderr=err, stdout=subprocess.DEVNULL, cwd=ROOT)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def lines(self) -> list[LogLine]:
-        """Every complete JSON log line so far (bcc may print plain text too; that is skipped)."""
-        out = []
-        for text in self.log.read_text(errors="replace").splitlines(keepends=True):
-            if not text.endswith("\n"):
-                break  # still being written
-            try:
-                line = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(line, dict):
-                out.append(line)
-        return out
-
-    def stats(self) -> list[LogLine]:
-        """The periodic stats lines so far (not the final one)."""
-        return [line for line in self.lines() if line.get("event") == "stats" and not line.get("final")]
-
-    def wait_until(self, check: Callable[[], bool], what: str, timeout: float) -> None:
-        """Poll ``check``; fail if the agent dies or the bound (there only so a hang cannot stall CI) runs out."""
-        end = time.monotonic() + timeout
-        while not check():
-            assert self.alive(), f"the agent exited ({self.proc.returncode}) while waiting for {what}: {self.tail()}"
-            if time.monotonic() > end:
-                pytest.fail(f"gave up waiting for {what}: {self.tail()}")
-            time.sleep(0.1)
-
-    def wait_ready(self) -> None:
-        self.wait_until(lambda: any(line.get("event") == "sensor_ready" for line in self.lines()), "sensor_ready",
-                        READY_TIMEOUT_S)
-
-    def stop(self) -> int:
-        """SIGTERM (flush and exit 0), SIGKILL if it hangs; returns the exit code. Idempotent."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
-
-    def final_stats(self) -> LogLine:
-        final = [line for line in self.lines() if line.get("event") == "stats" and line.get("final")]
-        assert len(final) == 1, self.tail()
-        return final[0]
-
-    def tail(self, n: int = 8) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
 @pytest.fixture
@@ -178,7 +83,6 @@ DUP_CHUNK = 200_000  # rounds per dup_storm run (a second or a few)
 CONNECT_CHUNK = 20_000  # connects per connect_storm run
 CHUNK_TIMEOUT_S = 120.0
 SHELL_PAYLOAD = b"echo cw-$((6*7))\nexit\n"
-IMMEDIATE_PORT, RECOVERED_PORT = 43871, 43872
 
 
 @dataclass
@@ -193,6 +97,8 @@ class FloodRun:
     alerts: list[LogLine]
     shells: dict[int, bool]  # listener port -> the reverse shell really ran (its output came back)
     attacker_ip: str
+    immediate_port: int  # the shell started the moment the storms end
+    recovered_port: int  # the shell started once the agent went a stats tick without a new loss
 
     def alerts_to(self, port: int) -> list[LogLine]:
         return [a for a in self.alerts if a.get("destination") == {"ip": self.attacker_ip, "port": port}]
@@ -205,10 +111,8 @@ def flood(workloads, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flood
     A reverse shell starts the moment the storms end (its listener is up before), and another once the agent has
     gone a whole stats tick without a new loss. Then the agent is stopped and its log and alerts are kept.
     """
-    if shutil.which("ip") is None:
-        skip_or_fail("the flood runs in the netns lab, which needs iproute2 'ip' in PATH")
-    pytest.importorskip("pyroute2", reason="the netns lab needs pyroute2")
-    from netlab import NetLab  # imported only after the skips, as conftest does
+    require_netlab()
+    from tests.helpers.netlab import NetLab  # imported only after the checks, as conftest does
 
     module, binaries = workloads
     workdir = tmp_path_factory.mktemp("flood")
@@ -221,7 +125,8 @@ def flood(workloads, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flood
         # ring makes the flood exceed what it can take, which is what the loss accounting must be tested on.
         daemon = Daemon(workdir, "[sensor]\nstats_interval_s = 1.0\nnet_ringbuf_pages = 1\n")
         daemon.wait_ready()
-        immediate = lab.listen_tcp(lab.attacker_ns, IMMEDIATE_PORT, payload=SHELL_PAYLOAD, duration=FLOOD_S + 120)
+        immediate_port, recovered_port = lab.port(), lab.port()
+        immediate = lab.listen_tcp(lab.attacker_ns, immediate_port, payload=SHELL_PAYLOAD, duration=FLOOD_S + 120)
         # Connects to the victim's own non-loopback address inside the lab: every one reaches the net ring.
         # The dup storm puts an unconnected socket on fd 2, which the kernel filter drops (no peer, no reverse
         # shell): it loads the CPU and the dup probes, not the ring.
@@ -247,9 +152,9 @@ def flood(workloads, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flood
             connects = [pool.submit(storm, connect_argv, until) for _ in range(STORMS_PER_KIND)]
             dup_ops = sum(f.result() for f in dups)
             connect_ops = sum(f.result() for f in connects)
-        reverse_shell(IMMEDIATE_PORT)
+        reverse_shell(immediate_port)
         alive_after_flood = daemon.alive()
-        shells = {IMMEDIATE_PORT: b"cw-42" in immediate.wait(timeout=20)}
+        shells = {immediate_port: b"cw-42" in immediate.wait(timeout=20)}
 
         def recovered() -> bool:
             """A whole stats tick, after the shell above, with no new kernel loss."""
@@ -258,35 +163,27 @@ def flood(workloads, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flood
 
         seen_before = len(daemon.stats())
         daemon.wait_until(recovered, "a stats tick without new losses after the flood", 120.0)
-        listener = lab.listen_tcp(lab.attacker_ns, RECOVERED_PORT, payload=SHELL_PAYLOAD, duration=15)
-        reverse_shell(RECOVERED_PORT)
-        shells[RECOVERED_PORT] = b"cw-42" in listener.wait(timeout=20)
+        listener = lab.listen_tcp(lab.attacker_ns, recovered_port, payload=SHELL_PAYLOAD, duration=15)
+        reverse_shell(recovered_port)
+        shells[recovered_port] = b"cw-42" in listener.wait(timeout=20)
 
         def recovered_alert() -> bool:
-            return any(json.loads(text).get("destination", {}).get("port") == RECOVERED_PORT
+            return any(json.loads(text).get("destination", {}).get("port") == recovered_port
                        for text in read_lines(daemon.alerts))
 
         # Events are read in order, so once the later shell's alert is out, the earlier one's had its chance.
         # The bound only stops a hang; the test judges what came out.
-        end = time.monotonic() + 60
-        while daemon.alive() and not recovered_alert() and time.monotonic() < end:
-            time.sleep(0.1)
+        wait_until(lambda: not daemon.alive() or recovered_alert(), timeout=60, interval=0.1)
         exit_code = daemon.stop()
         yield FloodRun(dup_ops=dup_ops, connect_ops=connect_ops, alive_after_flood=alive_after_flood,
                        exit_code=exit_code, lines=daemon.lines(), alerts=[json.loads(t) for t in
                                                                           read_lines(daemon.alerts)],
-                       shells=shells, attacker_ip=lab.attacker_ip4)
+                       shells=shells, attacker_ip=lab.attacker_ip4, immediate_port=immediate_port,
+                       recovered_port=recovered_port)
     finally:
         if daemon is not None:
             daemon.stop()
         lab.close()
-
-
-def read_lines(path: Path) -> list[str]:
-    """The complete lines of a file that may still be written (or not exist yet)."""
-    if not path.exists():
-        return []
-    return [text for text in path.read_text(errors="replace").splitlines(keepends=True) if text.endswith("\n")]
 
 
 def test_flood_beyond_capacity_every_loss_is_counted_warned_and_in_the_stats_line(flood: FloodRun) -> None:
@@ -322,15 +219,15 @@ def test_flood_beyond_capacity_every_loss_is_counted_warned_and_in_the_stats_lin
 def test_reverse_shell_once_the_flood_has_passed_still_alerts(flood: FloodRun) -> None:
     """A bash /dev/tcp reverse shell started once the agent has gone a stats tick without losses gives an alert:
     the flood leaves the agent working, not wedged or blind."""
-    assert flood.shells[RECOVERED_PORT], "the reverse shell itself did not run"
-    assert flood.alerts_to(RECOVERED_PORT), [a["destination"] for a in flood.alerts if "destination" in a]
+    assert flood.shells[flood.recovered_port], "the reverse shell itself did not run"
+    assert flood.alerts_to(flood.recovered_port), [a["destination"] for a in flood.alerts if "destination" in a]
 
 
 def test_reverse_shell_started_as_the_flood_ends_still_alerts(flood: FloodRun) -> None:
     """A bash /dev/tcp reverse shell started the moment the storms end (issue 6: "right after the flood") gives
     an alert."""
-    assert flood.shells[IMMEDIATE_PORT], "the reverse shell itself did not run"
-    assert flood.alerts_to(IMMEDIATE_PORT), [a["destination"] for a in flood.alerts if "destination" in a]
+    assert flood.shells[flood.immediate_port], "the reverse shell itself did not run"
+    assert flood.alerts_to(flood.immediate_port), [a["destination"] for a in flood.alerts if "destination" in a]
 
 
 # ------------------------------------------------------------------ the process table stays bounded

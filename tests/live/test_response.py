@@ -2,18 +2,16 @@
 the cron file it wrote, and dry-run, against real processes, sockets and files.
 
 Safety: every attack runs in the lab's victim namespace against the attacker namespace. Blocks go only to
-addresses this test adds to the lab (random 203.0.113.x documentation addresses, so other sessions' labs on
-198.51.100.0/24 are never affected) with a short TTL, and the block program is detached in teardown. The
-response stage sees only alerts of the test's own process tree (the sensor is host-wide). Cron files are
-written only inside a private mount namespace over a tmpfs-backed overlay of /etc.
+addresses this test adds to the lab (NetLab.add_attacker_addresses: random documentation addresses outside the
+lab's own subnet, so other sessions' labs are never affected) with a short TTL, and the block program is
+detached in teardown. The response stage sees only alerts of the test's own process tree (the sensor is
+host-wide). Cron files are written only inside a private mount namespace over a tmpfs-backed overlay of /etc.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -24,51 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from supplychain import alert_pids, in_private_overlays, summary, tree_pids
 
 from agent.config import ResponseConfig, parse_config
 from agent.response import Responder, open_responder
-
-pytestmark = pytest.mark.live
+from tests.helpers.alerts import alert_pids, summary, tree_pids, wait_alerts
+from tests.helpers.polling import wait_until
+from tests.live.supplychain import in_private_overlays
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAINWATCH = [sys.executable, "-m", "agent"]
-_ports = itertools.count(47000 + os.getpid() % 500 * 8)
 WAIT = 30.0  # bound on waiting for the sensor's alerts (polling; never asserted as a time)
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def extra_addresses(netlab: Any, count: int) -> list[str]:
-    """``count`` random 203.0.113.x addresses on the attacker's veth, routed (on-link) from the victim."""
-    from pyroute2 import NetNS
-
-    picks = random.sample(range(10, 250), count)
-    addresses = [f"203.0.113.{n}" for n in picks]
-    with NetNS(netlab.attacker_ns) as ipr:
-        (idx,) = ipr.link_lookup(ifname=netlab.attacker_if)
-        for address in addresses:
-            ipr.addr("add", index=idx, address=address, prefixlen=32)
-    with NetNS(netlab.victim_ns) as ipr:
-        (idx,) = ipr.link_lookup(ifname=netlab.victim_if)
-        ipr.route("add", dst="203.0.113.0/24", oif=idx)  # on-link, not a default route
-    return addresses
-
-
-def extra_addresses6(netlab: Any, count: int) -> list[str]:
-    """Like extra_addresses, for random 2001:db8:c0de::x addresses."""
-    from pyroute2 import NetNS
-
-    addresses = [f"2001:db8:c0de::{n:x}" for n in random.sample(range(16, 4000), count)]
-    with NetNS(netlab.attacker_ns) as ipr:
-        (idx,) = ipr.link_lookup(ifname=netlab.attacker_if)
-        for address in addresses:
-            ipr.addr("add", index=idx, address=address, prefixlen=128, flags=0x02)  # IFA_F_NODAD
-    with NetNS(netlab.victim_ns) as ipr:
-        (idx,) = ipr.link_lookup(ifname=netlab.victim_if)
-        ipr.route("add", dst="2001:db8:c0de::/64", oif=idx, family=10)
-    return addresses
-
 
 def write_config(tmp_path: Path, **response: Any) -> tuple[ResponseConfig, Path]:
     """A config file whose [response] table has these keys, with the socket and quarantine in tmp_path."""
@@ -128,29 +94,21 @@ def respond(sensorlab: Any) -> Iterator[Callable[[ResponseConfig], Stage]]:
     assert not errors, errors
 
 
-def wait_alerts(sensorlab: Any, since: int, root: int, done: Callable[[list[dict[str, Any]]], bool]
+def tree_alerts(sensorlab: Any, since: int, root: int, done: Callable[[list[dict[str, Any]]], bool]
                 ) -> list[dict[str, Any]]:
     """Our tree's alerts past ``since``, polled until ``done`` or WAIT, then a second more for late lines."""
-    def ours() -> list[dict[str, Any]]:
-        return [a for a in sensorlab.alerts_since(since, settle=0) if root in alert_pids(a)]
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline and not done(ours()):
-        time.sleep(0.1)
-    time.sleep(1.0)
-    return ours()
+    def ours(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [a for a in alerts if root in alert_pids(a)]
+    return wait_alerts(sensorlab, since, ours, done, timeout=WAIT)
 
 
 def responses(alerts: list[dict[str, Any]], kind: str | None = None) -> list[dict[str, str]]:
     return [r for a in alerts for r in a["chainwatch"]["response"] if kind is None or r["action"] == kind]
 
 
-def wait_file(path: Path, timeout: float = WAIT) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
-        time.sleep(0.1)
-    return ""
+def wait_file(path: Path) -> str:
+    """The file's text once it has some (or "" after WAIT)."""
+    return wait_until(lambda: path.read_text().strip() if path.exists() else "", timeout=WAIT, interval=0.1)
 
 
 def alive(pid: int) -> bool:
@@ -172,7 +130,7 @@ def shell(host: str, port: int) -> str:
 def test_kill_takes_the_reverse_shell_tree_and_nothing_else(sensorlab, netlab, respond, tmp_path) -> None:
     """The reverse shell (started under timeout(1)) is SIGKILLed; a sibling the same script started and the
     script itself survive."""
-    port = next(_ports)
+    port = netlab.port()
     listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))\n", duration=25)
     sibling_file, rc_file = tmp_path / "sibling.pid", tmp_path / "rc"
     script = (f"sleep 60 & echo $! > {sibling_file}; sleep 0.5; {shell(netlab.attacker_ip4, port)}; "
@@ -187,7 +145,7 @@ def test_kill_takes_the_reverse_shell_tree_and_nothing_else(sensorlab, netlab, r
     rc = wait_file(rc_file)
     listener.wait(timeout=30)
     assert listener.peers, "fixture: the reverse shell never connected"
-    alerts = wait_alerts(sensorlab, amark, wrapper.pid, lambda sel: bool(responses(sel, "kill")))
+    alerts = tree_alerts(sensorlab, amark, wrapper.pid, lambda sel: bool(responses(sel, "kill")))
     kills = responses(alerts, "kill")
     assert kills and all(k["result"] == "done" for k in kills), summary(alerts) + f"\n{kills}"
     assert rc == "137", f"timeout(1) should report its child SIGKILLed (137), got {rc!r}; responses {kills}"
@@ -203,9 +161,9 @@ def test_kill_takes_the_reverse_shell_tree_and_nothing_else(sensorlab, netlab, r
 def test_block_refuses_the_c2_address_until_unblocked(sensorlab, netlab, respond, tmp_path) -> None:
     """After a reverse shell to X, a new connect to X fails (EPERM, in the kernel) while Y still works;
     `chainwatch response unblock X` restores it; closing the responder detaches the program."""
-    blocked, other = extra_addresses(netlab, 2)
+    blocked, other = netlab.add_attacker_addresses(2)
     config, config_file = write_config(tmp_path, actions=["block"])
-    port = next(_ports)
+    port = netlab.port()
     listener = netlab.listen_tcp(netlab.attacker_ns, port, bind=blocked, payload=b"echo cw-$((6*7))\nexit\n",
                                  duration=15)
     stage = respond(config)
@@ -215,21 +173,21 @@ def test_block_refuses_the_c2_address_until_unblocked(sensorlab, netlab, respond
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage.root = wrapper.pid
     assert b"cw-42" in listener.wait(timeout=30), "fixture: the reverse shell did not run the attacker's command"
-    alerts = wait_alerts(sensorlab, amark, wrapper.pid, lambda sel: bool(responses(sel, "block")))
+    alerts = tree_alerts(sensorlab, amark, wrapper.pid, lambda sel: bool(responses(sel, "block")))
     assert responses(alerts, "block") == [
         {"action": "block", "target": blocked, "result": "done",
          "reason": f"connects and UDP sends to {blocked} refused in the kernel for 30 s; "
                    f"`chainwatch response unblock {blocked}` lifts it"}], summary(alerts)
 
     def connect(address: str) -> subprocess.CompletedProcess:
-        p = next(_ports)
+        p = netlab.port()
         netlab.listen_tcp(netlab.attacker_ns, p, bind=address, duration=10)
         return netlab.connect_tcp(netlab.victim_ns, address, p, b"x", timeout=3)
 
     refused = connect(blocked)
     assert refused.returncode == 1 and b"EPERM" in refused.stderr, refused
     assert connect(other).returncode == 0, "another destination must still work"
-    udp = netlab.send_udp(netlab.victim_ns, blocked, next(_ports), b"x", timeout=3)
+    udp = netlab.send_udp(netlab.victim_ns, blocked, netlab.port(), b"x", timeout=3)
     assert udp.returncode == 1 and b"EPERM" in udp.stderr, udp
 
     listing = subprocess.run([*CHAINWATCH, "response", "list", "--config", str(config_file)], cwd=ROOT,
@@ -253,11 +211,11 @@ def test_block_ipv6_and_the_kernel_enforces_the_ttl(netlab) -> None:
     at its expiry in the kernel, before the agent's own expiry tick removes it."""
     from agent.probes.block import Blocker
 
-    blocked, other = extra_addresses6(netlab, 2)
-    (short,) = extra_addresses(netlab, 1)
+    blocked, other = netlab.add_attacker_addresses(2, family=6)
+    (short,) = netlab.add_attacker_addresses(1)
 
     def connect(address: str) -> subprocess.CompletedProcess:
-        p = next(_ports)
+        p = netlab.port()
         netlab.listen_tcp(netlab.attacker_ns, p, family=6 if ":" in address else 4, bind=address, duration=10)
         return netlab.connect_tcp(netlab.victim_ns, address, p, b"x", timeout=3)
 
@@ -299,14 +257,14 @@ def test_quarantine_moves_the_cron_file_and_restore_puts_it_back(sensorlab, netl
     name, marker = f"cw-q-{uuid.uuid4().hex[:8]}", f"cw-marker-{uuid.uuid4().hex[:8]}"
     cron = f"/etc/cron.d/{name}"
     config, config_file = write_config(tmp_path, actions=["quarantine"])
-    port = next(_ports)
+    port = netlab.port()
     stage = respond(config)
     amark = sensorlab.alert_mark()
     listener, holder, release = cron_attack(netlab, tmp_path, netlab.attacker_ip4, port, name, marker)
     stage.root = holder.pid
     try:
         assert b"cw-42" in listener.wait(timeout=30), "fixture: the reverse shell did not run the attacker's command"
-        alerts = wait_alerts(sensorlab, amark, holder.pid, lambda sel: bool(responses(sel, "quarantine")))
+        alerts = tree_alerts(sensorlab, amark, holder.pid, lambda sel: bool(responses(sel, "quarantine")))
         quarantined = responses(alerts, "quarantine")
         assert [(q["target"], q["result"]) for q in quarantined] == [(cron, "done")], summary(alerts)
         assert not Path(cron).exists(), "the real /etc/cron.d was written!"
@@ -334,12 +292,12 @@ def test_quarantine_moves_the_cron_file_and_restore_puts_it_back(sensorlab, netl
 def test_dry_run_changes_nothing(sensorlab, netlab, respond, tmp_path) -> None:
     """With every action on and dry_run, each is recorded as dry_run and nothing happens: the shell finishes
     on its own, the cron file stays, the address stays reachable, nothing is quarantined."""
-    (address,) = extra_addresses(netlab, 1)
+    (address,) = netlab.add_attacker_addresses(1)
     name, marker = f"cw-dry-{uuid.uuid4().hex[:8]}", f"cw-marker-{uuid.uuid4().hex[:8]}"
     cron = f"/etc/cron.d/{name}"
     config, _ = write_config(tmp_path, dry_run=True)
     assert config.actions == ["kill", "block", "quarantine"]
-    port = next(_ports)
+    port = netlab.port()
     stage = respond(config)
     assert stage.responder.blocker is None, "dry-run must not load the block program"
     amark = sensorlab.alert_mark()
@@ -350,13 +308,13 @@ def test_dry_run_changes_nothing(sensorlab, netlab, respond, tmp_path) -> None:
 
         def all_three(sel: list[dict[str, Any]]) -> bool:
             return {r["action"] for r in responses(sel)} >= {"kill", "block", "quarantine"}
-        alerts = wait_alerts(sensorlab, amark, holder.pid, all_three)
+        alerts = tree_alerts(sensorlab, amark, holder.pid, all_three)
         got = responses(alerts)
         assert all_three(alerts), summary(alerts) + f"\n{got}"
         assert {r["result"] for r in got} == {"dry_run"}, got
         view = Path(f"/proc/{holder.pid}/root{cron}")
         assert marker in view.read_text(), "dry-run removed the cron file"
-        p = next(_ports)
+        p = netlab.port()
         netlab.listen_tcp(netlab.attacker_ns, p, bind=address, duration=10)
         assert netlab.connect_tcp(netlab.victim_ns, address, p, b"x", timeout=3).returncode == 0
         assert not Path(config.quarantine_dir).exists() or not any(Path(config.quarantine_dir).iterdir())
@@ -390,9 +348,8 @@ def test_daemon_loads_blocking_serves_the_socket_and_cleans_up(tmp_path) -> None
         agent = subprocess.Popen([*CHAINWATCH, "run", "--config", str(config_file), "--alerts",
                                   str(tmp_path / "alerts.jsonl")], cwd=ROOT, stderr=err, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and '"sensor_ready"' not in log.read_text() and agent.poll() is None:
-            time.sleep(0.2)
+        wait_until(lambda: '"sensor_ready"' in log.read_text() or agent.poll() is not None, timeout=120,
+                   interval=0.2)
         text = log.read_text()
         assert '"sensor_ready"' in text, text
         ready = [json.loads(line) for line in text.splitlines() if '"response_ready"' in line]

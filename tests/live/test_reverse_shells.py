@@ -3,31 +3,22 @@ ordinary network use gives none. Traffic stays between the lab's victim and atta
 
 from __future__ import annotations
 
-import itertools
-import os
 import stat
 import sys
 import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.live
+from tests.helpers.alerts import incidents, mine, tagged
+from tests.helpers.proof import assert_sensor_saw
 
-_ports = itertools.count(42000 + os.getpid() % 500 * 4)
 SHELL_PAYLOAD = b"echo cw-$((6*7))\nexit\n"
-
-
-def incidents(alerts: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for a in alerts:
-        out.setdefault(a["chainwatch"]["incident"]["id"], []).append(a)
-    return out
 
 
 def attack(sensorlab, netlab, command: str, *, family: int = 4, payload: bytes = SHELL_PAYLOAD,
            expect_output: bool = True) -> tuple[list[dict], int, str]:
     """Run ``command`` (with {host} and {port}) from bash in the victim namespace against a listener."""
-    port = next(_ports)
+    port = netlab.port()
     host = netlab.attacker_ip6 if family == 6 else netlab.attacker_ip4
     listener = netlab.listen_tcp(netlab.attacker_ns, port, family=family, payload=payload, duration=10)
     mark = sensorlab.alert_mark()
@@ -131,22 +122,25 @@ def test_tunnel_tool_by_name_and_argv(sensorlab, netlab, tmp_path) -> None:
 # ------------------------------------------------------------------ benign: no reverse-shell or C2 alert
 
 def benign(sensorlab, netlab, command: str, *, server: list[str] | None = None, port: int | None = None) -> list:
-    port = port or next(_ports)
+    """Run ``command`` ({host}, {port}) from bash in the victim against a server; prove the sensor saw that bash
+    and its connect; return the alerts since of that bash and its children (the sensor is host-wide)."""
+    port = port or netlab.port()
     if server:
-        netlab.spawn(netlab.attacker_ns, [a.format(port=port) for a in server])
+        netlab.spawn(netlab.attacker_ns, [a.format(host=netlab.attacker_ip4, port=port) for a in server])
         ready = ("import socket,sys,time\nfor _ in range(50):\n    try:\n        socket.create_connection("
                  f"('{netlab.attacker_ip4}', {port}), timeout=1).close(); sys.exit(0)\n"
                  "    except OSError:\n        time.sleep(0.1)\nsys.exit(1)")
         netlab.run(netlab.attacker_ns, [sys.executable, "-c", ready], check=True)
     else:
         netlab.listen_tcp(netlab.attacker_ns, port, duration=10, max_conns=5)
-    mark = sensorlab.alert_mark()
-    netlab.run(netlab.victim_ns, ["bash", "-c", command.format(host=netlab.attacker_ip4, port=port) + "; exit 0"],
-               timeout=20)
-    return sensorlab.alerts_since(mark)
+    mark, emark = sensorlab.alert_mark(), sensorlab.mark()
+    command, token = tagged(command.format(host=netlab.attacker_ip4, port=port) + "; exit 0")
+    netlab.run(netlab.victim_ns, ["bash", "-c", command], timeout=20)
+    assert_sensor_saw(sensorlab, emark, exe="bash", argv_has=token, port=port)
+    return mine(sensorlab.alerts_since(mark), token)
 
 
-HTTP_SERVER = [sys.executable, "-m", "http.server", "--bind", "198.51.100.2", "{port}"]
+HTTP_SERVER = [sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]
 
 
 def test_benign_curl_and_wget_from_bash_script(sensorlab, netlab) -> None:
@@ -168,11 +162,14 @@ def test_benign_nc_z_port_check(sensorlab, netlab) -> None:
 
 def test_benign_loopback_dev_tcp_health_check(sensorlab, netlab) -> None:
     """A loopback /dev/tcp health check from bash raises nothing."""
-    port = next(_ports)
+    port = netlab.port()
     netlab.listen_tcp(netlab.victim_ns, port, duration=10, bind="127.0.0.1")
-    mark = sensorlab.alert_mark()
-    netlab.run(netlab.victim_ns, ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}; echo ok >&3; exit 0"])
-    assert sensorlab.alerts_since(mark) == []
+    mark, emark = sensorlab.alert_mark(), sensorlab.mark()
+    command, token = tagged(f"exec 3<>/dev/tcp/127.0.0.1/{port}; echo ok >&3; exit 0")
+    netlab.run(netlab.victim_ns, ["bash", "-c", command])
+    # Loopback connects are dropped in the kernel (SKIP_LOOPBACK): the shell's exec is the proof it ran.
+    assert_sensor_saw(sensorlab, emark, exe="bash", argv_has=token)
+    assert mine(sensorlab.alerts_since(mark), token) == []
 
 
 def test_benign_git_over_http(sensorlab, netlab) -> None:

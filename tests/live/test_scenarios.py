@@ -10,15 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.live
-
 RUNNER = Path(__file__).resolve().parents[2] / "vagrant" / "scenarios" / "run.py"
 
 
 def test_vagrant_scenarios_pass_in_the_namespace_lab(sensorlab, tmp_path) -> None:
-    from scenarios import SCENARIOS, Agent
+    from tests.helpers.scenarios import SCENARIOS, Agent
 
     out = tmp_path / "out"
     names = list(SCENARIOS)  # every one, as a Vagrant box runs them

@@ -14,8 +14,6 @@ import pytest
 from agent.events import Connect, Exec, Exit, FileWrite, Fork, ModuleLoad, SocketDup
 from agent.lineage.identity import NS_PER_TICK, start_ticks_from_proc
 
-pytestmark = pytest.mark.live
-
 
 def run(argv: list[str], timeout: float = 20, **kw) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=True, **kw)
@@ -103,7 +101,7 @@ CONNECT = textwrap.dedent("""
 @pytest.mark.parametrize("family,transport", [("ipv4", "tcp"), ("ipv6", "tcp"), ("ipv4", "udp")])
 def test_connect_address_and_port(sensorlab, netlab, family, transport) -> None:
     """Connects in the netns lab give the right family, transport, address, port and result."""
-    port = 40000 + os.getpid() % 1000 + {"tcp": 0, "udp": 1}[transport] + (2 if family == "ipv6" else 0)
+    port = netlab.port()
     fam = 6 if family == "ipv6" else 4
     if transport == "tcp":
         listener = netlab.listen_tcp(netlab.attacker_ns, port, family=fam, duration=10)
@@ -136,7 +134,7 @@ DUP = textwrap.dedent("""
 
 def test_socket_dup_onto_stdio_and_not_pipe(sensorlab, netlab) -> None:
     """dup2 of a connected socket onto 0, 1, 2 gives three socket_dup events; a pipe gives none."""
-    port = 41000 + os.getpid() % 1000
+    port = netlab.port()
     listener = netlab.listen_tcp(netlab.attacker_ns, port, duration=10)
     mark = sensorlab.mark()
     sock_pid = int(netlab.run(netlab.victim_ns, [sys.executable, "-c", DUP, "socket", netlab.attacker_ip4,
@@ -147,6 +145,9 @@ def test_socket_dup_onto_stdio_and_not_pipe(sensorlab, netlab) -> None:
     assert sorted(e.newfd for e in dups) == [0, 1, 2]
     assert {(e.syscall, e.family, e.transport, e.daddr, e.dport) for e in dups} == {
         ("dup2", "ipv4", "tcp", netlab.attacker_ip4, port)}
+    # The pipe process's exit comes after its dup2 calls: once it is in, any socket_dup of it would be too.
+    assert sensorlab.wait_for(lambda e: isinstance(e, Exit) and e.pid == pipe_pid, since=mark), \
+        "the sensor never saw the pipe process exit"
     assert sensorlab.select(lambda e: isinstance(e, SocketDup) and e.pid == pipe_pid, since=mark) == []
 
 

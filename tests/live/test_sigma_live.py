@@ -9,11 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from agent.events import Exec
-
-pytestmark = pytest.mark.live
+from tests.helpers.polling import wait_until
 
 MARKER = "chainwatch-sigma-live-7f3a"
 RULE = "Test - marker exec of true under bash (live)"
@@ -50,12 +47,7 @@ def test_sigma_process_creation_rule_fires_on_a_real_exec(sensorlab) -> None:
 
 
 def _wait_for(path: Path, needle: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and needle in path.read_text():
-            return True
-        time.sleep(0.1)
-    return False
+    return wait_until(lambda: path.exists() and needle in path.read_text(), timeout=timeout, interval=0.1)
 
 
 def test_chainwatch_run_with_sigma_dir_alerts_on_a_real_exec(sensorlab, tmp_path: Path) -> None:

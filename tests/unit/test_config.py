@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from agent.config import Config, ConfigError, LineageConfig, SensorConfig, load_config, parse_config
 
@@ -177,60 +174,6 @@ def test_non_utf8_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="UTF-8") as info:
         load_config(str(path))
     assert str(path) in str(info.value)
-
-
-def _check_config_or_error(text: str) -> None:
-    try:
-        config = parse_config(text, "fuzz.toml")
-    except ConfigError as exc:
-        assert "fuzz.toml" in str(exc)
-        return
-    assert isinstance(config, Config)
-    pages = config.sensor.ringbuf_pages
-    assert pages >= 1 and pages & (pages - 1) == 0
-    assert math.isfinite(config.sensor.stats_interval_s) and config.sensor.stats_interval_s > 0
-    assert math.isfinite(config.lineage.grace_s) and config.lineage.grace_s >= 0
-    int(config.lineage.grace_s * 1e9)  # what the daemon does with it
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.text(max_size=200))
-def test_random_text(text: str) -> None:
-    """Random text only ever gives a Config or a ConfigError naming the source."""
-    _check_config_or_error(text)
-
-
-_VALUES = st.one_of(
-    st.booleans().map(lambda b: "true" if b else "false"),
-    st.integers(-(2**63), 2**63 - 1).map(str),
-    st.floats(allow_nan=True, allow_infinity=True).map(
-        lambda f: "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf") if math.isinf(f) else repr(f)),
-    st.text(alphabet="abc 1", max_size=5).map(lambda s: f'"{s}"'),
-    st.just("[1, 2]"),
-    st.just("{ a = 1 }"),
-    st.just("1979-05-27T07:32:00Z"),
-)
-_KEYS = st.sampled_from([f.name for f in dataclasses.fields(SensorConfig)]
-                        + [f.name for f in dataclasses.fields(LineageConfig)] + ["bogus"])
-
-
-@st.composite
-def _toml_docs(draw: st.DrawFn) -> str:
-    lines = []
-    for _ in range(draw(st.integers(0, 6))):
-        lines.append(f"{draw(_KEYS)} = {draw(_VALUES)}")
-    for section in draw(st.lists(st.sampled_from(["sensor", "lineage", "other"]), max_size=3, unique=True)):
-        lines.append(f"[{section}]")
-        keys = draw(st.lists(_KEYS, max_size=5, unique=True))
-        lines += [f"{key} = {draw(_VALUES)}" for key in keys]
-    return "\n".join(lines) + "\n"
-
-
-@settings(max_examples=300, deadline=None)
-@given(_toml_docs())
-def test_random_toml(text: str) -> None:
-    """Random well-formed TOML over the real keys only ever gives a Config or a ConfigError."""
-    _check_config_or_error(text)
 
 
 def test_detection_spool_keys() -> None:

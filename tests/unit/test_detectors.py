@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,31 +10,27 @@ import pytest
 
 from agent.alerts import Host
 from agent.assemble import assemble
-from agent.events import Connect, Event, Exec, Fork, SocketDup
+from agent.events import Event
 from agent.lineage.table import ProcessTable
 from agent.ruleset.load import default_rules_dir, load_rules
 from agent.ruleset.rules import RuleSet
+from tests.helpers.events import REMOTE, EventStream
 
-S = 10**9  # ns per second
-T0 = 1_000 * S  # boot time of the scenarios
-REMOTE = "198.51.100.2"
 RULES = load_rules(default_rules_dir())
 HOST = Host("ci-runner-1", "host-id-1")
 SCORES = {21, 47, 73, 99}
 
 
-class World:
-    """A process table and a detection engine fed the same events, collecting the alert lines."""
+class World(EventStream):
+    """A process table and a detection engine fed the same hand-built events, collecting the alert lines."""
 
     def __init__(self, rules: RuleSet = RULES):
+        super().__init__()
         self.table = ProcessTable()
         self.alerts: list[dict[str, Any]] = []
         self.kernel_writes: list[tuple[int, int, int, int, int]] = []
         self.pipeline = assemble(rules, self.table, [self.alerts.append], host=HOST, boot_offset_ns=0, kernel=self)
         self.engine, self.tagger = self.pipeline.detection, self.pipeline.tagger
-        self.start: dict[int, int] = {}
-        self.ppid: dict[int, int] = {}
-        self.comm: dict[int, str] = {}
 
     def feed(self, event: Event) -> None:
         errors = self.pipeline.consumer_errors
@@ -48,35 +43,6 @@ class World:
 
     def write_context(self, pid: int, start_time: int, context: int, root_pid: int, root_start: int) -> None:
         self.kernel_writes.append((pid, start_time, context, root_pid, root_start))
-
-    def _hdr(self, pid: int, t: float) -> dict[str, Any]:
-        return {"ktime": int(T0 + t * S), "pid": pid, "tid": pid, "ppid": self.ppid[pid],
-                "start_time": self.start[pid], "uid": 1000, "cgroup_id": 7, "comm": self.comm[pid]}
-
-    def fork(self, pid: int, parent: int, t: float) -> None:
-        """Only a Fork: the child runs its parent's program."""
-        self.start[pid], self.ppid[pid], self.comm[pid] = int(T0 + t * S), parent, self.comm[parent]
-        self.feed(Fork(**self._hdr(pid, t), parent_start_time=self.start[parent]))
-
-    def spawn(self, pid: int, parent: int | None, filename: str, args: tuple[str, ...], t: float = 0.0,
-              stdio: tuple[str, ...] = ("chr", "chr", "chr"), **exec_fields: Any) -> None:
-        """Fork (when there is a parent) and Exec of ``filename`` with ``args`` in ``pid`` at ``t`` seconds."""
-        if parent is not None:
-            self.fork(pid, parent, t)
-        else:
-            self.start[pid], self.ppid[pid] = int(T0 + t * S), 1
-        self.comm[pid] = os.path.basename(filename)[:15]
-        self.feed(Exec(**self._hdr(pid, t + 0.001), filename=filename, args=args, stdio=stdio, **exec_fields))
-
-    def connect(self, pid: int, daddr: str, dport: int, t: float, result: int = 0) -> None:
-        family = "ipv6" if ":" in daddr else "ipv4"
-        self.feed(Connect(**self._hdr(pid, t), fd=3, family=family, transport="tcp", daddr=daddr, dport=dport,
-                          result=result))
-
-    def dup(self, pid: int, newfd: int, t: float, daddr: str = REMOTE, dport: int = 4444,
-            family: str = "ipv4") -> None:
-        self.feed(SocketDup(**self._hdr(pid, t), oldfd=3, newfd=newfd, syscall="dup2", family=family,
-                            transport="tcp" if family != "unix" else "stream", daddr=daddr, dport=dport))
 
     def bash(self, pid: int = 200, t: float = 0.0) -> None:
         """An sshd (pid 100) with a bash child ``pid``."""

@@ -1,30 +1,35 @@
-"""Property-based fuzzing of the three parsers of outside input: the decoder, the rule loader and the config loader.
+"""Property-based fuzzing of the three parsers of outside input: the decoder, the rule loader and the config loader
+(the one home of the fuzzers: tests/unit/test_decode.py, test_rules.py and test_config.py hold the examples).
 
-Each starts from valid input (well-formed records, the bundled rules and lists, the packaged config) and
-mutates it, so the examples reach past the first syntax check. The property is the same everywhere: the
-parser returns its value or raises its own documented error with a message a person can act on, and
-nothing else escapes. Bounded (max_examples, no deadline) so the file runs in seconds.
+Most start from valid input (well-formed records, the bundled rules and lists, the packaged config) and mutate
+it, so the examples reach past the first syntax check; the others generate plausible input from scratch (records
+of a known op and size, YAML over the rule keys, TOML over the config keys). The property is the same
+everywhere: the parser returns its value or raises its own documented error with a message a person can act on,
+and nothing else escapes. Bounded (max_examples, no deadline) so the file runs in seconds.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent import events as ev
 from agent.abi import layout
-from agent.config import Config, ConfigError, load_config, parse_config
+from agent.config import Config, ConfigError, LineageConfig, SensorConfig, load_config, parse_config
 from agent.decode import HEADER_SIZE, DecodeError, decode
 from agent.ruleset.load import check_rules, default_lists_dir, default_rules_dir, load_rules, rule_files
 from agent.ruleset.rules import RuleSet
 from agent.ruleset.yamlcheck import RuleErrors
+from tests.unit.test_decode import put_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -102,8 +107,7 @@ def valid_record(op: int) -> bytes:
     names = {name for name, _, _ in record.fields}
     for name, data in _TEXT_FIELDS.items():
         if name in names and f"{name}_len" in names:
-            field = getattr(type(r), name)
-            ctypes.memmove(ctypes.addressof(r) + field.offset, data, len(data))
+            put_bytes(r, name, data)
             setattr(r, f"{name}_len", len(data))
     if "family" in names:
         r.family, r.sock_type, r.port = 2, 1, 4444
@@ -180,10 +184,42 @@ def test_decode_mutated_records(raw: bytes) -> None:
 
 
 @FUZZ
-@given(st.binary(max_size=HEADER_SIZE + 64) | st.sampled_from(sorted(VALID_RECORDS)).flatmap(
+@given(st.binary(max_size=512) | st.sampled_from(sorted(VALID_RECORDS)).flatmap(
     lambda op: st.binary(max_size=len(VALID_RECORDS[op])).map(lambda tail: VALID_RECORDS[op][:HEADER_SIZE] + tail)))
 def test_decode_arbitrary_bytes_and_bodies(raw: bytes) -> None:
     """Arbitrary bytes, and a valid header followed by an arbitrary body: an Event or a clear DecodeError."""
+    check_decode(raw)
+
+
+@st.composite
+def plausible_records(draw: st.DrawFn) -> bytes:
+    """Records with a known op and a self-consistent size but random field values (reaches the builders)."""
+    op = draw(st.sampled_from(sorted(set(layout.OPS.values()))))
+    r = layout.OP_STRUCT[op]()
+    for name, ctype, length in layout.OP_RECORD[op].fields:
+        if length:
+            put_bytes(r, name, draw(st.binary(max_size=min(length, 48))))
+        else:
+            lo, hi = _INT_TYPES[ctype]
+            small = st.integers(max(lo, 0), min(hi, 300))  # lengths and enums that mostly fit
+            setattr(r, name, draw(st.one_of(small, st.integers(lo, hi))))
+    for name, _ in layout.EventHeader._fields_:
+        if name == "comm":
+            r.hdr.comm = draw(st.binary(max_size=16))
+        elif name not in ("op", "size"):
+            lo, hi = _INT_TYPES[dict(layout.EventHeader._fields_)[name]]
+            setattr(r.hdr, name, draw(st.integers(lo, hi)))
+    r.hdr.op = op
+    r.hdr.size = size = draw(st.integers(layout.min_size(op), ctypes.sizeof(r)))
+    padding = draw(st.integers(0, 7))
+    return bytes(r)[:size] + draw(st.binary(min_size=padding, max_size=padding))
+
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plausible_records())
+def test_decode_plausible_records(raw: bytes) -> None:
+    """Records with a valid op and size but random contents: an Event (that round-trips) or a clear DecodeError."""
     check_decode(raw)
 
 
@@ -269,6 +305,31 @@ def test_rule_loader_arbitrary_bytes(data: bytes) -> None:
         check_rules_dir(Path(tmp), default_lists_dir())
 
 
+RULE_KEYS = ["id", "name", "description", "detector", "severity", "maturity", "mitre", "false_positives", "exceptions",
+             "references", "seed", "destination_cidrs", "destination_ports", "<<"]
+RULE_TOKENS = st.sampled_from([
+    *RULE_KEYS, ": ", "\n", "\n  ", "- ", "[", "]", "{", "}", ", ", "&a ", "*a", "!!str ", "!x ", "!!binary ", "!!set ",
+    "? ", "'", '"', "#", "|", ">", "---\n", "...\n", "%YAML 1.1\n", "\t", "\x00", "\ufeff", "T1059",
+    "83dcd9f6-9ca8-4af7-a16e-a1c7a6b51871", "high", "tunnel_tool", "null", "~", "true", "1", "-1", "2021-13-45", "0x1F",
+    "10.0.0.0/8", "::1"])
+YAMLISH = st.lists(st.one_of(RULE_TOKENS, st.text(max_size=4)), max_size=40).map("".join)
+YAML_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(RULE_KEYS), inner, max_size=4),
+    max_leaves=12)
+RULE_DOCUMENTS = st.dictionaries(st.sampled_from(RULE_KEYS), YAML_VALUES, max_size=12).map(yaml.safe_dump)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.one_of(YAMLISH, RULE_DOCUMENTS, st.text(max_size=200)))
+def test_rule_loader_any_text(text: str) -> None:
+    """Whatever a rule file holds (YAML-ish tokens, documents over the rule keys, any text): a RuleSet or
+    located problems, never anything else."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "fuzzed.yaml").write_text(text, encoding="utf-8", errors="surrogatepass")
+        check_rules_dir(Path(tmp), default_lists_dir())
+
+
 # --- the config loader ------------------------------------------------------------------------------------
 
 TOML_TOKENS = st.sampled_from([
@@ -296,6 +357,7 @@ def check_config_text(text: str, source: str = "fuzz.toml") -> None:
 
 def check_usable(config: Config) -> None:
     """A config that loads can be used as the daemon uses it: nothing it does with the values can fail."""
+    assert isinstance(config, Config)
     assert config.validate() is config
     pages = config.sensor.ringbuf_pages
     assert pages >= 1 and pages & (pages - 1) == 0
@@ -319,6 +381,41 @@ def test_config_seed_is_valid() -> None:
 @given(mutated([CONFIG_SEED], TOML_TOKENS))
 def test_config_mutated(text: str) -> None:
     """The packaged config with a few mutations: a usable Config, or a ConfigError naming the file."""
+    check_config_text(text)
+
+
+CONFIG_VALUES = st.one_of(
+    st.booleans().map(lambda b: "true" if b else "false"),
+    st.integers(-(2**63), 2**63 - 1).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(
+        lambda f: "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf") if math.isinf(f) else repr(f)),
+    st.text(alphabet="abc 1", max_size=5).map(lambda s: f'"{s}"'),
+    st.just("[1, 2]"),
+    st.just("{ a = 1 }"),
+    st.just("1979-05-27T07:32:00Z"),
+)
+CONFIG_KEYS = st.sampled_from([f.name for f in dataclasses.fields(SensorConfig)]
+                              + [f.name for f in dataclasses.fields(LineageConfig)] + ["bogus"])
+
+
+@st.composite
+def toml_docs(draw: st.DrawFn) -> str:
+    """Well-formed TOML over the real sensor and lineage keys (and one unknown), with values of any type."""
+    lines = []
+    for _ in range(draw(st.integers(0, 6))):
+        lines.append(f"{draw(CONFIG_KEYS)} = {draw(CONFIG_VALUES)}")
+    for section in draw(st.lists(st.sampled_from(["sensor", "lineage", "other"]), max_size=3, unique=True)):
+        lines.append(f"[{section}]")
+        keys = draw(st.lists(CONFIG_KEYS, max_size=5, unique=True))
+        lines += [f"{key} = {draw(CONFIG_VALUES)}" for key in keys]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(toml_docs() | st.text(max_size=200))
+def test_config_random_toml_and_text(text: str) -> None:
+    """Random well-formed TOML over the real keys, and random text: a usable Config or a ConfigError naming the
+    source."""
     check_config_text(text)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
@@ -24,6 +23,7 @@ from agent.lineage.identity import (
 )
 from agent.lineage.seed import seed_events
 from agent.lineage.table import EARLY_EXIT_CAP, ProcessTable
+from tests.helpers.polling import wait_until
 
 SEC = 10**9
 
@@ -381,10 +381,8 @@ def test_seed_events_real_proc() -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GITHUB_RUN_ID": "77", "SECRET_TOKEN": "no"}
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
     try:
-        deadline = time.monotonic() + 10
-        while b"GITHUB_RUN_ID" not in Path(f"/proc/{child.pid}/environ").read_bytes():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: b"GITHUB_RUN_ID" in Path(f"/proc/{child.pid}/environ").read_bytes(),
+                   "the child's environment", timeout=10, interval=0.01)
         events = seed_events()
     finally:
         child.kill()

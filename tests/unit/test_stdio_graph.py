@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.events import Accept, Connect, Exec, FdOpen
-from tests.unit.test_detectors import REMOTE, World, check_contract
+from agent.events import Accept, Exec, FdOpen
+from tests.helpers.events import LOCAL, REMOTE
+from tests.unit.test_detectors import World, check_contract
 
 TTY = {"stdio": ("chr", "chr", "chr"), "stdio_ids": ("pty:0", "pty:0", "pty:0"), "stdio_peers": ("", "", "")}
 
@@ -18,8 +19,7 @@ def ends(*ids: str, peers: tuple[str, ...] = ("", "", "")) -> dict[str, Any]:
 
 
 def connect(w: World, pid: int, t: float, *, sock: str, daddr: str = REMOTE, dport: int = 4444) -> None:
-    w.feed(Connect(**w._hdr(pid, t), fd=3, family="ipv4", transport="tcp", daddr=daddr, dport=dport, result=0,
-                   laddr="198.51.100.1", lport=40000 + pid, sock_id=sock))
+    w.connect(pid, daddr, dport, t, laddr=LOCAL, lport=40000 + pid, sock_id=sock)
 
 
 def c2(w: World) -> list[dict[str, Any]]:
@@ -32,7 +32,7 @@ def mkfifo_relay(w: World, *, nc: str = "/usr/bin/nc.openbsd") -> None:
     w.spawn(201, 200, "/usr/bin/cat", ("cat", "/tmp/f"), t=0.1, **ends("pty:0", "fifo:9:1", "pty:0"))
     w.spawn(202, 200, "/bin/sh", ("/bin/sh", "-i"), t=0.1, **ends("fifo:9:1", "fifo:9:2", "fifo:9:2"))
     w.spawn(203, 200, nc, ("nc", "H", "4444"), t=0.1, **ends("fifo:9:2", "fifo:30:7", "pty:0"))
-    w.feed(FdOpen(**w._hdr(201, 0.2), fd=3, kind="fifo", end_id="fifo:30:7", access="r"))
+    w.feed(FdOpen(**w.header(201, 0.2), fd=3, kind="fifo", end_id="fifo:30:7", access="r"))
     connect(w, 203, 0.3, sock="sock:55")
 
 
@@ -80,12 +80,12 @@ def test_sshd_pty_login_is_quiet() -> None:
     w = World()
     w.spawn(100, None, "/usr/sbin/sshd", ("sshd", "-D"), t=0, **TTY)
     w.fork(101, 100, t=1)
-    w.feed(Accept(**w._hdr(100, 1.0), fd=4, family="ipv4", transport="tcp", saddr=REMOTE, sport=50000, lport=22,
-                  laddr="198.51.100.1", sock_id="sock:60"))
+    w.feed(Accept(**w.header(100, 1.0), fd=4, family="ipv4", transport="tcp", saddr=REMOTE, sport=50000, lport=22,
+                  laddr=LOCAL, sock_id="sock:60"))
     w.spawn(102, 101, "/usr/sbin/sshd", ("sshd", "-R"), t=1.1, **ends("sock:60", "sock:60", "null"),
             stdio_socket_fd=0, stdio_family="ipv4", stdio_transport="tcp", stdio_daddr=REMOTE, stdio_dport=50000,
-            stdio_laddr="198.51.100.1", stdio_lport=22)
-    w.feed(FdOpen(**w._hdr(102, 1.2), fd=7, kind="ptmx", end_id="ptm:3", access="rw"))
+            stdio_laddr=LOCAL, stdio_lport=22)
+    w.feed(FdOpen(**w.header(102, 1.2), fd=7, kind="ptmx", end_id="ptm:3", access="rw"))
     w.spawn(103, 102, "/usr/bin/bash", ("-bash",), t=1.3, **ends("pty:3", "pty:3", "pty:3"))
     assert w.alerts == []
 
@@ -115,15 +115,15 @@ def test_bind_shell_direction() -> None:
     """nc -l -e sh: the accepted socket on sh's stdio; source is the peer, destination the listening port."""
     w = World()
     w.spawn(200, None, "/usr/bin/nc.traditional", ("nc", "-l", "-p", "4444", "-e", "/bin/sh"), t=0, **TTY)
-    w.feed(Accept(**w._hdr(200, 0.5), fd=4, family="ipv4", transport="tcp", saddr=REMOTE, sport=51000, lport=4444,
-                  laddr="198.51.100.1", sock_id="sock:70"))
+    w.feed(Accept(**w.header(200, 0.5), fd=4, family="ipv4", transport="tcp", saddr=REMOTE, sport=51000, lport=4444,
+                  laddr=LOCAL, sock_id="sock:70"))
     w.feed(Exec(
-        **w._hdr(200, 0.6), filename="/bin/sh", args=("/bin/sh",), **ends("sock:70", "sock:70", "sock:70"),
+        **w.header(200, 0.6), filename="/bin/sh", args=("/bin/sh",), **ends("sock:70", "sock:70", "sock:70"),
         stdio_socket_fd=0, stdio_family="ipv4", stdio_transport="tcp", stdio_daddr=REMOTE, stdio_dport=51000,
-        stdio_laddr="198.51.100.1", stdio_lport=4444))
+        stdio_laddr=LOCAL, stdio_lport=4444))
     hits = c2(w)
     assert len(hits) == 1
-    assert hits[0]["destination"] == {"ip": "198.51.100.1", "port": 4444}
+    assert hits[0]["destination"] == {"ip": LOCAL, "port": 4444}
     assert hits[0]["source"] == {"ip": REMOTE, "port": 51000}
     assert hits[0]["network"]["direction"] == "ingress"
 

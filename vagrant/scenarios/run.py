@@ -4,7 +4,7 @@
     sudo python3 vagrant/scenarios/run.py --out DIR [--chainwatch CMD] [--config FILE] [--alerts FILE]
                                           [--service-alerts FILE] [NAME...]
 
-The scenarios are tests/live/scenarios.py, the library the live tests use: one set. Each runs in a private
+The scenarios are tests/helpers/scenarios.py, the library the live tests use: one set. Each runs in a private
 two-namespace network lab (documentation addresses, no default route). The agent is started as users start
 it (``chainwatch record``), then DIR holds alerts.jsonl, recording.cw, agent.log and verdicts.json. Exit 0
 when every verdict holds. In a Vagrant box the default ``--chainwatch /usr/bin/chainwatch`` is the
@@ -29,13 +29,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "live"))
+sys.path.insert(0, str(REPO))  # the tests package: tests/helpers/scenarios.py
 try:
     import pyroute2  # noqa: F401  (the lab needs it; the installed package carries a copy)
 except ImportError:
     sys.path.append("/usr/lib/chainwatch/python")
 
-from scenarios import SCENARIOS, Agent, alerts_after, play  # noqa: E402
+from tests.helpers.scenarios import SCENARIOS, Agent, alerts_after, play  # noqa: E402
 
 
 def main() -> int:

@@ -6,6 +6,10 @@ veth pair and nothing else:
 * victim   198.51.100.1/24, 2001:db8::1/64
 * attacker 198.51.100.2/24, 2001:db8::2/64
 
+and, on request (``add_attacker_addresses``), more attacker addresses from 203.0.113.0/24 and
+2001:db8:c0de::/64, routed on-link from the victim (tests/helpers/addresses.py). Tests take addresses from the
+lab and ports from ``NetLab.port()``, never as literals.
+
 Only documentation addresses are used, ``lo`` is up, IPv6 addresses are added
 with ``nodad`` (usable at once), router advertisements are ignored and there is
 no default route in either namespace (checked after setup), so nothing sent
@@ -19,8 +23,11 @@ the namespaces (which destroys the veth pair) and verifies that they are gone.
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import json
 import os
+import random
 import secrets
 import select
 import shutil
@@ -34,12 +41,29 @@ from typing import Any, Self
 
 from pyroute2 import IPRoute, NetNS, netns
 
+from tests.helpers.addresses import (
+    ATTACKER_IP4,
+    ATTACKER_IP6,
+    EXTRA_NET4,
+    EXTRA_NET6,
+    LAB_NET4,
+    LAB_NET6,
+    OUTSIDE_IP4,
+    VICTIM_IP4,
+    VICTIM_IP6,
+)
+from tests.helpers.polling import wait_until
+
 NETNS_DIR = Path("/run/netns")
 IFA_F_NODAD = 0x02
 
 SETUP_TIMEOUT = 10.0  # seconds for any single setup step / helper command
 TERM_GRACE = 1.0  # seconds between SIGTERM and SIGKILL at close
 READY_TIMEOUT = 10.0  # seconds for a listener to report that it is bound
+
+# Ports for lab listeners: one counter for the whole test process, from an offset of its own. The sensor is
+# host-wide and tests pick their events and alerts by port, so sessions running at once should not share them.
+_PORTS = itertools.count(40000 + os.getpid() % 100 * 200)
 
 # Bounded TCP/UDP listener, run as ``python -c LISTENER proto family bind port
 # duration payload_hex max_count max_bytes``.  Prints "READY" once bound, then
@@ -292,12 +316,15 @@ def _default_routes(ns: str) -> list[str]:
 class NetLab:
     """A victim and an attacker namespace joined by one veth pair."""
 
-    victim_ip4 = "198.51.100.1"
-    attacker_ip4 = "198.51.100.2"
-    victim_ip6 = "2001:db8::1"
-    attacker_ip6 = "2001:db8::2"
+    victim_ip4 = VICTIM_IP4
+    attacker_ip4 = ATTACKER_IP4
+    victim_ip6 = VICTIM_IP6
+    attacker_ip6 = ATTACKER_IP6
     prefix4 = 24
     prefix6 = 64
+    net4 = LAB_NET4
+    net6 = LAB_NET6
+    outside_ip4 = OUTSIDE_IP4
 
     def __init__(self) -> None:
         if os.geteuid() != 0:
@@ -314,6 +341,7 @@ class NetLab:
         self.attacker_if = f"cwa{tag}"
         self._procs: list[subprocess.Popen] = []
         self._created_ns: list[str] = []
+        self._extra_routes: set[str] = set()
         self._closed = False
         try:
             self._setup()
@@ -388,17 +416,16 @@ class NetLab:
             )
 
     def _wait_carrier(self) -> None:
-        deadline = time.monotonic() + SETUP_TIMEOUT
         pending = {
             (self.victim_ns, self.victim_if),
             (self.attacker_ns, self.attacker_if),
         }
-        while pending:
-            pending = {(ns, ifname) for ns, ifname in pending if not _is_up(ns, ifname)}
-            if pending:
-                if time.monotonic() > deadline:
-                    raise NetLabError(f"veth never came up: {sorted(pending)}")
-                time.sleep(0.05)
+
+        def all_up() -> bool:
+            pending.difference_update([(ns, ifname) for ns, ifname in pending if _is_up(ns, ifname)])
+            return not pending
+        if not wait_until(all_up, timeout=SETUP_TIMEOUT):
+            raise NetLabError(f"veth never came up: {sorted(pending)}")
 
     # --------------------------------------------------------------- helpers
     def _ns(self, ns: str) -> str:
@@ -479,6 +506,34 @@ class NetLab:
         )
         self._procs.append(proc)
         return proc
+
+    @staticmethod
+    def port() -> int:
+        """A port no other test of this process has used (see _PORTS)."""
+        return next(_PORTS)
+
+    def add_attacker_addresses(self, count: int, *, family: int = 4) -> list[str]:
+        """``count`` random addresses from EXTRA_NET4 (or EXTRA_NET6) on the attacker's veth, routed on-link
+        from the victim (a route to that network only, never a default route)."""
+        if family == 4:
+            net, prefixlen, flags = EXTRA_NET4, 32, 0
+            hosts = random.sample(range(10, 250), count)
+        elif family == 6:
+            net, prefixlen, flags = EXTRA_NET6, 128, IFA_F_NODAD
+            hosts = random.sample(range(16, 4000), count)
+        else:
+            raise ValueError("family must be 4 or 6")
+        addresses = [str(ipaddress.ip_network(net)[n]) for n in hosts]
+        with NetNS(self._ns("attacker")) as ipr:
+            (idx,) = ipr.link_lookup(ifname=self.attacker_if)
+            for address in addresses:
+                ipr.addr("add", index=idx, address=address, prefixlen=prefixlen, flags=flags)
+        if net not in self._extra_routes:
+            with NetNS(self._ns("victim")) as ipr:
+                (idx,) = ipr.link_lookup(ifname=self.victim_if)
+                ipr.route("add", dst=net, oif=idx, family=socket.AF_INET if family == 4 else socket.AF_INET6)
+            self._extra_routes.add(net)
+        return addresses
 
     @property
     def pids(self) -> list[int]:

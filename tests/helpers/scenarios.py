@@ -13,7 +13,6 @@ sensor.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -25,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import NetLab
+from tests.helpers.netlab import NetLab
+from tests.helpers.polling import wait_until
 
 READY_TIMEOUT = 120.0  # compile + seed; a loaded 2-core CI machine takes tens of seconds
 ALERT_TIMEOUT = 20.0
@@ -43,10 +43,8 @@ SECRET_ENV = {
 }
 CI_LABELS = {"CI": "true", "GITLAB_CI": "true", "CI_JOB_ID": "4242001", "CI_PIPELINE_ID": "90210",
              "CI_JOB_NAME": "build", "CI_PROJECT_PATH": "cw-group/cw-project"}
-FAKE_RUNNER_C = Path(__file__).parent / "fixtures" / "fake_runner.c"
+FAKE_RUNNER_C = Path(__file__).resolve().parents[1] / "live" / "fixtures" / "fake_runner.c"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-_ports = itertools.count(45000 + os.getpid() % 400 * 8)
 
 
 # ------------------------------------------------------------------------------------------------ agent
@@ -79,14 +77,17 @@ class Agent:
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                          env=self._env, start_new_session=True)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
+        proc = self.proc
+
+        def ready() -> bool:
             if '"sensor_ready"' in self.log_text():
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.cmd} exited {self.proc.returncode} before sensor_ready:\n"
+                return True
+            if proc.poll() is not None:
+                raise AssertionError(f"{self.cmd} exited {proc.returncode} before sensor_ready:\n"
                                      f"{self.log_text()[-4000:]}")
-            time.sleep(0.2)
+            return False
+        if wait_until(ready, timeout=READY_TIMEOUT, interval=0.2):
+            return self
         self.stop()
         raise AssertionError(f"{self.cmd}: no sensor_ready in {READY_TIMEOUT}s:\n{self.log_text()[-4000:]}")
 
@@ -156,7 +157,7 @@ class Scenario:
 
 
 def _listener(lab: NetLab, payload: bytes = SHELL_PAYLOAD) -> tuple[Any, int]:
-    port = next(_ports)
+    port = lab.port()
     return lab.listen_tcp(lab.attacker_ns, port, payload=payload, duration=30), port
 
 
@@ -312,9 +313,7 @@ def play(agent: Agent, names: Sequence[str], work: Path,
             except AssertionError as exc:
                 runs.append((scenario, None, str(exc)))
         attacks = [r for s, r, _ in runs if r is not None and s.kind == "attack"]
-        deadline = time.monotonic() + ALERT_TIMEOUT
-        while time.monotonic() < deadline and not all(_for_port(agent.alert_lines(), r) for r in attacks):
-            time.sleep(0.2)
+        wait_until(lambda: all(_for_port(agent.alert_lines(), r) for r in attacks), timeout=ALERT_TIMEOUT, interval=0.2)
         time.sleep(1.0)  # incident updates, and any late benign alert
     rc = agent.stop()
     alerts = agent.alert_lines()
