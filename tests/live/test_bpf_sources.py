@@ -22,7 +22,6 @@ from agent.probes.offsets import kernel_offsets
 from agent.probes.source import MAIN_FILE, ProbeOptions, detect_features, render_cflags, render_source
 from tests.helpers.live import skip_or_fail
 
-
 CONCERN_FILES = ("process.bpf.c", "net.bpf.c", "fd.bpf.c", "persistence.bpf.c", "io_uring.bpf.c")
 
 
