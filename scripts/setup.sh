@@ -16,6 +16,9 @@ arch=$(dpkg --print-architecture)
 packages=(python3-bpfcc python3-venv python3-yaml bpftool iproute2 kmod gcc make)
 # Tools the live tests use as attacks (in network namespaces only) and as benign workloads.
 packages+=(netcat-traditional ncat socat gawk openssl curl wget git)
+# The stdio-graph live tests: OpenBSD nc relays, busybox applets, telnet pairs, PHP and Tcl command loops, a
+# private sshd (started by the test, in its own namespace, with its own config), script and tmux.
+packages+=(netcat-openbsd busybox telnet php-cli tcl tmux bsdutils openssh-server openssh-client)
 # Supply-chain live tests: real npm, pip (a C extension needs Python.h) and dpkg-deb installs.
 packages+=(python3-dev)
 # Packaging tests (tests/live/test_package.py): build the .deb and .rpm, lintian, verify the unit, install the
@@ -48,7 +51,16 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_update
     log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Never start a service on the build machine (openssh-server would start the host's sshd): a
+    # policy-rc.d that refuses every start, for this install only, unless the machine already has one.
+    own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; own_policy=1
+    fi
+    rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+    [ "$own_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
+    [ "$rc" = 0 ] || { log "apt-get install failed ($rc)"; exit "$rc"; }
 fi
 
 # `crontab -` in the persistence live tests: only Debian's crontab binary, unpacked from the cron package
