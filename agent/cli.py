@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--dump", action="store_true", help="print each event as one JSON line")
     detection_args(rep)
 
-    sub.add_parser("doctor", help="check kernel, BTF, tracepoints, bcc, headers and privileges")
+    doctor = sub.add_parser("doctor", help="check kernel, BTF, tracepoints, bcc, headers, privileges and the "
+                                           "compile cache")
+    doctor.add_argument("--config", help="TOML config file (its sensor.cache_dir)")
 
     bpf = sub.add_parser("bpf", help="BPF program tools")
     bpf_sub = bpf.add_subparsers(dest="bpf_command", required=True)
@@ -257,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args)
         if args.command == "doctor":
             from agent.doctor import run_doctor
-            return run_doctor()
+            return run_doctor(config=load_config(args.config))
         if args.command == "bpf":
             return _bpf_dump(args)
         if args.command == "rules":

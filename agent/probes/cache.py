@@ -36,8 +36,12 @@ COMPILER_LIBRARY: Final = "libbcc.so.0"
 
 def toolchain() -> dict[str, str]:
     """What besides the source and flags changes the compiled bytecode: bcc's build (found next to the
-    libbcc_bpf this process loads, without importing bcc) and the kernel (release, build and BTF)."""
-    out = {"kernel": f"{os.uname().release} {os.uname().version} {os.uname().machine}"}
+    libbcc_bpf this process loads, without importing bcc), the kernel (release, build and BTF) and the
+    kernel headers bcc compiles its helpers against (make setup may link the nearest version's)."""
+    from agent.probes.offsets import headers_dir
+
+    out = {"kernel": f"{os.uname().release} {os.uname().version} {os.uname().machine}",
+           "headers": os.path.realpath(headers_dir())}
     try:
         with open(VMLINUX_BTF, "rb") as f:
             out["btf"] = hashlib.sha256(f.read()).hexdigest()
