@@ -224,6 +224,15 @@ class Sensor:
         """Names of the attached tracepoints (for the startup log): category:event, raw:name."""
         return sorted(self._links)
 
+    def program_tags(self) -> dict[str, str]:
+        """The kernel's tag of each loaded program (a hash of its instructions with map fds left out, from
+        /proc/self/fdinfo): equal tags mean the same bytecode, however it was loaded."""
+        out = {}
+        for name, fd in self._programs.items():
+            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+                out[name] = next((line.split()[1] for line in info if line.startswith("prog_tag:")), "")
+        return out
+
     def close(self) -> None:
         """Detach and unload everything (safe to call twice)."""
         ring, self._ring = getattr(self, "_ring", None), None
