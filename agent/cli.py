@@ -61,7 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     dump = bpf_sub.add_parser("dump", help="print the exact BPF source and compiler flags")
     dump.add_argument("--config")
     dump.add_argument("--rules", metavar="DIR", help="rules directory whose persistence list the kernel filters on")
-    dump.set_defaults(alerts=None)
+    dump.set_defaults(alerts=None, sigma=None)
+    warm = bpf_sub.add_parser("compile", help="compile the probes into the cache (sensor.cache_dir) and check that "
+                                              "they load, so the next start skips the compile (e.g. before a restart "
+                                              "after an upgrade)")
+    warm.add_argument("--config")
+    warm.add_argument("--rules", metavar="DIR", help="rules directory whose persistence list the kernel filters on")
+    warm.set_defaults(alerts=None, sigma=None)
 
     rules = sub.add_parser("rules", help="detection rule tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
@@ -185,6 +191,24 @@ def _bpf_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bpf_compile(args: argparse.Namespace) -> int:
+    from agent.daemon import probe_options
+    from agent.probes.loader import ProbeError, open_sensor
+
+    config = with_detection_args(load_config(args.config), args)
+    if not config.sensor.cache_dir:
+        return _fail("sensor.cache_dir is empty in this config: there is no cache to fill")
+    try:
+        # The same path as a start (compile in a child, load, attach, cache what loaded), then unload at once.
+        sensor = open_sensor(probe_options(config), config.sensor.cache_dir)
+    except ProbeError as exc:
+        return _fail(str(exc))
+    sensor.close()
+    print(f"probes {sensor.startup['compile']} in {config.sensor.cache_dir}: the next start loads them without "
+          "compiling")
+    return 0
+
+
 def _rules_check(args: argparse.Namespace) -> int:
     from agent.detect.rules import default_rules_dir, load_rules
 
@@ -261,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agent.doctor import run_doctor
             return run_doctor(config=load_config(args.config))
         if args.command == "bpf":
-            return _bpf_dump(args)
+            return _bpf_compile(args) if args.bpf_command == "compile" else _bpf_dump(args)
         if args.command == "rules":
             return _rules_check(args)
         if args.command == "response":
