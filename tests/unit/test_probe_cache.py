@@ -242,3 +242,22 @@ def test_compile_child_reports_missing_bcc_in_one_line(tmp_path: Path, monkeypat
     with pytest.raises(CompileError, match="python3-bpfcc") as caught:
         compile_in_child("int x;", [], KEY)
     assert "Traceback" not in str(caught.value) and sys.executable
+
+
+def test_doctor_says_whether_the_next_start_is_warm(tmp_path: Path) -> None:
+    from agent.config import Config, SensorConfig
+    from agent.daemon import probe_options
+    from agent.doctor import cache_check
+    from agent.probes.cache import toolchain
+    from agent.probes.loader import build_program
+
+    assert "off" in cache_check(Config(sensor=SensorConfig(cache_dir=""))).detail
+    config = Config(sensor=SensorConfig(cache_dir=str(tmp_path / "cache")))
+    assert "does not exist yet" in cache_check(config).detail
+    ProbeCache(str(tmp_path / "cache")).store(artifact())
+    assert "cold (1 entries" in cache_check(config).detail
+    program = build_program(probe_options(config))
+    current = cache_key(program.text, program.cflags, toolchain())
+    ProbeCache(str(tmp_path / "cache")).store(artifact(key=current))
+    check = cache_check(config)
+    assert check.ok is None and "warm" in check.detail and current in check.detail
