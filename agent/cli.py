@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--dump", action="store_true", help="print each event as one JSON line")
     detection_args(rep)
 
-    sub.add_parser("doctor", help="check kernel, BTF, tracepoints, bcc, headers and privileges")
+    doctor = sub.add_parser("doctor", help="check kernel, BTF, tracepoints, bcc, headers, privileges and the "
+                                           "compile cache")
+    doctor.add_argument("--config", help="TOML config file (its sensor.cache_dir)")
 
     bpf = sub.add_parser("bpf", help="BPF program tools")
     bpf_sub = bpf.add_subparsers(dest="bpf_command", required=True)
@@ -60,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--config")
     dump.add_argument("--rules", metavar="DIR", help="rules directory whose persistence list the kernel filters on")
     dump.set_defaults(alerts=None, sigma=None)
+    warm = bpf_sub.add_parser("compile", help="compile the probes into the cache (sensor.cache_dir) and check that "
+                                              "they load, so the next start skips the compile (e.g. before a restart "
+                                              "after an upgrade)")
+    warm.add_argument("--config")
+    warm.add_argument("--rules", metavar="DIR", help="rules directory whose persistence list the kernel filters on")
+    warm.set_defaults(alerts=None, sigma=None)
 
     rules = sub.add_parser("rules", help="detection rule tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
@@ -180,6 +188,24 @@ def _bpf_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bpf_compile(args: argparse.Namespace) -> int:
+    from agent.daemon import probe_options
+    from agent.probes.loader import ProbeError, open_sensor
+
+    config = with_detection_args(load_config(args.config), args)
+    if not config.sensor.cache_dir:
+        return _fail("sensor.cache_dir is empty in this config: there is no cache to fill")
+    try:
+        # The same path as a start (compile in a child, load, attach, cache what loaded), then unload at once.
+        sensor = open_sensor(probe_options(config), config.sensor.cache_dir)
+    except ProbeError as exc:
+        return _fail(str(exc))
+    sensor.close()
+    print(f"probes {sensor.startup['compile']} in {config.sensor.cache_dir}: the next start loads them without "
+          "compiling")
+    return 0
+
+
 def _rules_check(args: argparse.Namespace) -> int:
     from agent.ruleset.load import default_rules_dir, load_rules
 
@@ -254,9 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args)
         if args.command == "doctor":
             from agent.doctor import run_doctor
-            return run_doctor()
+            return run_doctor(config=load_config(args.config))
         if args.command == "bpf":
-            return _bpf_dump(args)
+            return _bpf_compile(args) if args.bpf_command == "compile" else _bpf_dump(args)
         if args.command == "rules":
             return _rules_check(args)
         if args.command == "response":

@@ -36,6 +36,8 @@ class SensorConfig:
     file_ringbuf_pages: int = _kernel(256)  # the persistence (file write) ring, likewise
     poll_timeout_ms: int = 100
     stats_interval_s: float = 60.0
+    # Compiled probes are kept here and loaded without compiling at the next start ("" = compile every time).
+    cache_dir: str = "/var/cache/chainwatch"
 
     def kernel_defines(self) -> dict[str, int]:
         """The C defines of the kernel-side options: {"CAPTURE_ENV": 1, "RINGBUF_PAGES": 2048, ...}."""
@@ -278,7 +280,8 @@ class Config:
             raise ConfigError(f"{source}: detection.alerts must be a non-empty list of paths or \"-\" (stdout)")
         if not all(isinstance(d, str) and d for d in self.detection.sigma_dirs):
             raise ConfigError(f"{source}: detection.sigma_dirs must be a list of directory paths")
-        paths = {"detection.rules_dir": [self.detection.rules_dir], "detection.alerts": alerts,
+        paths = {"sensor.cache_dir": [self.sensor.cache_dir],
+                 "detection.rules_dir": [self.detection.rules_dir], "detection.alerts": alerts,
                  "detection.spool_dir": [self.detection.spool_dir], "detection.sigma_dirs": self.detection.sigma_dirs}
         for key, values in paths.items():
             if any("\0" in value for value in values):  # the OS would refuse it later, with a traceback

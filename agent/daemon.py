@@ -48,9 +48,9 @@ def host_meta() -> dict[str, Any]:
 
 
 def settle_memory() -> None:
-    """After compiling and seeding. Full (generation-2) collections scan the whole process table for
+    """After loading and seeding. Full (generation-2) collections scan the whole process table for
     cycles it does not make, pausing the loop for hundreds of ms as it grows (bench/RESULTS.md): freeze
-    what exists and leave full collections to the table's own bound. Then hand the heap the compiler
+    what exists and leave full collections to the table's own bound. Then hand the heap the startup
     freed back to the kernel."""
     gc.freeze()
     gen0, gen1, _ = gc.get_threshold()
@@ -59,7 +59,7 @@ def settle_memory() -> None:
 
 
 def trim_heap() -> None:
-    """Give free heap back to the kernel (after the compile, and after reaping a burst of processes)."""
+    """Give free heap back to the kernel (after startup, and after reaping a burst of processes)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -101,7 +101,7 @@ class Agent:
     def start(self) -> Pipeline:
         """Load the probes, seed the process table and log sensor_ready."""
         started = time.monotonic()
-        self.sensor = open_sensor(probe_options(self.config, self.rules))
+        self.sensor = open_sensor(probe_options(self.config, self.rules), self.config.sensor.cache_dir)
         features = self.sensor.program.features
         table = ProcessTable(grace_ns=int(self.config.lineage.grace_s * 1e9),
                              max_entries=self.config.lineage.max_entries)
@@ -125,12 +125,11 @@ class Agent:
         for event in seeded:
             self.pipeline.feed(event)
         settle_memory()
-        self.sensor.release_compiler()
         log.info("sensor_ready", rules=len(self.rules.rules), alerts=self.sink.names,
                  sigma_rules=len(self.sigma.rules) if self.sigma else 0,
                  probes=self.sensor.attached(), offsets=self.sensor.program.offsets.source,
                  features=features.describe(), seeded_processes=len(seeded),
-                 startup_s=round(time.monotonic() - started, 3), pid=os.getpid())
+                 startup_s=round(time.monotonic() - started, 3), **self.sensor.startup, pid=os.getpid())
         self._last_drops = self.sensor.kernel_drops()
         sd_notify("READY=1")
         return self.pipeline

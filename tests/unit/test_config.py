@@ -18,6 +18,7 @@ net_ringbuf_pages = 64
 file_ringbuf_pages = 32
 poll_timeout_ms = 250
 stats_interval_s = 15.5
+cache_dir = "/tmp/cw-cache"
 
 [lineage]
 grace_s = 5.0
@@ -49,7 +50,8 @@ def test_all_keys(tmp_path: Path) -> None:
     config = load_config(str(path))
     assert config.sensor == SensorConfig(capture_env=False, skip_loopback=False, ringbuf_pages=512,
                                          net_ringbuf_pages=64, file_ringbuf_pages=32, poll_timeout_ms=250,
-                                         stats_interval_s=15.5)
+                                         stats_interval_s=15.5,
+                                         cache_dir="/tmp/cw-cache")
     assert config.lineage == LineageConfig(grace_s=5.0, max_entries=4096)
 
 
