@@ -170,9 +170,6 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
-    /* A thread that dies inside a syscall leaves its stash entry behind; free it here. */
-    u64 tid_key = bpf_get_current_pid_tgid();
-    stash_map.delete(&tid_key);
 #if HAVE_EXIT_GROUP_DEAD
     /* 6.16+: the tracepoint says whether this was the last thread of the group. */
     if (!args->group_dead)
