@@ -76,14 +76,17 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     e->_pad = 0;
 
     /* The file actually executed: a copy, a memfd or a deleted file is told by its inode, not its name. */
-    void *exe = read_ptr(read_ptr((void *)bpf_get_current_task(), TASK_MM), MM_EXE_FILE);
-    void *exe_inode = file_inode(exe);
-    e->exe_ino = read_u64(exe_inode, INODE_INO);
-    e->exe_dev = read_u32(read_ptr(exe_inode, INODE_SB), SB_DEV);
-    e->exe_nlink = read_u32(exe_inode, INODE_NLINK);
+    void *mm = read_ptr((void *)bpf_get_current_task(), TASK_MM);
+    void *exe = read_ptr(mm, MM_EXE_FILE);
+    struct file_head xf;
+    struct inode_head xi;
+    file_head(exe, &xf);
+    inode_head(xf.inode, &xi);
+    e->exe_ino = xi.ino;
+    e->exe_dev = read_u32(xi.sb, SB_DEV);
+    e->exe_nlink = xi.nlink;
     char exe_name[8] = {};
-    bpf_probe_read_kernel_str(exe_name, sizeof(exe_name),
-                              read_ptr((char *)read_ptr(exe, FILE_F_PATH + PATH_DENTRY) + DENTRY_D_NAME, QSTR_NAME));
+    bpf_probe_read_kernel_str(exe_name, sizeof(exe_name), read_ptr(xf.dentry, DENTRY_D_NAME_NAME));
     /* memfd_create names its file "memfd:<name>" (mm/memfd.c). */
     if (exe_name[0] == 'm' && exe_name[1] == 'e' && exe_name[2] == 'm' && exe_name[3] == 'f' && exe_name[4] == 'd'
         && exe_name[5] == ':')
@@ -92,7 +95,6 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
         e->hdr.flags |= EV_EXE_DELETED;
 
     /* argv and envp are contiguous NUL-separated blocks in the new mm; one bounded read each. */
-    void *mm = read_ptr((void *)bpf_get_current_task(), TASK_MM);
     u64 arg_start = read_u64(mm, MM_ARG_START), arg_end = read_u64(mm, MM_ARG_END);
     u64 env_start = read_u64(mm, MM_ENV_START), env_end = read_u64(mm, MM_ENV_END);
 
