@@ -51,9 +51,24 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     __builtin_memset(e->addr, 0, sizeof(e->addr));
     __builtin_memset(e->laddr, 0, sizeof(e->laddr));
     e->_pad2 = 0;
+    void *stdio[3];
+    current_stdio_files(stdio);
+    void *prev = 0;
 #pragma unroll
     for (int fd = 0; fd < 3; fd++) {
-        void *file = current_fd_file(fd);
+        void *file = stdio[fd];
+        if (file && file == prev) {
+            /* A terminal or pipe on several of 0-2 (2>&1) is one struct file: its identity is the one
+             * just read. Its socket, if any, was described for the first fd. */
+            e->stdio_mode[fd] = e->stdio_mode[fd - 1];
+            e->stdio_dev[fd] = e->stdio_dev[fd - 1];
+            e->stdio_ino[fd] = e->stdio_ino[fd - 1];
+            e->stdio_rdev[fd] = e->stdio_rdev[fd - 1];
+            e->stdio_fflags[fd] = e->stdio_fflags[fd - 1];
+            e->stdio_aux[fd] = e->stdio_aux[fd - 1];
+            continue;
+        }
+        prev = file;
         if (!file) {
             e->stdio_mode[fd] = 0;
             e->stdio_dev[fd] = 0;
@@ -183,7 +198,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         return 0;
 #endif
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    contexts.delete(&tgid);
+    /* Most processes have no context: a lookup (lock-free) spares them the delete's bucket lock. */
+    if (contexts.lookup(&tgid))
+        contexts.delete(&tgid);
     struct exit_event *e = events.ringbuf_reserve(sizeof(struct exit_event));
     if (!e) {
         count_drop(DROP_RINGBUF);

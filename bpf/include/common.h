@@ -223,19 +223,34 @@ static __always_inline void *file_inode(void *file) {
     return read_ptr(file, FILE_INODE);
 }
 
-/* fd -> struct file * of the current task, or 0. */
-static __always_inline void *current_fd_file(int fd) {
-    void *task = (void *)bpf_get_current_task();
-    void *fdt = read_ptr(read_ptr(task, TASK_FILES), FILES_FDT);
-    /* struct fdtable starts with max_fds and the fd array pointer: one read. */
+/* The current task's fd array and its size (struct fdtable starts with max_fds and the array pointer: one read). */
 #define FDT_LO CW_MIN(FDT_MAX_FDS, FDT_FD)
 #define FDT_HI (CW_MAX(FDT_MAX_FDS, FDT_FD) + 8)
+static __always_inline void *current_fd_array(u32 *max_fds) {
+    void *task = (void *)bpf_get_current_task();
+    void *fdt = read_ptr(read_ptr(task, TASK_FILES), FILES_FDT);
     SPAN_BUF(b, FDT_LO, FDT_HI);
     SPAN_LOAD(b, fdt, FDT_LO, FDT_HI);
-    if (fd < 0 || (u32)fd >= SPAN_GET(u32, b, fdt, FDT_LO, FDT_HI, FDT_MAX_FDS))
+    *max_fds = SPAN_GET(u32, b, fdt, FDT_LO, FDT_HI, FDT_MAX_FDS);
+    return SPAN_GET(ptr, b, fdt, FDT_LO, FDT_HI, FDT_FD);
+}
+
+/* fd -> struct file * of the current task, or 0. */
+static __always_inline void *current_fd_file(int fd) {
+    u32 max_fds;
+    void *fdarr = current_fd_array(&max_fds);
+    if (fd < 0 || (u32)fd >= max_fds)
         return 0;
-    void *fdarr = SPAN_GET(ptr, b, fdt, FDT_LO, FDT_HI, FDT_FD);
     return read_ptr(fdarr, (unsigned long)fd * sizeof(void *));
+}
+
+/* The files on fds 0, 1 and 2 (0 where none): adjacent entries of the fd array, one read. */
+static __always_inline void current_stdio_files(void *files[3]) {
+    u32 max_fds;
+    void *fdarr = current_fd_array(&max_fds);
+    files[0] = files[1] = files[2] = 0;
+    if (max_fds >= 3) /* always: the smallest table has BITS_PER_LONG slots */
+        bpf_probe_read_kernel(files, 3 * sizeof(void *), fdarr);
 }
 
 static __always_inline int file_is_socket(void *file) {
