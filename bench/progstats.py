@@ -7,7 +7,8 @@ workload runs against it, and the counters of the sensor's programs are diffed a
 time includes the programs it tail-calls (their own counters stay at 0). Programs are named by the tracepoint
 they are attached to (``bpftool perf show``). Needs root; restores bpf_stats_enabled on exit.
 
-usage: progstats.py [--scale F] [--rounds N] [WORKLOAD...]
+usage: progstats.py [--floor] [--scale F] [--rounds N] [WORKLOAD...]
+  --floor  measure the floor sensor instead (chainwatch's tracepoints, empty programs): the fixed cost of a call
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench import procstat, workloads  # noqa: E402
 from bench.run import OPS  # noqa: E402
-from bench.sensors import Chainwatch  # noqa: E402
+from bench.sensors import Chainwatch, DaemonSensor, Floor  # noqa: E402
 
 STATS_SYSCTL: Final = Path("/proc/sys/kernel/bpf_stats_enabled")
 
@@ -59,6 +60,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=0.5, help="multiply each workload's bench op count")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--floor", action="store_true", help="measure the floor sensor instead")
     parser.add_argument("names", nargs="*", default=list(workloads.NAMES))
     args = parser.parse_args()
     previous = STATS_SYSCTL.read_text().strip()
@@ -66,8 +68,13 @@ def main() -> int:
     scratch = workdir / "scratch"
     scratch.mkdir()
     binaries = workloads.build(workdir / "bin")
-    sensor = Chainwatch()
+    sensor: DaemonSensor = Chainwatch()
     sensor.start(workdir)
+    if args.floor:
+        probes = sensor.probes()
+        sensor.stop()
+        sensor = Floor(probes)
+        sensor.start(workdir)
     STATS_SYSCTL.write_text("1")
     try:
         assert sensor.pid is not None

@@ -67,8 +67,13 @@ BPF_PROG_ARRAY(file_tail, 2);
  * state per iteration, not one per mix of components and mount crossings so far. */
 static __always_inline u32 walk_path(void *dentry, void *vfsmnt, struct file_scratch *sc) {
     void *fs = read_ptr((void *)bpf_get_current_task(), TASK_FS);
-    void *root_dentry = read_ptr(fs, FS_ROOT_DENTRY);
-    void *root_mnt = read_ptr(fs, FS_ROOT_MNT);
+    /* fs->root is a struct path: its mount and dentry pointers are adjacent, one read. */
+#define FS_ROOT_LO CW_MIN(FS_ROOT_MNT, FS_ROOT_DENTRY)
+#define FS_ROOT_HI (CW_MAX(FS_ROOT_MNT, FS_ROOT_DENTRY) + 8)
+    SPAN_BUF(r, FS_ROOT_LO, FS_ROOT_HI);
+    SPAN_LOAD(r, fs, FS_ROOT_LO, FS_ROOT_HI);
+    void *root_dentry = SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_DENTRY);
+    void *root_mnt = SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_MNT);
     void *mnt = (char *)vfsmnt - MOUNT_MNT;
     volatile u32 *vpos = &sc->pos;
     char *buf = sc->walk;
