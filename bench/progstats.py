@@ -7,7 +7,7 @@ workload runs against it, and the counters of the sensor's programs are diffed a
 time includes the programs it tail-calls (their own counters stay at 0). Programs are named by the tracepoint
 they are attached to (``bpftool perf show``). Needs root; restores bpf_stats_enabled on exit.
 
-usage: progstats.py [--floor] [--scale F] [--rounds N] [WORKLOAD...]
+usage: progstats.py [--floor] [--chainwatch CMD] [--scale F] [--rounds N] [WORKLOAD...]
   --floor  measure the floor sensor instead (chainwatch's tracepoints, empty programs): the fixed cost of a call
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ if str(ROOT) not in sys.path:
 
 from bench import procstat, workloads  # noqa: E402
 from bench.run import OPS  # noqa: E402
-from bench.sensors import Chainwatch, DaemonSensor, Floor  # noqa: E402
+from bench.sensors import CHAINWATCH, Chainwatch, DaemonSensor, Floor  # noqa: E402
 
 STATS_SYSCTL: Final = Path("/proc/sys/kernel/bpf_stats_enabled")
 
@@ -61,6 +62,8 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=0.5, help="multiply each workload's bench op count")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--floor", action="store_true", help="measure the floor sensor instead")
+    parser.add_argument("--chainwatch", default=str(CHAINWATCH),
+                        help="the chainwatch command to measure, e.g. another checkout's (default: %(default)s)")
     parser.add_argument("names", nargs="*", default=list(workloads.NAMES))
     args = parser.parse_args()
     previous = STATS_SYSCTL.read_text().strip()
@@ -68,7 +71,7 @@ def main() -> int:
     scratch = workdir / "scratch"
     scratch.mkdir()
     binaries = workloads.build(workdir / "bin")
-    sensor: DaemonSensor = Chainwatch()
+    sensor: DaemonSensor = Chainwatch(shlex.split(args.chainwatch))
     sensor.start(workdir)
     if args.floor:
         probes = sensor.probes()
