@@ -410,9 +410,10 @@ static __always_inline int addr_is_loopback(u16 family, const u8 addr[16]) {
 }
 
 /* Arguments of a syscall, kept from its enter to its exit tracepoint, in task-local storage: a thread is in
- * one syscall at a time, the slot is found through the task itself (no hash, no lock; 3-4x cheaper than the
- * LRU hash it replaces), it is freed with the task (a thread that dies inside a syscall leaves nothing), and
- * no user can exhaust it (each thread has its own). Only a failed allocation loses a call (DROP_STASH). */
+ * one syscall at a time, the slot is found through the task itself (no hash, no bucket lock: the LRU hash
+ * this replaces cost ~400 ns per connect here), it is freed with the task (a thread that dies inside a
+ * syscall leaves nothing), and no user can exhaust it (each thread has its own). Only a failed allocation
+ * loses a call (DROP_STASH). */
 struct stash {
     s64 a;
     s64 b;
