@@ -74,6 +74,7 @@ class TunnelTool:
 ROOT_MATCH_KEYS: Final = ("executables", "python_modules", "jars", "paths")
 ROOT_OPTIONAL_KEYS: Final = (*ROOT_MATCH_KEYS, "subcommands", "bare", "options", "labels")
 REMOTE_CACHE_MAX: Final = 4096
+ROOT_NAME_CACHE_MAX: Final = 4096
 PACKAGE_LABELS: Final = ("name", "version", "hook")
 CI_LABELS: Final = ("repository", "workflow", "run_id", "job", "job_id")
 
@@ -138,15 +139,18 @@ class ContextRoot:
             return ()
         return tuple(name for name in self.executables if not any(c in name for c in "*?["))
 
+    def patterns(self, kind: str) -> tuple[str, ...]:
+        """The fnmatch patterns that name this root for an invocation ``kind``, or "path" for the exec'd file."""
+        return {"path": self.paths, "executable": self.executables, "script": self.executables,
+                "module": self.python_modules, "jar": self.jars}[kind]
+
     def match(self, filename: str, calls: Sequence[Invocation]) -> Invocation | None:
         """The invocation by which the exec of ``filename`` (seen as ``calls``, from :func:`invocations`)
         starts this context, or None."""
-        if any(fnmatch.fnmatchcase(filename, p) for p in self.paths):
+        if any(fnmatch.fnmatchcase(filename, p) for p in self.patterns("path")):
             return calls[0]
         for call in calls:
-            patterns = {"executable": self.executables, "script": self.executables, "module": self.python_modules,
-                        "jar": self.jars}[call.kind]
-            if any(fnmatch.fnmatchcase(call.name, p) for p in patterns) and self._args_match(call.args):
+            if any(fnmatch.fnmatchcase(call.name, p) for p in self.patterns(call.kind)) and self._args_match(call.args):
                 return call
         return None
 
@@ -200,15 +204,31 @@ class Lists:
     """fnmatch patterns on the full executable paths that legitimately give a connection or pty to a shell
     (stdio.yaml)."""
     _remote_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _root_name_cache: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False, repr=False)
 
     def context_root_for(self, filename: str, argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
         """The first root that the exec of ``filename`` with ``argv`` is, and how it was invoked; or None."""
         calls = invocations(filename, argv, self.script_interpreters)
+        if not any(self._names_a_root(kind, name) for kind, name in [("path", filename)]
+                   + [(call.kind, call.name) for call in calls]):
+            return None  # the common case, decided without a pattern once the name has been seen
         for root in self.context_roots:
             call = root.match(filename, calls)
             if call is not None:
                 return root, call
         return None
+
+    def _names_a_root(self, kind: str, name: str) -> bool:
+        """Whether some root's ``kind`` patterns match ``name`` (before any argv condition). Memoized: every exec
+        asks, and matching each root's patterns cost ~60 us per exec (bench/RESULTS.md, exec storm)."""
+        cache = self._root_name_cache
+        known = cache.get((kind, name))
+        if known is None:
+            known = any(fnmatch.fnmatchcase(name, p) for root in self.context_roots for p in root.patterns(kind))
+            if len(cache) >= ROOT_NAME_CACHE_MAX:
+                cache.clear()  # bounded: a spray of names costs matching again, never memory
+            cache[(kind, name)] = known
+        return known
 
     def kernel_context_names(self) -> dict[str, int]:
         """comm at exec -> context id, for the exec probe's own matching. exec sets comm to the basename of
