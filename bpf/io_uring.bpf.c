@@ -136,12 +136,11 @@ TRACEPOINT_PROBE(io_uring, io_uring_complete) {
 #define SOCK_STREAM_ 1
 
 /* A socket entering SYN_SENT that no connect event explains. Inside a connect syscall the connect probe
- * has stashed this thread's call (and reports it); an io_uring CONNECT left the socket in uring_connects. */
+ * holds this thread's stash (and reports the call); an io_uring CONNECT left the socket in uring_connects. */
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (args->newstate != TCP_SYN_SENT_ || args->protocol != IPPROTO_TCP_)
         return 0;
-    u64 id = bpf_get_current_pid_tgid();
-    if (stash_map.lookup(&id))
+    if (stash_held())
         return 0;
     u64 sk = (u64)args->skaddr;
     if (uring_connects.lookup(&sk)) {

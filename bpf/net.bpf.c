@@ -12,10 +12,6 @@ static __always_inline int emit_net_flags(u16 op, int fd, int result, void *file
     struct net_event ev;
     __builtin_memset(&ev, 0, sizeof(ev));
     struct net_event *e = &ev;
-    fill_header(&e->hdr, op, sizeof(*e));
-    e->hdr.flags |= flags;
-    e->fd = fd;
-    e->result = result;
     if (file)
         SOCK_DESCRIBE(file, e);
     if (uaddr && e->port == 0) {
@@ -29,6 +25,11 @@ static __always_inline int emit_net_flags(u16 op, int fd, int result, void *file
     if (addr_is_loopback(e->family, e->addr) && op != OP_LISTEN)
         return 0;
 #endif
+    /* The header (a dozen kernel reads and a map lookup) only for what is sent. */
+    fill_header(&e->hdr, op, sizeof(*e));
+    e->hdr.flags |= flags;
+    e->fd = fd;
+    e->result = result;
     if (net_events.ringbuf_output(e, sizeof(*e), 0) != 0)
         count_drop(DROP_NET_RINGBUF);
     return 0;

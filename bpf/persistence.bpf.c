@@ -70,22 +70,33 @@ BPF_PROG_ARRAY(file_tail, 2);
  * state per iteration, not one per mix of components and mount crossings so far. */
 static __always_inline u32 walk_path(void *dentry, void *vfsmnt, struct file_scratch *sc) {
     void *fs = read_ptr((void *)bpf_get_current_task(), TASK_FS);
-    void *root_dentry = read_ptr(fs, FS_ROOT_DENTRY);
-    void *root_mnt = read_ptr(fs, FS_ROOT_MNT);
+    /* fs->root is a struct path: its mount and dentry pointers are adjacent, one read. */
+#define FS_ROOT_LO CW_MIN(FS_ROOT_MNT, FS_ROOT_DENTRY)
+#define FS_ROOT_HI (CW_MAX(FS_ROOT_MNT, FS_ROOT_DENTRY) + 8)
+    SPAN_BUF(r, FS_ROOT_LO, FS_ROOT_HI);
+    SPAN_LOAD(r, fs, FS_ROOT_LO, FS_ROOT_HI);
+    void *root_dentry = SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_DENTRY);
+    void *root_mnt = SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_MNT);
     void *mnt = (char *)vfsmnt - MOUNT_MNT;
     volatile u32 *vpos = &sc->pos;
     char *buf = sc->walk;
     int done = 0;
     *vpos = WALK_END;
     buf[WALK_END] = 0;
+    /* A mount's root changes only when the walk crosses to the parent mount. */
+    void *mnt_root = read_ptr(vfsmnt, VFSMOUNT_MNT_ROOT);
+#define DENTRY_LO CW_MIN(CW_MIN(DENTRY_D_PARENT, DENTRY_D_NAME_LEN), DENTRY_D_NAME_NAME)
+#define DENTRY_HI (CW_MAX(CW_MAX(DENTRY_D_PARENT, DENTRY_D_NAME_LEN), DENTRY_D_NAME_NAME) + 8)
 #pragma clang loop unroll(disable)
     for (int i = 0; i < WALK_DEPTH; i++) {
         if (!dentry || (dentry == root_dentry && vfsmnt == root_mnt)) {
             done = 1;
             break;
         }
-        void *mnt_root = read_ptr(vfsmnt, VFSMOUNT_MNT_ROOT);
-        void *parent = read_ptr(dentry, DENTRY_D_PARENT);
+        /* d_parent and d_name (its length and name pointer) sit together in struct dentry: one read. */
+        SPAN_BUF(d, DENTRY_LO, DENTRY_HI);
+        SPAN_LOAD(d, dentry, DENTRY_LO, DENTRY_HI);
+        void *parent = SPAN_GET(ptr, d, dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_PARENT);
         if (dentry == mnt_root || dentry == parent) {
             void *mparent = read_ptr(mnt, MOUNT_MNT_PARENT);
             if (dentry != mnt_root || !mparent || mparent == mnt) {
@@ -95,10 +106,11 @@ static __always_inline u32 walk_path(void *dentry, void *vfsmnt, struct file_scr
             dentry = read_ptr(mnt, MOUNT_MNT_MOUNTPOINT);
             mnt = mparent;
             vfsmnt = (char *)mnt + MOUNT_MNT;
+            mnt_root = read_ptr(vfsmnt, VFSMOUNT_MNT_ROOT);
             continue;
         }
-        u32 len = read_u32(dentry, DENTRY_D_NAME_LEN);
-        const void *name = read_ptr(dentry, DENTRY_D_NAME_NAME);
+        u32 len = SPAN_GET(u32, d, dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_NAME_LEN);
+        const void *name = SPAN_GET(ptr, d, dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_NAME_NAME);
         u32 pos = *vpos;
         if (len == 0 || len >= PATH_MAX_LEN || len + 1 > pos)
             break; /* too long for the record: keep the part nearest the file */
@@ -181,9 +193,10 @@ int persist_finish(void *ctx) {
         dentry = read_ptr(fs, FS_PWD_DENTRY);
         vfsmnt = read_ptr(fs, FS_PWD_MNT);
         if (job->dfd != AT_FDCWD_) {
-            void *dir = current_fd_file(job->dfd);
-            dentry = read_ptr(dir, FILE_F_PATH_DENTRY);
-            vfsmnt = read_ptr(dir, FILE_F_PATH_MNT);
+            struct file_head dir;
+            file_head(current_fd_file(job->dfd), &dir);
+            dentry = dir.dentry;
+            vfsmnt = dir.mnt;
         }
     }
     u32 len = walk_path(dentry, vfsmnt, sc);
@@ -257,18 +270,20 @@ static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, u
     void *file = current_fd_file((int)ret);
     if (!file)
         return 0;
+    struct file_head fh;
+    file_head(file, &fh);
     /* Regular files only: writes to /dev/null, ttys and fifos (every shell redirection) stop here; a FIFO or
      * a pty master is an end of the stdio graph (fd.bpf.c). */
-    if ((read_u16(read_ptr(file, FILE_INODE), INODE_MODE) & S_IFMT_) != S_IFREG_)
+    if ((read_u16(fh.inode, INODE_MODE) & S_IFMT_) != S_IFREG_)
         return fd_open_note(file, ret);
-    if (!(read_u32(file, FILE_F_MODE) & FMODE_WRITE_))
+    if (!(fh.fmode & FMODE_WRITE_))
         return 0;
     int zero = 0;
     struct file_job *job = file_jobs.lookup(&zero);
     if (!job)
         return 0;
-    job->dentry = (u64)read_ptr(file, FILE_F_PATH_DENTRY);
-    job->vfsmnt = (u64)read_ptr(file, FILE_F_PATH_MNT);
+    job->dentry = (u64)fh.dentry;
+    job->vfsmnt = (u64)fh.mnt;
     job->uname = 0;
     job->usource = 0;
     job->dfd = 0;
@@ -276,7 +291,7 @@ static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, u
     job->hdr_flags = hdr_flags;
     job->kernel_name = 0;
     /* The kernel keeps the access mode and O_APPEND in f_flags; O_CREAT and O_TRUNC are gone by now. */
-    job->open_flags = read_u32(file, FILE_F_FLAGS);
+    job->open_flags = fh.flags;
     finish(ctx);
     return 0;
 }

@@ -55,9 +55,24 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     __builtin_memset(e->addr, 0, sizeof(e->addr));
     __builtin_memset(e->laddr, 0, sizeof(e->laddr));
     e->_pad2 = 0;
+    void *stdio[3];
+    current_stdio_files(stdio);
+    void *prev = 0;
 #pragma unroll
     for (int fd = 0; fd < 3; fd++) {
-        void *file = current_fd_file(fd);
+        void *file = stdio[fd];
+        if (file && file == prev) {
+            /* A terminal or pipe on several of 0-2 (2>&1) is one struct file: its identity is the one
+             * just read. Its socket, if any, was described for the first fd. */
+            e->stdio_mode[fd] = e->stdio_mode[fd - 1];
+            e->stdio_dev[fd] = e->stdio_dev[fd - 1];
+            e->stdio_ino[fd] = e->stdio_ino[fd - 1];
+            e->stdio_rdev[fd] = e->stdio_rdev[fd - 1];
+            e->stdio_fflags[fd] = e->stdio_fflags[fd - 1];
+            e->stdio_aux[fd] = e->stdio_aux[fd - 1];
+            continue;
+        }
+        prev = file;
         if (!file) {
             e->stdio_mode[fd] = 0;
             e->stdio_dev[fd] = 0;
@@ -80,14 +95,17 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     e->_pad = 0;
 
     /* The file actually executed: a copy, a memfd or a deleted file is told by its inode, not its name. */
-    void *exe = read_ptr(read_ptr((void *)bpf_get_current_task(), TASK_MM), MM_EXE_FILE);
-    void *exe_inode = file_inode(exe);
-    e->exe_ino = read_u64(exe_inode, INODE_INO);
-    e->exe_dev = read_u32(read_ptr(exe_inode, INODE_SB), SB_DEV);
-    e->exe_nlink = read_u32(exe_inode, INODE_NLINK);
+    void *mm = read_ptr((void *)bpf_get_current_task(), TASK_MM);
+    void *exe = read_ptr(mm, MM_EXE_FILE);
+    struct file_head xf;
+    struct inode_head xi;
+    file_head(exe, &xf);
+    inode_head(xf.inode, &xi);
+    e->exe_ino = xi.ino;
+    e->exe_dev = read_u32(xi.sb, SB_DEV);
+    e->exe_nlink = xi.nlink;
     char exe_name[8] = {};
-    bpf_probe_read_kernel_str(exe_name, sizeof(exe_name),
-                              read_ptr((char *)read_ptr(exe, FILE_F_PATH + PATH_DENTRY) + DENTRY_D_NAME, QSTR_NAME));
+    bpf_probe_read_kernel_str(exe_name, sizeof(exe_name), read_ptr(xf.dentry, DENTRY_D_NAME_NAME));
     /* memfd_create names its file "memfd:<name>" (mm/memfd.c). */
     if (exe_name[0] == 'm' && exe_name[1] == 'e' && exe_name[2] == 'm' && exe_name[3] == 'f' && exe_name[4] == 'd'
         && exe_name[5] == ':')
@@ -96,7 +114,6 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
         e->hdr.flags |= EV_EXE_DELETED;
 
     /* argv and envp are contiguous NUL-separated blocks in the new mm; one bounded read each. */
-    void *mm = read_ptr((void *)bpf_get_current_task(), TASK_MM);
     u64 arg_start = read_u64(mm, MM_ARG_START), arg_end = read_u64(mm, MM_ARG_END);
     u64 env_start = read_u64(mm, MM_ENV_START), env_end = read_u64(mm, MM_ENV_END);
 
@@ -174,9 +191,6 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
-    /* A thread that dies inside a syscall leaves its stash entry behind; free it here. */
-    u64 tid_key = bpf_get_current_pid_tgid();
-    stash_map.delete(&tid_key);
 #if HAVE_EXIT_GROUP_DEAD
     /* 6.16+: the tracepoint says whether this was the last thread of the group. */
     if (!args->group_dead)
@@ -188,7 +202,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         return 0;
 #endif
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    contexts.delete(&tgid);
+    /* Most processes have no context: a lookup (lock-free) spares them the delete's bucket lock. */
+    if (contexts.lookup(&tgid))
+        contexts.delete(&tgid);
     struct exit_event *e = events.ringbuf_reserve(sizeof(struct exit_event));
     if (!e) {
         count_drop(DROP_RINGBUF);

@@ -47,10 +47,6 @@ WANTED: Final[dict[str, tuple[str, str]]] = {
     "INODE_SB": ("inode", "i_sb"),
     "INODE_NLINK": ("inode", "i_nlink"),
     "SB_DEV": ("super_block", "s_dev"),
-    "FILE_F_PATH": ("file", "f_path"),
-    "PATH_DENTRY": ("path", "dentry"),
-    "DENTRY_D_NAME": ("dentry", "d_name"),
-    "QSTR_NAME": ("qstr", "name"),
     # A unix socket's peer, back to its inode: unix_sock.peer -> sock.sk_socket -> socket.file.
     "UNIX_PEER": ("unix_sock", "peer"),
     "SK_SOCKET": ("sock", "sk_socket"),

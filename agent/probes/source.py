@@ -115,14 +115,15 @@ static __always_inline u32 persist_home_offset(const char *p, u32 len) {{
 
 
 _WORDS: Final = ((8, "u64", "ULL"), (4, "u32", "U"), (2, "u16", "U"), (1, "u8", "U"))
+HEAD_BYTES: Final = 4  # entries are grouped by this many leading bytes of their literal start
 
 
-def _compare(var: str, offset: str, text: str) -> list[str]:
+def _compare(var: str, offset: str, text: str | bytes) -> list[str]:
     """C conditions that the bytes at var + offset are ``text``: 8, 4, 2 and 1-byte loads against constants
     (a quarter of the instructions of byte compares: the matcher must fit the verifier's 4096 per program).
     Volatile, so that clang does not keep a loaded word for the next entry: a register whose value the
     verifier knows on one path and not on another splits its states at every entry."""
-    raw = text.encode()
+    raw = text if isinstance(text, bytes) else text.encode()
     out, i = [], 0
     while i < len(raw):
         size, ctype, suffix = next(w for w in _WORDS if w[0] <= len(raw) - i)
@@ -156,6 +157,38 @@ def _render_entry(place: Place, indent: str) -> list[str]:
             f"{indent}    if ({cond}) return 1;", f"{indent}}}"]
 
 
+def _render_groups(places: list[Place], indent: str) -> list[str]:
+    """The entries, grouped so that a path outside every place fails a handful of tests, not one per entry.
+
+    Entries whose literal start has HEAD_BYTES or more go under one test of the path's first HEAD_BYTES ("/etc",
+    "/usr"...), entries that only have a literal end under one test of the path's last byte, and the rest stay
+    as they are. A group test is its own volatile load, like the entries' (see _compare)."""
+    by_head: dict[bytes, list[Place]] = {}
+    by_last: dict[bytes, list[Place]] = {}
+    rest: list[Place] = []
+    for place in places:
+        start, end = (text.encode() for text in place.kernel_filter())
+        if len(start) >= HEAD_BYTES:
+            by_head.setdefault(start[:HEAD_BYTES], []).append(place)
+        elif not start and end:
+            by_last.setdefault(end[-1:], []).append(place)
+        else:
+            rest.append(place)
+    var = "r" if places and places[0].in_home else "p"
+    lines = []
+    tests = [(_compare(var, "", key), f"{key.decode(errors='replace')}...", group) for key, group in by_head.items()]
+    tests += [(_compare("p", "((len - 1) & (PATH_MAX_LEN - 1)) + ", key), f"...{key.decode(errors='replace')}", group)
+              for key, group in by_last.items()]
+    for conds, where, group in tests:
+        lines.append(f"{indent}if ({' && '.join(conds)}) {{  /* {_c_comment(where)} */")
+        for place in group:
+            lines += _render_entry(place, indent + "    ")
+        lines.append(f"{indent}}}")
+    for place in rest:
+        lines += _render_entry(place, indent)
+    return lines
+
+
 def render_path_matcher(places: PersistencePlaces) -> str:
     """C for persist_path_match(p, len, h): word compares at constant offsets, which the verifier likes.
 
@@ -167,15 +200,12 @@ def render_path_matcher(places: PersistencePlaces) -> str:
              '#define cw_opaque(v) __asm__ __volatile__("" : "+r"(v))', "#endif",
              "/* h: persist_home_offset(p, len), which the caller passes through memory (see persist_emit). */",
              "static __always_inline int persist_path_match(const char *p, u32 len, u32 h) {", "    cw_opaque(len);"]
-    for place in places.places:
-        if not place.in_home:
-            lines += _render_entry(place, "    ")
+    lines += _render_groups([place for place in places.places if not place.in_home], "    ")
     home = [place for place in places.places if place.in_home]
     if home:
         lines.append("    if (h) {  /* below a home directory */")
         lines.append("        const char *r = p + (h & (PATH_MAX_LEN - 1));")
-        for place in home:
-            lines += _render_entry(place, "        ")
+        lines += _render_groups(home, "        ")
         lines.append("    }")
     lines.append("    return 0;")
     lines.append("}")

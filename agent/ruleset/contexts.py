@@ -97,15 +97,18 @@ class ContextRoot:
             return ()
         return tuple(name for name in self.executables if not any(c in name for c in "*?["))
 
+    def patterns(self, kind: str) -> tuple[str, ...]:
+        """The fnmatch patterns that name this root for an invocation ``kind``, or "path" for the exec'd file."""
+        return {"path": self.paths, "executable": self.executables, "script": self.executables,
+                "module": self.python_modules, "jar": self.jars}[kind]
+
     def match(self, filename: str, calls: Sequence[Invocation]) -> Invocation | None:
         """The invocation by which the exec of ``filename`` (seen as ``calls``, from :func:`invocations`)
         starts this context, or None."""
-        if any(fnmatch.fnmatchcase(filename, p) for p in self.paths):
+        if any(fnmatch.fnmatchcase(filename, p) for p in self.patterns("path")):
             return calls[0]
         for call in calls:
-            patterns = {"executable": self.executables, "script": self.executables, "module": self.python_modules,
-                        "jar": self.jars}[call.kind]
-            if any(fnmatch.fnmatchcase(call.name, p) for p in patterns) and self._args_match(call.args):
+            if any(fnmatch.fnmatchcase(call.name, p) for p in self.patterns(call.kind)) and self._args_match(call.args):
                 return call
         return None
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from agent.ruleset.contexts import ContextRoot, Invocation, kernel_context_names, read_roots, root_for
+from agent.ruleset.contexts import ContextRoot, Invocation, invocations, kernel_context_names, read_roots, root_for
 from agent.ruleset.net import IPNetwork, check_network, in_networks, parse_ip
 from agent.ruleset.persistence import KINDS as PERSISTENCE_KINDS
 from agent.ruleset.persistence import PersistencePlaces, Place, read_places
@@ -64,6 +64,7 @@ class TunnelTool:
 
 
 REMOTE_CACHE_MAX: Final = 4096
+ROOT_NAME_CACHE_MAX: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,27 @@ class Lists:
     """fnmatch patterns on the full executable paths that legitimately give a connection or pty to a shell
     (stdio.yaml)."""
     _remote_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _root_name_cache: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False, repr=False)
 
     def context_root_for(self, filename: str, argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
         """The first root that the exec of ``filename`` with ``argv`` is, and how it was invoked; or None."""
+        calls = invocations(filename, argv, self.script_interpreters)
+        if not any(self._names_a_root(kind, name) for kind, name in [("path", filename)]
+                   + [(call.kind, call.name) for call in calls]):
+            return None  # the common case, decided without a pattern once the name has been seen
         return root_for(self.context_roots, self.script_interpreters, filename, argv)
+
+    def _names_a_root(self, kind: str, name: str) -> bool:
+        """Whether some root's ``kind`` patterns match ``name`` (before any argv condition). Memoized: every exec
+        asks, and matching each root's patterns cost ~60 us per exec (bench/RESULTS.md, exec storm)."""
+        cache = self._root_name_cache
+        known = cache.get((kind, name))
+        if known is None:
+            known = any(fnmatch.fnmatchcase(name, p) for root in self.context_roots for p in root.patterns(kind))
+            if len(cache) >= ROOT_NAME_CACHE_MAX:
+                cache.clear()  # bounded: a spray of names costs matching again, never memory
+            cache[(kind, name)] = known
+        return known
 
     def kernel_context_names(self) -> dict[str, int]:
         """comm at exec -> context id, for the exec probe's own matching (:func:`contexts.kernel_context_names`)."""

@@ -53,7 +53,7 @@ BPF_RINGBUF_OUTPUT(net_events, NET_RINGBUF_PAGES);
 
 /* Loss counters, summed per CPU by userspace: a lost event is a possible missed attack. */
 #define DROP_RINGBUF 0      /* events ring full: reserve/output failed */
-#define DROP_STASH 1        /* syscall enter/exit stash full */
+#define DROP_STASH 1        /* syscall enter/exit slot could not be allocated */
 #define DROP_NET_RINGBUF 2  /* net_events ring full */
 #define DROP_FILE_RINGBUF 3 /* file_events ring full */
 #define DROP_UNRESOLVED 4   /* a file event could not be resolved: a kernel read or the tail call failed */
@@ -103,6 +103,89 @@ static __always_inline u64 read_u64(const void *base, unsigned long off) {
     u64 v = 0;
     bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
     return v;
+}
+
+/* Nearby fields of one kernel object in one probe read. Each bpf_probe_read_kernel is a helper call costing
+ * about 15-20 ns here (bench/progstats.py), the bytes it copies next to nothing, and the hot paths read
+ * several fields of the same struct file, inode, dentry or sock. The offsets are compile-time constants
+ * (-D from BTF), so where the fields lie within SPAN_MAX bytes the compiler keeps the one read (into a stack
+ * buffer of the span's size), and for another kernel's layout the per-field reads. */
+#define CW_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define CW_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define SPAN_MAX 96
+#define SPAN_FITS(lo, hi) ((hi) - (lo) <= SPAN_MAX)
+#define SPAN_BUF(name, lo, hi) u8 name[SPAN_FITS(lo, hi) ? (hi) - (lo) : 16]
+#define SPAN_LOAD(name, base, lo, hi)                                                  \
+    do {                                                                               \
+        if (SPAN_FITS(lo, hi))                                                         \
+            bpf_probe_read_kernel(name, sizeof(name), (const char *)(base) + (lo));    \
+    } while (0)
+/* kind: ptr, u16, u32 or u64; off: the field's offset in the object. */
+#define SPAN_GET(kind, name, base, lo, hi, off) \
+    (SPAN_FITS(lo, hi) ? span_##kind(name + (SPAN_FITS(lo, hi) ? (off) - (lo) : 0)) : read_##kind(base, off))
+static __always_inline void *span_ptr(const u8 *p) {
+    void *v;
+    __builtin_memcpy(&v, p, sizeof(v));
+    return v;
+}
+static __always_inline u16 span_u16(const u8 *p) {
+    u16 v;
+    __builtin_memcpy(&v, p, sizeof(v));
+    return v;
+}
+static __always_inline u32 span_u32(const u8 *p) {
+    u32 v;
+    __builtin_memcpy(&v, p, sizeof(v));
+    return v;
+}
+static __always_inline u64 span_u64(const u8 *p) {
+    u64 v;
+    __builtin_memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+/* The struct file fields the probes use. */
+#define FILE_LO CW_MIN(CW_MIN(CW_MIN(FILE_F_MODE, FILE_F_FLAGS), CW_MIN(FILE_INODE, FILE_PRIVATE_DATA)), \
+                       CW_MIN(FILE_F_PATH_MNT, FILE_F_PATH_DENTRY))
+#define FILE_HI (CW_MAX(CW_MAX(CW_MAX(FILE_F_MODE, FILE_F_FLAGS), CW_MAX(FILE_INODE, FILE_PRIVATE_DATA)), \
+                        CW_MAX(FILE_F_PATH_MNT, FILE_F_PATH_DENTRY)) + 8)
+struct file_head {
+    void *inode;
+    void *private_data;
+    void *mnt;
+    void *dentry;
+    u32 flags; /* f_flags: O_* access mode, O_APPEND... */
+    u32 fmode; /* f_mode: FMODE_READ/WRITE... */
+};
+static __always_inline void file_head(void *file, struct file_head *h) {
+    SPAN_BUF(b, FILE_LO, FILE_HI);
+    SPAN_LOAD(b, file, FILE_LO, FILE_HI);
+    h->inode = SPAN_GET(ptr, b, file, FILE_LO, FILE_HI, FILE_INODE);
+    h->private_data = SPAN_GET(ptr, b, file, FILE_LO, FILE_HI, FILE_PRIVATE_DATA);
+    h->mnt = SPAN_GET(ptr, b, file, FILE_LO, FILE_HI, FILE_F_PATH_MNT);
+    h->dentry = SPAN_GET(ptr, b, file, FILE_LO, FILE_HI, FILE_F_PATH_DENTRY);
+    h->flags = SPAN_GET(u32, b, file, FILE_LO, FILE_HI, FILE_F_FLAGS);
+    h->fmode = SPAN_GET(u32, b, file, FILE_LO, FILE_HI, FILE_F_MODE);
+}
+
+/* The struct inode fields the probes use. */
+#define INODE_LO CW_MIN(CW_MIN(CW_MIN(INODE_MODE, INODE_SB), CW_MIN(INODE_INO, INODE_NLINK)), INODE_RDEV)
+#define INODE_HI (CW_MAX(CW_MAX(CW_MAX(INODE_MODE, INODE_SB), CW_MAX(INODE_INO, INODE_NLINK)), INODE_RDEV) + 8)
+struct inode_head {
+    void *sb;
+    u64 ino;
+    u32 nlink;
+    u32 rdev;
+    u16 mode;
+};
+static __always_inline void inode_head(void *inode, struct inode_head *h) {
+    SPAN_BUF(b, INODE_LO, INODE_HI);
+    SPAN_LOAD(b, inode, INODE_LO, INODE_HI);
+    h->sb = SPAN_GET(ptr, b, inode, INODE_LO, INODE_HI, INODE_SB);
+    h->ino = SPAN_GET(u64, b, inode, INODE_LO, INODE_HI, INODE_INO);
+    h->nlink = SPAN_GET(u32, b, inode, INODE_LO, INODE_HI, INODE_NLINK);
+    h->rdev = SPAN_GET(u32, b, inode, INODE_LO, INODE_HI, INODE_RDEV);
+    h->mode = SPAN_GET(u16, b, inode, INODE_LO, INODE_HI, INODE_MODE);
 }
 
 /* A process's start time is its thread-group leader's (de_thread copies it on exec from a thread). */
@@ -155,14 +238,34 @@ static __always_inline void *file_inode(void *file) {
     return read_ptr(file, FILE_INODE);
 }
 
-/* fd -> struct file * of the current task, or 0. */
-static __always_inline void *current_fd_file(int fd) {
+/* The current task's fd array and its size (struct fdtable starts with max_fds and the array pointer: one read). */
+#define FDT_LO CW_MIN(FDT_MAX_FDS, FDT_FD)
+#define FDT_HI (CW_MAX(FDT_MAX_FDS, FDT_FD) + 8)
+static __always_inline void *current_fd_array(u32 *max_fds) {
     void *task = (void *)bpf_get_current_task();
     void *fdt = read_ptr(read_ptr(task, TASK_FILES), FILES_FDT);
-    if (fd < 0 || (u32)fd >= read_u32(fdt, FDT_MAX_FDS))
+    SPAN_BUF(b, FDT_LO, FDT_HI);
+    SPAN_LOAD(b, fdt, FDT_LO, FDT_HI);
+    *max_fds = SPAN_GET(u32, b, fdt, FDT_LO, FDT_HI, FDT_MAX_FDS);
+    return SPAN_GET(ptr, b, fdt, FDT_LO, FDT_HI, FDT_FD);
+}
+
+/* fd -> struct file * of the current task, or 0. */
+static __always_inline void *current_fd_file(int fd) {
+    u32 max_fds;
+    void *fdarr = current_fd_array(&max_fds);
+    if (fd < 0 || (u32)fd >= max_fds)
         return 0;
-    void *fdarr = read_ptr(fdt, FDT_FD);
     return read_ptr(fdarr, (unsigned long)fd * sizeof(void *));
+}
+
+/* The files on fds 0, 1 and 2 (0 where none): adjacent entries of the fd array, one read. */
+static __always_inline void current_stdio_files(void *files[3]) {
+    u32 max_fds;
+    void *fdarr = current_fd_array(&max_fds);
+    files[0] = files[1] = files[2] = 0;
+    if (max_fds >= 3) /* always: the smallest table has BITS_PER_LONG slots */
+        bpf_probe_read_kernel(files, 3 * sizeof(void *), fdarr);
 }
 
 static __always_inline int file_is_socket(void *file) {
@@ -180,28 +283,78 @@ static __always_inline u64 sk_inode(void *sk) {
     return read_u64(file_inode(read_ptr(sock, SOCKET_FILE)), INODE_INO);
 }
 
-/* Family, type, ports, addresses and inode of a socket file (file->private_data is the struct socket).
- * A macro because exec, connect and dup records carry the same field names in different structs.
- * The addresses are the kernel's (sock_common after the call), not what the caller passed in. */
-#define SOCK_DESCRIBE(file, e)                                                                \
-    do {                                                                                      \
-        void *sock_ = read_ptr((file), FILE_PRIVATE_DATA);                                    \
-        void *sk_ = read_ptr(sock_, SOCKET_SK);                                               \
-        (e)->sock_ino = read_u64(file_inode(file), INODE_INO);                                \
-        (e)->sock_type = read_u16(sock_, SOCKET_TYPE);                                        \
-        if (sk_) {                                                                            \
-            void *skc_ = (char *)sk_ + SOCK_SK_COMMON;                                        \
-            (e)->family = read_u16(skc_, SKC_FAMILY);                                         \
-            (e)->lport = read_u16(skc_, SKC_NUM);                                             \
-            (e)->port = cw_ntohs(read_u16(skc_, SKC_DPORT));                                  \
-            if ((e)->family == AF_INET_) {                                                    \
-                bpf_probe_read_kernel((e)->addr, 4, (char *)skc_ + SKC_DADDR);                \
-                bpf_probe_read_kernel((e)->laddr, 4, (char *)skc_ + SKC_RCV_SADDR);           \
-            } else if ((e)->family == AF_INET6_) {                                            \
-                bpf_probe_read_kernel((e)->addr, 16, (char *)skc_ + SKC_V6_DADDR);            \
-                bpf_probe_read_kernel((e)->laddr, 16, (char *)skc_ + SKC_V6_RCV_SADDR);       \
-            }                                                                                 \
-        }                                                                                     \
+/* The struct socket and sock_common fields SOCK_DESCRIBE uses. */
+#define SOCKET_LO CW_MIN(SOCKET_TYPE, SOCKET_SK)
+#define SOCKET_HI (CW_MAX(SOCKET_TYPE, SOCKET_SK) + 8)
+#define SKC_LO CW_MIN(CW_MIN(CW_MIN(SKC_DADDR, SKC_RCV_SADDR), CW_MIN(SKC_DPORT, SKC_NUM)), \
+                      CW_MIN(CW_MIN(SKC_FAMILY, SKC_V6_DADDR), SKC_V6_RCV_SADDR))
+#define SKC_HI (CW_MAX(CW_MAX(CW_MAX(SKC_DADDR, SKC_RCV_SADDR), CW_MAX(SKC_DPORT, SKC_NUM)), \
+                       CW_MAX(CW_MAX(SKC_FAMILY, SKC_V6_DADDR), SKC_V6_RCV_SADDR)) + 16)
+struct sock_peer {
+    u64 ino;
+    u16 type;
+    u16 family;
+    u16 lport;
+    u16 port; /* host order */
+    u8 addr[16];
+    u8 laddr[16];
+};
+/* A socket file's inode, type, family, ports and addresses (file->private_data is the struct socket). The
+ * addresses are the kernel's (sock_common after the call), not what the caller passed in. */
+static __always_inline void sock_describe(void *file, struct sock_peer *p) {
+    struct file_head fh;
+    file_head(file, &fh);
+    p->ino = read_u64(fh.inode, INODE_INO);
+    void *sock = fh.private_data;
+    void *sk;
+    {
+        SPAN_BUF(b, SOCKET_LO, SOCKET_HI);
+        SPAN_LOAD(b, sock, SOCKET_LO, SOCKET_HI);
+        p->type = SPAN_GET(u16, b, sock, SOCKET_LO, SOCKET_HI, SOCKET_TYPE);
+        sk = SPAN_GET(ptr, b, sock, SOCKET_LO, SOCKET_HI, SOCKET_SK);
+    }
+    p->family = 0;
+    p->lport = 0;
+    p->port = 0;
+    __builtin_memset(p->addr, 0, sizeof(p->addr));
+    __builtin_memset(p->laddr, 0, sizeof(p->laddr));
+    if (!sk)
+        return;
+    void *skc = (char *)sk + SOCK_SK_COMMON;
+    SPAN_BUF(b, SKC_LO, SKC_HI);
+    SPAN_LOAD(b, skc, SKC_LO, SKC_HI);
+    p->family = SPAN_GET(u16, b, skc, SKC_LO, SKC_HI, SKC_FAMILY);
+    p->lport = SPAN_GET(u16, b, skc, SKC_LO, SKC_HI, SKC_NUM);
+    p->port = cw_ntohs(SPAN_GET(u16, b, skc, SKC_LO, SKC_HI, SKC_DPORT));
+    if (SPAN_FITS(SKC_LO, SKC_HI)) {
+        if (p->family == AF_INET_) {
+            __builtin_memcpy(p->addr, b + (SPAN_FITS(SKC_LO, SKC_HI) ? SKC_DADDR - SKC_LO : 0), 4);
+            __builtin_memcpy(p->laddr, b + (SPAN_FITS(SKC_LO, SKC_HI) ? SKC_RCV_SADDR - SKC_LO : 0), 4);
+        } else if (p->family == AF_INET6_) {
+            __builtin_memcpy(p->addr, b + (SPAN_FITS(SKC_LO, SKC_HI) ? SKC_V6_DADDR - SKC_LO : 0), 16);
+            __builtin_memcpy(p->laddr, b + (SPAN_FITS(SKC_LO, SKC_HI) ? SKC_V6_RCV_SADDR - SKC_LO : 0), 16);
+        }
+    } else if (p->family == AF_INET_) {
+        bpf_probe_read_kernel(p->addr, 4, (char *)skc + SKC_DADDR);
+        bpf_probe_read_kernel(p->laddr, 4, (char *)skc + SKC_RCV_SADDR);
+    } else if (p->family == AF_INET6_) {
+        bpf_probe_read_kernel(p->addr, 16, (char *)skc + SKC_V6_DADDR);
+        bpf_probe_read_kernel(p->laddr, 16, (char *)skc + SKC_V6_RCV_SADDR);
+    }
+}
+
+/* sock_describe into a record: exec, connect and dup records carry the same field names in different structs. */
+#define SOCK_DESCRIBE(file, e)                    \
+    do {                                          \
+        struct sock_peer p_;                      \
+        sock_describe((file), &p_);               \
+        (e)->sock_ino = p_.ino;                   \
+        (e)->sock_type = p_.type;                 \
+        (e)->family = p_.family;                  \
+        (e)->lport = p_.lport;                    \
+        (e)->port = p_.port;                      \
+        __builtin_memcpy((e)->addr, p_.addr, 16); \
+        __builtin_memcpy((e)->laddr, p_.laddr, 16); \
     } while (0)
 
 #define S_IFIFO_ 0010000
@@ -217,16 +370,19 @@ static __always_inline u64 sk_inode(void *sk) {
  * a pty master's index (ptmx_open allocated it; the slave /dev/pts/N has minor N). */
 static __always_inline void file_identity(void *file, u16 *mode, u32 *dev, u64 *ino, u32 *rdev, u32 *fflags,
                                           u64 *aux) {
-    void *inode = file_inode(file);
-    *mode = read_u16(inode, INODE_MODE);
-    *ino = read_u64(inode, INODE_INO);
-    *dev = read_u32(read_ptr(inode, INODE_SB), SB_DEV);
-    *rdev = read_u32(inode, INODE_RDEV);
-    *fflags = read_u32(file, FILE_F_FLAGS);
+    struct file_head fh;
+    struct inode_head ih;
+    file_head(file, &fh);
+    inode_head(fh.inode, &ih);
+    *mode = ih.mode;
+    *ino = ih.ino;
+    *dev = read_u32(ih.sb, SB_DEV);
+    *rdev = ih.rdev;
+    *fflags = fh.flags;
     *aux = 0;
     u16 fmt = *mode & S_IFMT_;
     if (fmt == S_IFSOCK_) {
-        void *sk = read_ptr(read_ptr(file, FILE_PRIVATE_DATA), SOCKET_SK);
+        void *sk = read_ptr(fh.private_data, SOCKET_SK);
         if (sk && read_u16((char *)sk + SOCK_SK_COMMON, SKC_FAMILY) == AF_UNIX_) {
             /* Bit 63 marks a unix socket (peer or not); the rest is the peer's inode. struct unix_sock
              * starts with its struct sock. */
@@ -234,7 +390,7 @@ static __always_inline void file_identity(void *file, u16 *mode, u32 *dev, u64 *
             *aux = UNIX_AUX_FLAG | (peer ? sk_inode(peer) : 0);
         }
     } else if (fmt == S_IFCHR_ && *rdev == PTMX_RDEV) {
-        void *tty = read_ptr(read_ptr(file, FILE_PRIVATE_DATA), TTY_FILE_PRIVATE_TTY);
+        void *tty = read_ptr(fh.private_data, TTY_FILE_PRIVATE_TTY);
         if (tty)
             *aux = read_u32(tty, TTY_INDEX);
     }
@@ -268,29 +424,41 @@ static __always_inline int addr_is_loopback(u16 family, const u8 addr[16]) {
     return 0;
 }
 
-/* Arguments of a syscall, kept from its enter to its exit tracepoint. A thread is in one syscall
- * at a time, so the thread id is the key. LRU: calls that never return (a flood of blocked connects)
- * are the least recently used and make room themselves; a fresh call always gets its slot. */
+/* Arguments of a syscall, kept from its enter to its exit tracepoint, in task-local storage: a thread is in
+ * one syscall at a time, the slot is found through the task itself (no hash, no bucket lock: the LRU hash
+ * this replaces cost ~400 ns per connect here), it is freed with the task (a thread that dies inside a
+ * syscall leaves nothing), and no user can exhaust it (each thread has its own). Only a failed allocation
+ * loses a call (DROP_STASH). */
 struct stash {
     s64 a;
     s64 b;
     u8 addr[28]; /* a sockaddr_in / sockaddr_in6 */
+    u32 full;    /* set at enter, cleared when the exit takes it */
 };
-BPF_TABLE("lru_hash", u64, struct stash, stash_map, 65536);
+BPF_TASK_STORAGE(stash_slot, struct stash);
 
 static __always_inline void stash_put(struct stash *s) {
-    u64 id = bpf_get_current_pid_tgid();
-    if (stash_map.update(&id, s) != 0)
+    struct stash *slot = stash_slot.task_storage_get(bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!slot) {
         count_drop(DROP_STASH);
+        return;
+    }
+    __builtin_memcpy(slot, s, sizeof(*slot));
+    slot->full = 1;
+}
+
+/* Whether the current thread is between a stashing enter and its exit (without taking the stash). */
+static __always_inline int stash_held(void) {
+    struct stash *slot = stash_slot.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    return slot && slot->full;
 }
 
 static __always_inline int stash_take(struct stash *out) {
-    u64 id = bpf_get_current_pid_tgid();
-    struct stash *s = stash_map.lookup(&id);
-    if (!s)
+    struct stash *slot = stash_slot.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (!slot || !slot->full)
         return 0;
-    __builtin_memcpy(out, s, sizeof(*out));
-    stash_map.delete(&id);
+    __builtin_memcpy(out, slot, sizeof(*out));
+    slot->full = 0;
     return 1;
 }
 

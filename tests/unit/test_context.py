@@ -309,3 +309,25 @@ def test_pip_attribution_from_a_pip_install_directory() -> None:
     w2.spawn(91, 90, "/usr/bin/python3", ("python3", "/tmp/pip-req-build-ab12/setup.py", "install"), t=0.1)
     reverse_shell(w2, 92, 91, 0.2)
     assert w2.alerts[0]["supply_chain"]["package"]["name"] == "cw-evil"
+
+
+def test_root_name_memo_agrees_with_the_patterns_and_stays_bounded(monkeypatch) -> None:
+    """context_root_for skips the roots for names no root's patterns match, remembered per name: the answer is
+    the unmemoized one, asked once or many times, and the memo never grows past its bound."""
+    import agent.detect.lists as lists_module
+    from agent.detect.lists import invocations
+
+    def unmemoized(filename: str, argv: tuple[str, ...]) -> str | None:
+        calls = invocations(filename, argv, LISTS.script_interpreters)
+        return next((root.context for root in LISTS.context_roots if root.match(filename, calls)), None)
+
+    cases = [("/bin/true", ("/bin/true",)), ("/usr/bin/gcc", ("gcc", "-c", "x.c")),
+             ("/usr/bin/npm", ("npm", "install")), ("/usr/bin/npm", ("npm", "--version")),
+             ("/usr/bin/python3", ("python3", "-m", "pip", "install", "x"))]
+    for _ in range(2):
+        for filename, argv in cases:
+            assert root_of(filename, *argv) == unmemoized(filename, argv), (filename, argv)
+    monkeypatch.setattr(lists_module, "ROOT_NAME_CACHE_MAX", 8)
+    for i in range(50):
+        assert root_of(f"/tmp/tool{i}", f"tool{i}") is None
+    assert len(LISTS._root_name_cache) <= 8
