@@ -7,7 +7,11 @@ so that it can be written to the cache (agent.probes.cache) and loaded again wit
 Map references in BPF bytecode are ``ld_imm64`` instructions whose src_reg says "map fd"
 (BPF_PSEUDO_MAP_FD) or "address in a map's value" (BPF_PSEUDO_MAP_VALUE), with the fd the compiler saw in
 imm. :func:`relocations` turns those into (instruction index, map name) pairs with imm zeroed, and
-:func:`patch` writes the fds of the new maps back. Pure: no bcc, no kernel.
+:func:`patch` writes the fds of the new maps back.
+
+Maps whose key and value bcc described with BTF (the kernel creates some types, such as task storage, only
+so) keep their type ids, and the artifact keeps the one BTF object they refer to as raw bytes, loaded again
+before those maps are created. Pure: no bcc, no kernel.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Final
 
-FORMAT: Final = 1
+FORMAT: Final = 2  # 2: maps' BTF (part of the cache key, so entries of format 1 are simply not found)
 INSN_SIZE: Final = 8
 LD_IMM64: Final = 0x18  # BPF_LD | BPF_IMM | BPF_DW: the only two-slot instruction
 PSEUDO_MAP_FD: Final = 1
@@ -30,6 +34,11 @@ ATTACH_KINDS: Final = ("tracepoint", "raw_tracepoint", "tail")
 TAIL_CALLS: Final = {"file_tail": ("persist_finish", "persist_emit")}
 MAX_PROGRAM_INSNS: Final = 1_000_000  # the kernel's BPF_COMPLEXITY_LIMIT_INSNS
 U32_MAX: Final = 0xFFFFFFFF
+# struct btf_header (uapi/linux/btf.h): magic, version, flags, hdr_len, type_off, type_len, str_off, str_len.
+BTF_HEADER: Final = struct.Struct("<HBBIIIII")
+BTF_MAGIC: Final = 0xEB9F
+BTF_VERSION: Final = 1
+BTF_MAX_BYTES: Final = 16 << 20  # the kernel's BTF_MAX_SIZE
 
 
 class ArtifactError(ValueError):
@@ -46,6 +55,12 @@ class MapSpec:
     value_size: int
     max_entries: int
     flags: int
+    btf_key_type_id: int = 0  # type ids in the artifact's BTF; both 0: a map created without BTF
+    btf_value_type_id: int = 0
+
+    @property
+    def uses_btf(self) -> bool:
+        return bool(self.btf_key_type_id or self.btf_value_type_id)
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,7 @@ class Artifact:
     maps: tuple[MapSpec, ...]
     programs: tuple[ProgramSpec, ...]
     compiler: str = ""  # e.g. "bcc 0.26.0", for doctor and the logs
+    btf: bytes = b""  # raw BTF object (header, types, strings) that the maps' type ids refer to
 
     def map(self, name: str) -> MapSpec:
         """The map called ``name`` (KeyError when there is none)."""
@@ -154,14 +170,31 @@ def patch(program: ProgramSpec, map_fds: dict[str, int]) -> bytes:
     return bytes(out)
 
 
+def check_btf(data: bytes) -> None:
+    """ArtifactError unless ``data`` is a whole BTF object: its header's sections end exactly where it does
+    (what the kernel's BTF_LOAD checks first; the types themselves are the kernel's to verify)."""
+    if len(data) < BTF_HEADER.size or len(data) > BTF_MAX_BYTES:
+        raise ArtifactError(f"BTF of {len(data)} bytes cannot hold a BTF object")
+    magic, version, _, hdr_len, type_off, type_len, str_off, str_len = BTF_HEADER.unpack_from(data)
+    if magic != BTF_MAGIC or version != BTF_VERSION or not BTF_HEADER.size <= hdr_len <= len(data):
+        raise ArtifactError("BTF has a bad header (magic, version or header length)")
+    if hdr_len + max(type_off + type_len, str_off + str_len) != len(data):
+        raise ArtifactError(f"BTF is {len(data)} bytes, its header says {hdr_len} + sections ending at "
+                            f"{max(type_off + type_len, str_off + str_len)} (truncated or padded)")
+
+
 def _validate(artifact: Artifact) -> None:
     names = [m.name for m in artifact.maps]
     if len(set(names)) != len(names):
         raise ArtifactError("two maps have the same name")
     for m in artifact.maps:
         if not m.name or not all(0 <= v <= U32_MAX for v in (m.type, m.key_size, m.value_size, m.max_entries,
-                                                              m.flags)):
+                                                              m.flags, m.btf_key_type_id, m.btf_value_type_id)):
             raise ArtifactError(f"map {m.name!r} has an out-of-range field")
+        if m.uses_btf and not artifact.btf:
+            raise ArtifactError(f"map {m.name!r} has BTF type ids but the artifact has no BTF")
+    if artifact.btf:
+        check_btf(artifact.btf)
     seen_programs = set()
     for p in artifact.programs:
         if p.name in seen_programs:
@@ -188,7 +221,7 @@ def dumps(artifact: Artifact) -> bytes:
     _validate(artifact)
     body = json.dumps({
         "format": FORMAT, "key": artifact.key, "license": artifact.license, "kern_version": artifact.kern_version,
-        "compiler": artifact.compiler,
+        "compiler": artifact.compiler, "btf": base64.b64encode(artifact.btf).decode(),
         "maps": [vars(m) for m in artifact.maps],
         "programs": [{"name": p.name, "prog_type": p.prog_type, "attach_kind": p.attach_kind,
                       "attach_target": p.attach_target, "insns": base64.b64encode(p.insns).decode(),
@@ -215,6 +248,7 @@ def loads(data: bytes, key: str | None = None) -> Artifact:
         artifact = Artifact(
             key=_typed(doc["key"], str), license=_typed(doc["license"], str),
             kern_version=_typed(doc["kern_version"], int), compiler=_typed(doc["compiler"], str),
+            btf=base64.b64decode(_typed(doc["btf"], str), validate=True),
             maps=tuple(MapSpec(**{f: _typed(m[f], str if f == "name" else int) for f in MAP_FIELDS})
                        for m in doc["maps"]),
             programs=tuple(ProgramSpec(
@@ -233,7 +267,8 @@ def loads(data: bytes, key: str | None = None) -> Artifact:
     return artifact
 
 
-MAP_FIELDS: Final = ("name", "type", "key_size", "value_size", "max_entries", "flags")
+MAP_FIELDS: Final = ("name", "type", "key_size", "value_size", "max_entries", "flags", "btf_key_type_id",
+                     "btf_value_type_id")
 
 
 def _typed(value: Any, kind: type) -> Any:

@@ -7,9 +7,11 @@ here). Each call raises :class:`BpfError` (an OSError with the errno) instead of
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+import platform
 from collections.abc import Callable
 from functools import cache
 from typing import Any, Final
@@ -25,12 +27,50 @@ class BpfError(OSError):
     """A bpf() call failed; errno and strerror say why."""
 
 
+# libbcc_bpf exports no call that loads BTF or creates a map with it (libbpf's are hidden inside it), so those
+# go through bpf(2) itself: its commands and union bpf_attr layouts are uapi (linux/bpf.h), stable by rule.
+SYS_BPF: Final = {"x86_64": 321, "aarch64": 280}
+BPF_MAP_CREATE: Final = 0
+BPF_BTF_LOAD: Final = 18
+BPF_BTF_GET_FD_BY_ID: Final = 19
+U32, U64 = ctypes.c_uint32, ctypes.c_uint64
+
+
 class MapInfo(ctypes.Structure):
     """The head of the kernel's struct bpf_map_info (uapi/linux/bpf.h); the kernel fills what fits."""
 
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
-                ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
+    _fields_ = [("type", U32), ("id", U32), ("key_size", U32), ("value_size", U32), ("max_entries", U32),
+                ("map_flags", U32), ("name", ctypes.c_char * BPF_OBJ_NAME_LEN), ("ifindex", U32),
+                ("btf_vmlinux_value_type_id", U32), ("netns_dev", U64), ("netns_ino", U64), ("btf_id", U32),
+                ("btf_key_type_id", U32), ("btf_value_type_id", U32)]
+
+
+class BtfInfo(ctypes.Structure):
+    """The head of struct bpf_btf_info: where to copy the BTF object's raw bytes, and their size."""
+
+    _fields_ = [("btf", U64), ("btf_size", U32), ("id", U32)]
+
+
+class MapCreateAttr(ctypes.Structure):
+    """union bpf_attr for BPF_MAP_CREATE, up to btf_value_type_id (the kernel zeroes the rest)."""
+
+    _fields_ = [("map_type", U32), ("key_size", U32), ("value_size", U32), ("max_entries", U32),
+                ("map_flags", U32), ("inner_map_fd", U32), ("numa_node", U32),
+                ("map_name", ctypes.c_char * BPF_OBJ_NAME_LEN), ("map_ifindex", U32), ("btf_fd", U32),
+                ("btf_key_type_id", U32), ("btf_value_type_id", U32)]
+
+
+class BtfLoadAttr(ctypes.Structure):
+    """union bpf_attr for BPF_BTF_LOAD."""
+
+    _fields_ = [("btf", U64), ("btf_log_buf", U64), ("btf_size", U32), ("btf_log_size", U32),
+                ("btf_log_level", U32)]
+
+
+class GetFdByIdAttr(ctypes.Structure):
+    """union bpf_attr for BPF_*_GET_FD_BY_ID."""
+
+    _fields_ = [("id", U32), ("next_id", U32), ("open_flags", U32)]
 
 
 @cache
@@ -59,6 +99,24 @@ def library() -> Any:
     return lib
 
 
+@cache
+def _libc() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
+    """bpf(cmd, &attr, sizeof attr): the new fd (BpfError on failure)."""
+    number = SYS_BPF.get(platform.machine())
+    if number is None:
+        raise BpfError(errno.ENOSYS, f"{what}: no bpf(2) syscall number known for {platform.machine()}")
+    ctypes.set_errno(0)
+    result = _libc().syscall(ctypes.c_long(number), ctypes.c_int(cmd), ctypes.byref(attr),
+                             ctypes.c_uint(ctypes.sizeof(attr)))
+    return _check(int(result), what)
+
+
 def _check(result: int, what: str) -> int:
     if result >= 0:
         return result
@@ -71,6 +129,52 @@ def create_map(map_type: int, name: str, key_size: int, value_size: int, max_ent
     """A new map's fd."""
     return _check(library().bcc_create_map(map_type, name.encode()[:BPF_OBJ_NAME_LEN - 1], key_size, value_size,
                                            max_entries, flags), f"creating map {name}")
+
+
+def create_map_with_btf(map_type: int, name: str, key_size: int, value_size: int, max_entries: int, flags: int,
+                        btf_fd: int, key_type_id: int, value_type_id: int) -> int:
+    """A new map's fd, its key and value described by types of a loaded BTF object (some map types, such as
+    task storage, exist only so: the kernel checks the value's layout for them)."""
+    attr = MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size, max_entries=max_entries,
+                         map_flags=flags, map_name=name.encode()[:BPF_OBJ_NAME_LEN - 1], btf_fd=btf_fd,
+                         btf_key_type_id=key_type_id, btf_value_type_id=value_type_id)
+    return _bpf(BPF_MAP_CREATE, attr, f"creating map {name}")
+
+
+def load_btf(data: bytes) -> int:
+    """The fd of a BTF object loaded from its raw bytes (as :func:`btf_bytes` read them). On failure the
+    error carries the tail of the kernel's BTF log."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    attr = BtfLoadAttr(btf=ctypes.addressof(buf), btf_size=len(data))
+    try:
+        return _bpf(BPF_BTF_LOAD, attr, "loading BTF")
+    except BpfError as exc:
+        log = ctypes.create_string_buffer(1 << 20)
+        attr = BtfLoadAttr(btf=ctypes.addressof(buf), btf_size=len(data), btf_log_buf=ctypes.addressof(log),
+                           btf_log_size=ctypes.sizeof(log), btf_log_level=1)
+        with contextlib.suppress(BpfError):
+            os.close(_bpf(BPF_BTF_LOAD, attr, "loading BTF"))
+        tail = log.value.decode(errors="replace").strip().splitlines()[-4:]
+        code = exc.errno or errno.EINVAL
+        raise BpfError(code, f"loading BTF: {os.strerror(code)}; log: {' | '.join(tail)}") from None
+
+
+def btf_bytes(btf_id: int) -> bytes:
+    """The raw bytes of the loaded BTF object ``btf_id`` (header, types, strings), which :func:`load_btf`
+    takes back."""
+    fd = _bpf(BPF_BTF_GET_FD_BY_ID, GetFdByIdAttr(id=btf_id), f"opening BTF object {btf_id}")
+    try:
+        lib, info = library(), BtfInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        _check(lib.bpf_obj_get_info(fd, ctypes.byref(info), ctypes.byref(size)), "reading BTF info")
+        # Asked again with a buffer of the size the first call reported: the kernel copies the bytes into it.
+        buf = ctypes.create_string_buffer(info.btf_size)
+        info = BtfInfo(btf=ctypes.addressof(buf), btf_size=ctypes.sizeof(buf))
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        _check(lib.bpf_obj_get_info(fd, ctypes.byref(info), ctypes.byref(size)), "reading BTF bytes")
+        return buf.raw[:info.btf_size]
+    finally:
+        os.close(fd)
 
 
 def load_program(prog_type: int, name: str, insns: bytes, license: str, kern_version: int) -> int:
@@ -125,7 +229,7 @@ def delete(fd: int, key: Any) -> bool:
 
 
 def map_info(fd: int) -> MapInfo:
-    """What the kernel says about a map: type, sizes, max_entries, flags (the compile step records these)."""
+    """What the kernel says about a map: type, sizes, max_entries, flags, BTF (the compile step records these)."""
     info = MapInfo()
     size = ctypes.c_uint32(ctypes.sizeof(info))
     _check(library().bpf_obj_get_info(fd, ctypes.byref(info), ctypes.byref(size)), "reading map info")

@@ -81,7 +81,7 @@ def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
         from bcc.libbcc import lib
     except ImportError as exc:
         raise CompileError(f"{BCC_MISSING} ({exc})") from exc
-    from agent.probes.bpflib import map_info
+    from agent.probes.bpflib import btf_bytes, map_info
 
     class CompileOnly(bcc.BPF):  # type: ignore[misc,name-defined]
         def _trace_autoload(self) -> None:
@@ -98,13 +98,21 @@ def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
     lib.bpf_table_name.restype, lib.bpf_table_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_size_t]
     fd_names: dict[int, str] = {}
     maps = []
+    btf_ids = set()
     for index in range(lib.bpf_num_tables(module)):
         name = lib.bpf_table_name(module, index)
         fd = lib.bpf_table_fd(module, name)
         info = map_info(fd)
         fd_names[fd] = name.decode()
+        if info.btf_id:
+            btf_ids.add(info.btf_id)
         maps.append(MapSpec(name.decode(), info.type, info.key_size, info.value_size, info.max_entries,
-                            info.map_flags))
+                            info.map_flags, info.btf_key_type_id if info.btf_id else 0,
+                            info.btf_value_type_id if info.btf_id else 0))
+    # bcc loads one BTF object per module and creates every described map with it: the artifact keeps that one.
+    if len(btf_ids) > 1:
+        raise CompileError(f"the maps refer to {len(btf_ids)} BTF objects; the probe cache keeps one")
+    btf = btf_bytes(btf_ids.pop()) if btf_ids else b""
     programs = []
     for index in range(lib.bpf_num_functions(module)):
         name = lib.bpf_function_name(module, index).decode()
@@ -116,7 +124,7 @@ def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
     artifact = Artifact(key=key, license=license.decode() if license else "GPL",
                         kern_version=int(lib.bpf_module_kern_version(module)), maps=tuple(maps),
                         programs=tuple(sorted(programs, key=lambda p: p.name)),
-                        compiler=f"bcc {getattr(bcc, '__version__', '?')}")
+                        compiler=f"bcc {getattr(bcc, '__version__', '?')}", btf=btf)
     bpf.cleanup()
     return artifact
 

@@ -139,9 +139,7 @@ class Sensor:
             _expect(artifact, ring, BPF_MAP_TYPE_RINGBUF)
         started = time.monotonic()
         try:
-            for spec in artifact.maps:
-                self._maps[spec.name] = bpflib.create_map(spec.type, spec.name, spec.key_size, spec.value_size,
-                                                          spec.max_entries, spec.flags)
+            self._create_maps(artifact)
             for prog in artifact.programs:
                 self._programs[prog.name] = bpflib.load_program(prog.prog_type, prog.name, patch(prog, self._maps),
                                                                 artifact.license, artifact.kern_version)
@@ -165,6 +163,24 @@ class Sensor:
                              "kernel") from exc
         self.startup.update(load_s=round(loaded - started, 3), attach_s=round(time.monotonic() - loaded, 3),
                             compiler=artifact.compiler)
+
+    def _create_maps(self, artifact: Artifact) -> None:
+        """Every map of the artifact, those with BTF type ids against its BTF loaded once (the maps keep a
+        reference to it: our fd goes once they exist)."""
+        btf_fd = bpflib.load_btf(artifact.btf) if any(spec.uses_btf for spec in artifact.maps) else -1
+        try:
+            for spec in artifact.maps:
+                if spec.uses_btf:
+                    fd = bpflib.create_map_with_btf(spec.type, spec.name, spec.key_size, spec.value_size,
+                                                    spec.max_entries, spec.flags, btf_fd, spec.btf_key_type_id,
+                                                    spec.btf_value_type_id)
+                else:
+                    fd = bpflib.create_map(spec.type, spec.name, spec.key_size, spec.value_size, spec.max_entries,
+                                           spec.flags)
+                self._maps[spec.name] = fd
+        finally:
+            if btf_fd >= 0:
+                os.close(btf_fd)
 
     def _on_record(self, data: int, size: int) -> None:
         # Copy only: the buffer is the kernel's and is reused once we return.

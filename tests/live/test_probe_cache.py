@@ -17,6 +17,7 @@ from agent.probes.source import ProbeOptions
 
 pytestmark = pytest.mark.live
 
+BPF_MAP_TYPE_TASK_STORAGE = 29
 EXIT_ONLY = bytes([0x95, 0, 0, 0, 0, 0, 0, 0])  # "exit" with r0 never written: the verifier refuses it
 
 
@@ -70,7 +71,11 @@ def test_warm_start_loads_what_bcc_loads(root_only: None, tmp_path: Path) -> Non
         cold_probes, cold_tags = cold.attached(), cold.program_tags()
     finally:
         cold.close()
-    assert [name for name, _ in ProbeCache(str(tmp_path)).state().entries], "nothing was cached"
+    (entry, _), = ProbeCache(str(tmp_path)).state().entries
+    cached = loads((tmp_path / entry).read_bytes())
+    # The kernel creates task storage only with BTF for key and value: the warm start below needs what was kept.
+    assert cached.btf and cached.map("stash_slot").type == BPF_MAP_TYPE_TASK_STORAGE
+    assert cached.map("stash_slot").uses_btf
     warm = _start(tmp_path)
     try:
         assert warm.startup["compile"] == "cached"

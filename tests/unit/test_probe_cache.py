@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -15,6 +16,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.probes.artifact import (
+    BTF_HEADER,
+    FORMAT,
     MAGIC,
     Artifact,
     ArtifactError,
@@ -47,6 +50,13 @@ EXIT = insn(0x95)
 CALL = insn(0x85, imm=1)  # bpf_map_lookup_elem
 COMPILED = ld_map(1, 7) + MOV_R0_0 + ld_map(2, 9, src=2, value_offset=16) + CALL + ld_map(1, 7) + EXIT
 FDS = {7: "events", 9: "file_tail"}
+
+
+# A BTF object with one type, "int" (BTF_KIND_INT, 4 bytes, 32 bits, signed): header, types, strings.
+BTF_STRINGS = b"\0int\0"
+BTF_TYPES = struct.pack("<IIII", 1, 1 << 24, 4, (1 << 24) | 32)
+BTF = BTF_HEADER.pack(0xEB9F, 1, 0, BTF_HEADER.size, 0, len(BTF_TYPES), len(BTF_TYPES), len(BTF_STRINGS)) + \
+    BTF_TYPES + BTF_STRINGS
 
 
 def imm(insns: bytes, index: int) -> int:
@@ -99,6 +109,15 @@ def test_dumps_loads_round_trip() -> None:
     assert loads(dumps(original)) == original
 
 
+def test_dumps_loads_round_trip_with_btf() -> None:
+    """A task-storage map keeps its BTF type ids, and the artifact the BTF object they refer to."""
+    stash = MapSpec("stash_slot", 29, 4, 64, 0, 1, btf_key_type_id=1, btf_value_type_id=1)
+    original = artifact(maps=(*artifact().maps, stash), btf=BTF)
+    again = loads(dumps(original), KEY)
+    assert again == original
+    assert again.btf == BTF and again.map("stash_slot").uses_btf and not again.map("events").uses_btf
+
+
 def _rewrite_body(data: bytes, edit: object) -> bytes:
     """The artifact with its JSON body changed by ``edit`` and a correct checksum: only validation can refuse."""
     body = json.loads(data[len(MAGIC):].partition(b"\n")[2])
@@ -112,7 +131,11 @@ def _rewrite_body(data: bytes, edit: object) -> bytes:
     (lambda d: d[:-3] + bytes([d[-3] ^ 1]) + d[-2:], "checksum"),  # one bit flipped
     (lambda d: b"#" + d[1:], "header"),
     (lambda d: b"", "header"),
-    (lambda d: _rewrite_body(d, lambda b: b.update(format=2)), "format"),
+    (lambda d: _rewrite_body(d, lambda b: b.update(format=FORMAT + 1)), "format"),
+    (lambda d: _rewrite_body(d, lambda b: b.update(format=1)), "format 1"),  # before maps had BTF
+    (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(btf_value_type_id=3)), "has no BTF"),
+    (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(btf_key_type_id=-1)), "out-of-range"),
+    (lambda d: _rewrite_body(d, lambda b: b.pop("btf")), "malformed"),
     (lambda d: _rewrite_body(d, lambda b: b.update(key="cd" * 32)), "key mismatch"),
     (lambda d: _rewrite_body(d, lambda b: b["programs"][0].update(map_refs=[[0, "events"]])), "do not match"),
     (lambda d: _rewrite_body(d, lambda b: b["programs"][0].update(map_refs=[[0, "nope"], [3, "file_tail"],
@@ -128,6 +151,25 @@ def _rewrite_body(data: bytes, edit: object) -> bytes:
 def test_loads_refuses_corrupt_or_inconsistent_bytes(mutate: object, message: str) -> None:
     with pytest.raises(ArtifactError, match=message):
         loads(mutate(dumps(artifact())), KEY)  # type: ignore[operator]
+
+
+def _with_btf(data: bytes) -> bytes:
+    """A well-formed artifact (correct checksum) whose BTF is ``data``: only the BTF check can refuse it."""
+    encoded = base64.b64encode(data).decode()
+    return _rewrite_body(dumps(artifact()), lambda b: b.update(btf=encoded))
+
+
+@pytest.mark.parametrize("data, message", [
+    (BTF[:-1], "truncated or padded"),  # the string section cut short
+    (BTF + b"\0", "truncated or padded"),
+    (BTF[:BTF_HEADER.size - 1], "cannot hold"),
+    (b"\xeb\x9f" + BTF[2:], "bad header"),  # big-endian magic
+    (BTF[:4] + struct.pack("<I", len(BTF) + 1) + BTF[8:], "bad header"),  # header longer than the object
+])
+def test_loads_refuses_a_btf_object_of_the_wrong_length(data: bytes, message: str) -> None:
+    assert loads(_with_btf(BTF), KEY).btf == BTF
+    with pytest.raises(ArtifactError, match=message):
+        loads(_with_btf(data), KEY)
 
 
 def test_the_key_changes_with_text_flags_and_toolchain() -> None:
