@@ -314,8 +314,8 @@ def test_pip_attribution_from_a_pip_install_directory() -> None:
 def test_root_name_memo_agrees_with_the_patterns_and_stays_bounded(monkeypatch) -> None:
     """context_root_for skips the roots for names no root's patterns match, remembered per name: the answer is
     the unmemoized one, asked once or many times, and the memo never grows past its bound."""
-    import agent.detect.lists as lists_module
-    from agent.detect.lists import invocations
+    import agent.ruleset.lists as lists_module
+    from agent.ruleset.contexts import invocations
 
     def unmemoized(filename: str, argv: tuple[str, ...]) -> str | None:
         calls = invocations(filename, argv, LISTS.script_interpreters)
