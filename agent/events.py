@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from agent.compat import SLOTS
+
 # Event flags (header.flags). Shared with the kernel through agent.abi.
 FLAG_FILENAME_TRUNCATED = 1 << 0
 FLAG_ARGS_TRUNCATED = 1 << 1
@@ -22,7 +24,7 @@ FLAG_EXE_MEMFD = 1 << 7  # exec of a memfd: fileless
 FLAG_SENDTO = 1 << 8  # a connect record that is an unconnected UDP socket's first sendto to a destination
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Event:
     """Fields every event has (the kernel's common header)."""
 
@@ -52,7 +54,7 @@ class Event:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Exec(Event):
     """A successful execve/execveat: the process now runs ``filename`` with ``args``."""
 
@@ -82,7 +84,7 @@ class Exec(Event):
     exe_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Fork(Event):
     """A new process (not a thread). The header describes the child."""
 
@@ -90,7 +92,7 @@ class Fork(Event):
     parent_start_time: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Exit(Event):
     """The whole thread group has exited."""
 
@@ -98,7 +100,7 @@ class Exit(Event):
     exit_code: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Connect(Event):
     """connect(2) on an AF_INET/AF_INET6 socket, with its result (0 or -errno)."""
 
@@ -114,7 +116,7 @@ class Connect(Event):
     sock_id: str = ""  # "sock:INO", as in Exec.stdio_ids
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Accept(Event):
     """accept/accept4 returned a connected socket: a possible bind shell's peer."""
 
@@ -129,7 +131,7 @@ class Accept(Event):
     sock_id: str = ""  # the accepted socket, "sock:INO"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Listen(Event):
     """listen(2) on an inet socket."""
 
@@ -143,7 +145,7 @@ class Listen(Event):
     sock_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class SocketDup(Event):
     """An inet or unix socket was duplicated onto fd 0, 1 or 2 (dup, dup2, dup3, fcntl F_DUPFD)."""
 
@@ -159,7 +161,7 @@ class SocketDup(Event):
     sock_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class FileWrite(Event):
     """An open for write/create/truncate/append, or a rename/link, whose target is a persistence path."""
 
@@ -171,7 +173,7 @@ class FileWrite(Event):
     result: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class ModuleLoad(Event):
     """An attempt to load a kernel module (init_module/finit_module, or an insmod/modprobe exec)."""
 
@@ -182,7 +184,7 @@ class ModuleLoad(Event):
     args: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class FdOpen(Event):
     """A FIFO or a pty master was opened (the kernel's file, whatever path the caller used)."""
 
