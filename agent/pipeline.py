@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, Optional  # Optional: a runtime alias below, and `|` on types needs 3.10
 
 import structlog
 
@@ -25,7 +25,7 @@ MODULE_LOADERS: Final = frozenset({"insmod", "modprobe"})
 MULTICALL: Final = frozenset({"kmod", "busybox"})
 
 Consumer = Callable[[Event], None]
-Stage = Callable[[Event, Process | None], None]  # runs right after the process table, e.g. the context tagger
+Stage = Callable[[Event, Optional[Process]], None]  # runs right after the process table, e.g. the context tagger
 
 
 def module_load_from_exec(event: Exec) -> ModuleLoad | None:

@@ -607,7 +607,7 @@ class ControlServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError from 3.10 on; before, an OSError that is not one
                 continue
             except OSError:
                 break

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Union
 
 # PyYAML ships no type information and the project does not depend on types-PyYAML: without the stubs
 # the import is untyped, with them the ignore is unused. Everything from yaml is handled as Any below.
@@ -32,8 +32,8 @@ from agent.detect.catalog import DETECTORS
 if TYPE_CHECKING:
     from agent.detect.lists import Lists
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # a runtime alias: `|` on types needs 3.10
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 class Severity(IntEnum):
