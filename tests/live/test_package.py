@@ -141,6 +141,18 @@ def test_bundled_dependencies_run_on_the_oldest_python(packages) -> None:
         requires_python = email.message_from_string((info / "METADATA").read_text())["Requires-Python"] or ""
         floor = requires_python.replace(" ", "").split(",")[0]
         assert floor.startswith(">=3.") and int(floor[4:].split(".")[0]) <= 9, (info.name, requires_python)
+    # The packaged tree itself on Python 3.9: its launcher's path setup (-I, the bundled copies first), with
+    # psutil/msgpack/PyYAML from make test-py39's venv standing in for RHEL 9's python3-* packages.
+    venv = run(["bash", "scripts/test-py39.sh", "--venv"], cwd=REPO)
+    assert venv.returncode == 0, venv.stdout + venv.stderr
+    launcher = (deb_root / "usr/bin/chainwatch").read_text().replace("/usr/lib/chainwatch/python", str(lib))
+    code = launcher.replace("from agent.cli import main", "import structlog, tomli\nfrom agent.cli import main\n"
+                            "print(structlog.__file__, tomli.__file__)")
+    proc = run([str(REPO / ".cache/py39/bin/python"), "-I", "-c", code, "rules", "check"], cwd="/",
+               env={"PATH": "/usr/bin:/bin", "CHAINWATCH_SHARE": str(deb_root / "usr/share/chainwatch")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"{lib}/structlog/__init__.py {lib}/tomli/__init__.py\n"), proc.stdout
+    assert "rules OK" in proc.stdout and "Sigma rules not checked" in proc.stderr and "3.11" in proc.stderr
     rpm_files = set(run(["rpm", "-qpl", str(packages.rpm)]).stdout.split())
     assert {f"/usr/lib/chainwatch/python/{i.name}/METADATA" for i in infos} <= rpm_files
     assert "python3 (>= 3.9)" in run(["dpkg-deb", "-f", str(packages.deb), "Depends"]).stdout
