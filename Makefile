@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup run test test-unit lint fmt gen clean bench bench-setup bench-latency deb rpm
+.PHONY: setup run test test-unit test-py39 lint fmt gen clean bench bench-setup bench-latency deb rpm
 
 setup:
 	@bash scripts/setup.sh
@@ -11,8 +11,12 @@ setup:
 run: setup
 	$(VENV)/bin/chainwatch run $(ARGS)
 
-test: setup lint
+test: setup lint test-py39
 	CHAINWATCH_REQUIRE_LIVE=1 $(PY) -m pytest -q tests
+
+# The pure tests on Python 3.9, the oldest chainwatch runs on (RHEL 9); pyenv's 3.9 or PY39=/path/to/python3.9.
+test-py39:
+	bash scripts/test-py39.sh
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit tests/replay

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from agent.context import Context, attribution
@@ -38,7 +38,7 @@ def boot_to_wall_offset_ns() -> int:
 
 def iso(ns: int) -> str:
     """RFC 3339 UTC with microseconds."""
-    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _process_fields(host: Host, proc: Process | None, key: ProcessKey, comm: str) -> dict[str, Any]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+from agent.compat import tomllib
 
 
 class ConfigError(ValueError):

@@ -14,7 +14,8 @@ import structlog
 
 from agent.alerts import Host, boot_to_wall_offset_ns
 from agent.assemble import assemble
-from agent.config import Config
+from agent.compat import sigma_missing
+from agent.config import Config, ConfigError
 from agent.events import Event
 from agent.health import SensorHealth
 from agent.lineage.seed import seed_events
@@ -211,6 +212,9 @@ def load_sigma_dirs(directories: list[str]) -> SigmaRules | None:
     rules chainwatch cannot evaluate are logged, in one line, with file, line and reason."""
     if not directories:
         return None
+    missing = sigma_missing()
+    if missing is not None:
+        raise ConfigError(f"detection.sigma_dirs = {directories}: {missing}")
     from agent.sigma import load_sigma
 
     sigma = load_sigma(directories)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.compat import sigma_missing
 from agent.config import Config
 from agent.probes.offsets import VMLINUX_BTF, WANTED, headers_dir
 from agent.probes.source import detect_features
@@ -109,6 +110,8 @@ def _checks() -> list[Check]:
     except ImportError:
         out.append(Check("bcc", False, "python3-bpfcc not importable: apt-get install python3-bpfcc and use a venv "
                                        "made with --system-site-packages"))
+    missing = sigma_missing()
+    out.append(Check("sigma", None, missing or "pySigma importable: detection.sigma_dirs can load Sigma rules"))
     return out
 
 

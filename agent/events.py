@@ -11,6 +11,8 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from agent.compat import SLOTS
+
 # Event flags (header.flags). Shared with the kernel through agent.abi.
 FLAG_FILENAME_TRUNCATED = 1 << 0
 FLAG_ARGS_TRUNCATED = 1 << 1
@@ -23,7 +25,7 @@ FLAG_EXE_MEMFD = 1 << 7  # exec of a memfd: fileless
 FLAG_SENDTO = 1 << 8  # a connect record that is an unconnected UDP socket's first sendto to a destination
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Event:
     """Fields every event has (the kernel's common header)."""
 
@@ -53,7 +55,7 @@ class Event:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Exec(Event):
     """A successful execve/execveat: the process now runs ``filename`` with ``args``."""
 
@@ -83,7 +85,7 @@ class Exec(Event):
     exe_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Fork(Event):
     """A new process (not a thread). The header describes the child."""
 
@@ -91,7 +93,7 @@ class Fork(Event):
     parent_start_time: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Exit(Event):
     """The whole thread group has exited."""
 
@@ -99,7 +101,7 @@ class Exit(Event):
     exit_code: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Connect(Event):
     """connect(2) on an AF_INET/AF_INET6 socket, with its result (0 or -errno)."""
 
@@ -115,7 +117,7 @@ class Connect(Event):
     sock_id: str = ""  # "sock:INO", as in Exec.stdio_ids
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Accept(Event):
     """accept/accept4 returned a connected socket: a possible bind shell's peer."""
 
@@ -130,7 +132,7 @@ class Accept(Event):
     sock_id: str = ""  # the accepted socket, "sock:INO"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Listen(Event):
     """listen(2) on an inet socket."""
 
@@ -144,7 +146,7 @@ class Listen(Event):
     sock_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class SocketDup(Event):
     """An inet or unix socket was duplicated onto fd 0, 1 or 2 (dup, dup2, dup3, fcntl F_DUPFD)."""
 
@@ -160,7 +162,7 @@ class SocketDup(Event):
     sock_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class FileWrite(Event):
     """An open for write/create/truncate/append, or a rename/link, whose target is a persistence path."""
 
@@ -179,7 +181,7 @@ def normalize_path(path: str) -> str:
     return "/" + out.lstrip("/")  # normpath keeps a leading "//"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class ModuleLoad(Event):
     """An attempt to load a kernel module (init_module/finit_module, or an insmod/modprobe exec)."""
 
@@ -190,7 +192,7 @@ class ModuleLoad(Event):
     args: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class FdOpen(Event):
     """A FIFO or a pty master was opened (the kernel's file, whatever path the caller used)."""
 

@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import structlog
@@ -308,7 +308,7 @@ class IncidentMemory:
 
 def _wall_ns(timestamp: str) -> int:
     try:
-        return int(datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp() * 1e9)
+        return int(datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1e9)
     except (TypeError, ValueError):
         return time.time_ns()
 
@@ -607,7 +607,7 @@ class ControlServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError from 3.10 on; before, an OSError that is not one
                 continue
             except OSError:
                 break

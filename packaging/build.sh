@@ -2,7 +2,7 @@
 # `make deb` / `make rpm`: chainwatch packages from this checkout, with the distro's own tools (dpkg-deb,
 # rpmbuild). Both are made from one staged tree:
 #   /usr/bin/chainwatch                  launcher (system python3 -I, the bundled code first on sys.path)
-#   /usr/lib/chainwatch/python/          the agent and its pure-Python dependency (structlog), offline
+#   /usr/lib/chainwatch/python/          the agent and its pure-Python dependencies (structlog, tomli), offline
 #   /usr/share/chainwatch/{rules,bpf}    found by agent/resources.py
 #   /etc/chainwatch/chainwatch.toml      conffile; /etc/logrotate.d/chainwatch
 #   systemd unit, README
@@ -14,7 +14,6 @@ kind=${1:?usage: build.sh deb|rpm}
 out=$(realpath -m "${DIST:-dist}")
 upstream=$(/usr/bin/python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 release=1
-site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 work=build/pkg/$kind
 stage=$work/stage
 rm -rf "$work"
@@ -28,12 +27,27 @@ copy_tree() {  # copy_tree SRC DEST: without byte-code or editor/test leftovers
 lib=$stage/usr/lib/chainwatch/python
 install -D -m 0755 packaging/bin/chainwatch "$stage/usr/bin/chainwatch"
 copy_tree agent "$lib"
-# Exactly the structlog the tests ran with (from .venv), with its licence files.
-for dep in structlog; do
-    copy_tree "$site/$dep" "$lib"
-    for info in "$site/$dep"-*.dist-info; do copy_tree "$info" "$lib"; done
-done
-rm -f "$lib"/*.dist-info/direct_url.json "$lib"/*.dist-info/INSTALLER
+# The pure-Python dependencies, as wheels for the OLDEST Python the package installs on (python3 >= 3.9:
+# RHEL 9's 3.9, Ubuntu 22.04's 3.10; newer ones run them too), with their licence files. One noarch package
+# then serves every target: the interpreter-specific part (byte-code) is made by postinst/%post with the
+# target's own python3. tomli is used only before 3.11 (agent/compat.py). `make test-py39` runs the tests
+# with the same requirements on 3.9. The versions come from pyproject.toml (one home).
+bundled=$(/usr/bin/python3 - <<'PY'
+import re, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+for dep in deps:
+    if re.match(r"(structlog|tomli)\b", dep):
+        print(dep.split(";")[0].strip())
+PY
+)
+# `pip download` honours the wheels' Requires-Python for --python-version (`pip install --target` does not).
+wheels=$work/wheels
+# shellcheck disable=SC2086  # one requirement per word
+.venv/bin/pip download -q --disable-pip-version-check --no-deps -d "$wheels" \
+    --only-binary=:all: --python-version 3.9 --implementation py --abi none --platform any $bundled
+.venv/bin/pip install -q --disable-pip-version-check --no-compile --no-deps --no-index --target "$lib" "$wheels"/*.whl
+rm -rf "$lib"/bin
+rm -f "$lib"/*.dist-info/direct_url.json "$lib"/*.dist-info/INSTALLER "$lib"/*.dist-info/REQUESTED
 copy_tree rules "$stage/usr/share/chainwatch"
 copy_tree bpf "$stage/usr/share/chainwatch"
 install -D -m 0644 packaging/chainwatch.toml "$stage/etc/chainwatch/chainwatch.toml"

@@ -196,7 +196,7 @@ class StdioGraph:
                     if not holders:
                         del self.holders[end]
         node.stdio, node.peers = stdio, peers
-        for end, peer in zip(stdio, peers, strict=False):
+        for end, peer in zip(stdio, peers):
             if is_channel(end):
                 self.holders.setdefault(end, set()).add(node.key)
             if peer:

@@ -18,6 +18,7 @@ import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from agent.compat import SLOTS
 from agent.config import LineageConfig
 from agent.events import FLAG_SEEDED, Event, Exec, Exit, Fork
 from agent.lineage.identity import ProcessKey, process_key
@@ -42,7 +43,7 @@ EARLY_EXIT_CAP = 4096
 _COMPACT_SLACK = 1024
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Process:
     """One process (a thread group) as the sensor knows it.
 

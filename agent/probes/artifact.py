@@ -210,7 +210,7 @@ def _validate(artifact: Artifact) -> None:
         loads = _map_loads(p.insns)
         if [index for index, _ in p.map_refs] != [index for index, _, _ in loads]:
             raise ArtifactError(f"program {p.name}: the map references do not match its ld_imm64 instructions")
-        for (index, name), (_, src, imm) in zip(p.map_refs, loads, strict=True):
+        for (index, name), (_, src, imm) in zip(p.map_refs, loads):  # equal lengths: checked just above
             if src not in MAP_PSEUDOS or imm != 0 or name not in names:
                 raise ArtifactError(f"program {p.name}: instruction {index} is not a relocatable reference to a "
                                     "known map")

@@ -128,7 +128,7 @@ class ContextRoot:
         words = [a for a in args if not a.startswith("-")][:3]
         if not words:
             return self.bare
-        said = set(words) | {f"{a} {b}" for a, b in zip(words, words[1:], strict=False)}
+        said = set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
         return not said.isdisjoint(self.subcommands)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from typing import Union
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # a runtime alias: `|` on types needs 3.10
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 def parse_ip(addr: str) -> IPAddress | None:

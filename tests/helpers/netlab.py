@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from pyroute2 import IPRoute, NetNS, netns
 
@@ -754,7 +754,7 @@ class NetLab:
         if errors:
             raise NetLabError(f"NetLab cleanup problems: {errors!r}") from errors[0]
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> NetLab:  # not typing.Self: the Vagrant boxes run this on Python 3.9
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -104,12 +104,56 @@ def test_rpm_lists_the_files_and_dependencies(packages) -> None:
         assert want in files, want
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     requires = run(["rpm", "-qpR", str(packages.rpm)]).stdout
-    for want in ("python3-bcc", "python3 >= 3.11", "python3-psutil", "python3-msgpack", "python3-pyyaml"):
+    for want in ("python3-bcc", "python3 >= 3.9", "python3-psutil", "python3-msgpack", "python3-pyyaml"):
         assert want in requires, requires
     assert "bpfcc" not in requires and "kernel-devel" not in requires  # headers: Recommends only
     assert "kernel-devel" in run(["rpm", "-qp", "--recommends", str(packages.rpm)]).stdout
     config = run(["rpm", "-qpc", str(packages.rpm)]).stdout.split()
     assert CONFIG in config
+
+
+def test_rpm_erase_removes_state_and_logs(packages) -> None:
+    """rpm has no purge: erasing (not upgrading: $1 is 0 only then) stops and disables the service and removes
+    state and logs; the config goes too unless changed (rpm keeps a changed one as .rpmsave)."""
+    import re
+
+    parts = re.split(r"^(\w+) scriptlet \(using [^)]*\):$", run(["rpm", "-qp", "--scripts", str(packages.rpm)]).stdout,
+                     flags=re.M)
+    scripts = dict(zip(parts[1::2], parts[2::2]))
+    preun, postun = scripts["preuninstall"], scripts["postuninstall"]
+    assert '[ "$1" -eq 0 ]' in preun and "systemctl disable --now chainwatch.service" in preun, preun
+    erase = postun.split('if [ "$1" -eq 0 ]; then')[1].split("\nfi")[0]
+    assert "rm -rf /var/lib/chainwatch /var/log/chainwatch" in erase, postun
+
+
+def test_bundled_dependencies_run_on_the_oldest_python(packages) -> None:
+    """The .deb and the .rpm carry the same pure-Python wheels, each made for python3 >= 3.9 (RHEL 9)."""
+    import email
+
+    deb_root = packages.dist / "deb-root"
+    run(["dpkg-deb", "-x", str(packages.deb), str(deb_root)])
+    lib = deb_root / "usr/lib/chainwatch/python"
+    infos = sorted(lib.glob("*.dist-info"))
+    assert {i.name.split("-")[0] for i in infos} == {"structlog", "tomli"}, infos
+    for info in infos:
+        requires_python = email.message_from_string((info / "METADATA").read_text())["Requires-Python"] or ""
+        floor = requires_python.replace(" ", "").split(",")[0]
+        assert floor.startswith(">=3.") and int(floor[4:].split(".")[0]) <= 9, (info.name, requires_python)
+    # The packaged tree itself on Python 3.9: its launcher's path setup (-I, the bundled copies first), with
+    # psutil/msgpack/PyYAML from make test-py39's venv standing in for RHEL 9's python3-* packages.
+    venv = run(["bash", "scripts/test-py39.sh", "--venv"], cwd=REPO)
+    assert venv.returncode == 0, venv.stdout + venv.stderr
+    launcher = (deb_root / "usr/bin/chainwatch").read_text().replace("/usr/lib/chainwatch/python", str(lib))
+    code = launcher.replace("from agent.cli import main", "import structlog, tomli\nfrom agent.cli import main\n"
+                            "print(structlog.__file__, tomli.__file__)")
+    proc = run([str(REPO / ".cache/py39/bin/python"), "-I", "-c", code, "rules", "check"], cwd="/",
+               env={"PATH": "/usr/bin:/bin", "CHAINWATCH_SHARE": str(deb_root / "usr/share/chainwatch")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"{lib}/structlog/__init__.py {lib}/tomli/__init__.py\n"), proc.stdout
+    assert "rules OK" in proc.stdout and "Sigma rules not checked" in proc.stderr and "3.11" in proc.stderr
+    rpm_files = set(run(["rpm", "-qpl", str(packages.rpm)]).stdout.split())
+    assert {f"/usr/lib/chainwatch/python/{i.name}/METADATA" for i in infos} <= rpm_files
+    assert "python3 (>= 3.9)" in run(["dpkg-deb", "-f", str(packages.deb), "Depends"]).stdout
 
 
 def test_deb_metadata(packages) -> None:

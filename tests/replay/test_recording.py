@@ -52,7 +52,7 @@ def test_round_trip_every_type() -> None:
     back = list(rec.events)
     assert back == SAMPLES
     assert [type(e) for e in back] == [type(e) for e in SAMPLES]
-    assert all(isinstance(e.args, tuple) for e in back if isinstance(e, ev.Exec | ev.ModuleLoad))
+    assert all(isinstance(e.args, tuple) for e in back if isinstance(e, (ev.Exec, ev.ModuleLoad)))
     assert rec.errors == []
 
 

@@ -117,7 +117,7 @@ class JournalReceiver(Receiver):
         while not self._stop.is_set():
             try:
                 data, ancdata, _, _ = self._sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * fds.itemsize))
-            except TimeoutError:
+            except socket.timeout:  # = TimeoutError from 3.10 on
                 continue
             try:
                 for level, kind, payload in ancdata:
@@ -174,7 +174,7 @@ def read_octet_counted(conn: socket.socket, stop: threading.Event) -> Iterator[b
             buf = buf[space + 1 + size:]
         try:
             chunk = conn.recv(65536)
-        except TimeoutError:
+        except socket.timeout:  # = TimeoutError from 3.10 on
             continue
         except OSError:
             return
@@ -228,7 +228,7 @@ class SyslogReceiver(Receiver):
         while not self._stop.is_set():
             try:
                 data = self._sock.recv(1 << 17)
-            except TimeoutError:
+            except socket.timeout:  # = TimeoutError from 3.10 on
                 continue
             self._parse(data)
 
@@ -243,7 +243,7 @@ class SyslogReceiver(Receiver):
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except TimeoutError:
+            except socket.timeout:  # = TimeoutError from 3.10 on
                 continue
             except OSError:
                 return

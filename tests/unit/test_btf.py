@@ -364,7 +364,7 @@ def _corrupt(data: bytes, **fields: int) -> bytes:
         "str_off",
         "str_len",
     ]
-    values = dict(zip(names, struct.unpack_from("<HBBIIIII", data, 0), strict=True))
+    values = dict(zip(names, struct.unpack_from("<HBBIIIII", data, 0)))  # 8 names, 8 fields
     values.update(fields)
     return struct.pack("<HBBIIIII", *(values[n] for n in names)) + data[24:]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC
+from datetime import timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -159,7 +159,7 @@ def _alerts() -> st.SearchStrategy[dict[str, Any]]:
     proc = st.fixed_dictionaries({"pid": st.integers(0, 2**22), "name": text}, optional={**parts, "parent": parent})
     endpoint = st.fixed_dictionaries({"ip": st.ip_addresses().map(str), "port": st.integers(0, 65535)})
     return st.fixed_dictionaries(
-        {"@timestamp": st.datetimes(timezones=st.just(UTC)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
+        {"@timestamp": st.datetimes(timezones=st.just(timezone.utc)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
          "event": st.fixed_dictionaries({"kind": st.just("alert"), "id": text,
                                          "severity": st.sampled_from([21, 47, 73, 99])},
                                         optional={"reason": text, "category": st.lists(text, max_size=2)}),
