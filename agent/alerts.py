@@ -43,12 +43,25 @@ def iso(ns: int) -> str:
 
 def _process_fields(host: Host, proc: Process | None, key: ProcessKey, comm: str) -> dict[str, Any]:
     exe = proc.filename if proc else ""
-    return {"pid": key.pid, "entity_id": entity_id(host.id, key),
-            "name": os.path.basename(exe) if exe else comm, "executable": exe}
+    return {
+        "pid": key.pid,
+        "entity_id": entity_id(host.id, key),
+        "name": os.path.basename(exe) if exe else comm,
+        "executable": exe,
+    }
 
 
-def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: int, signals: Sequence[Signal],
-                trigger: Signal, boot_offset_ns: int, context: Context | None = None) -> dict[str, Any]:
+def build_alert(
+    *,
+    host: Host,
+    table: ProcessTable,
+    incident_id: str,
+    severity: int,
+    signals: Sequence[Signal],
+    trigger: Signal,
+    boot_offset_ns: int,
+    context: Context | None = None,
+) -> dict[str, Any]:
     """One alert line for an incident, focused on the process of ``trigger``, in install/CI ``context``."""
     proc = table.get(trigger.key)
     process = _process_fields(host, proc, trigger.key, trigger.event.comm)
@@ -63,8 +76,13 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
     lead = max(signals, key=lambda s: s.rule.severity_score).rule
     doc: dict[str, Any] = {
         "@timestamp": iso(trigger.event.ktime + boot_offset_ns),
-        "event": {"kind": "alert", "id": str(uuid.uuid4()), "severity": severity, "reason": trigger.reason,
-                  "category": sorted({c for s in signals for c in CATEGORIES.get(s.detector, ("process",))})},
+        "event": {
+            "kind": "alert",
+            "id": str(uuid.uuid4()),
+            "severity": severity,
+            "reason": trigger.reason,
+            "category": sorted({c for s in signals for c in CATEGORIES.get(s.detector, ("process",))}),
+        },
         "rule": {"id": lead.id, "name": lead.name, "ruleset": lead.ruleset},
         "host": {"hostname": host.hostname, "id": host.id},
         "process": process,
@@ -75,8 +93,9 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
             "incident": {"id": incident_id},
             "signals": sorted({s.detector for s in signals}),
             "rules": sorted(r.name for r in rules.values()),
-            "ancestry": [{"pid": p.pid, "name": os.path.basename(p.filename) or p.comm, "args": list(p.args)}
-                         for p in ancestry],
+            "ancestry": [
+                {"pid": p.pid, "name": os.path.basename(p.filename) or p.comm, "args": list(p.args)} for p in ancestry
+            ],
             "event_ktime": trigger.event.ktime,
             # Every C2 endpoint and persistence file of the incident so far, for IOC tracking and cleanup.
             "artifacts": {
@@ -106,14 +125,24 @@ def build_alert(*, host: Host, table: ProcessTable, incident_id: str, severity: 
 class AlertBuilder:
     """Turns each incident update that detection emits into its alert document and hands it to ``out``."""
 
-    def __init__(self, host: Host, table: ProcessTable, boot_offset_ns: int,
-                 out: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self, host: Host, table: ProcessTable, boot_offset_ns: int, out: Callable[[dict[str, Any]], None]
+    ) -> None:
         self.host = host
         self.table = table
         self.boot_offset_ns = boot_offset_ns
         self.out = out
 
     def __call__(self, update: IncidentUpdate) -> None:
-        self.out(build_alert(host=self.host, table=self.table, incident_id=update.incident_id,
-                             severity=update.severity, signals=update.signals, trigger=update.trigger,
-                             boot_offset_ns=self.boot_offset_ns, context=update.context))
+        self.out(
+            build_alert(
+                host=self.host,
+                table=self.table,
+                incident_id=update.incident_id,
+                severity=update.severity,
+                signals=update.signals,
+                trigger=update.trigger,
+                boot_offset_ns=self.boot_offset_ns,
+                context=update.context,
+            )
+        )

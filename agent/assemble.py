@@ -32,11 +32,21 @@ class KernelContexts(Protocol):
     def write_context(self, pid: int, start_time: int, context: int, root_pid: int, root_start: int) -> None: ...
 
 
-def assemble(ruleset: RuleSet | None, table: ProcessTable, sinks: Sequence[AlertOut] = (), *,
-             host: Host, boot_offset_ns: int = 0, kernel: KernelContexts | None = None,
-             module_loads_from_exec: bool = False, sigma: SigmaRules | None = None, exe_identity: bool = False,
-             respond: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-             taps: Iterable[Consumer] = (), consumers: Iterable[Consumer] = ()) -> Pipeline:
+def assemble(
+    ruleset: RuleSet | None,
+    table: ProcessTable,
+    sinks: Sequence[AlertOut] = (),
+    *,
+    host: Host,
+    boot_offset_ns: int = 0,
+    kernel: KernelContexts | None = None,
+    module_loads_from_exec: bool = False,
+    sigma: SigmaRules | None = None,
+    exe_identity: bool = False,
+    respond: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    taps: Iterable[Consumer] = (),
+    consumers: Iterable[Consumer] = (),
+) -> Pipeline:
     """The pipeline for ``table``: with a ruleset, context tagging and detection whose alerts (``host``'s, at
     ``boot_offset_ns`` from CLOCK_BOOTTIME to Unix time) go through ``respond`` to every sink; without one, only
     the process table, ``taps`` and ``consumers`` (replay without --alerts).
@@ -59,10 +69,21 @@ def assemble(ruleset: RuleSet | None, table: ProcessTable, sinks: Sequence[Alert
         from agent.sigma import SigmaDetector  # pySigma is imported only when Sigma rules are loaded
 
         sources.append(SigmaDetector(sigma, table))
-    engine = DetectionEngine(ruleset, table, AlertBuilder(host, table, boot_offset_ns, deliver), sources=sources,
-                             exe_identity=for_lists(ruleset.lists) if exe_identity else None)
+    engine = DetectionEngine(
+        ruleset,
+        table,
+        AlertBuilder(host, table, boot_offset_ns, deliver),
+        sources=sources,
+        exe_identity=for_lists(ruleset.lists) if exe_identity else None,
+    )
     if kernel is not None:
         kernel.set_context_executables(ruleset.lists.kernel_context_names())
     tagger = ContextTagger(ruleset.lists, table, kernel.write_context if kernel is not None else None)
-    return Pipeline(table, module_loads_from_exec=module_loads_from_exec, taps=taps, consumers=consumers,
-                    tagger=tagger, detection=engine)
+    return Pipeline(
+        table,
+        module_loads_from_exec=module_loads_from_exec,
+        taps=taps,
+        consumers=consumers,
+        tagger=tagger,
+        detection=engine,
+    )

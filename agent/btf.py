@@ -108,9 +108,7 @@ _TRAILING_WORDS: dict[int, tuple[int, int]] = {
 }
 
 # Kinds that only qualify another type; offsetof/dotted paths look through them.
-_MODIFIER_KINDS = frozenset(
-    {KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG}
-)
+_MODIFIER_KINDS = frozenset({KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG})
 _COMPOSITE_KINDS = frozenset({KIND_STRUCT, KIND_UNION})
 
 # Guards against reference cycles / absurd nesting in corrupt blobs.
@@ -162,69 +160,49 @@ class Btf:
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> Btf:
         """Parse an in-memory BTF blob; ``source`` names it in error messages."""
         if len(data) < 4:
-            raise BtfError(
-                f"{source}: truncated BTF header ({len(data)} bytes, need {_HEADER_MIN_LEN})"
-            )
+            raise BtfError(f"{source}: truncated BTF header ({len(data)} bytes, need {_HEADER_MIN_LEN})")
         (magic_le,) = struct.unpack_from("<H", data, 0)
         if magic_le == BTF_MAGIC:
             endian = "<"
         elif magic_le == 0x9FEB:
             endian = ">"
         else:
-            raise BtfError(
-                f"{source}: not a BTF blob (bad magic 0x{magic_le:04x}, expected 0x{BTF_MAGIC:04x})"
-            )
+            raise BtfError(f"{source}: not a BTF blob (bad magic 0x{magic_le:04x}, expected 0x{BTF_MAGIC:04x})")
         if len(data) < _HEADER_MIN_LEN:
-            raise BtfError(
-                f"{source}: truncated BTF header ({len(data)} bytes, need {_HEADER_MIN_LEN})"
-            )
-        _magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = (
-            struct.unpack_from(endian + "HBBIIIII", data, 0)
+            raise BtfError(f"{source}: truncated BTF header ({len(data)} bytes, need {_HEADER_MIN_LEN})")
+        _magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
+            endian + "HBBIIIII", data, 0
         )
         if version != BTF_VERSION:
-            raise BtfError(
-                f"{source}: unsupported BTF version {version} (expected {BTF_VERSION})"
-            )
+            raise BtfError(f"{source}: unsupported BTF version {version} (expected {BTF_VERSION})")
         if hdr_len < _HEADER_MIN_LEN or hdr_len > len(data):
-            raise BtfError(
-                f"{source}: invalid BTF header length {hdr_len} (blob is {len(data)} bytes)"
-            )
+            raise BtfError(f"{source}: invalid BTF header length {hdr_len} (blob is {len(data)} bytes)")
         type_start = hdr_len + type_off
         type_end = type_start + type_len
         str_start = hdr_len + str_off
         str_end = str_start + str_len
         if type_end > len(data):
             raise BtfError(
-                f"{source}: BTF type section [{type_start}, {type_end}) extends past end "
-                f"of data ({len(data)} bytes)"
+                f"{source}: BTF type section [{type_start}, {type_end}) extends past end of data ({len(data)} bytes)"
             )
         if str_end > len(data):
             raise BtfError(
-                f"{source}: BTF string section [{str_start}, {str_end}) extends past end "
-                f"of data ({len(data)} bytes)"
+                f"{source}: BTF string section [{str_start}, {str_end}) extends past end of data ({len(data)} bytes)"
             )
         if type_len % 4:
-            raise BtfError(
-                f"{source}: BTF type section length {type_len} is not a multiple of 4"
-            )
+            raise BtfError(f"{source}: BTF type section length {type_len} is not a multiple of 4")
 
         words: array[int] = array("I")
-        if (
-            words.itemsize != 4
-        ):  # pragma: no cover - every mainstream platform has 4-byte "I"
+        if words.itemsize != 4:  # pragma: no cover - every mainstream platform has 4-byte "I"
             words = array("L")
             if words.itemsize != 4:
-                raise BtfError(
-                    f"{source}: no 32-bit unsigned array type on this platform"
-                )
+                raise BtfError(f"{source}: no 32-bit unsigned array type on this platform")
         words.frombytes(data[type_start:type_end])
         if (endian == "<") != (sys.byteorder == "little"):
             words.byteswap()
 
         type_offsets, composite_ids = _scan_types(words, source)
-        return cls(
-            words, bytes(data[str_start:str_end]), type_offsets, composite_ids, source
-        )
+        return cls(words, bytes(data[str_start:str_end]), type_offsets, composite_ids, source)
 
     # ------------------------------------------------------------------ basics
 
@@ -236,9 +214,7 @@ class Btf:
     def _record(self, type_id: int) -> int:
         """Word index of type ``type_id``'s record; raises for void/out-of-range ids."""
         if type_id <= 0 or type_id >= len(self._type_offsets):
-            raise BtfError(
-                f"{self.source}: reference to type id {type_id} outside 1..{self.type_count}"
-            )
+            raise BtfError(f"{self.source}: reference to type id {type_id} outside 1..{self.type_count}")
         return self._type_offsets[type_id]
 
     def _kind(self, type_id: int) -> int:
@@ -254,10 +230,7 @@ class Btf:
             return cached
         strings = self._strings
         if name_off >= len(strings):
-            raise BtfError(
-                f"{self.source}: string offset {name_off} outside string section "
-                f"({len(strings)} bytes)"
-            )
+            raise BtfError(f"{self.source}: string offset {name_off} outside string section ({len(strings)} bytes)")
         end = strings.find(b"\0", name_off)
         if end < 0:
             raise BtfError(f"{self.source}: unterminated string at offset {name_off}")
@@ -287,9 +260,7 @@ class Btf:
             if (words[off + 1] >> 24) & 0x1F not in _MODIFIER_KINDS:
                 return type_id
             type_id = words[off + 2]
-        raise BtfError(
-            f"{self.source}: modifier chain too deep (cycle?) at type id {type_id}"
-        )
+        raise BtfError(f"{self.source}: modifier chain too deep (cycle?) at type id {type_id}")
 
     # ------------------------------------------------------------------ lookup
 
@@ -334,27 +305,21 @@ class Btf:
         if first_def is not None:
             return first_def
         if saw_fwd:
-            raise BtfError(
-                f"{self.source}: struct {bare} is only forward-declared in BTF"
-            )
+            raise BtfError(f"{self.source}: struct {bare} is only forward-declared in BTF")
         raise BtfError(f"{self.source}: struct {bare} not found in BTF")
 
     def sizeof(self, struct: str) -> int:
         """Size in bytes of the struct/union called ``struct``."""
         return self._words[self._record(self.find_struct(struct)) + 2]
 
-    def _find_member(
-        self, comp_id: int, member: str, depth: int = 0
-    ) -> tuple[int, int, int] | None:
+    def _find_member(self, comp_id: int, member: str, depth: int = 0) -> tuple[int, int, int] | None:
         """Find ``member`` in composite ``comp_id``, descending into anonymous members.
 
         Returns ``(bit_offset, bitfield_size, member_type_id)`` with the bit
         offset accumulated across anonymous levels, or ``None`` if absent.
         """
         if depth > _MAX_DEPTH:
-            raise BtfError(
-                f"{self.source}: anonymous member nesting too deep at type id {comp_id}"
-            )
+            raise BtfError(f"{self.source}: anonymous member nesting too deep at type id {comp_id}")
         words = self._words
         off = self._record(comp_id)
         info = words[off + 1]
@@ -410,9 +375,7 @@ class Btf:
         """
         parts = member_path.split(".")
         if not member_path or any(not p.strip() for p in parts):
-            raise BtfError(
-                f"{self.source}: invalid member path {member_path!r} for struct {struct}"
-            )
+            raise BtfError(f"{self.source}: invalid member path {member_path!r} for struct {struct}")
         comp_id = self.find_struct(struct)
         where = struct
         total_bits = 0
@@ -433,8 +396,7 @@ class Btf:
             found = self._find_member(comp_id, part)
             if found is None:
                 raise BtfError(
-                    f"{self.source}: struct {where} has no member {part!r} "
-                    f"(resolving {struct}.{member_path})"
+                    f"{self.source}: struct {where} has no member {part!r} (resolving {struct}.{member_path})"
                 )
             bits, bitfield, member_type = found
             if bitfield or self._is_int_bitfield(member_type) or bits % 8:
@@ -459,16 +421,14 @@ def _scan_types(words: array[int], source: str) -> tuple[list[int], list[int]]:
     while pos < n:
         if pos + 3 > n:
             raise BtfError(
-                f"{source}: truncated BTF type record at type section offset {pos * 4} "
-                f"(type id {type_id + 1})"
+                f"{source}: truncated BTF type record at type section offset {pos * 4} (type id {type_id + 1})"
             )
         info = words[pos + 1]
         kind = (info >> 24) & 0x1F
         sizes = trailing[kind]
         if sizes is None:
             raise BtfError(
-                f"{source}: unknown BTF kind {kind} for type id {type_id + 1} "
-                f"at type section offset {pos * 4}"
+                f"{source}: unknown BTF kind {kind} for type id {type_id + 1} at type section offset {pos * 4}"
             )
         type_id += 1
         append(pos)
@@ -499,7 +459,6 @@ def resolve_offsets(btf: Btf, wanted: Mapping[str, tuple[str, str]]) -> dict[str
             problems.append(f"{macro} ({struct_name}.{member_path}): {msg}")
     if problems:
         raise BtfError(
-            f"{btf.source}: cannot resolve {len(problems)} of {len(wanted)} offsets:\n  "
-            + "\n  ".join(problems)
+            f"{btf.source}: cannot resolve {len(problems)} of {len(wanted)} offsets:\n  " + "\n  ".join(problems)
         )
     return result

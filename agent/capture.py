@@ -17,22 +17,43 @@ import re
 
 __all__ = ["ENV_CAPTURE_NAMES", "env_wanted", "looks_secret", "parse_env_block"]
 
-ENV_CAPTURE_NAMES: frozenset[str] = frozenset({
-    # npm lifecycle scripts
-    "npm_package_name", "npm_package_version", "npm_lifecycle_event",
-    # cargo build scripts
-    "CARGO_PKG_NAME", "CARGO_PKG_VERSION",
-    # dpkg maintainer scripts
-    "DPKG_MAINTSCRIPT_PACKAGE", "DPKG_MAINTSCRIPT_NAME",
-    # GitHub Actions (RUNNER_TRACKING_ID: the runner's orphan-process tracking, see detectors.py)
-    "GITHUB_REPOSITORY", "GITHUB_WORKFLOW", "GITHUB_RUN_ID", "GITHUB_JOB", "RUNNER_TRACKING_ID",
-    # GitLab CI
-    "CI_PROJECT_PATH", "CI_PIPELINE_NAME", "CI_PIPELINE_ID", "CI_JOB_NAME", "CI_JOB_ID",
-    # Jenkins
-    "GIT_URL", "JOB_NAME", "BUILD_NUMBER", "BUILD_TAG",
-    # Buildkite
-    "BUILDKITE_REPO", "BUILDKITE_PIPELINE_SLUG", "BUILDKITE_BUILD_NUMBER", "BUILDKITE_LABEL", "BUILDKITE_JOB_ID",
-})
+ENV_CAPTURE_NAMES: frozenset[str] = frozenset(
+    {
+        # npm lifecycle scripts
+        "npm_package_name",
+        "npm_package_version",
+        "npm_lifecycle_event",
+        # cargo build scripts
+        "CARGO_PKG_NAME",
+        "CARGO_PKG_VERSION",
+        # dpkg maintainer scripts
+        "DPKG_MAINTSCRIPT_PACKAGE",
+        "DPKG_MAINTSCRIPT_NAME",
+        # GitHub Actions (RUNNER_TRACKING_ID: the runner's orphan-process tracking, see detectors.py)
+        "GITHUB_REPOSITORY",
+        "GITHUB_WORKFLOW",
+        "GITHUB_RUN_ID",
+        "GITHUB_JOB",
+        "RUNNER_TRACKING_ID",
+        # GitLab CI
+        "CI_PROJECT_PATH",
+        "CI_PIPELINE_NAME",
+        "CI_PIPELINE_ID",
+        "CI_JOB_NAME",
+        "CI_JOB_ID",
+        # Jenkins
+        "GIT_URL",
+        "JOB_NAME",
+        "BUILD_NUMBER",
+        "BUILD_TAG",
+        # Buildkite
+        "BUILDKITE_REPO",
+        "BUILDKITE_PIPELINE_SLUG",
+        "BUILDKITE_BUILD_NUMBER",
+        "BUILDKITE_LABEL",
+        "BUILDKITE_JOB_ID",
+    }
+)
 """Captured names (case-sensitive, exact)."""
 
 # Names that hold credentials whatever their prefix; none may ever be captured, even if listed above.

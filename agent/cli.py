@@ -22,21 +22,39 @@ from agent.resources import ResourceMissing
 from agent.response import ResponseError
 from agent.ruleset.yamlcheck import RuleErrors
 
-USER_ERRORS = (ConfigError, RecordingError, OffsetsUnavailable, BtfError, PermissionError, RuleErrors,
-               ResourceMissing, ResponseError, QuarantineError)
+USER_ERRORS = (
+    ConfigError,
+    RecordingError,
+    OffsetsUnavailable,
+    BtfError,
+    PermissionError,
+    RuleErrors,
+    ResourceMissing,
+    ResponseError,
+    QuarantineError,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chainwatch", description="eBPF sensor for reverse shells and C2 in "
-                                "package installs and CI jobs")
+    p = argparse.ArgumentParser(
+        prog="chainwatch", description="eBPF sensor for reverse shells and C2 in package installs and CI jobs"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def detection_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--alerts", metavar="FILE|-", action="append",
-                       help="write alerts here (repeatable; - is stdout); replaces the configured outputs")
+        p.add_argument(
+            "--alerts",
+            metavar="FILE|-",
+            action="append",
+            help="write alerts here (repeatable; - is stdout); replaces the configured outputs",
+        )
         p.add_argument("--rules", metavar="DIR", help="rules directory (default: the bundled rules)")
-        p.add_argument("--sigma", metavar="DIR", action="append",
-                       help="a directory of Sigma rules (repeatable); replaces detection.sigma_dirs")
+        p.add_argument(
+            "--sigma",
+            metavar="DIR",
+            action="append",
+            help="a directory of Sigma rules (repeatable); replaces detection.sigma_dirs",
+        )
 
     run = sub.add_parser("run", help="run the sensor in the foreground (root)")
     run.add_argument("--config", help="TOML config file (default: built-in defaults)")
@@ -53,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--dump", action="store_true", help="print each event as one JSON line")
     detection_args(rep)
 
-    doctor = sub.add_parser("doctor", help="check kernel, BTF, tracepoints, bcc, headers, privileges and the "
-                                           "compile cache")
+    doctor = sub.add_parser(
+        "doctor", help="check kernel, BTF, tracepoints, bcc, headers, privileges and the compile cache"
+    )
     doctor.add_argument("--config", help="TOML config file (its sensor.cache_dir)")
 
     bpf = sub.add_parser("bpf", help="BPF program tools")
@@ -63,9 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--config")
     dump.add_argument("--rules", metavar="DIR", help="rules directory whose persistence list the kernel filters on")
     dump.set_defaults(alerts=None, sigma=None)
-    warm = bpf_sub.add_parser("compile", help="compile the probes into the cache (sensor.cache_dir) and check that "
-                                              "they load, so the next start skips the compile (e.g. before a restart "
-                                              "after an upgrade)")
+    warm = bpf_sub.add_parser(
+        "compile",
+        help="compile the probes into the cache (sensor.cache_dir) and check that "
+        "they load, so the next start skips the compile (e.g. before a restart "
+        "after an upgrade)",
+    )
     warm.add_argument("--config")
     warm.add_argument("--rules", metavar="DIR", help="rules directory whose persistence list the kernel filters on")
     warm.set_defaults(alerts=None, sigma=None)
@@ -74,15 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate every rule and list file; print each problem as file:line")
     check.add_argument("dir", nargs="?", help="rules directory (default: the bundled rules)")
-    check.add_argument("--sigma", metavar="DIR", action="append",
-                       help="check the Sigma rules in DIR (repeatable; default: DIR/sigma when it exists) and "
-                            "list the ones chainwatch cannot evaluate, with why")
+    check.add_argument(
+        "--sigma",
+        metavar="DIR",
+        action="append",
+        help="check the Sigma rules in DIR (repeatable; default: DIR/sigma when it exists) and "
+        "list the ones chainwatch cannot evaluate, with why",
+    )
 
     resp = sub.add_parser("response", help="blocked addresses and quarantined files (see README, Response)")
     resp_sub = resp.add_subparsers(dest="response_command", required=True)
-    for name, text in (("list", "list blocked addresses (asks the running agent) and quarantined files"),
-                       ("unblock", "lift every block on ADDR in the running agent"),
-                       ("restore", "put quarantined file ID back where it was, with its mode, owner and times")):
+    for name, text in (
+        ("list", "list blocked addresses (asks the running agent) and quarantined files"),
+        ("unblock", "lift every block on ADDR in the running agent"),
+        ("restore", "put quarantined file ID back where it was, with its mode, owner and times"),
+    ):
         cmd = resp_sub.add_parser(name, help=text)
         cmd.add_argument("--config", help="TOML config file (its [response] paths)")
         if name == "unblock":
@@ -103,6 +131,7 @@ def _run(args: argparse.Namespace, record_path: str | None) -> int:
         if record_path is None:
             return Agent(config).run()
         from agent.safefile import open_private
+
         try:
             # Private (argv and labels), never through a symlink, in a directory only root can write.
             fh = os.fdopen(open_private(record_path, os.O_WRONLY, truncate=True), "wb")
@@ -150,6 +179,7 @@ def _replay(args: argparse.Namespace) -> int:
                 # Seeded processes are table state, not events that happened during the recording.
                 if not event.flags & FLAG_SEEDED:
                     write(event)
+
             consumers.append(dump_live)
         rules = sigma = sink = None
         if args.alerts:
@@ -160,9 +190,16 @@ def _replay(args: argparse.Namespace) -> int:
             sigma = load_sigma_dirs(list(args.sigma or []))
             sink = AlertSink(list(args.alerts))
         host = Host(str(rec.meta.get("hostname", "")), str(rec.meta.get("host_id", "")))
-        pipeline = assemble(rules, ProcessTable(), [sink.put] if sink is not None else [], host=host,
-                            boot_offset_ns=int(rec.meta.get("boot_offset_ns", 0)), sigma=sigma,
-                            module_loads_from_exec=features.get("module_load_source") == "exec", consumers=consumers)
+        pipeline = assemble(
+            rules,
+            ProcessTable(),
+            [sink.put] if sink is not None else [],
+            host=host,
+            boot_offset_ns=int(rec.meta.get("boot_offset_ns", 0)),
+            sigma=sigma,
+            module_loads_from_exec=features.get("module_load_source") == "exec",
+            consumers=consumers,
+        )
         for event in rec.events:
             pipeline.feed(event)
         if sink is not None:
@@ -202,8 +239,9 @@ def _bpf_compile(args: argparse.Namespace) -> int:
     except ProbeError as exc:
         return _fail(str(exc))
     sensor.close()
-    print(f"probes {sensor.startup['compile']} in {config.sensor.cache_dir}: the next start loads them without "
-          "compiling")
+    print(
+        f"probes {sensor.startup['compile']} in {config.sensor.cache_dir}: the next start loads them without compiling"
+    )
     return 0
 
 
@@ -237,8 +275,10 @@ def _rules_check(args: argparse.Namespace) -> int:
         for rule in sigma.unsupported:
             print(f"{rule.file}:{rule.line}: cannot evaluate: {rule.reason}")
         verdict = f"{len(problems)} invalid" if problems else "OK"
-        print(f"{len(sigma.rules)} Sigma rules {verdict}, {len(sigma.unsupported)} not evaluable "
-              f"({', '.join(sigma_dirs)})")
+        print(
+            f"{len(sigma.rules)} Sigma rules {verdict}, {len(sigma.unsupported)} not evaluable "
+            f"({', '.join(sigma_dirs)})"
+        )
         failed = failed or bool(problems)
     return 1 if failed else 0
 
@@ -286,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args)
         if args.command == "doctor":
             from agent.doctor import run_doctor
+
             return run_doctor(config=load_config(args.config))
         if args.command == "bpf":
             return _bpf_compile(args) if args.bpf_command == "compile" else _bpf_dump(args)

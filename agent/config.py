@@ -42,8 +42,11 @@ class SensorConfig:
 
     def kernel_defines(self) -> dict[str, int]:
         """The C defines of the kernel-side options: {"CAPTURE_ENV": 1, "RINGBUF_PAGES": 2048, ...}."""
-        return {f.name.upper(): int(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.metadata.get(KERNEL_DEFINE)}
+        return {
+            f.name.upper(): int(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata.get(KERNEL_DEFINE)
+        }
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,15 @@ class DetectionConfig:
 
 FORMATS = ("ecs", "ocsf")  # alert document formats (agent/formats.py renders them)
 SYSLOG_TRANSPORTS = ("unix", "udp", "tcp", "tls")
-SYSLOG_FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
-                     **{f"local{i}": 16 + i for i in range(8)}}
+SYSLOG_FACILITIES = {
+    "kern": 0,
+    "user": 1,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "authpriv": 10,
+    **{f"local{i}": 16 + i for i in range(8)},
+}
 DEFAULT_JOURNAL_SOCKET = "/run/systemd/journal/socket"
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 5.6.2)
 
@@ -132,14 +142,21 @@ class OutputsConfig:
 
     def validate(self, source: str) -> None:
         """Check each output's keys; raises ConfigError naming the key."""
-        for name, fmt in (("journald", self.journald.format), ("syslog", self.syslog.format),
-                          ("webhook", self.webhook.format)):
+        for name, fmt in (
+            ("journald", self.journald.format),
+            ("syslog", self.syslog.format),
+            ("webhook", self.webhook.format),
+        ):
             if fmt not in FORMATS:
                 raise ConfigError(f"{source}: outputs.{name}.format must be one of {list(FORMATS)}, not {fmt!r}")
-        for key, value in (("journald.socket", self.journald.socket), ("syslog.address", self.syslog.address),
-                           ("syslog.ca_file", self.syslog.ca_file), ("webhook.url", self.webhook.url),
-                           ("webhook.ca_file", self.webhook.ca_file),
-                           ("webhook.auth_header_file", self.webhook.auth_header_file)):
+        for key, value in (
+            ("journald.socket", self.journald.socket),
+            ("syslog.address", self.syslog.address),
+            ("syslog.ca_file", self.syslog.ca_file),
+            ("webhook.url", self.webhook.url),
+            ("webhook.ca_file", self.webhook.ca_file),
+            ("webhook.auth_header_file", self.webhook.auth_header_file),
+        ):
             if "\0" in value:
                 raise ConfigError(f"{source}: outputs.{key} must not contain a NUL character")
         timeouts = (("syslog.timeout_s", self.syslog.timeout_s), ("webhook.timeout_s", self.webhook.timeout_s))
@@ -147,47 +164,57 @@ class OutputsConfig:
             if not 0 < timeout <= 300:
                 raise ConfigError(f"{source}: outputs.{key} must be between 0 and 300 seconds, not {timeout}")
         if self.journald.enabled and not self.journald.socket.startswith("/"):
-            raise ConfigError(f"{source}: outputs.journald.socket must be an absolute path, "
-                              f"not {self.journald.socket!r}")
+            raise ConfigError(
+                f"{source}: outputs.journald.socket must be an absolute path, not {self.journald.socket!r}"
+            )
         self._validate_syslog(source)
         self._validate_webhook(source)
 
     def _validate_syslog(self, source: str) -> None:
         s = self.syslog
         if s.transport not in SYSLOG_TRANSPORTS:
-            raise ConfigError(f"{source}: outputs.syslog.transport must be one of {list(SYSLOG_TRANSPORTS)}, "
-                              f"not {s.transport!r}")
+            raise ConfigError(
+                f"{source}: outputs.syslog.transport must be one of {list(SYSLOG_TRANSPORTS)}, not {s.transport!r}"
+            )
         if s.facility not in SYSLOG_FACILITIES:
-            raise ConfigError(f"{source}: outputs.syslog.facility must be one of {sorted(SYSLOG_FACILITIES)}, "
-                              f"not {s.facility!r}")
+            raise ConfigError(
+                f"{source}: outputs.syslog.facility must be one of {sorted(SYSLOG_FACILITIES)}, not {s.facility!r}"
+            )
         if not s.enabled:
             return
         if s.transport == "unix":
             if not s.address.startswith("/"):
-                raise ConfigError(f"{source}: outputs.syslog.address must be a socket path for transport "
-                                  f"\"unix\", not {s.address!r}")
+                raise ConfigError(
+                    f'{source}: outputs.syslog.address must be a socket path for transport "unix", not {s.address!r}'
+                )
         elif split_host_port(s.address) is None:
-            raise ConfigError(f"{source}: outputs.syslog.address must be host:port (or [v6]:port) for transport "
-                              f"{s.transport!r}, not {s.address!r}")
+            raise ConfigError(
+                f"{source}: outputs.syslog.address must be host:port (or [v6]:port) for transport "
+                f"{s.transport!r}, not {s.address!r}"
+            )
 
     def _validate_webhook(self, source: str) -> None:
         w = self.webhook
         if not 1 <= w.batch_max <= 10_000:
             raise ConfigError(f"{source}: outputs.webhook.batch_max must be between 1 and 10000, not {w.batch_max}")
         if not 1 <= w.batch_max_kb <= 64 * 1024:
-            raise ConfigError(f"{source}: outputs.webhook.batch_max_kb must be between 1 and 65536, "
-                              f"not {w.batch_max_kb}")
+            raise ConfigError(
+                f"{source}: outputs.webhook.batch_max_kb must be between 1 and 65536, not {w.batch_max_kb}"
+            )
         if w.auth_header_file and w.auth_header_env:
             raise ConfigError(f"{source}: set outputs.webhook.auth_header_file or auth_header_env, not both")
         if not HEADER_NAME.fullmatch(w.auth_header):
-            raise ConfigError(f"{source}: outputs.webhook.auth_header must be an HTTP header name, "
-                              f"not {w.auth_header!r}")
+            raise ConfigError(
+                f"{source}: outputs.webhook.auth_header must be an HTTP header name, not {w.auth_header!r}"
+            )
         if not w.enabled:
             return
         parsed = urllib.parse.urlsplit(w.url)
         if parsed.scheme != "https" or not parsed.hostname:
-            raise ConfigError(f"{source}: outputs.webhook.url must be an https:// URL, not {w.url!r} "
-                              "(alerts carry command lines: they are not sent in clear text)")
+            raise ConfigError(
+                f"{source}: outputs.webhook.url must be an https:// URL, not {w.url!r} "
+                "(alerts carry command lines: they are not sent in clear text)"
+            )
         try:
             _ = parsed.port  # urllib checks the port only when asked
         except ValueError as exc:
@@ -229,22 +256,49 @@ class ResponseConfig:
     block_ttl_s: float = 3600.0
     block_port: bool = False  # block only the incident's port on the address (default: the whole address)
     # Never signalled, whatever the incident says (matched on /proc/<pid>/exe, never on a name).
-    protected_executables: list[str] = _list("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd",
-                                             "/usr/sbin/sshd", "/usr/sbin/cron", "/usr/bin/dbus-daemon",
-                                             "/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
+    protected_executables: list[str] = _list(
+        "/sbin/init",
+        "/lib/systemd/systemd",
+        "/usr/lib/systemd/systemd",
+        "/usr/sbin/sshd",
+        "/usr/sbin/cron",
+        "/usr/bin/dbus-daemon",
+        "/lib/systemd/systemd-journald",
+        "/usr/lib/systemd/systemd-journald",
+    )
     # Never blocked: loopback, unspecified, link-local (cloud metadata), multicast.
-    protected_networks: list[str] = _list("127.0.0.0/8", "0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
-                                          "255.255.255.255/32", "::1/128", "::/128", "fe80::/10", "ff00::/8")
+    protected_networks: list[str] = _list(
+        "127.0.0.0/8",
+        "0.0.0.0/8",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+        "::1/128",
+        "::/128",
+        "fe80::/10",
+        "ff00::/8",
+    )
     quarantine_dir: str = "/var/lib/chainwatch/quarantine"
     # Only files under these are ever quarantined ("dir/" matches below it; otherwise the exact file).
-    quarantine_prefixes: list[str] = _list("/etc/cron.d/", "/etc/cron.hourly/", "/etc/cron.daily/",
-                                           "/etc/cron.weekly/", "/etc/cron.monthly/", "/var/spool/cron/",
-                                           "/etc/systemd/system/", "/run/systemd/system/",
-                                           "/usr/local/lib/systemd/system/", "/etc/profile.d/",
-                                           "/etc/sudoers.d/", "/etc/udev/rules.d/", "/etc/modprobe.d/",
-                                           "/etc/ld.so.preload")
-    protected_paths: list[str] = _list("/etc/crontab", "/etc/passwd", "/etc/shadow", "/etc/group",
-                                       "/etc/sudoers", "/etc/ssh/sshd_config")
+    quarantine_prefixes: list[str] = _list(
+        "/etc/cron.d/",
+        "/etc/cron.hourly/",
+        "/etc/cron.daily/",
+        "/etc/cron.weekly/",
+        "/etc/cron.monthly/",
+        "/var/spool/cron/",
+        "/etc/systemd/system/",
+        "/run/systemd/system/",
+        "/usr/local/lib/systemd/system/",
+        "/etc/profile.d/",
+        "/etc/sudoers.d/",
+        "/etc/udev/rules.d/",
+        "/etc/modprobe.d/",
+        "/etc/ld.so.preload",
+    )
+    protected_paths: list[str] = _list(
+        "/etc/crontab", "/etc/passwd", "/etc/shadow", "/etc/group", "/etc/sudoers", "/etc/ssh/sshd_config"
+    )
     control_socket: str = "/run/chainwatch/control.sock"  # `chainwatch response list/unblock` reach the agent here
 
 
@@ -260,17 +314,22 @@ class Config:
 
     def validate(self, source: str = "<defaults>") -> Config:
         """Check value ranges; raises ConfigError."""
-        for key, pages in (("ringbuf_pages", self.sensor.ringbuf_pages),
-                           ("net_ringbuf_pages", self.sensor.net_ringbuf_pages),
-                           ("file_ringbuf_pages", self.sensor.file_ringbuf_pages)):
+        for key, pages in (
+            ("ringbuf_pages", self.sensor.ringbuf_pages),
+            ("net_ringbuf_pages", self.sensor.net_ringbuf_pages),
+            ("file_ringbuf_pages", self.sensor.file_ringbuf_pages),
+        ):
             # bcc sizes a ring buffer as pages * 4096 in a C int: 2**18 pages (1 GiB) is the most that fits.
             if pages < 1 or pages & (pages - 1) or pages > MAX_RINGBUF_PAGES:
-                raise ConfigError(f"{source}: sensor.{key} must be a power of two up to {MAX_RINGBUF_PAGES}, "
-                                  f"not {pages}")
+                raise ConfigError(
+                    f"{source}: sensor.{key} must be a power of two up to {MAX_RINGBUF_PAGES}, not {pages}"
+                )
         # bcc passes the poll timeout as a C int; a minute already makes shutdown and the stats line late.
         if not 1 <= self.sensor.poll_timeout_ms <= MAX_POLL_TIMEOUT_MS:
-            raise ConfigError(f"{source}: sensor.poll_timeout_ms must be between 1 and {MAX_POLL_TIMEOUT_MS}, "
-                              f"not {self.sensor.poll_timeout_ms}")
+            raise ConfigError(
+                f"{source}: sensor.poll_timeout_ms must be between 1 and {MAX_POLL_TIMEOUT_MS}, "
+                f"not {self.sensor.poll_timeout_ms}"
+            )
         # Written as "not ok" so NaN fails too; inf and NaN would crash or stall the daemon's timers.
         if not 0 < self.sensor.stats_interval_s < math.inf:
             raise ConfigError(f"{source}: sensor.stats_interval_s must be positive")
@@ -278,21 +337,29 @@ class Config:
             raise ConfigError(f"{source}: lineage.grace_s must be >= 0 and lineage.max_entries >= 1024")
         alerts = self.detection.alerts
         if not alerts or not all(isinstance(a, str) and a for a in alerts):
-            raise ConfigError(f"{source}: detection.alerts must be a non-empty list of paths or \"-\" (stdout)")
+            raise ConfigError(f'{source}: detection.alerts must be a non-empty list of paths or "-" (stdout)')
         if not all(isinstance(d, str) and d for d in self.detection.sigma_dirs):
             raise ConfigError(f"{source}: detection.sigma_dirs must be a list of directory paths")
-        paths = {"sensor.cache_dir": [self.sensor.cache_dir],
-                 "detection.rules_dir": [self.detection.rules_dir], "detection.alerts": alerts,
-                 "detection.spool_dir": [self.detection.spool_dir], "detection.sigma_dirs": self.detection.sigma_dirs}
+        paths = {
+            "sensor.cache_dir": [self.sensor.cache_dir],
+            "detection.rules_dir": [self.detection.rules_dir],
+            "detection.alerts": alerts,
+            "detection.spool_dir": [self.detection.spool_dir],
+            "detection.sigma_dirs": self.detection.sigma_dirs,
+        }
         for key, values in paths.items():
             if any("\0" in value for value in values):  # the OS would refuse it later, with a traceback
                 raise ConfigError(f"{source}: {key} must not contain a NUL character")
         if not 1 <= self.detection.spool_max_mb <= 1 << 20:
-            raise ConfigError(f"{source}: detection.spool_max_mb must be between 1 and 1048576 (MiB), "
-                              f"not {self.detection.spool_max_mb}")
+            raise ConfigError(
+                f"{source}: detection.spool_max_mb must be between 1 and 1048576 (MiB), "
+                f"not {self.detection.spool_max_mb}"
+            )
         if self.detection.alerts_format not in FORMATS:
-            raise ConfigError(f"{source}: detection.alerts_format must be one of {list(FORMATS)}, "
-                              f"not {self.detection.alerts_format!r}")
+            raise ConfigError(
+                f"{source}: detection.alerts_format must be one of {list(FORMATS)}, "
+                f"not {self.detection.alerts_format!r}"
+            )
         self.outputs.validate(source)
         validate_response(self.response, source)
         return self
@@ -308,30 +375,44 @@ def validate_response(r: ResponseConfig, source: str) -> None:
     import ipaddress
 
     if r.min_severity and r.min_severity not in RESPONSE_SEVERITIES:
-        raise ConfigError(f"{source}: response.min_severity must be one of {', '.join(RESPONSE_SEVERITIES)} "
-                          f"(or \"\" for none), not {r.min_severity!r}")
+        raise ConfigError(
+            f"{source}: response.min_severity must be one of {', '.join(RESPONSE_SEVERITIES)} "
+            f'(or "" for none), not {r.min_severity!r}'
+        )
     if r.enabled and not r.min_severity and not r.rules:
-        raise ConfigError(f"{source}: response.enabled is true but neither response.min_severity nor "
-                          "response.rules selects any alert: set one of them")
-    for key in ("rules", "actions", "protected_executables", "protected_networks", "quarantine_prefixes",
-                "protected_paths"):
+        raise ConfigError(
+            f"{source}: response.enabled is true but neither response.min_severity nor "
+            "response.rules selects any alert: set one of them"
+        )
+    for key in (
+        "rules",
+        "actions",
+        "protected_executables",
+        "protected_networks",
+        "quarantine_prefixes",
+        "protected_paths",
+    ):
         values = getattr(r, key)
         if not all(isinstance(v, str) and v and "\0" not in v for v in values):
             raise ConfigError(f"{source}: response.{key} must be a list of non-empty strings")
     bad = [a for a in r.actions if a not in RESPONSE_ACTIONS]
     if bad or len(set(r.actions)) != len(r.actions) or (r.enabled and not r.actions):
-        raise ConfigError(f"{source}: response.actions must list each of {', '.join(RESPONSE_ACTIONS)} at most "
-                          f"once (and at least one when enabled), not {r.actions!r}")
+        raise ConfigError(
+            f"{source}: response.actions must list each of {', '.join(RESPONSE_ACTIONS)} at most "
+            f"once (and at least one when enabled), not {r.actions!r}"
+        )
     # Written as "not ok" so NaN fails too.
     if not 1.0 <= r.block_ttl_s <= MAX_BLOCK_TTL_S:
-        raise ConfigError(f"{source}: response.block_ttl_s must be between 1 and {MAX_BLOCK_TTL_S:.0f} seconds, "
-                          f"not {r.block_ttl_s}")
+        raise ConfigError(
+            f"{source}: response.block_ttl_s must be between 1 and {MAX_BLOCK_TTL_S:.0f} seconds, not {r.block_ttl_s}"
+        )
     for net in r.protected_networks:
         try:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
-            raise ConfigError(f"{source}: response.protected_networks entry {net!r} is not an address or "
-                              "network (e.g. 10.0.0.0/8)") from None
+            raise ConfigError(
+                f"{source}: response.protected_networks entry {net!r} is not an address or network (e.g. 10.0.0.0/8)"
+            ) from None
     for key in ("quarantine_dir", "control_socket"):
         value = getattr(r, key)
         if not value.startswith("/") or "\0" in value or value.rstrip("/") == "":
@@ -343,11 +424,15 @@ def validate_response(r: ResponseConfig, source: str) -> None:
     qdir = r.quarantine_dir.rstrip("/")
     for prefix in r.quarantine_prefixes:
         if prefix.rstrip("/") == "":
-            raise ConfigError(f"{source}: response.quarantine_prefixes must not contain \"/\": that would allow "
-                              "quarantining any file on the host")
+            raise ConfigError(
+                f'{source}: response.quarantine_prefixes must not contain "/": that would allow '
+                "quarantining any file on the host"
+            )
         if path_under(qdir, prefix) or path_under(prefix.rstrip("/"), qdir + "/"):
-            raise ConfigError(f"{source}: response.quarantine_dir {r.quarantine_dir!r} must not overlap "
-                              f"response.quarantine_prefixes entry {prefix!r}")
+            raise ConfigError(
+                f"{source}: response.quarantine_dir {r.quarantine_dir!r} must not overlap "
+                f"response.quarantine_prefixes entry {prefix!r}"
+            )
 
 
 def _build(cls: type[Any], data: dict[str, Any], where: str, source: str) -> Any:

@@ -123,8 +123,14 @@ class ContextTagger:
         found = self.lists.context_root_for(event.filename, event.args)
         if found is not None and (current is None or (current.is_ci and not found[0].is_ci)):
             rule, call = found
-            current = Context(rule.context, proc.key, event.start_time, rule, tuple(rule.operands(call.args)),
-                              outer=current if current is not None and current.is_ci else None)
+            current = Context(
+                rule.context,
+                proc.key,
+                event.start_time,
+                rule,
+                tuple(rule.operands(call.args)),
+                outer=current if current is not None and current.is_ci else None,
+            )
             self.roots += 1
             proc.keep = True  # the table evicts a live context root last
         proc.tags[TAG] = current
@@ -146,8 +152,11 @@ class ContextTagger:
 
     def stats(self) -> dict[str, int]:
         """Counters for the stats line."""
-        return {"context_roots": self.roots, "context_kernel_writes": self.kernel_writes,
-                "context_kernel_fallbacks": self.kernel_fallbacks}
+        return {
+            "context_roots": self.roots,
+            "context_kernel_writes": self.kernel_writes,
+            "context_kernel_fallbacks": self.kernel_fallbacks,
+        }
 
 
 # ---------------------------------------------------------------------- attribution
@@ -157,9 +166,16 @@ class ContextTagger:
 _PIP_BUILD_DIR: Final = re.compile(r"/pip-install-[^/]+/([A-Za-z0-9_.\-]+?)_[0-9a-f]{32}/")
 # An archive named <name>-<version>.<ext>: sdists, npm tarballs, gems.
 _SDIST: Final = re.compile(
-    r"^([A-Za-z0-9_.\-]+?)-(\d[A-Za-z0-9_.+!\-]*)\.(?:tar\.gz|tgz|zip|tar\.bz2|whl|gem|deb|rpm)$")
-_PIP_HOOKS: Final = ("get_requires_for_build_wheel", "prepare_metadata_for_build_wheel", "build_wheel",
-                     "get_requires_for_build_editable", "build_editable", "build_sdist")
+    r"^([A-Za-z0-9_.\-]+?)-(\d[A-Za-z0-9_.+!\-]*)\.(?:tar\.gz|tgz|zip|tar\.bz2|whl|gem|deb|rpm)$"
+)
+_PIP_HOOKS: Final = (
+    "get_requires_for_build_wheel",
+    "prepare_metadata_for_build_wheel",
+    "build_wheel",
+    "get_requires_for_build_editable",
+    "build_editable",
+    "build_sdist",
+)
 
 
 def _chain(table: ProcessTable, key: ProcessKey, ctx: Context) -> list[Process]:

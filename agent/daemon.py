@@ -104,33 +104,53 @@ class Agent:
         started = time.monotonic()
         self.sensor = open_sensor(probe_options(self.config, self.rules), self.config.sensor.cache_dir)
         features = self.sensor.program.features
-        table = ProcessTable(grace_ns=int(self.config.lineage.grace_s * 1e9),
-                             max_entries=self.config.lineage.max_entries)
+        table = ProcessTable(
+            grace_ns=int(self.config.lineage.grace_s * 1e9), max_entries=self.config.lineage.max_entries
+        )
         taps: list[Consumer] = []
         meta = host_meta()
         boot_offset = boot_to_wall_offset_ns()
         if self._record_fh is not None:
-            self.writer = RecordingWriter(self._record_fh, {**meta, "features": features.describe(),
-                                                            "boot_offset_ns": boot_offset})
+            self.writer = RecordingWriter(
+                self._record_fh, {**meta, "features": features.describe(), "boot_offset_ns": boot_offset}
+            )
             taps.append(self.writer.write)
         self.sink = build_sink(self.config)
         # Response (off by default) sits between the correlator's alert and the sinks.
         self.responder = open_responder(self.config.response, table)
         host = Host(meta["hostname"], meta["host_id"])
-        self.pipeline = assemble(self.rules, table, [self.sink.put], host=host, boot_offset_ns=boot_offset,
-                                 kernel=self.sensor, module_loads_from_exec=not features.module_tracepoints,
-                                 sigma=self.sigma, exe_identity=True, respond=self.responder, taps=taps)
+        self.pipeline = assemble(
+            self.rules,
+            table,
+            [self.sink.put],
+            host=host,
+            boot_offset_ns=boot_offset,
+            kernel=self.sensor,
+            module_loads_from_exec=not features.module_tracepoints,
+            sigma=self.sigma,
+            exe_identity=True,
+            respond=self.responder,
+            taps=taps,
+        )
         self.health = SensorHealth(host, self.sink.put, boot_offset)
         # Seed after attaching, so a process born in between is seen by one or both; the table merges them.
         seeded = seed_events()
         for event in seeded:
             self.pipeline.feed(event)
         settle_memory()
-        log.info("sensor_ready", rules=len(self.rules.rules), alerts=self.sink.names,
-                 sigma_rules=len(self.sigma.rules) if self.sigma else 0,
-                 probes=self.sensor.attached(), offsets=self.sensor.program.offsets.source,
-                 features=features.describe(), seeded_processes=len(seeded),
-                 startup_s=round(time.monotonic() - started, 3), **self.sensor.startup, pid=os.getpid())
+        log.info(
+            "sensor_ready",
+            rules=len(self.rules.rules),
+            alerts=self.sink.names,
+            sigma_rules=len(self.sigma.rules) if self.sigma else 0,
+            probes=self.sensor.attached(),
+            offsets=self.sensor.program.offsets.source,
+            features=features.describe(),
+            seeded_processes=len(seeded),
+            startup_s=round(time.monotonic() - started, 3),
+            **self.sensor.startup,
+            pid=os.getpid(),
+        )
         self._last_drops = self.sensor.kernel_drops()
         sd_notify("READY=1")
         return self.pipeline
@@ -185,14 +205,24 @@ class Agent:
         drops = self.sensor.kernel_drops()
         if self.health is not None:
             # Every loss, eviction and read failure is an alert too (agent.health), not only a log line.
-            self.health.observe({**drops, "decode_errors": self.pipeline.decode_errors,
-                                 "evicted_live": self.pipeline.table.evicted_live},
-                                time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+            self.health.observe(
+                {
+                    **drops,
+                    "decode_errors": self.pipeline.decode_errors,
+                    "evicted_live": self.pipeline.table.evicted_live,
+                },
+                time.clock_gettime_ns(time.CLOCK_BOOTTIME),
+            )
         if any(v > self._last_drops.get(k, 0) for k, v in drops.items()):
             new = {k: v - self._last_drops.get(k, 0) for k, v in drops.items() if v != self._last_drops.get(k, 0)}
-            log.warning("events_lost", where="kernel", new=new, total=drops,
-                        hint="raise sensor.ringbuf_pages (net_ringbuf_pages for net_ringbuf_full, "
-                             "file_ringbuf_pages for file_ringbuf_full), or the agent is starved of CPU")
+            log.warning(
+                "events_lost",
+                where="kernel",
+                new=new,
+                total=drops,
+                hint="raise sensor.ringbuf_pages (net_ringbuf_pages for net_ringbuf_full, "
+                "file_ringbuf_pages for file_ringbuf_full), or the agent is starved of CPU",
+            )
             self._last_drops = drops
 
     def log_stats(self, final: bool = False) -> None:
@@ -202,9 +232,15 @@ class Agent:
         detection = {**self.pipeline.detection_stats(), **(self.sink.stats() if self.sink else {})}
         if self.responder is not None:
             detection.update(self.responder.stats())
-        log.info("stats", final=final, **stats, **detection, kernel_drops=self.sensor.kernel_drops(),
-                 userspace_drops=stats["decode_errors"],
-                 recorded=self.writer.written if self.writer else None)
+        log.info(
+            "stats",
+            final=final,
+            **stats,
+            **detection,
+            kernel_drops=self.sensor.kernel_drops(),
+            userspace_drops=stats["decode_errors"],
+            recorded=self.writer.written if self.writer else None,
+        )
 
 
 def load_sigma_dirs(directories: list[str]) -> SigmaRules | None:
@@ -219,9 +255,13 @@ def load_sigma_dirs(directories: list[str]) -> SigmaRules | None:
 
     sigma = load_sigma(directories)
     if sigma.unsupported:
-        log.warning("sigma_rules_unsupported", count=len(sigma.unsupported), loaded=len(sigma.rules),
-                    hint="run `chainwatch rules check --sigma DIR` for the list",
-                    rules=[str(p) for p in sigma.unsupported])
+        log.warning(
+            "sigma_rules_unsupported",
+            count=len(sigma.unsupported),
+            loaded=len(sigma.rules),
+            hint="run `chainwatch rules check --sigma DIR` for the list",
+            rules=[str(p) for p in sigma.unsupported],
+        )
     return sigma
 
 
@@ -231,4 +271,5 @@ def dump_event(out: IO[str]) -> Consumer:
 
     def write(event: Event) -> None:
         out.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+
     return write

@@ -59,9 +59,18 @@ def _addr_text(family: int, data: bytes) -> str:
 
 def _header(h: layout.EventHeader) -> dict[str, Any]:
     return {
-        "ktime": h.ktime, "pid": h.tgid, "tid": h.pid, "ppid": h.ppid, "start_time": h.start_time,
-        "uid": h.uid, "cgroup_id": h.cgroup_id, "comm": _text(h.comm), "flags": h.flags,
-        "context": h.context, "context_root_pid": h.context_root_pid, "context_root_start": h.context_root_start,
+        "ktime": h.ktime,
+        "pid": h.tgid,
+        "tid": h.pid,
+        "ppid": h.ppid,
+        "start_time": h.start_time,
+        "uid": h.uid,
+        "cgroup_id": h.cgroup_id,
+        "comm": _text(h.comm),
+        "flags": h.flags,
+        "context": h.context,
+        "context_root_pid": h.context_root_pid,
+        "context_root_start": h.context_root_start,
     }
 
 
@@ -75,8 +84,15 @@ def _chars(r: Any, name: str, length: int) -> bytes:
 
 
 S_IFMT: Final = 0o170000
-FILE_TYPES: Final = {0o140000: "socket", 0o120000: "lnk", 0o100000: "reg", 0o060000: "blk", 0o040000: "dir",
-                     0o020000: "chr", 0o010000: "fifo"}
+FILE_TYPES: Final = {
+    0o140000: "socket",
+    0o120000: "lnk",
+    0o100000: "reg",
+    0o060000: "blk",
+    0o040000: "dir",
+    0o020000: "chr",
+    0o010000: "fifo",
+}
 
 
 ACCESS: Final = ("r", "w", "rw", "rw")
@@ -111,19 +127,32 @@ def _end_id(mode: int, dev: int, ino: int, rdev: int, aux: int) -> tuple[str, st
 
 def _exec(r: Any, common: dict[str, Any]) -> ev.Event:
     stdio = tuple(FILE_TYPES.get(mode & S_IFMT, "") if mode else "" for mode in r.stdio_mode)
-    ends = [_end_id(r.stdio_mode[i], r.stdio_dev[i], r.stdio_ino[i], r.stdio_rdev[i], r.stdio_aux[i])
-            for i in range(3)]
+    ends = [_end_id(r.stdio_mode[i], r.stdio_dev[i], r.stdio_ino[i], r.stdio_rdev[i], r.stdio_aux[i]) for i in range(3)]
     access = tuple(ACCESS[r.stdio_fflags[i] & 3] if r.stdio_mode[i] else "" for i in range(3))
     sock: dict[str, Any] = {}
     if r.stdio_sock_fd in (0, 1, 2):
         s = _sock(r)
-        sock = {"stdio_socket_fd": r.stdio_sock_fd, "stdio_family": s["family"], "stdio_transport": s["transport"],
-                "stdio_daddr": _addr(r.family, r.addr), "stdio_dport": r.port,
-                "stdio_laddr": _addr(r.family, r.laddr), "stdio_lport": r.lport}
-    return ev.Exec(**common, filename=_text(_chars(r, "filename", r.filename_len)),
-                   args=_argv(_chars(r, "args", r.args_len)), env=parse_env_block(_chars(r, "env", r.env_len)),
-                   stdio=stdio, stdio_ids=tuple(e[0] for e in ends), stdio_peers=tuple(e[1] for e in ends),
-                   stdio_access=access, exe_id=f"{r.exe_dev}:{r.exe_ino}" if r.exe_ino else "", **sock)
+        sock = {
+            "stdio_socket_fd": r.stdio_sock_fd,
+            "stdio_family": s["family"],
+            "stdio_transport": s["transport"],
+            "stdio_daddr": _addr(r.family, r.addr),
+            "stdio_dport": r.port,
+            "stdio_laddr": _addr(r.family, r.laddr),
+            "stdio_lport": r.lport,
+        }
+    return ev.Exec(
+        **common,
+        filename=_text(_chars(r, "filename", r.filename_len)),
+        args=_argv(_chars(r, "args", r.args_len)),
+        env=parse_env_block(_chars(r, "env", r.env_len)),
+        stdio=stdio,
+        stdio_ids=tuple(e[0] for e in ends),
+        stdio_peers=tuple(e[1] for e in ends),
+        stdio_access=access,
+        exe_id=f"{r.exe_dev}:{r.exe_ino}" if r.exe_ino else "",
+        **sock,
+    )
 
 
 def _fork(r: Any, common: dict[str, Any]) -> ev.Event:
@@ -144,38 +173,81 @@ def _sock_id(r: Any) -> str:
 
 
 def _connect(r: Any, common: dict[str, Any]) -> ev.Event:
-    return ev.Connect(**common, **_sock(r), fd=r.fd, daddr=_addr(r.family, r.addr), dport=r.port, result=r.result,
-                      laddr=_addr(r.family, r.laddr), lport=r.lport, sock_id=_sock_id(r))
+    return ev.Connect(
+        **common,
+        **_sock(r),
+        fd=r.fd,
+        daddr=_addr(r.family, r.addr),
+        dport=r.port,
+        result=r.result,
+        laddr=_addr(r.family, r.laddr),
+        lport=r.lport,
+        sock_id=_sock_id(r),
+    )
 
 
 def _accept(r: Any, common: dict[str, Any]) -> ev.Event:
-    return ev.Accept(**common, **_sock(r), fd=r.fd, saddr=_addr(r.family, r.addr), sport=r.port, lport=r.lport,
-                     laddr=_addr(r.family, r.laddr), sock_id=_sock_id(r))
+    return ev.Accept(
+        **common,
+        **_sock(r),
+        fd=r.fd,
+        saddr=_addr(r.family, r.addr),
+        sport=r.port,
+        lport=r.lport,
+        laddr=_addr(r.family, r.laddr),
+        sock_id=_sock_id(r),
+    )
 
 
 def _listen(r: Any, common: dict[str, Any]) -> ev.Event:
-    return ev.Listen(**common, **_sock(r), fd=r.fd, lport=r.lport, result=r.result, laddr=_addr(r.family, r.laddr),
-                     sock_id=_sock_id(r))
+    return ev.Listen(
+        **common,
+        **_sock(r),
+        fd=r.fd,
+        lport=r.lport,
+        result=r.result,
+        laddr=_addr(r.family, r.laddr),
+        sock_id=_sock_id(r),
+    )
 
 
 def _socket_dup(r: Any, common: dict[str, Any]) -> ev.Event:
-    return ev.SocketDup(**common, **_sock(r), oldfd=r.oldfd, newfd=r.newfd,
-                        syscall=SYSCALL_NAMES.get(r.syscall, "unknown"), daddr=_addr(r.family, r.addr),
-                        dport=r.port, lport=r.lport, sock_id=_sock_id(r))
+    return ev.SocketDup(
+        **common,
+        **_sock(r),
+        oldfd=r.oldfd,
+        newfd=r.newfd,
+        syscall=SYSCALL_NAMES.get(r.syscall, "unknown"),
+        daddr=_addr(r.family, r.addr),
+        dport=r.port,
+        lport=r.lport,
+        sock_id=_sock_id(r),
+    )
 
 
-_FILE_OPERATIONS: Final = {"rename": "rename", "renameat": "rename", "renameat2": "rename",
-                           "link": "link", "linkat": "link", "symlink": "symlink", "symlinkat": "symlink"}
+_FILE_OPERATIONS: Final = {
+    "rename": "rename",
+    "renameat": "rename",
+    "renameat2": "rename",
+    "link": "link",
+    "linkat": "link",
+    "symlink": "symlink",
+    "symlinkat": "symlink",
+}
 
 
 def _file_write(r: Any, common: dict[str, Any]) -> ev.Event:
     syscall = SYSCALL_NAMES.get(r.syscall, "unknown")
     # The kernel resolved the path, or put a typed new name after its resolved directory: fold "." and "..".
     path = _text(_chars(r, "path", r.path_len))
-    return ev.FileWrite(**common, path=ev.normalize_path(path) if path.startswith("/") else path,
-                        source_path=_text(_chars(r, "source", r.source_len)),
-                        operation=_FILE_OPERATIONS.get(syscall, "open"), flags_open=r.open_flags,
-                        result=r.result)
+    return ev.FileWrite(
+        **common,
+        path=ev.normalize_path(path) if path.startswith("/") else path,
+        source_path=_text(_chars(r, "source", r.source_len)),
+        operation=_FILE_OPERATIONS.get(syscall, "open"),
+        flags_open=r.open_flags,
+        result=r.result,
+    )
 
 
 def _module_load(r: Any, common: dict[str, Any]) -> ev.Event:
@@ -192,9 +264,16 @@ def _fd_open(r: Any, common: dict[str, Any]) -> ev.Event:
 
 
 _BUILDERS: Final[dict[int, Callable[[Any, dict[str, Any]], ev.Event]]] = {
-    OP["OP_EXEC"]: _exec, OP["OP_FORK"]: _fork, OP["OP_EXIT"]: _exit, OP["OP_CONNECT"]: _connect,
-    OP["OP_ACCEPT"]: _accept, OP["OP_LISTEN"]: _listen, OP["OP_SOCKET_DUP"]: _socket_dup,
-    OP["OP_FILE_WRITE"]: _file_write, OP["OP_MODULE_LOAD"]: _module_load, OP["OP_FD_OPEN"]: _fd_open,
+    OP["OP_EXEC"]: _exec,
+    OP["OP_FORK"]: _fork,
+    OP["OP_EXIT"]: _exit,
+    OP["OP_CONNECT"]: _connect,
+    OP["OP_ACCEPT"]: _accept,
+    OP["OP_LISTEN"]: _listen,
+    OP["OP_SOCKET_DUP"]: _socket_dup,
+    OP["OP_FILE_WRITE"]: _file_write,
+    OP["OP_MODULE_LOAD"]: _module_load,
+    OP["OP_FD_OPEN"]: _fd_open,
 }
 
 

@@ -50,8 +50,9 @@ class Event:
         out: dict[str, Any] = {"type": self.type}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else (
-                dict(value) if isinstance(value, dict) else value)
+            out[f.name] = (
+                list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, dict) else value)
+            )
         return out
 
 

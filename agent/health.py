@@ -34,8 +34,14 @@ WHAT: Final = {
 class SensorHealth:
     """Turns cumulative loss counters into alerts. ``observe`` is called on the agent's 1 s tick."""
 
-    def __init__(self, host: Host, put: Callable[[dict[str, Any]], None], boot_offset_ns: int, *,
-                 interval_s: float = DEFAULT_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        host: Host,
+        put: Callable[[dict[str, Any]], None],
+        boot_offset_ns: int,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+    ) -> None:
         self.host = host
         self.put = put
         self.boot_offset_ns = boot_offset_ns
@@ -71,18 +77,22 @@ class SensorHealth:
         parts = ", ".join(f"{n} {WHAT.get(name, name)}" for name, n in sorted(counts.items()))
         return {
             "@timestamp": end,
-            "event": {"kind": "alert", "id": str(uuid.uuid4()), "severity": int(SEVERITY), "category": ["host"],
-                      "reason": f"The sensor lost sight of events between {start} and {end}: {parts}. "
-                                "Attacks in that window may have gone unseen; check what ran then and "
-                                "raise the ring sizes if this repeats."},
+            "event": {
+                "kind": "alert",
+                "id": str(uuid.uuid4()),
+                "severity": int(SEVERITY),
+                "category": ["host"],
+                "reason": f"The sensor lost sight of events between {start} and {end}: {parts}. "
+                "Attacks in that window may have gone unseen; check what ran then and "
+                "raise the ring sizes if this repeats.",
+            },
             "rule": {"id": RULE_ID, "name": RULE_NAME, "ruleset": "chainwatch"},
             "host": {"hostname": self.host.hostname, "id": self.host.id},
             "chainwatch": {
                 "severity": SEVERITY.name,
                 "incident": {"id": str(uuid.uuid4())},
                 "signals": ["sensor_degraded"],
-                "sensor": {"counts": counts, "total": dict(self._last),
-                           "window": {"start": start, "end": end}},
+                "sensor": {"counts": counts, "total": dict(self._last), "window": {"start": start, "end": end}},
                 "response": [],
             },
         }

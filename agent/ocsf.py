@@ -120,9 +120,13 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
         "uid": str(event.get("id") or ""),
         "title": str(rule.get("name") or "chainwatch alert"),
         "created_time": when,
-        "analytic": {"type_id": ANALYTIC_RULE, "type": "Rule", "name": str(rule.get("name") or ""),
-                     **({"uid": str(rule["id"])} if rule.get("id") else {}),
-                     **({"category": str(rule["ruleset"])} if rule.get("ruleset") else {})},
+        "analytic": {
+            "type_id": ANALYTIC_RULE,
+            "type": "Rule",
+            "name": str(rule.get("name") or ""),
+            **({"uid": str(rule["id"])} if rule.get("id") else {}),
+            **({"category": str(rule["ruleset"])} if rule.get("ruleset") else {}),
+        },
     }
     if event.get("reason"):
         finding_info["desc"] = str(event["reason"])
@@ -139,8 +143,10 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
     network = _dict(alert.get("network"))
     if destination or source:
         ingress = network.get("direction") == "ingress"
-        connection: dict[str, Any] = {"direction_id": DIRECTION_INBOUND if ingress else DIRECTION_OUTBOUND,
-                                      "direction": "Inbound" if ingress else "Outbound"}
+        connection: dict[str, Any] = {
+            "direction_id": DIRECTION_INBOUND if ingress else DIRECTION_OUTBOUND,
+            "direction": "Inbound" if ingress else "Outbound",
+        }
         if network.get("transport"):
             connection["protocol_name"] = str(network["transport"])
         if network.get("type") in IP_VERSIONS:
@@ -177,12 +183,18 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
         device["name"] = "unknown"
 
     doc: dict[str, Any] = {
-        "class_uid": DETECTION_FINDING, "class_name": "Detection Finding",
-        "category_uid": FINDINGS_CATEGORY, "category_name": "Findings",
-        "activity_id": ACTIVITY_CREATE, "activity_name": "Create",
-        "type_uid": DETECTION_FINDING * 100 + ACTIVITY_CREATE, "type_name": "Detection Finding: Create",
-        "severity_id": severity_id, "severity": severity,
-        "status_id": 1, "status": "New",
+        "class_uid": DETECTION_FINDING,
+        "class_name": "Detection Finding",
+        "category_uid": FINDINGS_CATEGORY,
+        "category_name": "Findings",
+        "activity_id": ACTIVITY_CREATE,
+        "activity_name": "Create",
+        "type_uid": DETECTION_FINDING * 100 + ACTIVITY_CREATE,
+        "type_name": "Detection Finding: Create",
+        "severity_id": severity_id,
+        "severity": severity,
+        "status_id": 1,
+        "status": "New",
         "is_alert": True,
         "time": when,
         "message": str(event.get("reason") or rule.get("name") or ""),

@@ -52,13 +52,25 @@ def module_load_from_exec(event: Exec) -> ModuleLoad | None:
         name = os.path.basename(event.args[0])
     if name not in MODULE_LOADERS:
         return None
-    if name == "modprobe" and any(a in ("-r", "--remove", "-n", "--dry-run", "-c", "--showconfig")
-                                  for a in event.args[1:]):
+    if name == "modprobe" and any(
+        a in ("-r", "--remove", "-n", "--dry-run", "-c", "--showconfig") for a in event.args[1:]
+    ):
         return None  # removal or a dry run loads nothing
-    return ModuleLoad(ktime=event.ktime, pid=event.pid, tid=event.tid, ppid=event.ppid,
-                      start_time=event.start_time, uid=event.uid, cgroup_id=event.cgroup_id, comm=event.comm,
-                      flags=event.flags, source="exec", syscall="execve", filename=event.filename,
-                      args=event.args)
+    return ModuleLoad(
+        ktime=event.ktime,
+        pid=event.pid,
+        tid=event.tid,
+        ppid=event.ppid,
+        start_time=event.start_time,
+        uid=event.uid,
+        cgroup_id=event.cgroup_id,
+        comm=event.comm,
+        flags=event.flags,
+        source="exec",
+        syscall="execve",
+        filename=event.filename,
+        args=event.args,
+    )
 
 
 class Pipeline:
@@ -69,9 +81,16 @@ class Pipeline:
     agent.assemble builds the daemon's, replay's and the tests' pipelines.
     """
 
-    def __init__(self, table: ProcessTable, *, module_loads_from_exec: bool,
-                 taps: Iterable[Consumer] = (), consumers: Iterable[Consumer] = (), tagger: Tagger | None = None,
-                 detection: Detection | None = None):
+    def __init__(
+        self,
+        table: ProcessTable,
+        *,
+        module_loads_from_exec: bool,
+        taps: Iterable[Consumer] = (),
+        consumers: Iterable[Consumer] = (),
+        tagger: Tagger | None = None,
+        detection: Detection | None = None,
+    ):
         self.table = table
         self.tagger = tagger
         self.detection = detection
@@ -114,8 +133,9 @@ class Pipeline:
                 consumer(event)
             except Exception:  # one bad consumer must not stop the sensor; it is counted and logged
                 self.consumer_errors += 1
-                log.exception("consumer_failed", consumer=getattr(consumer, "__qualname__", repr(consumer)),
-                              event_type=event.type)
+                log.exception(
+                    "consumer_failed", consumer=getattr(consumer, "__qualname__", repr(consumer)), event_type=event.type
+                )
 
     def prune(self, now_ktime: int) -> None:
         """Close detection's expired windows and incidents (on the stats tick)."""

@@ -66,8 +66,9 @@ def open_no_follow(root: str | int, path: str, flags: int = os.O_RDONLY) -> tupl
             try:
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
             except OSError as exc:
-                raise QuarantineError(f"cannot open directory {part!r} of {path} without following links: "
-                                      f"{exc.strerror}") from exc
+                raise QuarantineError(
+                    f"cannot open directory {part!r} of {path} without following links: {exc.strerror}"
+                ) from exc
             os.close(dirfd)
             dirfd = nxt
         try:
@@ -100,17 +101,22 @@ class QuarantineStore:
         except OSError as exc:
             raise QuarantineError(f"cannot create the quarantine directory {self.dir}: {exc.strerror}") from exc
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-            raise QuarantineError(f"the quarantine directory {self.dir} must be a directory owned by the agent's "
-                                  "user (root), not a link or another user's directory")
+            raise QuarantineError(
+                f"the quarantine directory {self.dir} must be a directory owned by the agent's "
+                "user (root), not a link or another user's directory"
+            )
         if st.st_mode & 0o077:
             os.chmod(self.dir, 0o700)  # ours: make it root-only rather than refuse to start
 
-    def put(self, fd: int, st: os.stat_result, *, original_path: str, incident_id: str, alert_id: str,
-            resolved_in: str) -> Meta:
+    def put(
+        self, fd: int, st: os.stat_result, *, original_path: str, incident_id: str, alert_id: str, resolved_in: str
+    ) -> Meta:
         """Copy the open file ``fd`` into a new entry; the caller removes the original afterwards."""
         if st.st_size > MAX_FILE_BYTES:
-            raise QuarantineError(f"{original_path} is {st.st_size} bytes, more than the {MAX_FILE_BYTES} a "
-                                  "persistence file is expected to be")
+            raise QuarantineError(
+                f"{original_path} is {st.st_size} bytes, more than the {MAX_FILE_BYTES} a "
+                "persistence file is expected to be"
+            )
         data = b""
         while len(data) <= MAX_FILE_BYTES:
             chunk = os.read(fd, 1 << 16)
@@ -118,10 +124,21 @@ class QuarantineStore:
                 break
             data += chunk
         entry_id = f"q-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-        meta = Meta(id=entry_id, original_path=original_path, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
-                    gid=st.st_gid, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns, size=len(data),
-                    sha256=hashlib.sha256(data).hexdigest(), incident_id=incident_id, alert_id=alert_id,
-                    quarantined_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), resolved_in=resolved_in)
+        meta = Meta(
+            id=entry_id,
+            original_path=original_path,
+            mode=stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            atime_ns=st.st_atime_ns,
+            mtime_ns=st.st_mtime_ns,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            incident_id=incident_id,
+            alert_id=alert_id,
+            quarantined_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            resolved_in=resolved_in,
+        )
         entry = self.dir / entry_id
         entry.mkdir(mode=0o700)
         _write_new(entry / "content", data, 0o400)
@@ -171,8 +188,7 @@ class QuarantineStore:
         dirfd, name = parent_fd(root, meta.original_path)
         try:
             tmp = f".{name}.chainwatch-restore-{uuid.uuid4().hex[:8]}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dirfd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
             try:
                 _write_all(fd, data)
                 os.fchown(fd, meta.uid, meta.gid)
@@ -187,8 +203,9 @@ class QuarantineStore:
                 else:
                     os.link(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd, follow_symlinks=False)
             except FileExistsError:
-                raise QuarantineError(f"{meta.original_path} exists again; not overwritten (use --force to "
-                                      "replace it)") from None
+                raise QuarantineError(
+                    f"{meta.original_path} exists again; not overwritten (use --force to replace it)"
+                ) from None
             finally:
                 try:
                     os.unlink(tmp, dir_fd=dirfd)
@@ -212,4 +229,4 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]

@@ -74,8 +74,9 @@ def read_recording(fh: IO[bytes]) -> Recording:
     if not isinstance(meta, dict) or meta.get("format") != MAGIC:
         raise RecordingError("not a chainwatch recording (no chainwatch header)")
     if meta.get("version") != VERSION:
-        raise RecordingError(f"recording version {meta.get('version')} is not supported "
-                             f"(this chainwatch reads {VERSION})")
+        raise RecordingError(
+            f"recording version {meta.get('version')} is not supported (this chainwatch reads {VERSION})"
+        )
     rec = Recording(meta, iter(()))
 
     def events() -> Iterator[Event]:

@@ -36,14 +36,18 @@ def share_dir(*, source_tree: Path = SOURCE_TREE, installed: Path = INSTALLED_SH
     if override:
         base = Path(override)
         if not _complete(base):
-            raise ResourceMissing(f"{SHARE_ENV}={override} does not hold both rules/ and bpf/; "
-                                  f"unset it to use {installed} or the source tree")
+            raise ResourceMissing(
+                f"{SHARE_ENV}={override} does not hold both rules/ and bpf/; "
+                f"unset it to use {installed} or the source tree"
+            )
         return base
     for base in (source_tree, installed):
         if _complete(base):
             return base
-    raise ResourceMissing(f"chainwatch's rules/ and bpf/ are neither in {installed} nor in the source tree "
-                          f"{source_tree}: reinstall the package, or set {SHARE_ENV} to the directory holding them")
+    raise ResourceMissing(
+        f"chainwatch's rules/ and bpf/ are neither in {installed} nor in the source tree "
+        f"{source_tree}: reinstall the package, or set {SHARE_ENV} to the directory holding them"
+    )
 
 
 def rules_dir() -> Path:

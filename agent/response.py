@@ -65,6 +65,7 @@ def action(kind: str, target: str, result: str, reason: str) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------- gating
 
+
 def selected(config: ResponseConfig, alert: dict[str, Any]) -> str | None:
     """Why the response applies to ``alert`` (a sentence), or None when it does not."""
     if not config.enabled:
@@ -79,6 +80,7 @@ def selected(config: ResponseConfig, alert: dict[str, Any]) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- block
+
 
 def split_endpoint(text: str) -> tuple[str, int]:
     """``1.2.3.4:80`` or ``2001:db8::2:4444`` (as chainwatch.artifacts writes them) -> (address, port)."""
@@ -132,6 +134,7 @@ def endpoint(address: str, port: int) -> str:
 
 # --------------------------------------------------------------------------------------- quarantine
 
+
 def quarantine_refusal(config: ResponseConfig, path: str) -> str | None:
     """Why ``path`` must not be quarantined, or None."""
     if not path.startswith("/") or os.path.normpath(path) != path:
@@ -154,6 +157,7 @@ def quarantine_paths(alert: dict[str, Any]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- kill
 
+
 @dataclass(frozen=True)
 class Live:
     """A running process as /proc shows it."""
@@ -172,7 +176,7 @@ class Live:
 def parse_live(raw: bytes) -> Live:
     """A ``/proc/<pid>/stat`` line -> Live (flags is field 9)."""
     st = parse_proc_stat(raw)
-    rest = raw[raw.rfind(b")") + 1:].split()
+    rest = raw[raw.rfind(b")") + 1 :].split()
     return Live(st.pid, st.ppid, st.start_ticks, int(rest[6]), st.comm)
 
 
@@ -206,9 +210,16 @@ class KillPlan:
     refused: list[tuple[Live, str]] = field(default_factory=list)
 
 
-def kill_plan(incident: Iterable[ProcessKey], table: ProcessTable, live: dict[int, Live], *,
-              agent_pid: int, protected_executables: Iterable[str], exe: Callable[[int], str],
-              context_root: ProcessKey | None = None) -> KillPlan:
+def kill_plan(
+    incident: Iterable[ProcessKey],
+    table: ProcessTable,
+    live: dict[int, Live],
+    *,
+    agent_pid: int,
+    protected_executables: Iterable[str],
+    exe: Callable[[int], str],
+    context_root: ProcessKey | None = None,
+) -> KillPlan:
     """The incident's live processes and their live descendants, minus what must never be killed.
 
     A process counts only if /proc shows it with the start time the sensor recorded. Descendants come from
@@ -216,6 +227,7 @@ def kill_plan(incident: Iterable[ProcessKey], table: ProcessTable, live: dict[in
     daemon that was re-parented to init). A protected process is not killed and neither is anything below
     it. Pure apart from ``exe``: the tests give it a fake /proc.
     """
+
     def alive(key: ProcessKey) -> Live | None:
         proc = live.get(key.pid)
         return proc if proc is not None and proc.start_ticks == key.start_ticks else None
@@ -287,6 +299,7 @@ def open_verified(key: ProcessKey, proc_root: str = "/proc") -> int | None:
 
 # ---------------------------------------------------------------------------------------- responder
 
+
 class BlockList(Protocol):
     """What the responder needs of agent.probes.block.Blocker (the tests can pass a fake)."""
 
@@ -316,8 +329,16 @@ def _wall_ns(timestamp: str) -> int:
 class Responder:
     """Call it with each alert; returns the alert with ``chainwatch.response`` filled in."""
 
-    def __init__(self, config: ResponseConfig, table: ProcessTable, *, blocker: BlockList | None = None,
-                 store: QuarantineStore | None = None, agent_pid: int | None = None, proc_root: str = "/proc"):
+    def __init__(
+        self,
+        config: ResponseConfig,
+        table: ProcessTable,
+        *,
+        blocker: BlockList | None = None,
+        store: QuarantineStore | None = None,
+        agent_pid: int | None = None,
+        proc_root: str = "/proc",
+    ):
         self.config = config
         self.table = table
         self.blocker = blocker
@@ -363,8 +384,10 @@ class Responder:
         self.counts["responses"] += 1
         entries: list[dict[str, str]] = []
         steps: dict[str, Callable[[], list[dict[str, str]]]] = {
-            "kill": lambda: self._kill(alert, memory), "block": lambda: self._block(alert),
-            "quarantine": lambda: self._quarantine(alert, memory)}
+            "kill": lambda: self._kill(alert, memory),
+            "block": lambda: self._block(alert),
+            "quarantine": lambda: self._quarantine(alert, memory),
+        }
         for kind in self.config.actions:
             try:
                 entries += steps[kind]()
@@ -388,17 +411,25 @@ class Responder:
         return self._key_of(str((alert.get("host") or {}).get("id", "")), root) if root else None
 
     def _plan(self, memory: IncidentMemory, context_root: ProcessKey | None) -> KillPlan:
-        return kill_plan(memory.keys, self.table, read_live(self.proc_root), agent_pid=self.agent_pid,
-                         protected_executables=self.config.protected_executables,
-                         exe=lambda pid: read_exe(pid, self.proc_root), context_root=context_root)
+        return kill_plan(
+            memory.keys,
+            self.table,
+            read_live(self.proc_root),
+            agent_pid=self.agent_pid,
+            protected_executables=self.config.protected_executables,
+            exe=lambda pid: read_exe(pid, self.proc_root),
+            context_root=context_root,
+        )
 
     def _kill(self, alert: dict[str, Any], memory: IncidentMemory) -> list[dict[str, str]]:
         context_root = self._context_root(alert)
         plan = self._plan(memory, context_root)
         refused = [action("kill", describe(p), "failed", f"not killed: {why}") for p, why in plan.refused]
         if self.config.dry_run:
-            return [action("kill", describe(p), "dry_run", "would stop the tree and send SIGKILL by pidfd")
-                    for p in plan.targets] + refused
+            return [
+                action("kill", describe(p), "dry_run", "would stop the tree and send SIGKILL by pidfd")
+                for p in plan.targets
+            ] + refused
         stopped: dict[ProcessKey, tuple[Live, int]] = {}
         out: list[dict[str, str]] = []
         try:
@@ -417,15 +448,21 @@ class Responder:
                         pass  # exited; or the SIGKILL below reports the error
                 plan = self._plan(memory, context_root)  # children forked before the stop
                 refused = [action("kill", describe(p), "failed", f"not killed: {why}") for p, why in plan.refused]
-            refused += [action("kill", describe(p), "failed", f"not killed: the tree was still growing after "
-                               f"{KILL_ROUNDS} rounds") for p in plan.targets if p.key not in stopped]
+            refused += [
+                action(
+                    "kill", describe(p), "failed", f"not killed: the tree was still growing after {KILL_ROUNDS} rounds"
+                )
+                for p in plan.targets
+                if p.key not in stopped
+            ]
         finally:
             # Whatever happened above, nothing is left stopped: every process stopped is killed.
             for proc, fd in stopped.values():
                 try:
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
-                    out.append(action("kill", describe(proc), "done", "stopped, then SIGKILL by pidfd "
-                                      "(start time verified)"))
+                    out.append(
+                        action("kill", describe(proc), "done", "stopped, then SIGKILL by pidfd (start time verified)")
+                    )
                 except ProcessLookupError:
                     out.append(action("kill", describe(proc), "done", "exited before the SIGKILL"))
                 except OSError as exc:
@@ -443,8 +480,14 @@ class Responder:
             if refusal is not None:
                 out.append(action("block", target, "failed", f"not blocked: {refusal}"))
             elif self.config.dry_run:
-                out.append(action("block", target, "dry_run", f"would refuse connects and UDP sends to {target} "
-                                  f"from every process on the host for {ttl:g} s"))
+                out.append(
+                    action(
+                        "block",
+                        target,
+                        "dry_run",
+                        f"would refuse connects and UDP sends to {target} from every process on the host for {ttl:g} s",
+                    )
+                )
             elif self.blocker is None:
                 out.append(action("block", target, "failed", "the block program is not loaded"))
             else:
@@ -453,9 +496,19 @@ class Responder:
                 except Exception as exc:  # a full map, a failing syscall: recorded, never fatal
                     out.append(action("block", target, "failed", f"the kernel block list refused it: {exc}"))
                     continue
-                out.append(action("block", target, "done", (f"connects and UDP sends to {target} refused in the "
-                                  f"kernel for {ttl:g} s" if new else "already blocked; TTL renewed")
-                                  + f"; `chainwatch response unblock {address}` lifts it"))
+                out.append(
+                    action(
+                        "block",
+                        target,
+                        "done",
+                        (
+                            f"connects and UDP sends to {target} refused in the kernel for {ttl:g} s"
+                            if new
+                            else "already blocked; TTL renewed"
+                        )
+                        + f"; `chainwatch response unblock {address}` lifts it",
+                    )
+                )
         return out
 
     # -- quarantine
@@ -501,8 +554,9 @@ class Responder:
                 os.close(fd)
         return out
 
-    def _quarantine_path(self, alert: dict[str, Any], memory: IncidentMemory, label: str, root: int, path: str
-                         ) -> dict[str, str]:
+    def _quarantine_path(
+        self, alert: dict[str, Any], memory: IncidentMemory, label: str, root: int, path: str
+    ) -> dict[str, str]:
         refusal = quarantine_refusal(self.config, path)
         if refusal is not None:
             return action("quarantine", path, "failed", f"not quarantined: {refusal}")
@@ -511,8 +565,9 @@ class Responder:
         except (QuarantineError, OSError) as exc:
             return action("quarantine", path, "failed", f"not quarantined: {exc}")
 
-    def _quarantine_one(self, alert: dict[str, Any], memory: IncidentMemory, label: str, root: int, path: str
-                        ) -> dict[str, str]:
+    def _quarantine_one(
+        self, alert: dict[str, Any], memory: IncidentMemory, label: str, root: int, path: str
+    ) -> dict[str, str]:
         try:
             fd, st = open_no_follow(root, path)
         except QuarantineError as exc:
@@ -523,16 +578,24 @@ class Responder:
             if not stat.S_ISREG(st.st_mode):
                 raise QuarantineError(f"{path} is not a regular file")
             if st.st_ctime_ns < memory.first_wall_ns - CTIME_SLACK_NS:
-                raise QuarantineError(f"{path} (in {label}) has not changed since the incident began, so it is not "
-                                      "the file the incident wrote")
+                raise QuarantineError(
+                    f"{path} (in {label}) has not changed since the incident began, so it is not "
+                    "the file the incident wrote"
+                )
             if self.config.dry_run:
-                return action("quarantine", path, "dry_run", f"would move it (in {label}) to "
-                              f"{self.config.quarantine_dir}")
+                return action(
+                    "quarantine", path, "dry_run", f"would move it (in {label}) to {self.config.quarantine_dir}"
+                )
             if self.store is None:
                 raise QuarantineError("the quarantine directory is not set up")
-            meta = self.store.put(fd, st, original_path=path, resolved_in=label,
-                                  incident_id=str(alert["chainwatch"]["incident"]["id"]),
-                                  alert_id=str((alert.get("event") or {}).get("id", "")))
+            meta = self.store.put(
+                fd,
+                st,
+                original_path=path,
+                resolved_in=label,
+                incident_id=str(alert["chainwatch"]["incident"]["id"]),
+                alert_id=str((alert.get("event") or {}).get("id", "")),
+            )
         finally:
             os.close(fd)
         dirfd, name = parent_fd(root, path)
@@ -544,8 +607,13 @@ class Responder:
             os.unlink(name, dir_fd=dirfd)
         finally:
             os.close(dirfd)
-        return action("quarantine", path, "done", f"moved to {self.store.dir / meta.id} (sha256 {meta.sha256}); "
-                      f"`chainwatch response restore {meta.id}` puts it back")
+        return action(
+            "quarantine",
+            path,
+            "done",
+            f"moved to {self.store.dir / meta.id} (sha256 {meta.sha256}); "
+            f"`chainwatch response restore {meta.id}` puts it back",
+        )
 
     # -- lifecycle
     def tick(self) -> None:
@@ -569,6 +637,7 @@ class Responder:
 
 # ------------------------------------------------------------------------------------ control socket
 
+
 class ControlServer:
     """``chainwatch response list`` / ``unblock`` reach the running agent through a root-only unix socket.
 
@@ -587,8 +656,10 @@ class ControlServer:
             except ResponseError:
                 os.unlink(path)  # left by an agent that died
             else:
-                raise ResponseError(f"another chainwatch agent answers on {path}: stop it first, or set "
-                                    "response.control_socket to another path")
+                raise ResponseError(
+                    f"another chainwatch agent answers on {path}: stop it first, or set "
+                    "response.control_socket to another path"
+                )
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -640,8 +711,12 @@ class ControlServer:
             return {"ok": True}
         if cmd == "list":
             blocks = [e.describe() for e in blocker.entries()] if blocker is not None else []
-            return {"ok": True, "blocks": blocks, "dry_run": self.responder.config.dry_run,
-                    "blocking": blocker is not None}
+            return {
+                "ok": True,
+                "blocks": blocks,
+                "dry_run": self.responder.config.dry_run,
+                "blocking": blocker is not None,
+            }
         if cmd == "unblock":
             address = str(request.get("address", ""))
             try:
@@ -679,8 +754,10 @@ def control_request(path: str, request: dict[str, Any], timeout: float = 5.0) ->
                     break
                 data += chunk
     except OSError as exc:
-        raise ResponseError(f"no chainwatch agent answers on {path} ({exc.strerror or exc}): blocks exist only "
-                            "while the agent runs, so with it stopped nothing is blocked") from exc
+        raise ResponseError(
+            f"no chainwatch agent answers on {path} ({exc.strerror or exc}): blocks exist only "
+            "while the agent runs, so with it stopped nothing is blocked"
+        ) from exc
     try:
         reply: dict[str, Any] = json.loads(data.decode())
     except ValueError as exc:
@@ -689,6 +766,7 @@ def control_request(path: str, request: dict[str, Any], timeout: float = 5.0) ->
 
 
 # ------------------------------------------------------------------------------------------- set-up
+
 
 def open_responder(config: ResponseConfig, table: ProcessTable, *, control: bool = True) -> Responder | None:
     """The response stage for the daemon, or None when disabled: loads the block program (unless dry-run),
@@ -717,9 +795,15 @@ def open_responder(config: ResponseConfig, table: ProcessTable, *, control: bool
         except BaseException:
             responder.close()
             raise
-    log.info("response_ready", dry_run=config.dry_run, actions=list(config.actions),
-             min_severity=config.min_severity or None, rules=list(config.rules),
-             blocking=blocker is not None, control_socket=config.control_socket if control else None)
+    log.info(
+        "response_ready",
+        dry_run=config.dry_run,
+        actions=list(config.actions),
+        min_severity=config.min_severity or None,
+        rules=list(config.rules),
+        blocking=blocker is not None,
+        control_socket=config.control_socket if control else None,
+    )
     return responder
 
 
@@ -728,16 +812,36 @@ def check_rule_ids(config: ResponseConfig, known: Iterable[str], source: str = "
     known_ids = set(known)
     unknown = [r for r in config.rules if r not in known_ids]
     if unknown:
-        raise ResponseError(f"{source}: response.rules names {unknown[0]!r}, which is not the id of any loaded rule "
-                            "(`chainwatch rules check` lists them)")
+        raise ResponseError(
+            f"{source}: response.rules names {unknown[0]!r}, which is not the id of any loaded rule "
+            "(`chainwatch rules check` lists them)"
+        )
 
 
 def quarantine_listing(directory: str) -> list[dict[str, Any]]:
     """The quarantine entries, for `chainwatch response list`."""
-    return [{"id": m.id, "path": m.original_path, "sha256": m.sha256, "incident": m.incident_id,
-             "quarantined_at": m.quarantined_at, "resolved_in": m.resolved_in}
-            for m in QuarantineStore(directory).entries()]
+    return [
+        {
+            "id": m.id,
+            "path": m.original_path,
+            "sha256": m.sha256,
+            "incident": m.incident_id,
+            "quarantined_at": m.quarantined_at,
+            "resolved_in": m.resolved_in,
+        }
+        for m in QuarantineStore(directory).entries()
+    ]
 
 
-__all__ = ["ControlServer", "Responder", "ResponseError", "block_targets", "check_rule_ids", "control_request",
-           "kill_plan", "open_responder", "quarantine_refusal", "selected"]
+__all__ = [
+    "ControlServer",
+    "Responder",
+    "ResponseError",
+    "block_targets",
+    "check_rule_ids",
+    "control_request",
+    "kill_plan",
+    "open_responder",
+    "quarantine_refusal",
+    "selected",
+]

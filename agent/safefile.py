@@ -40,18 +40,26 @@ def check_directory(st: os.stat_result, path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePath(path, f"{path} is not a directory")
     if not _owner_ok(st.st_uid):
-        raise UnsafePath(path, f"{path} belongs to uid {st.st_uid}, who could replace chainwatch's files in it: "
-                               "use a directory owned by root")
+        raise UnsafePath(
+            path,
+            f"{path} belongs to uid {st.st_uid}, who could replace chainwatch's files in it: "
+            "use a directory owned by root",
+        )
     if st.st_mode & stat.S_IWOTH:
-        raise UnsafePath(path, f"{path} is writable by every user (mode {stat.S_IMODE(st.st_mode):o}), who could "
-                               "plant a link or a file there: use a directory only root can write")
+        raise UnsafePath(
+            path,
+            f"{path} is writable by every user (mode {stat.S_IMODE(st.st_mode):o}), who could "
+            "plant a link or a file there: use a directory only root can write",
+        )
     if st.st_mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid()):
-        raise UnsafePath(path, f"{path} is writable by group {st.st_gid} (mode {stat.S_IMODE(st.st_mode):o}): "
-                               "use a directory only root can write")
+        raise UnsafePath(
+            path,
+            f"{path} is writable by group {st.st_gid} (mode {stat.S_IMODE(st.st_mode):o}): "
+            "use a directory only root can write",
+        )
 
 
-def open_private(path: str | os.PathLike[str], flags: int, mode: int = PRIVATE_MODE, *,
-                 truncate: bool = False) -> int:
+def open_private(path: str | os.PathLike[str], flags: int, mode: int = PRIVATE_MODE, *, truncate: bool = False) -> int:
     """Open (creating it with ``mode`` if missing) the file at ``path`` and return its descriptor.
 
     ``flags`` is the access mode and e.g. O_APPEND; O_CREAT, O_NOFOLLOW and O_CLOEXEC are added.
@@ -68,12 +76,19 @@ def open_private(path: str | os.PathLike[str], flags: int, mode: int = PRIVATE_M
         check_directory(os.fstat(dir_fd), parent)
         try:
             # O_NONBLOCK: a FIFO planted here must not hang the agent before the type check refuses it.
-            fd = os.open(name, (flags & ~os.O_TRUNC) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                         mode, dir_fd=dir_fd)
+            fd = os.open(
+                name,
+                (flags & ~os.O_TRUNC) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                mode,
+                dir_fd=dir_fd,
+            )
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise UnsafePath(full, f"{full} is a symbolic link: chainwatch does not follow links for its own "
-                                       "files; remove it or point the setting at the real file") from exc
+                raise UnsafePath(
+                    full,
+                    f"{full} is a symbolic link: chainwatch does not follow links for its own "
+                    "files; remove it or point the setting at the real file",
+                ) from exc
             raise
     finally:
         os.close(dir_fd)

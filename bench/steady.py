@@ -128,8 +128,9 @@ def exec_rates(exec_storm: Path, count: int) -> list[RatePoint]:
     return points
 
 
-def sustained(make: Callable[[], Chainwatch], exec_storm: Path, workdir: Path, rate: int, seconds: float,
-              jobs: int) -> Sustained:
+def sustained(
+    make: Callable[[], Chainwatch], exec_storm: Path, workdir: Path, rate: int, seconds: float, jobs: int
+) -> Sustained:
     """An exec storm of rate * seconds execs, paced at rate, under a fresh chainwatch."""
     sensor = make()
     sensor.start(workdir)

@@ -85,8 +85,10 @@ def run(argv: list[str], timeout_s: float) -> Result:
             timer.cancel()
         if proc.returncode != 0:
             errors.seek(0)
-            raise WorkloadError(f"{' '.join(argv)} exited with {proc.returncode} (timeout {timeout_s:.0f} s): "
-                                f"{errors.read().decode(errors='replace').strip()[-500:]}")
+            raise WorkloadError(
+                f"{' '.join(argv)} exited with {proc.returncode} (timeout {timeout_s:.0f} s): "
+                f"{errors.read().decode(errors='replace').strip()[-500:]}"
+            )
     return Result(parse_report(stdout), usage.ru_utime + usage.ru_stime)
 
 

@@ -23,12 +23,16 @@ def _c_struct(record: layout.Record, with_header: bool) -> list[str]:
 
 
 def _asserts(c_name: str, py_struct: type[ctypes.Structure]) -> list[str]:
-    lines = [f"_Static_assert(sizeof(struct {c_name}) == {ctypes.sizeof(py_struct)}, "
-             f"\"struct {c_name} size drifted from agent/abi/layout.py\");"]
+    lines = [
+        f"_Static_assert(sizeof(struct {c_name}) == {ctypes.sizeof(py_struct)}, "
+        f'"struct {c_name} size drifted from agent/abi/layout.py");'
+    ]
     for field_name, *_ in py_struct._fields_:
         offset = getattr(py_struct, field_name).offset
-        lines.append(f"_Static_assert(__builtin_offsetof(struct {c_name}, {field_name}) == {offset}, "
-                     f"\"{c_name}.{field_name} offset drifted\");")
+        lines.append(
+            f"_Static_assert(__builtin_offsetof(struct {c_name}, {field_name}) == {offset}, "
+            f'"{c_name}.{field_name} offset drifted");'
+        )
     return lines
 
 
@@ -50,8 +54,11 @@ def render() -> str:
         out += [f"#define {name} {value}" for name, value in table.items()]
         out.append("")
     out += [f"#define CTX_{name.upper()} {value}" for name, value in layout.CONTEXTS.items()]
-    out += [f"#define CONTEXT_CI_BASE {layout.CONTEXT_CI_BASE}", f"#define CONTEXT_NAME_LEN {layout.CONTEXT_NAME_LEN}",
-            ""]
+    out += [
+        f"#define CONTEXT_CI_BASE {layout.CONTEXT_CI_BASE}",
+        f"#define CONTEXT_NAME_LEN {layout.CONTEXT_NAME_LEN}",
+        "",
+    ]
     out += _c_struct(layout.HEADER, with_header=False)
     out += _asserts("event_header", layout.EventHeader)
     out.append("")

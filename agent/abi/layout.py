@@ -54,8 +54,21 @@ FD_KINDS: Final[dict[str, int]] = {"FD_FIFO": 1, "FD_PTMX": 2}
 # Install and CI contexts (header.context). Package installs are below CONTEXT_CI_BASE, CI runners from
 # it: a package install may start inside a CI job and takes over there, never the other way round.
 CONTEXT_CI_BASE: Final = 64
-_PACKAGE_MANAGERS: Final = ("npm", "yarn", "pnpm", "bun", "pip", "uv", "poetry", "pipx", "gem", "cargo",
-                            "composer", "dpkg", "rpm")
+_PACKAGE_MANAGERS: Final = (
+    "npm",
+    "yarn",
+    "pnpm",
+    "bun",
+    "pip",
+    "uv",
+    "poetry",
+    "pipx",
+    "gem",
+    "cargo",
+    "composer",
+    "dpkg",
+    "rpm",
+)
 _CI_PROVIDERS: Final = ("github_actions", "gitlab", "jenkins", "buildkite")
 CONTEXTS: Final[dict[str, int]] = {
     **{f"package_install_{name}": i + 1 for i, name in enumerate(_PACKAGE_MANAGERS)},
@@ -85,8 +98,14 @@ SYSCALLS: Final[dict[str, int]] = {
 
 u8, u16, u32, u64, s32 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
 
-C_TYPE_NAMES: Final[dict[type, str]] = {u8: "__u8", u16: "__u16", u32: "__u32", u64: "__u64", s32: "__s32",
-                                         ctypes.c_char: "char"}
+C_TYPE_NAMES: Final[dict[type, str]] = {
+    u8: "__u8",
+    u16: "__u16",
+    u32: "__u32",
+    u64: "__u64",
+    s32: "__s32",
+    ctypes.c_char: "char",
+}
 
 
 @dataclass(frozen=True)
@@ -98,38 +117,42 @@ class Record:
     tail: str | None = None  # a variable-size record is sent cut after tail's used length
 
 
-HEADER = Record("event_header", (
-    ("op", u16, 0),
-    ("flags", u16, 0),
-    ("size", u32, 0),
-    ("ktime", u64, 0),
-    ("tgid", u32, 0),
-    ("pid", u32, 0),  # the calling thread
-    ("ppid", u32, 0),
-    ("uid", u32, 0),
-    ("start_time", u64, 0),
-    ("cgroup_id", u64, 0),
-    ("comm", ctypes.c_char, COMM_LEN),
-    # The install/CI context the kernel holds for this process (CONTEXTS id, 0: none) and its root.
-    ("context", u32, 0),
-    ("context_root_pid", u32, 0),
-    ("context_root_start", u64, 0),
-))
+HEADER = Record(
+    "event_header",
+    (
+        ("op", u16, 0),
+        ("flags", u16, 0),
+        ("size", u32, 0),
+        ("ktime", u64, 0),
+        ("tgid", u32, 0),
+        ("pid", u32, 0),  # the calling thread
+        ("ppid", u32, 0),
+        ("uid", u32, 0),
+        ("start_time", u64, 0),
+        ("cgroup_id", u64, 0),
+        ("comm", ctypes.c_char, COMM_LEN),
+        # The install/CI context the kernel holds for this process (CONTEXTS id, 0: none) and its root.
+        ("context", u32, 0),
+        ("context_root_pid", u32, 0),
+        ("context_root_start", u64, 0),
+    ),
+)
 
 # Kernel maps that userspace writes, keyed and valued as declared here.
 CONTEXT_NAME_LEN: Final = 32
 MAP_RECORDS: Final[tuple[Record, ...]] = (
     # contexts: tgid -> the process's context. start_time guards against a reused pid.
-    Record("context_tag", (
-        ("context", u32, 0),
-        ("root_pid", u32, 0),
-        ("root_start", u64, 0),
-        ("start_time", u64, 0),
-    )),
+    Record(
+        "context_tag",
+        (
+            ("context", u32, 0),
+            ("root_pid", u32, 0),
+            ("root_start", u64, 0),
+            ("start_time", u64, 0),
+        ),
+    ),
     # context_exes: an executable basename (NUL-padded) -> the context its exec starts.
-    Record("context_exe", (
-        ("name", ctypes.c_char, CONTEXT_NAME_LEN),
-    )),
+    Record("context_exe", (("name", ctypes.c_char, CONTEXT_NAME_LEN),)),
 )
 
 # Socket description shared by the network and fd records: family/type from struct socket, peer and local
@@ -145,74 +168,94 @@ SOCK_FIELDS: Final = (
 )
 
 RECORDS: Final[dict[str, Record]] = {
-    "OP_EXEC": Record("exec_event", (
-        ("filename_len", u32, 0),
-        ("args_len", u32, 0),
-        ("env_len", u32, 0),
-        ("stdio_sock_fd", s32, 0),  # which of fd 0/1/2 is described by the socket fields, or -1
-        ("stdio_mode", u16, 3),  # inode i_mode of fds 0, 1, 2 (0: not open)
-        ("_pad", u16, 0),
-        # What fds 0, 1, 2 are, as the stdio graph joins them: the inode (pipe, FIFO, socket, file), its
-        # superblock's device, the device number of a char device (which pty), the open flags (access mode),
-        # and aux: a unix socket's peer inode, or a pty master's index.
-        ("stdio_dev", u32, 3),
-        ("stdio_rdev", u32, 3),
-        ("stdio_fflags", u32, 3),
-        ("_pad2", u32, 0),
-        ("stdio_ino", u64, 3),
-        ("stdio_aux", u64, 3),
-        # The file actually executed (mm->exe_file), not the path the caller passed.
-        ("exe_ino", u64, 0),
-        ("exe_dev", u32, 0),
-        ("exe_nlink", u32, 0),
-        *SOCK_FIELDS,
-        ("filename", ctypes.c_char, FILENAME_MAX),
-        ("args", ctypes.c_char, ARGS_MAX),
-        ("env", ctypes.c_char, ENV_MAX),
-    ), tail="env"),
-    "OP_FORK": Record("fork_event", (
-        ("parent_start_time", u64, 0),
-    )),
-    "OP_EXIT": Record("exit_event", (
-        ("exit_code", s32, 0),
-        ("_pad", u32, 0),
-    )),
-    "OP_CONNECT": Record("net_event", (
-        ("fd", s32, 0),
-        ("result", s32, 0),
-        *SOCK_FIELDS,
-    )),
-    "OP_SOCKET_DUP": Record("dup_event", (
-        ("oldfd", s32, 0),
-        ("newfd", s32, 0),
-        ("syscall", u32, 0),
-        ("_pad", u32, 0),
-        *SOCK_FIELDS,
-    )),
-    "OP_FILE_WRITE": Record("file_event", (
-        ("syscall", u32, 0),
-        ("open_flags", u32, 0),
-        ("result", s32, 0),
-        ("path_len", u32, 0),
-        ("source_len", u32, 0),
-        ("_pad", u32, 0),
-        ("path", ctypes.c_char, PATH_MAX),
-        ("source", ctypes.c_char, PATH_MAX),
-    )),
-    "OP_MODULE_LOAD": Record("module_event", (
-        ("syscall", u32, 0),
-        ("fd", s32, 0),
-    )),
+    "OP_EXEC": Record(
+        "exec_event",
+        (
+            ("filename_len", u32, 0),
+            ("args_len", u32, 0),
+            ("env_len", u32, 0),
+            ("stdio_sock_fd", s32, 0),  # which of fd 0/1/2 is described by the socket fields, or -1
+            ("stdio_mode", u16, 3),  # inode i_mode of fds 0, 1, 2 (0: not open)
+            ("_pad", u16, 0),
+            # What fds 0, 1, 2 are, as the stdio graph joins them: the inode (pipe, FIFO, socket, file), its
+            # superblock's device, the device number of a char device (which pty), the open flags (access mode),
+            # and aux: a unix socket's peer inode, or a pty master's index.
+            ("stdio_dev", u32, 3),
+            ("stdio_rdev", u32, 3),
+            ("stdio_fflags", u32, 3),
+            ("_pad2", u32, 0),
+            ("stdio_ino", u64, 3),
+            ("stdio_aux", u64, 3),
+            # The file actually executed (mm->exe_file), not the path the caller passed.
+            ("exe_ino", u64, 0),
+            ("exe_dev", u32, 0),
+            ("exe_nlink", u32, 0),
+            *SOCK_FIELDS,
+            ("filename", ctypes.c_char, FILENAME_MAX),
+            ("args", ctypes.c_char, ARGS_MAX),
+            ("env", ctypes.c_char, ENV_MAX),
+        ),
+        tail="env",
+    ),
+    "OP_FORK": Record("fork_event", (("parent_start_time", u64, 0),)),
+    "OP_EXIT": Record(
+        "exit_event",
+        (
+            ("exit_code", s32, 0),
+            ("_pad", u32, 0),
+        ),
+    ),
+    "OP_CONNECT": Record(
+        "net_event",
+        (
+            ("fd", s32, 0),
+            ("result", s32, 0),
+            *SOCK_FIELDS,
+        ),
+    ),
+    "OP_SOCKET_DUP": Record(
+        "dup_event",
+        (
+            ("oldfd", s32, 0),
+            ("newfd", s32, 0),
+            ("syscall", u32, 0),
+            ("_pad", u32, 0),
+            *SOCK_FIELDS,
+        ),
+    ),
+    "OP_FILE_WRITE": Record(
+        "file_event",
+        (
+            ("syscall", u32, 0),
+            ("open_flags", u32, 0),
+            ("result", s32, 0),
+            ("path_len", u32, 0),
+            ("source_len", u32, 0),
+            ("_pad", u32, 0),
+            ("path", ctypes.c_char, PATH_MAX),
+            ("source", ctypes.c_char, PATH_MAX),
+        ),
+    ),
+    "OP_MODULE_LOAD": Record(
+        "module_event",
+        (
+            ("syscall", u32, 0),
+            ("fd", s32, 0),
+        ),
+    ),
     # A FIFO or a pty master opened: the ends of a relay that need not be on anyone's stdio.
-    "OP_FD_OPEN": Record("fd_open_event", (
-        ("fd", s32, 0),
-        ("kind", u32, 0),
-        ("fflags", u32, 0),
-        ("dev", u32, 0),
-        ("ino", u64, 0),
-        ("tty_index", u32, 0),
-        ("_pad", u32, 0),
-    )),
+    "OP_FD_OPEN": Record(
+        "fd_open_event",
+        (
+            ("fd", s32, 0),
+            ("kind", u32, 0),
+            ("fflags", u32, 0),
+            ("dev", u32, 0),
+            ("ino", u64, 0),
+            ("tty_index", u32, 0),
+            ("_pad", u32, 0),
+        ),
+    ),
 }
 # accept and listen share the connect record's layout.
 RECORDS["OP_ACCEPT"] = RECORDS["OP_CONNECT"]
@@ -239,13 +282,10 @@ for _op, _record in RECORDS.items():
     STRUCTS.setdefault(_record.name, _body_class(_record))
 
 MAP_STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
-    record.name: type(record.name, (ctypes.Structure,), {"_fields_": _ctypes_fields(record)})
-    for record in MAP_RECORDS
+    record.name: type(record.name, (ctypes.Structure,), {"_fields_": _ctypes_fields(record)}) for record in MAP_RECORDS
 }
 
-OP_STRUCT: Final[dict[int, type[ctypes.Structure]]] = {
-    OPS[op]: STRUCTS[record.name] for op, record in RECORDS.items()
-}
+OP_STRUCT: Final[dict[int, type[ctypes.Structure]]] = {OPS[op]: STRUCTS[record.name] for op, record in RECORDS.items()}
 OP_RECORD: Final[dict[int, Record]] = {OPS[op]: record for op, record in RECORDS.items()}
 
 

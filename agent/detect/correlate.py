@@ -114,8 +114,13 @@ class Correlator:
         detectors = incident.detectors | {signal.detector}
         destinations = incident.destinations | ({(signal.daddr, signal.dport)} if signal.daddr else set())
         files = incident.files | ({signal.path} if signal.path else set())
-        if not (new or severity > incident.severity or detectors != incident.detectors
-                or destinations != incident.destinations or files != incident.files):
+        if not (
+            new
+            or severity > incident.severity
+            or detectors != incident.detectors
+            or destinations != incident.destinations
+            or files != incident.files
+        ):
             incident.suppressed += 1
             self.suppressed += 1
             return None

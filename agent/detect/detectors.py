@@ -64,16 +64,25 @@ def interpreter_one_liner(name: str, args: Sequence[str]) -> str | None:
     """
     rest = args[1:]
     if fnmatchcase(name, "python*"):
-        if _flagged(rest, "-c") and (_any(rest, "*import*pty*spawn*", "*import*subprocess*call*",
-                                          "*import*subprocess*Popen*", "*import*subprocess*run*")
-                                     or _any(rest, "*socket*") and _any(rest, "*dup2*", "*pty*", "*exec*")):
+        if _flagged(rest, "-c") and (
+            _any(
+                rest,
+                "*import*pty*spawn*",
+                "*import*subprocess*call*",
+                "*import*subprocess*Popen*",
+                "*import*subprocess*run*",
+            )
+            or _any(rest, "*socket*")
+            and _any(rest, "*dup2*", "*pty*", "*exec*")
+        ):
             return "python one-liner spawning a shell"
     elif fnmatchcase(name, "perl*"):
         if _flagged(rest, "-e", "-E") and _any(rest, "*socket*", "*Socket*") and _any(rest, "*exec*", "*system*"):
             return "perl socket one-liner"
     elif fnmatchcase(name, "ruby*"):
-        if (_flagged(rest, "-e", "-rsocket") or _any(rest, "-rsocket*")) and _any(rest, "*TCPSocket.new*",
-                                                                                   "*TCPSocket.open*"):
+        if (_flagged(rest, "-e", "-rsocket") or _any(rest, "-rsocket*")) and _any(
+            rest, "*TCPSocket.new*", "*TCPSocket.open*"
+        ):
             return "ruby TCPSocket one-liner"
     elif fnmatchcase(name, "lua*"):
         if _flagged(rest, "-e") and _any(rest, "*socket.tcp*") and _any(rest, "*io.popen*", "*os.execute*"):
@@ -85,8 +94,11 @@ def interpreter_one_liner(name: str, args: Sequence[str]) -> str | None:
         if _any(rest, "*/inet/tcp/*", "*/inet4/tcp/*", "*/inet6/tcp/*", "*/inet/udp/*"):
             return "awk /inet socket"
     elif name in ("nc", "ncat", "netcat", "nc.traditional", "nc.openbsd"):
-        if len(args) >= 3 and not _flagged(rest, "-z") and (
-                _flagged(rest, "-e", "-c", "--exec", "--sh-exec", "--lua-exec") or _any(rest, "-*e")):
+        if (
+            len(args) >= 3
+            and not _flagged(rest, "-z")
+            and (_flagged(rest, "-e", "-c", "--exec", "--sh-exec", "--lua-exec") or _any(rest, "-*e"))
+        ):
             return "netcat executing a program"
     # The seed's telnet and openssl clauses are judged by the stdio graph (detector reverse_shell): only a
     # relay to a shell makes them a reverse shell, not a banner or certificate check through a pipe.
@@ -125,8 +137,12 @@ class Detectors:
         # (creator of the shells, destination) -> ktimes of download-and-execute runs, for beacons
         self._downloads: dict[tuple[ProcessKey, str, int], list[int]] = {}
         self._handlers: dict[type, Callable[[Event, Process | None], Iterable[Signal]]] = {
-            Exec: self._on_exec, Connect: self._on_connect, SocketDup: self._on_dup, Fork: self._on_fork,
-            FileWrite: self._on_file_write, ModuleLoad: self._on_module_load,
+            Exec: self._on_exec,
+            Connect: self._on_connect,
+            SocketDup: self._on_dup,
+            Fork: self._on_fork,
+            FileWrite: self._on_file_write,
+            ModuleLoad: self._on_module_load,
         }
 
     def prune(self, now_ktime: int) -> None:
@@ -157,26 +173,57 @@ class Detectors:
     def _parent(self, proc: Process | None) -> Process | None:
         return self.table.get(proc.parent_key) if proc is not None and proc.parent_key else None
 
-    def _emit(self, rule: Rule, event: Event, proc: Process | None, reason: str, *, daddr: str = "",
-              dport: int = 0, family: str = "", transport: str = "", path: str = "", saddr: str = "",
-              sport: int = 0, direction: str = "") -> Signal | None:
+    def _emit(
+        self,
+        rule: Rule,
+        event: Event,
+        proc: Process | None,
+        reason: str,
+        *,
+        daddr: str = "",
+        dport: int = 0,
+        family: str = "",
+        transport: str = "",
+        path: str = "",
+        saddr: str = "",
+        sport: int = 0,
+        direction: str = "",
+    ) -> Signal | None:
         exe = proc.filename if proc else ""
         parent = self._parent(proc)
         args = proc.args if proc else ()
         if rule.exceptions.matches(exe, parent.filename if parent else "", args, daddr or None, dport or None):
             return None
         key = proc.key if proc else process_key(event.pid, event.start_time)
-        return Signal(rule=rule, key=key, event=event, reason=reason, daddr=daddr, dport=dport, family=family,
-                      transport=transport, path=path, context=context_of(proc), saddr=saddr, sport=sport,
-                      direction=direction or ("egress" if daddr else ""))
+        return Signal(
+            rule=rule,
+            key=key,
+            event=event,
+            reason=reason,
+            daddr=daddr,
+            dport=dport,
+            family=family,
+            transport=transport,
+            path=path,
+            context=context_of(proc),
+            saddr=saddr,
+            sport=sport,
+            direction=direction or ("egress" if daddr else ""),
+        )
 
-    def _emit_conn(self, detector: catalog.Detector, event: Event, proc: Process | None, reason: str,
-                   conn: Conn) -> list[Signal]:
+    def _emit_conn(
+        self, detector: catalog.Detector, event: Event, proc: Process | None, reason: str, conn: Conn
+    ) -> list[Signal]:
         """Signals of ``detector`` about a connection: for an accepted one (a bind shell) the remote peer is
         the source and the local listening address and port the destination."""
         if conn.ingress:
-            net: dict[str, Any] = {"daddr": conn.laddr, "dport": conn.lport, "saddr": conn.daddr,
-                                   "sport": conn.dport, "direction": "ingress"}
+            net: dict[str, Any] = {
+                "daddr": conn.laddr,
+                "dport": conn.lport,
+                "saddr": conn.daddr,
+                "sport": conn.dport,
+                "direction": "ingress",
+            }
         else:
             net = {"daddr": conn.daddr, "dport": conn.dport, "direction": "egress"}
         out = []
@@ -186,8 +233,9 @@ class Detectors:
                 out.append(sig)
         return out
 
-    def _emit_all(self, detector: catalog.Detector, event: Event, proc: Process | None, reason: str, *,
-                  path: str = "") -> list[Signal]:
+    def _emit_all(
+        self, detector: catalog.Detector, event: Event, proc: Process | None, reason: str, *, path: str = ""
+    ) -> list[Signal]:
         out = []
         for rule in self.rules.by_detector(detector.name):
             sig = self._emit(rule, event, proc, reason, path=path)
@@ -223,8 +271,9 @@ class Detectors:
         if technique and self.lists.is_reverse_shell_parent(parent_name):
             for rule in self.rules.by_detector(catalog.INTERPRETER_REVERSE_SHELL.name):
                 self._pending.setdefault(key, []).append(_Pending(rule, event, technique, ELASTIC_WINDOW_NS))
-        tool = self.lists.tunnel_for(name if name != self.lists.program(event.filename, event.args)
-                                     else event.filename, event.args)
+        tool = self.lists.tunnel_for(
+            name if name != self.lists.program(event.filename, event.args) else event.filename, event.args
+        )
         if tool is not None:
             for rule in self.rules.by_detector(catalog.TUNNEL_TOOL.name):
                 # Signalled at once; its first remote connect adds the destination.
@@ -239,8 +288,7 @@ class Detectors:
 
     def _fileless(self, event: Exec, proc: Process | None, name: str) -> list[Signal]:
         """An exec of a memfd or of a file deleted before it ran: code that never was a file on disk."""
-        what = ("a memfd" if event.flags & FLAG_EXE_MEMFD else
-                "a deleted file" if event.flags & FLAG_EXE_DELETED else "")
+        what = "a memfd" if event.flags & FLAG_EXE_MEMFD else "a deleted file" if event.flags & FLAG_EXE_DELETED else ""
         if not what:
             return []
         known = f" (its content is {name})" if proc is not None and "program" in proc.tags else ""
@@ -249,8 +297,11 @@ class Detectors:
     def _stdio_socket_at_exec(self, event: Exec, proc: Process | None, name: str) -> list[Signal]:
         """A remote socket on stdin or stdout of a program that runs commands (a shell or an interpreter),
         or of any command a shell runs on the socket that shell opened (`exec 5<>/dev/tcp/H/P; ... >&5`)."""
-        if (event.stdio_socket_fd not in (0, 1) or event.stdio_family not in ("ipv4", "ipv6")
-                or not self.lists.is_remote(event.stdio_daddr)):
+        if (
+            event.stdio_socket_fd not in (0, 1)
+            or event.stdio_family not in ("ipv4", "ipv6")
+            or not self.lists.is_remote(event.stdio_daddr)
+        ):
             return []
         key = process_key(event.pid, event.start_time)
         sock_id = event.stdio_ids[event.stdio_socket_fd] if event.stdio_ids else ""
@@ -260,7 +311,8 @@ class Detectors:
         if conn is None or self.graph.is_legitimate(key) or (giver is not None and self.graph.is_legitimate(giver)):
             return []  # sshd's re-exec, an inetd or socket-activated service: handed over on purpose
         if not self.graph.is_command_reader(key) and not (
-                owner is not None and owner != key and self.graph.is_command_reader(owner)):
+            owner is not None and owner != key and self.graph.is_command_reader(owner)
+        ):
             return []
         self._judged.add(("stdio", key))
         return self._socket_on_stdio(event, proc, f"{name} started with fd {event.stdio_socket_fd}", conn, "")
@@ -276,8 +328,12 @@ class Detectors:
         expected = self._tracking.setdefault(ci.root, value)
         if value == expected:
             return []
-        return self._emit_all(catalog.RUNNER_TRACKING_TAMPER, event, proc,
-                              f"{event.filename} runs with {TRACKING_VAR}={value!r}, not the job's {expected!r}")
+        return self._emit_all(
+            catalog.RUNNER_TRACKING_TAMPER,
+            event,
+            proc,
+            f"{event.filename} runs with {TRACKING_VAR}={value!r}, not the job's {expected!r}",
+        )
 
     def _on_file_write(self, event: Event, proc: Process | None) -> Iterable[Signal]:
         assert isinstance(event, FileWrite)
@@ -316,8 +372,12 @@ class Detectors:
         assert isinstance(event, Connect)
         if event.result not in ATTEMPTED or not self.lists.is_remote(event.daddr):
             return []
-        net: dict[str, Any] = {"daddr": event.daddr, "dport": event.dport, "family": event.family,
-                               "transport": event.transport}
+        net: dict[str, Any] = {
+            "daddr": event.daddr,
+            "dport": event.dport,
+            "family": event.family,
+            "transport": event.transport,
+        }
         out = []
         exe = proc.filename if proc else ""
         if proc is not None and self.lists.is_shell(self.graph.name_of(proc)):
@@ -328,14 +388,24 @@ class Detectors:
         key = proc.key if proc else process_key(event.pid, event.start_time)
         for pending in self._pending.pop(key, []):
             if event.ktime - pending.exec_event.ktime <= pending.window_ns:
-                sig = self._emit(pending.rule, event, proc, f"{pending.reason}, then a connection to "
-                                 f"{event.daddr}:{event.dport}", **net)
+                sig = self._emit(
+                    pending.rule,
+                    event,
+                    proc,
+                    f"{pending.reason}, then a connection to {event.daddr}:{event.dport}",
+                    **net,
+                )
                 if sig:
                     out.append(sig)
         if event.dport in self.lists.irc_ports:
             for rule in self.rules.by_detector(catalog.IRC_CONNECTION.name):
-                sig = self._emit(rule, event, proc, f"{exe or event.comm} connected to IRC port {event.dport} "
-                                 f"on {event.daddr}", **net)
+                sig = self._emit(
+                    rule,
+                    event,
+                    proc,
+                    f"{exe or event.comm} connected to IRC port {event.dport} on {event.daddr}",
+                    **net,
+                )
                 if sig:
                     out.append(sig)
         return out
@@ -352,22 +422,31 @@ class Detectors:
         if proc is None or self.graph.is_legitimate(key):
             return []
         if self.lists.is_shell(self.graph.name_of(proc)) and any(
-                self.graph.opener(c.sock_id) == key or not c.sock_id for c in self.graph.live_conns(key)):
+            self.graph.opener(c.sock_id) == key or not c.sock_id for c in self.graph.live_conns(key)
+        ):
             # A shell's redirection of the socket it opened itself (/dev/tcp) precedes the exec that the
             # exec probe judges (`bash -i >& /dev/tcp/H/P 0>&1`); on its own it is a probe's redirection.
             return []
-        conn = self.graph.conn(event.sock_id) or Conn(event.sock_id, event.daddr, event.dport, "", event.lport,
-                                                      event.family, event.transport, ingress=False)
-        return self._socket_on_stdio(event, proc, f"{self.graph.program(key) or event.comm} put on fd {event.newfd}",
-                                     conn, f" ({event.syscall})")
+        conn = self.graph.conn(event.sock_id) or Conn(
+            event.sock_id, event.daddr, event.dport, "", event.lport, event.family, event.transport, ingress=False
+        )
+        return self._socket_on_stdio(
+            event, proc, f"{self.graph.program(key) or event.comm} put on fd {event.newfd}", conn, f" ({event.syscall})"
+        )
 
     def _socket_on_stdio(self, event: Event, proc: Process | None, what: str, conn: Conn, how: str) -> list[Signal]:
         """A remote socket on a command reader's stdio: a bind shell when it was accepted, else stdio_to_socket."""
         if conn.ingress:
-            return self._emit_conn(catalog.BIND_SHELL, event, proc, f"{what} a connection accepted from {conn.daddr}:"
-                                   f"{conn.dport} on port {conn.lport}{how}", conn)
-        return self._emit_conn(catalog.STDIO_TO_SOCKET, event, proc,
-                               f"{what} a socket connected to {conn.daddr}:{conn.dport}{how}", conn)
+            return self._emit_conn(
+                catalog.BIND_SHELL,
+                event,
+                proc,
+                f"{what} a connection accepted from {conn.daddr}:{conn.dport} on port {conn.lport}{how}",
+                conn,
+            )
+        return self._emit_conn(
+            catalog.STDIO_TO_SOCKET, event, proc, f"{what} a socket connected to {conn.daddr}:{conn.dport}{how}", conn
+        )
 
     # ---------------------------------------------------------------- the stdio graph
 
@@ -380,8 +459,11 @@ class Detectors:
             # someone else's relay, so only then is the neighbourhood walked (execs are the common event).
             candidates = self.graph.neighbourhood(changed[0]) if event.stdio_socket_fd >= 0 else changed
         else:
-            candidates = [k for key in changed for k in self.graph.neighbourhood(
-                key, children=isinstance(event, (Connect, Accept)))]
+            candidates = [
+                k
+                for key in changed
+                for k in self.graph.neighbourhood(key, children=isinstance(event, (Connect, Accept)))
+            ]
         out: list[Signal] = []
         for key in dict.fromkeys(candidates):
             proc = self.table.get(key)
@@ -411,10 +493,12 @@ class Detectors:
             back = verdict.outputs[0]
             route = " -> ".join((*reversed(into.path), name)) or name
             accepted = "a connection accepted from " if conn.ingress else ""
-            reason = (f"{name} reads its commands through {route} from {accepted}"
-                      f"{conn.daddr}:{conn.dport} and its output goes back through "
-                      f"{' -> '.join(back.path) or name} to {back.conn.daddr}:{back.conn.dport} "
-                      f"({via.hops} hop{'s' if via.hops > 1 else ''})")
+            reason = (
+                f"{name} reads its commands through {route} from {accepted}"
+                f"{conn.daddr}:{conn.dport} and its output goes back through "
+                f"{' -> '.join(back.path) or name} to {back.conn.daddr}:{back.conn.dport} "
+                f"({via.hops} hop{'s' if via.hops > 1 else ''})"
+            )
             return self._emit_conn(_shell_detector(conn), event, proc, reason, conn)
         # Input from a download, output stays local: download-and-execute (and a beacon when it repeats).
         if ("download", key) in self._judged or not self.lists.is_shell(name):
@@ -430,14 +514,24 @@ class Detectors:
         runs = self._downloads.setdefault((anchor.key, conn.daddr, conn.dport), [])
         runs.append(event.ktime)
         del runs[:-16]
-        out = self._emit_conn(catalog.DOWNLOAD_EXECUTE, event, anchor,
-                              f"{name} runs what {client} downloaded from {conn.daddr}:{conn.dport}", conn)
+        out = self._emit_conn(
+            catalog.DOWNLOAD_EXECUTE,
+            event,
+            anchor,
+            f"{name} runs what {client} downloaded from {conn.daddr}:{conn.dport}",
+            conn,
+        )
         recent = [t for t in runs if event.ktime - t <= BEACON_WINDOW_NS]
         if len(recent) >= 2 and ("beacon", anchor.key) not in self._judged:
             self._judged.add(("beacon", anchor.key))
-            out += self._emit_conn(catalog.C2_BEACON, event, anchor,
-                                   f"{self.graph.program(anchor.key) or 'a loop'} ran commands downloaded from "
-                                   f"{conn.daddr}:{conn.dport} {len(recent)} times (a polling beacon)", conn)
+            out += self._emit_conn(
+                catalog.C2_BEACON,
+                event,
+                anchor,
+                f"{self.graph.program(anchor.key) or 'a loop'} ran commands downloaded from "
+                f"{conn.daddr}:{conn.dport} {len(recent)} times (a polling beacon)",
+                conn,
+            )
         return out
 
     def _judge_loop(self, event: Event, child: Process) -> list[Signal]:
@@ -461,7 +555,9 @@ class Detectors:
         self._judged.add(("loop", holder_key))
         conn = conns[-1]
         name = self.graph.program(holder_key)
-        reason = (f"{name} holds a connection {'accepted from' if conn.ingress else 'to'} {conn.daddr}:{conn.dport} "
-                  f"and runs commands whose output comes back to it ({self.graph.program(child.key)}): "
-                  f"an interpreter command loop")
+        reason = (
+            f"{name} holds a connection {'accepted from' if conn.ingress else 'to'} {conn.daddr}:{conn.dport} "
+            f"and runs commands whose output comes back to it ({self.graph.program(child.key)}): "
+            f"an interpreter command loop"
+        )
         return self._emit_conn(_shell_detector(conn), event, holder, reason, conn)

@@ -29,8 +29,15 @@ class SignalSource(Protocol):
 class DetectionEngine:
     """Call it with every event (after the process table saw it); incident updates go to ``emit``."""
 
-    def __init__(self, rules: RuleSet, table: ProcessTable, emit: Callable[[IncidentUpdate], None], *,
-                 sources: Sequence[SignalSource] = (), exe_identity: ExeIdentity | None = None):
+    def __init__(
+        self,
+        rules: RuleSet,
+        table: ProcessTable,
+        emit: Callable[[IncidentUpdate], None],
+        *,
+        sources: Sequence[SignalSource] = (),
+        exe_identity: ExeIdentity | None = None,
+    ):
         self.detectors = Detectors(rules, table, exe_identity)
         self.sources = list(sources)
         self.correlator = Correlator(table)

@@ -22,8 +22,18 @@ DEFAULT_DIRS: Final = ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin
 MAX_HASH_BYTES: Final = 8 << 20  # bash, python, socat, ncat are smaller; hashing node (90 MB) would cost a second
 CACHE_MAX: Final = 8192
 # Network clients the detectors name besides the lists' shells, interpreters and tunnel tools.
-NETWORK_CLIENTS: Final = ("nc", "ncat", "netcat", "nc.traditional", "nc.openbsd", "socat", "telnet", "openssl",
-                          "curl", "wget")
+NETWORK_CLIENTS: Final = (
+    "nc",
+    "ncat",
+    "netcat",
+    "nc.traditional",
+    "nc.openbsd",
+    "socat",
+    "telnet",
+    "openssl",
+    "curl",
+    "wget",
+)
 
 
 def kernel_dev(st_dev: int) -> int:
@@ -73,8 +83,9 @@ class ExeIdentity:
                         self.by_digest.setdefault(digest, program)
 
     @classmethod
-    def for_patterns(cls, names: Iterable[str], patterns: Iterable[str], dirs: Sequence[str] = DEFAULT_DIRS,
-                     proc: str = "/proc") -> ExeIdentity:
+    def for_patterns(
+        cls, names: Iterable[str], patterns: Iterable[str], dirs: Sequence[str] = DEFAULT_DIRS, proc: str = "/proc"
+    ) -> ExeIdentity:
         """Known programs by name, plus every file in ``dirs`` whose name matches one of the fnmatch
         ``patterns`` (interpreters are installed under versioned names: python3.11, perl5.36)."""
         wanted = set(names)

@@ -29,8 +29,16 @@ MAX_HOLDERS = 8
 EXIT_GRACE_NS = 30 * 10**9  # an exited holder's ends stay known this long (events arrive out of order)
 ATTEMPTED = (0, -115, -11, -114)  # success, EINPROGRESS, EAGAIN, EALREADY
 TEMP_DIRS = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/user/")
-INLINE_FLAGS = {"python": ("-c",), "perl": ("-e", "-E"), "ruby": ("-e",), "php": ("-r",), "node": ("-e", "--eval",
-                "-p", "--print"), "lua": ("-e",), "tclsh": (), "awk": ()}
+INLINE_FLAGS = {
+    "python": ("-c",),
+    "perl": ("-e", "-E"),
+    "ruby": ("-e",),
+    "php": ("-r",),
+    "node": ("-e", "--eval", "-p", "--print"),
+    "lua": ("-e",),
+    "tclsh": (),
+    "awk": (),
+}
 
 
 @dataclass(frozen=True)
@@ -145,14 +153,36 @@ class StdioGraph:
             return []
         if isinstance(event, Connect):
             if event.result in ATTEMPTED and self.lists.is_remote(event.daddr):
-                self._add_conn(key, Conn(event.sock_id, event.daddr, event.dport, event.laddr, event.lport,
-                                         event.family, event.transport, ingress=False))
+                self._add_conn(
+                    key,
+                    Conn(
+                        event.sock_id,
+                        event.daddr,
+                        event.dport,
+                        event.laddr,
+                        event.lport,
+                        event.family,
+                        event.transport,
+                        ingress=False,
+                    ),
+                )
                 return [key]
             return []
         if isinstance(event, Accept):
             if self.lists.is_remote(event.saddr):
-                self._add_conn(key, Conn(event.sock_id, event.saddr, event.sport, event.laddr, event.lport,
-                                         event.family, event.transport, ingress=True))
+                self._add_conn(
+                    key,
+                    Conn(
+                        event.sock_id,
+                        event.saddr,
+                        event.sport,
+                        event.laddr,
+                        event.lport,
+                        event.family,
+                        event.transport,
+                        ingress=True,
+                    ),
+                )
                 return [key]
             return []
         if isinstance(event, Listen):
@@ -217,14 +247,23 @@ class StdioGraph:
             conn = self.conn_by_sock.get(sock_id) if sock_id else None
             owner = self.sock_owner.get(sock_id) if sock_id else None
             if conn is None:  # not seen by sock_id: the process's own earlier connection to the same peer?
-                conn = next((c for c in node.conns if (c.daddr, c.dport) == (event.stdio_daddr, event.stdio_dport)),
-                            None)
+                conn = next(
+                    (c for c in node.conns if (c.daddr, c.dport) == (event.stdio_daddr, event.stdio_dport)), None
+                )
                 owner = key if conn is not None else None
             if owner is not None:
                 self.stdio_owner[key] = owner
             if conn is None:
-                conn = Conn(sock_id, event.stdio_daddr, event.stdio_dport, event.stdio_laddr, event.stdio_lport,
-                            event.stdio_family, event.stdio_transport, ingress=event.stdio_lport in self.listening)
+                conn = Conn(
+                    sock_id,
+                    event.stdio_daddr,
+                    event.stdio_dport,
+                    event.stdio_laddr,
+                    event.stdio_lport,
+                    event.stdio_family,
+                    event.stdio_transport,
+                    ingress=event.stdio_lport in self.listening,
+                )
             conns.append(conn)
         node.conns = conns
 
@@ -282,8 +321,9 @@ class StdioGraph:
         if os.path.basename(proc.filename) in self.lists.multicall:
             rest = rest[1:] if proc.args and os.path.basename(proc.args[0]) in self.lists.multicall else rest
         opts = [a for a in rest if a.startswith("-")]
-        if any(o in ("-i", "-s") or (len(o) > 1 and o[1] != "-" and ("i" in o or "s" in o) and "c" not in o)
-               for o in opts):
+        if any(
+            o in ("-i", "-s") or (len(o) > 1 and o[1] != "-" and ("i" in o or "s" in o) and "c" not in o) for o in opts
+        ):
             return True
         if any(o == "-c" or (len(o) > 1 and o[1] != "-" and "c" in o) or o in ("-e", "-E", "-r") for o in opts):
             return False
@@ -390,8 +430,9 @@ class StdioGraph:
             return [parent_key], True  # the creator made it (pipe2/socketpair/openpty before fork)
         return [], False  # inherited from a creator that does not say where it leads
 
-    def _reach(self, key: ProcessKey, outward: bool, hops: int, seen: set[ProcessKey],
-               path: tuple[str, ...]) -> Iterator[Reach]:
+    def _reach(
+        self, key: ProcessKey, outward: bool, hops: int, seen: set[ProcessKey], path: tuple[str, ...]
+    ) -> Iterator[Reach]:
         node = self.nodes.get(key)
         if node is None or hops > MAX_HOPS or len(seen) > MAX_VISIT:
             return
@@ -436,8 +477,11 @@ class StdioGraph:
         parent = proc.parent_key
 
         def back(end: str, want_writers: bool) -> bool:
-            return is_channel(end) and not end.startswith("sock:") and \
-                parent in self._counterparts(child, end, want_writers)
+            return (
+                is_channel(end)
+                and not end.startswith("sock:")
+                and parent in self._counterparts(child, end, want_writers)
+            )
 
         stdin = bool(node.stdio) and back(node.stdio[0], True)
         stdout = any(back(e, False) for e in node.stdio[1:])
@@ -450,8 +494,9 @@ class StdioGraph:
         if proc is None:
             return False
         exe_flags = proc.tags.get("exe_flags", 0)
-        if proc.filename.startswith(TEMP_DIRS) or (isinstance(exe_flags, int)
-                                                   and exe_flags & (FLAG_EXE_MEMFD | FLAG_EXE_DELETED)):
+        if proc.filename.startswith(TEMP_DIRS) or (
+            isinstance(exe_flags, int) and exe_flags & (FLAG_EXE_MEMFD | FLAG_EXE_DELETED)
+        ):
             return True
         name = self.name_of(proc)
         family = next((f for f in INLINE_FLAGS if name.startswith(f) or name.endswith(f)), None)
@@ -465,4 +510,3 @@ class StdioGraph:
             node = self.nodes.get(key)
             return bool(node and node.stdio and is_channel(node.stdio[0]))  # program read from a pipe
         return scripts[0].startswith(TEMP_DIRS)
-

@@ -31,6 +31,10 @@ def build_sink(config: Config, alerts: list[str] | None = None) -> AlertSink:
     """The daemon's sink: the alerts files (``alerts`` overrides detection.alerts) and the enabled outputs,
     each with its spool under detection.spool_dir."""
     detection = config.detection
-    return AlertSink(list(detection.alerts if alerts is None else alerts), spool_dir=detection.spool_dir or None,
-                     spool_max_bytes=detection.spool_max_mb << 20, alerts_format=detection.alerts_format,
-                     extra=open_outputs(config.outputs))
+    return AlertSink(
+        list(detection.alerts if alerts is None else alerts),
+        spool_dir=detection.spool_dir or None,
+        spool_max_bytes=detection.spool_max_mb << 20,
+        alerts_format=detection.alerts_format,
+        extra=open_outputs(config.outputs),
+    )

@@ -27,8 +27,7 @@ def decode_alert(data: bytes, output: str) -> dict[str, Any] | None:
     else:
         error = "" if isinstance(alert, dict) else "not a JSON object"
     if error or not isinstance(alert, dict):
-        log.error("alert_dropped", output=output, reason=f"the spooled line is not an alert: {error}",
-                  bytes=len(data))
+        log.error("alert_dropped", output=output, reason=f"the spooled line is not an alert: {error}", bytes=len(data))
         return None
     return alert
 
@@ -69,13 +68,18 @@ class Summary:
             ip = str(destination["ip"])
             dest = f"[{ip}]:{destination.get('port', '')}" if ":" in ip else f"{ip}:{destination.get('port', '')}"
         return cls(
-            alert_id=str(event.get("id") or ""), rule_id=str(rule.get("id") or ""),
-            rule_name=str(rule.get("name") or ""), incident_id=str(_dict(cw.get("incident")).get("id") or ""),
-            severity=str(cw.get("severity") or ""), score=score if isinstance(score, int) else 0,
-            reason=str(event.get("reason") or ""), hostname=str(_dict(alert.get("host")).get("hostname") or ""),
+            alert_id=str(event.get("id") or ""),
+            rule_id=str(rule.get("id") or ""),
+            rule_name=str(rule.get("name") or ""),
+            incident_id=str(_dict(cw.get("incident")).get("id") or ""),
+            severity=str(cw.get("severity") or ""),
+            score=score if isinstance(score, int) else 0,
+            reason=str(event.get("reason") or ""),
+            hostname=str(_dict(alert.get("host")).get("hostname") or ""),
             timestamp=str(alert.get("@timestamp") or ""),
             pid=process["pid"] if isinstance(process.get("pid"), int) else None,
-            executable=str(process.get("executable") or ""), destination=dest,
+            executable=str(process.get("executable") or ""),
+            destination=dest,
             file_path=str(_dict(alert.get("file")).get("path") or ""),
             context=str(_dict(alert.get("supply_chain")).get("context") or ""),
             techniques=tuple(str(t) for t in techniques) if isinstance(techniques, list) else (),

@@ -34,8 +34,12 @@ SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fc
 
 def valid_field_name(name: str) -> bool:
     """journald takes A-Z, 0-9 and _, not starting with _ (trusted fields) or a digit, up to 64 characters."""
-    return (0 < len(name) <= 64 and not name[0].isdigit() and name[0] != "_"
-            and all(c.isascii() and (c.isupper() or c.isdigit() or c == "_") for c in name))
+    return (
+        0 < len(name) <= 64
+        and not name[0].isdigit()
+        and name[0] != "_"
+        and all(c.isascii() and (c.isupper() or c.isdigit() or c == "_") for c in name)
+    )
 
 
 def encode_entry(fields: list[tuple[str, str | bytes]]) -> bytes:
@@ -67,10 +71,14 @@ def alert_fields(alert: dict[str, Any], fmt: str) -> list[tuple[str, str | bytes
         ("CHAINWATCH_SEVERITY", s.severity),
         ("CHAINWATCH_SEVERITY_SCORE", str(s.score)),
     ]
-    optional = [("CHAINWATCH_PROCESS_PID", "" if s.pid is None else str(s.pid)),
-                ("CHAINWATCH_PROCESS_EXECUTABLE", s.executable), ("CHAINWATCH_DESTINATION", s.destination),
-                ("CHAINWATCH_FILE_PATH", s.file_path), ("CHAINWATCH_CONTEXT", s.context),
-                ("CHAINWATCH_TECHNIQUES", ",".join(s.techniques))]
+    optional = [
+        ("CHAINWATCH_PROCESS_PID", "" if s.pid is None else str(s.pid)),
+        ("CHAINWATCH_PROCESS_EXECUTABLE", s.executable),
+        ("CHAINWATCH_DESTINATION", s.destination),
+        ("CHAINWATCH_FILE_PATH", s.file_path),
+        ("CHAINWATCH_CONTEXT", s.context),
+        ("CHAINWATCH_TECHNIQUES", ",".join(s.techniques)),
+    ]
     fields += [(k, v) for k, v in optional if v]
     fields.append(("CHAINWATCH_FORMAT", fmt))
     fields.append(("CHAINWATCH_ALERT", json.dumps(render(alert, fmt), separators=(",", ":"))))
@@ -80,8 +88,7 @@ def alert_fields(alert: dict[str, Any], fmt: str) -> list[tuple[str, str | bytes
 class JournalOutput:
     """One journal entry per alert, sent to ``socket_path``. ``write`` takes a whole alert line or raises."""
 
-    def __init__(self, socket_path: str = DEFAULT_JOURNAL_SOCKET, *, fmt: str = "ecs",
-                 timeout_s: float = 5.0) -> None:
+    def __init__(self, socket_path: str = DEFAULT_JOURNAL_SOCKET, *, fmt: str = "ecs", timeout_s: float = 5.0) -> None:
         self.path = socket_path
         self.format = fmt
         self.name = f"journald://{socket_path}"
@@ -109,7 +116,7 @@ class JournalOutput:
         try:
             view = memoryview(entry)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
             self._sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))], 0, self.path)
             self.memfd_sends += 1

@@ -50,20 +50,38 @@ def _param(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
-def format_message(alert: dict[str, Any], *, facility: int, fmt: str, procid: int | None = None,
-                   max_bytes: int | None = None) -> bytes:
+def format_message(
+    alert: dict[str, Any], *, facility: int, fmt: str, procid: int | None = None, max_bytes: int | None = None
+) -> bytes:
     """One RFC 5424 message for ``alert``. With ``max_bytes``, a message longer than that is cut (for a
     datagram) and says so in its structured data (``truncated="true"``)."""
     s = Summary.of(alert)
     pri = facility * 8 + s.syslog_severity
     timestamp = s.timestamp if TIMESTAMP.match(s.timestamp) else "-"
-    params = [("alert_id", s.alert_id), ("rule_id", s.rule_id), ("rule_name", s.rule_name),
-              ("incident_id", s.incident_id), ("severity", s.severity), ("score", str(s.score))]
-    params += [(k, v) for k, v in (("pid", "" if s.pid is None else str(s.pid)), ("executable", s.executable),
-                                   ("destination", s.destination), ("file", s.file_path),
-                                   ("context", s.context), ("format", fmt)) if v]
-    header = (f"<{pri}>1 {timestamp} {_header_field(s.hostname, 255)} {APP_NAME} "
-              f"{os.getpid() if procid is None else procid} {MSGID} ")
+    params = [
+        ("alert_id", s.alert_id),
+        ("rule_id", s.rule_id),
+        ("rule_name", s.rule_name),
+        ("incident_id", s.incident_id),
+        ("severity", s.severity),
+        ("score", str(s.score)),
+    ]
+    params += [
+        (k, v)
+        for k, v in (
+            ("pid", "" if s.pid is None else str(s.pid)),
+            ("executable", s.executable),
+            ("destination", s.destination),
+            ("file", s.file_path),
+            ("context", s.context),
+            ("format", fmt),
+        )
+        if v
+    ]
+    header = (
+        f"<{pri}>1 {timestamp} {_header_field(s.hostname, 255)} {APP_NAME} "
+        f"{os.getpid() if procid is None else procid} {MSGID} "
+    )
     body = _json(render(alert, fmt))
 
     def message(extra: str = "") -> bytes:
@@ -74,7 +92,7 @@ def format_message(alert: dict[str, Any], *, facility: int, fmt: str, procid: in
     if max_bytes is None or len(head) + len(body) <= max_bytes:
         return head + body
     head = message(' truncated="true"')
-    return head + body[:max(0, max_bytes - len(head))]
+    return head + body[: max(0, max_bytes - len(head))]
 
 
 def _json(doc: dict[str, Any]) -> bytes:
@@ -89,8 +107,16 @@ def frame(message: bytes) -> bytes:
 class SyslogOutput:
     """One transport's connection to one collector; ``write`` sends a whole alert or raises OSError."""
 
-    def __init__(self, transport: str, address: str, *, fmt: str = "ecs", facility: str = "authpriv",
-                 ca_file: str = "", timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        transport: str,
+        address: str,
+        *,
+        fmt: str = "ecs",
+        facility: str = "authpriv",
+        ca_file: str = "",
+        timeout_s: float = 5.0,
+    ) -> None:
         self.transport = transport
         self.address = address
         self.format = fmt
@@ -110,8 +136,14 @@ class SyslogOutput:
     @classmethod
     def from_config(cls, config: SyslogConfig) -> SyslogOutput:
         """The output ``[outputs.syslog]`` describes."""
-        return cls(config.transport, config.address, fmt=config.format, facility=config.facility,
-                   ca_file=config.ca_file, timeout_s=config.timeout_s)
+        return cls(
+            config.transport,
+            config.address,
+            fmt=config.format,
+            facility=config.facility,
+            ca_file=config.ca_file,
+            timeout_s=config.timeout_s,
+        )
 
     def write(self, data: bytes) -> int:
         """Send the alert of ``data`` (one spooled line) as one syslog message."""
@@ -119,8 +151,9 @@ class SyslogOutput:
         if alert is None:
             return len(data)
         datagram = not self._stream
-        message = format_message(alert, facility=self.facility, fmt=self.format,
-                                 max_bytes=UDP_MAX if datagram else None)
+        message = format_message(
+            alert, facility=self.facility, fmt=self.format, max_bytes=UDP_MAX if datagram else None
+        )
         try:
             self._send(message)
         except OSError:

@@ -48,8 +48,12 @@ def read_secret(config: WebhookConfig) -> str | None:
         except OSError as exc:
             raise ConfigError(f"cannot read outputs.webhook.auth_header_file {path}: {exc.strerror}") from exc
         if mode & (stat.S_IROTH | stat.S_IWOTH):
-            log.warning("webhook_secret_readable", file=path, mode=oct(mode & 0o777),
-                        hint="anyone on the host can read the webhook's secret: chmod 0600 it")
+            log.warning(
+                "webhook_secret_readable",
+                file=path,
+                mode=oct(mode & 0o777),
+                hint="anyone on the host can read the webhook's secret: chmod 0600 it",
+            )
         value = raw.decode("utf-8", "replace").strip()
         where = f"the file {path}"
     elif config.auth_header_env:
@@ -58,17 +62,28 @@ def read_secret(config: WebhookConfig) -> str | None:
     else:
         return None
     if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ConfigError(f"outputs.webhook: {where} must hold the {config.auth_header} header's value "
-                          "on one line, without control characters (e.g. \"Bearer <token>\")")
+        raise ConfigError(
+            f"outputs.webhook: {where} must hold the {config.auth_header} header's value "
+            'on one line, without control characters (e.g. "Bearer <token>")'
+        )
     return value
 
 
 class WebhookOutput:
     """POSTs batches of alerts to one HTTPS URL over one kept-alive connection."""
 
-    def __init__(self, url: str, *, fmt: str = "ecs", ca_file: str = "", verify_tls: bool = True,
-                 auth: tuple[str, str] | None = None, batch_max: int = 100, batch_bytes: int = 1 << 20,
-                 timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        fmt: str = "ecs",
+        ca_file: str = "",
+        verify_tls: bool = True,
+        auth: tuple[str, str] | None = None,
+        batch_max: int = 100,
+        batch_bytes: int = 1 << 20,
+        timeout_s: float = 10.0,
+    ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "https" or not parsed.hostname:
             raise ConfigError(f"outputs.webhook.url must be an https:// URL, not {url!r}")
@@ -97,9 +112,16 @@ class WebhookOutput:
     def from_config(cls, config: WebhookConfig) -> WebhookOutput:
         """The output ``[outputs.webhook]`` describes (reads the secret now: a missing one stops startup)."""
         secret = read_secret(config)
-        return cls(config.url, fmt=config.format, ca_file=config.ca_file, verify_tls=config.verify_tls,
-                   auth=(config.auth_header, secret) if secret is not None else None, batch_max=config.batch_max,
-                   batch_bytes=config.batch_max_kb << 10, timeout_s=config.timeout_s)
+        return cls(
+            config.url,
+            fmt=config.format,
+            ca_file=config.ca_file,
+            verify_tls=config.verify_tls,
+            auth=(config.auth_header, secret) if secret is not None else None,
+            batch_max=config.batch_max,
+            batch_bytes=config.batch_max_kb << 10,
+            timeout_s=config.timeout_s,
+        )
 
     def write(self, data: bytes) -> int:
         """One alert alone (the delivery batches through :meth:`write_batch`)."""
@@ -111,11 +133,16 @@ class WebhookOutput:
         alerts = [a for line in lines if (a := decode_alert(line, self.name)) is not None]
         if not alerts:
             return
-        body = ("[" + ",".join(json.dumps(render(a, self.format), separators=(",", ":")) for a in alerts)
-                + "]").encode()
+        body = (
+            "[" + ",".join(json.dumps(render(a, self.format), separators=(",", ":")) for a in alerts) + "]"
+        ).encode()
         first, last = Summary.of(alerts[0]).alert_id, Summary.of(alerts[-1]).alert_id
-        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
-                   "X-Chainwatch-Format": self.format, "X-Chainwatch-Batch": f"{first}..{last};{len(alerts)}"}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-Chainwatch-Format": self.format,
+            "X-Chainwatch-Batch": f"{first}..{last};{len(alerts)}",
+        }
         if self._auth is not None:
             headers[self._auth[0]] = self._auth[1]
         reused = self._conn is not None
@@ -151,8 +178,7 @@ class WebhookOutput:
 
     def _connection(self) -> http.client.HTTPSConnection:
         if self._conn is None:
-            self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s,
-                                                     context=self._ssl)
+            self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s, context=self._ssl)
         return self._conn
 
     def _drop_connection(self) -> None:

@@ -100,8 +100,11 @@ class Artifact:
 def cache_key(text: str, cflags: list[str], toolchain: dict[str, str]) -> str:
     """The key of a compile: the exact source and flags, and whatever else changes its output (the
     compiler's build, the kernel's release and BTF: see agent.probes.cache.toolchain)."""
-    material = json.dumps({"format": FORMAT, "text": text, "cflags": list(cflags), "toolchain": toolchain},
-                          sort_keys=True, ensure_ascii=False)
+    material = json.dumps(
+        {"format": FORMAT, "text": text, "cflags": list(cflags), "toolchain": toolchain},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -109,16 +112,18 @@ def attach_point(function: str) -> tuple[str, str]:
     """(kind, target) of a bcc function, by bcc's naming: TRACEPOINT_PROBE(cat, ev) is tracepoint__cat__ev,
     RAW_TRACEPOINT_PROBE(name) is raw_tracepoint__name; tail-called programs are listed in TAIL_CALLS."""
     if function.startswith("tracepoint__"):
-        category, sep, event = function[len("tracepoint__"):].partition("__")
+        category, sep, event = function[len("tracepoint__") :].partition("__")
         if sep and category and event:
             return "tracepoint", f"{category}:{event}"
     elif function.startswith("raw_tracepoint__") and len(function) > len("raw_tracepoint__"):
-        return "raw_tracepoint", function[len("raw_tracepoint__"):]
+        return "raw_tracepoint", function[len("raw_tracepoint__") :]
     for array, names in TAIL_CALLS.items():
         if function in names:
             return "tail", f"{array}:{names.index(function)}"
-    raise ArtifactError(f"BPF function {function} is neither a TRACEPOINT_PROBE, a RAW_TRACEPOINT_PROBE nor a "
-                        "tail-called program in agent.probes.artifact.TAIL_CALLS: it would never run")
+    raise ArtifactError(
+        f"BPF function {function} is neither a TRACEPOINT_PROBE, a RAW_TRACEPOINT_PROBE nor a "
+        "tail-called program in agent.probes.artifact.TAIL_CALLS: it would never run"
+    )
 
 
 def _insn(insns: bytes, index: int) -> tuple[int, int, int, int, int]:
@@ -153,8 +158,10 @@ def relocations(insns: bytes, fd_names: dict[int, str]) -> tuple[bytes, tuple[tu
     refs = []
     for index, src, imm in _map_loads(insns):
         if src not in MAP_PSEUDOS:
-            raise ArtifactError(f"instruction {index} is an ld_imm64 of kind {src}, which the cache cannot "
-                                "relocate (only map fds and map values)")
+            raise ArtifactError(
+                f"instruction {index} is an ld_imm64 of kind {src}, which the cache cannot "
+                "relocate (only map fds and map values)"
+            )
         if imm not in fd_names:
             raise ArtifactError(f"instruction {index} refers to fd {imm}, which is none of the program's maps")
         struct.pack_into("<i", out, index * INSN_SIZE + 4, 0)
@@ -179,8 +186,10 @@ def check_btf(data: bytes) -> None:
     if magic != BTF_MAGIC or version != BTF_VERSION or not BTF_HEADER.size <= hdr_len <= len(data):
         raise ArtifactError("BTF has a bad header (magic, version or header length)")
     if hdr_len + max(type_off + type_len, str_off + str_len) != len(data):
-        raise ArtifactError(f"BTF is {len(data)} bytes, its header says {hdr_len} + sections ending at "
-                            f"{max(type_off + type_len, str_off + str_len)} (truncated or padded)")
+        raise ArtifactError(
+            f"BTF is {len(data)} bytes, its header says {hdr_len} + sections ending at "
+            f"{max(type_off + type_len, str_off + str_len)} (truncated or padded)"
+        )
 
 
 def _validate(artifact: Artifact) -> None:
@@ -188,8 +197,10 @@ def _validate(artifact: Artifact) -> None:
     if len(set(names)) != len(names):
         raise ArtifactError("two maps have the same name")
     for m in artifact.maps:
-        if not m.name or not all(0 <= v <= U32_MAX for v in (m.type, m.key_size, m.value_size, m.max_entries,
-                                                              m.flags, m.btf_key_type_id, m.btf_value_type_id)):
+        if not m.name or not all(
+            0 <= v <= U32_MAX
+            for v in (m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.btf_key_type_id, m.btf_value_type_id)
+        ):
             raise ArtifactError(f"map {m.name!r} has an out-of-range field")
         if m.uses_btf and not artifact.btf:
             raise ArtifactError(f"map {m.name!r} has BTF type ids but the artifact has no BTF")
@@ -201,8 +212,9 @@ def _validate(artifact: Artifact) -> None:
             raise ArtifactError(f"program {p.name} appears twice")
         seen_programs.add(p.name)
         if (p.attach_kind, p.attach_target) != attach_point(p.name):
-            raise ArtifactError(f"program {p.name} is attached as {p.attach_kind} {p.attach_target}, which its "
-                                "name does not say")
+            raise ArtifactError(
+                f"program {p.name} is attached as {p.attach_kind} {p.attach_target}, which its name does not say"
+            )
         if p.attach_kind == "tail" and p.attach_target.split(":")[0] not in names:
             raise ArtifactError(f"program {p.name} is tail-called through a map that does not exist")
         if not 0 < len(p.insns) // INSN_SIZE <= MAX_PROGRAM_INSNS:
@@ -212,21 +224,38 @@ def _validate(artifact: Artifact) -> None:
             raise ArtifactError(f"program {p.name}: the map references do not match its ld_imm64 instructions")
         for (index, name), (_, src, imm) in zip(p.map_refs, loads):  # equal lengths: checked just above
             if src not in MAP_PSEUDOS or imm != 0 or name not in names:
-                raise ArtifactError(f"program {p.name}: instruction {index} is not a relocatable reference to a "
-                                    "known map")
+                raise ArtifactError(
+                    f"program {p.name}: instruction {index} is not a relocatable reference to a known map"
+                )
 
 
 def dumps(artifact: Artifact) -> bytes:
     """The artifact as bytes: a magic line, the SHA-256 of the body, then the body (JSON)."""
     _validate(artifact)
-    body = json.dumps({
-        "format": FORMAT, "key": artifact.key, "license": artifact.license, "kern_version": artifact.kern_version,
-        "compiler": artifact.compiler, "btf": base64.b64encode(artifact.btf).decode(),
-        "maps": [vars(m) for m in artifact.maps],
-        "programs": [{"name": p.name, "prog_type": p.prog_type, "attach_kind": p.attach_kind,
-                      "attach_target": p.attach_target, "insns": base64.b64encode(p.insns).decode(),
-                      "map_refs": [list(ref) for ref in p.map_refs]} for p in artifact.programs],
-    }, separators=(",", ":"), sort_keys=True).encode()
+    body = json.dumps(
+        {
+            "format": FORMAT,
+            "key": artifact.key,
+            "license": artifact.license,
+            "kern_version": artifact.kern_version,
+            "compiler": artifact.compiler,
+            "btf": base64.b64encode(artifact.btf).decode(),
+            "maps": [vars(m) for m in artifact.maps],
+            "programs": [
+                {
+                    "name": p.name,
+                    "prog_type": p.prog_type,
+                    "attach_kind": p.attach_kind,
+                    "attach_target": p.attach_target,
+                    "insns": base64.b64encode(p.insns).decode(),
+                    "map_refs": [list(ref) for ref in p.map_refs],
+                }
+                for p in artifact.programs
+            ],
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
     return MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
 
@@ -238,7 +267,7 @@ def loads(data: bytes, key: str | None = None) -> Artifact:
     ArtifactError for anything else: a corrupt cache entry is recompiled, never trusted."""
     if not data.startswith(MAGIC):
         raise ArtifactError("not a chainwatch probe artifact (bad header)")
-    digest, sep, body = data[len(MAGIC):].partition(b"\n")
+    digest, sep, body = data[len(MAGIC) :].partition(b"\n")
     if not sep or hashlib.sha256(body).hexdigest().encode() != digest:
         raise ArtifactError("checksum mismatch (truncated or modified)")
     try:
@@ -246,17 +275,26 @@ def loads(data: bytes, key: str | None = None) -> Artifact:
         if doc["format"] != FORMAT:
             raise ArtifactError(f"format {doc['format']}, expected {FORMAT}")
         artifact = Artifact(
-            key=_typed(doc["key"], str), license=_typed(doc["license"], str),
-            kern_version=_typed(doc["kern_version"], int), compiler=_typed(doc["compiler"], str),
+            key=_typed(doc["key"], str),
+            license=_typed(doc["license"], str),
+            kern_version=_typed(doc["kern_version"], int),
+            compiler=_typed(doc["compiler"], str),
             btf=base64.b64decode(_typed(doc["btf"], str), validate=True),
-            maps=tuple(MapSpec(**{f: _typed(m[f], str if f == "name" else int) for f in MAP_FIELDS})
-                       for m in doc["maps"]),
-            programs=tuple(ProgramSpec(
-                name=_typed(p["name"], str), prog_type=_typed(p["prog_type"], int),
-                attach_kind=_typed(p["attach_kind"], str), attach_target=_typed(p["attach_target"], str),
-                insns=base64.b64decode(_typed(p["insns"], str), validate=True),
-                map_refs=tuple((_typed(i, int), _typed(n, str)) for i, n in p["map_refs"]))
-                for p in doc["programs"]))
+            maps=tuple(
+                MapSpec(**{f: _typed(m[f], str if f == "name" else int) for f in MAP_FIELDS}) for m in doc["maps"]
+            ),
+            programs=tuple(
+                ProgramSpec(
+                    name=_typed(p["name"], str),
+                    prog_type=_typed(p["prog_type"], int),
+                    attach_kind=_typed(p["attach_kind"], str),
+                    attach_target=_typed(p["attach_target"], str),
+                    insns=base64.b64decode(_typed(p["insns"], str), validate=True),
+                    map_refs=tuple((_typed(i, int), _typed(n, str)) for i, n in p["map_refs"]),
+                )
+                for p in doc["programs"]
+            ),
+        )
     except ArtifactError:
         raise
     except (ValueError, KeyError, TypeError) as exc:  # JSON, base64, missing fields, wrong shapes
@@ -267,8 +305,16 @@ def loads(data: bytes, key: str | None = None) -> Artifact:
     return artifact
 
 
-MAP_FIELDS: Final = ("name", "type", "key_size", "value_size", "max_entries", "flags", "btf_key_type_id",
-                     "btf_value_type_id")
+MAP_FIELDS: Final = (
+    "name",
+    "type",
+    "key_size",
+    "value_size",
+    "max_entries",
+    "flags",
+    "btf_key_type_id",
+    "btf_value_type_id",
+)
 
 
 def _typed(value: Any, kind: type) -> Any:

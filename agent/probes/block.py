@@ -42,8 +42,10 @@ def find_cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> str:
         pre, sep, post = line.partition(" - ")
         if sep and post.split()[:1] == ["cgroup2"]:
             return pre.split()[4].replace("\\040", " ")
-    raise ProbeError("blocking needs the cgroup v2 hierarchy, and none is mounted: mount it "
-                     "(`mount -t cgroup2 none /sys/fs/cgroup/unified`) or disable the block action")
+    raise ProbeError(
+        "blocking needs the cgroup v2 hierarchy, and none is mounted: mount it "
+        "(`mount -t cgroup2 none /sys/fs/cgroup/unified`) or disable the block action"
+    )
 
 
 def _bpf_syscall() -> Any:
@@ -58,6 +60,7 @@ def _bpf_syscall() -> Any:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
         return res
+
     return call
 
 
@@ -79,8 +82,12 @@ class BlockEntry:
     hits: int
 
     def describe(self) -> dict[str, Any]:
-        return {"address": self.address, "port": self.port, "expires_in_s": round(self.expires_in_s, 1),
-                "hits": self.hits}
+        return {
+            "address": self.address,
+            "port": self.port,
+            "expires_in_s": round(self.expires_in_s, 1),
+            "hits": self.hits,
+        }
 
 
 def _boot_ns() -> int:
@@ -96,11 +103,12 @@ class Blocker:
         self._lock = threading.Lock()
         self._links: list[int] = []
         try:
-            self._bpf = bcc.BPF(text=BLOCK_SOURCE.read_text().encode(),
-                                cflags=[f"-DBLOCK_MAX_ENTRIES={MAX_ENTRIES}"])
+            self._bpf = bcc.BPF(text=BLOCK_SOURCE.read_text().encode(), cflags=[f"-DBLOCK_MAX_ENTRIES={MAX_ENTRIES}"])
         except Exception as exc:  # bcc raises bare Exception on compile errors
-            raise ProbeError(f"the block program failed to build ({exc}); `chainwatch doctor` checks the "
-                             "kernel, or disable the block action") from exc
+            raise ProbeError(
+                f"the block program failed to build ({exc}); `chainwatch doctor` checks the "
+                "kernel, or disable the block action"
+            ) from exc
         try:
             cgroup_fd = os.open(self.cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
@@ -112,8 +120,10 @@ class Blocker:
                 self._links.append(link_create(fn.fd, cgroup_fd, attach_type))
         except Exception as exc:
             self.close()
-            raise ProbeError(f"the block program could not be attached to {self.cgroup_root} ({exc}); "
-                             "the kernel needs cgroup sock_addr programs and BPF links (5.7+)") from exc
+            raise ProbeError(
+                f"the block program could not be attached to {self.cgroup_root} ({exc}); "
+                "the kernel needs cgroup sock_addr programs and BPF links (5.7+)"
+            ) from exc
         finally:
             os.close(cgroup_fd)
         self._table = self._bpf[b"blocked"]
@@ -159,8 +169,10 @@ class Blocker:
         now = _boot_ns()
         with self._lock:
             items = [(k, v) for k, v in self._table.items()]
-        return sorted((BlockEntry(self._address(k), int(k.port), (v.expires_ns - now) / 1e9, int(v.hits))
-                       for k, v in items), key=lambda e: (e.address, e.port))
+        return sorted(
+            (BlockEntry(self._address(k), int(k.port), (v.expires_ns - now) / 1e9, int(v.hits)) for k, v in items),
+            key=lambda e: (e.address, e.port),
+        )
 
     def expire(self) -> list[BlockEntry]:
         """Remove entries past their TTL (the program already ignores them); returns them."""

@@ -39,10 +39,22 @@ U32, U64 = ctypes.c_uint32, ctypes.c_uint64
 class MapInfo(ctypes.Structure):
     """The head of the kernel's struct bpf_map_info (uapi/linux/bpf.h); the kernel fills what fits."""
 
-    _fields_ = [("type", U32), ("id", U32), ("key_size", U32), ("value_size", U32), ("max_entries", U32),
-                ("map_flags", U32), ("name", ctypes.c_char * BPF_OBJ_NAME_LEN), ("ifindex", U32),
-                ("btf_vmlinux_value_type_id", U32), ("netns_dev", U64), ("netns_ino", U64), ("btf_id", U32),
-                ("btf_key_type_id", U32), ("btf_value_type_id", U32)]
+    _fields_ = [
+        ("type", U32),
+        ("id", U32),
+        ("key_size", U32),
+        ("value_size", U32),
+        ("max_entries", U32),
+        ("map_flags", U32),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("ifindex", U32),
+        ("btf_vmlinux_value_type_id", U32),
+        ("netns_dev", U64),
+        ("netns_ino", U64),
+        ("btf_id", U32),
+        ("btf_key_type_id", U32),
+        ("btf_value_type_id", U32),
+    ]
 
 
 class BtfInfo(ctypes.Structure):
@@ -54,17 +66,26 @@ class BtfInfo(ctypes.Structure):
 class MapCreateAttr(ctypes.Structure):
     """union bpf_attr for BPF_MAP_CREATE, up to btf_value_type_id (the kernel zeroes the rest)."""
 
-    _fields_ = [("map_type", U32), ("key_size", U32), ("value_size", U32), ("max_entries", U32),
-                ("map_flags", U32), ("inner_map_fd", U32), ("numa_node", U32),
-                ("map_name", ctypes.c_char * BPF_OBJ_NAME_LEN), ("map_ifindex", U32), ("btf_fd", U32),
-                ("btf_key_type_id", U32), ("btf_value_type_id", U32)]
+    _fields_ = [
+        ("map_type", U32),
+        ("key_size", U32),
+        ("value_size", U32),
+        ("max_entries", U32),
+        ("map_flags", U32),
+        ("inner_map_fd", U32),
+        ("numa_node", U32),
+        ("map_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("map_ifindex", U32),
+        ("btf_fd", U32),
+        ("btf_key_type_id", U32),
+        ("btf_value_type_id", U32),
+    ]
 
 
 class BtfLoadAttr(ctypes.Structure):
     """union bpf_attr for BPF_BTF_LOAD."""
 
-    _fields_ = [("btf", U64), ("btf_log_buf", U64), ("btf_size", U32), ("btf_log_size", U32),
-                ("btf_log_level", U32)]
+    _fields_ = [("btf", U64), ("btf_log_buf", U64), ("btf_size", U32), ("btf_log_size", U32), ("btf_log_level", U32)]
 
 
 class GetFdByIdAttr(ctypes.Structure):
@@ -112,8 +133,9 @@ def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
     if number is None:
         raise BpfError(errno.ENOSYS, f"{what}: no bpf(2) syscall number known for {platform.machine()}")
     ctypes.set_errno(0)
-    result = _libc().syscall(ctypes.c_long(number), ctypes.c_int(cmd), ctypes.byref(attr),
-                             ctypes.c_uint(ctypes.sizeof(attr)))
+    result = _libc().syscall(
+        ctypes.c_long(number), ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr))
+    )
     return _check(int(result), what)
 
 
@@ -127,17 +149,38 @@ def _check(result: int, what: str) -> int:
 
 def create_map(map_type: int, name: str, key_size: int, value_size: int, max_entries: int, flags: int) -> int:
     """A new map's fd."""
-    return _check(library().bcc_create_map(map_type, name.encode()[:BPF_OBJ_NAME_LEN - 1], key_size, value_size,
-                                           max_entries, flags), f"creating map {name}")
+    return _check(
+        library().bcc_create_map(
+            map_type, name.encode()[: BPF_OBJ_NAME_LEN - 1], key_size, value_size, max_entries, flags
+        ),
+        f"creating map {name}",
+    )
 
 
-def create_map_with_btf(map_type: int, name: str, key_size: int, value_size: int, max_entries: int, flags: int,
-                        btf_fd: int, key_type_id: int, value_type_id: int) -> int:
+def create_map_with_btf(
+    map_type: int,
+    name: str,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    flags: int,
+    btf_fd: int,
+    key_type_id: int,
+    value_type_id: int,
+) -> int:
     """A new map's fd, its key and value described by types of a loaded BTF object (some map types, such as
     task storage, exist only so: the kernel checks the value's layout for them)."""
-    attr = MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size, max_entries=max_entries,
-                         map_flags=flags, map_name=name.encode()[:BPF_OBJ_NAME_LEN - 1], btf_fd=btf_fd,
-                         btf_key_type_id=key_type_id, btf_value_type_id=value_type_id)
+    attr = MapCreateAttr(
+        map_type=map_type,
+        key_size=key_size,
+        value_size=value_size,
+        max_entries=max_entries,
+        map_flags=flags,
+        map_name=name.encode()[: BPF_OBJ_NAME_LEN - 1],
+        btf_fd=btf_fd,
+        btf_key_type_id=key_type_id,
+        btf_value_type_id=value_type_id,
+    )
     return _bpf(BPF_MAP_CREATE, attr, f"creating map {name}")
 
 
@@ -150,8 +193,13 @@ def load_btf(data: bytes) -> int:
         return _bpf(BPF_BTF_LOAD, attr, "loading BTF")
     except BpfError as exc:
         log = ctypes.create_string_buffer(1 << 20)
-        attr = BtfLoadAttr(btf=ctypes.addressof(buf), btf_size=len(data), btf_log_buf=ctypes.addressof(log),
-                           btf_log_size=ctypes.sizeof(log), btf_log_level=1)
+        attr = BtfLoadAttr(
+            btf=ctypes.addressof(buf),
+            btf_size=len(data),
+            btf_log_buf=ctypes.addressof(log),
+            btf_log_size=ctypes.sizeof(log),
+            btf_log_level=1,
+        )
         with contextlib.suppress(BpfError):
             os.close(_bpf(BPF_BTF_LOAD, attr, "loading BTF"))
         tail = log.value.decode(errors="replace").strip().splitlines()[-4:]
@@ -172,7 +220,7 @@ def btf_bytes(btf_id: int) -> bytes:
         info = BtfInfo(btf=ctypes.addressof(buf), btf_size=ctypes.sizeof(buf))
         size = ctypes.c_uint32(ctypes.sizeof(info))
         _check(lib.bpf_obj_get_info(fd, ctypes.byref(info), ctypes.byref(size)), "reading BTF bytes")
-        return buf.raw[:info.btf_size]
+        return buf.raw[: info.btf_size]
     finally:
         os.close(fd)
 
@@ -186,16 +234,19 @@ def load_program(prog_type: int, name: str, insns: bytes, license: str, kern_ver
         return int(fd)
     code = ctypes.get_errno() or -fd
     log = ctypes.create_string_buffer(1 << 22)
-    lib.bcc_prog_load(prog_type, name.encode(), buf, len(insns), license.encode(), kern_version, 1, log,
-                      ctypes.sizeof(log))
+    lib.bcc_prog_load(
+        prog_type, name.encode(), buf, len(insns), license.encode(), kern_version, 1, log, ctypes.sizeof(log)
+    )
     tail = log.value.decode(errors="replace").strip().splitlines()[-8:]
     raise BpfError(code, f"loading program {name}: {os.strerror(code)}; verifier: {' | '.join(tail)}")
 
 
 def attach_tracepoint(prog_fd: int, category: str, event: str) -> int:
     """The perf event fd that keeps the program attached to category:event (closing it detaches)."""
-    return _check(library().bpf_attach_tracepoint(prog_fd, category.encode(), event.encode()),
-                  f"attaching tracepoint {category}:{event}")
+    return _check(
+        library().bpf_attach_tracepoint(prog_fd, category.encode(), event.encode()),
+        f"attaching tracepoint {category}:{event}",
+    )
 
 
 def attach_raw_tracepoint(prog_fd: int, name: str) -> int:

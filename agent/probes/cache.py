@@ -40,8 +40,10 @@ def toolchain() -> dict[str, str]:
     kernel headers bcc compiles its helpers against (make setup may link the nearest version's)."""
     from agent.probes.offsets import headers_dir
 
-    out = {"kernel": f"{os.uname().release} {os.uname().version} {os.uname().machine}",
-           "headers": os.path.realpath(headers_dir())}
+    out = {
+        "kernel": f"{os.uname().release} {os.uname().version} {os.uname().machine}",
+        "headers": os.path.realpath(headers_dir()),
+    }
     try:
         with open(VMLINUX_BTF, "rb") as f:
             out["btf"] = hashlib.sha256(f.read()).hexdigest()
@@ -97,8 +99,11 @@ class ProbeCache:
             st = os.fstat(fd)
             check_directory(st, self.directory)
             if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                raise UnsafePath(self.directory, f"{self.directory} is writable by others: chainwatch loads what "
-                                                 "is cached there into the kernel; make it 0700 root")
+                raise UnsafePath(
+                    self.directory,
+                    f"{self.directory} is writable by others: chainwatch loads what "
+                    "is cached there into the kernel; make it 0700 root",
+                )
             yield fd
         finally:
             os.close(fd)
@@ -120,8 +125,12 @@ class ProbeCache:
                 try:
                     return loads(data, key)
                 except ArtifactError as exc:
-                    log.warning("probe_cache_invalid", file=os.path.join(self.directory, name), reason=str(exc),
-                                action="recompiling")
+                    log.warning(
+                        "probe_cache_invalid",
+                        file=os.path.join(self.directory, name),
+                        reason=str(exc),
+                        action="recompiling",
+                    )
                     with contextlib.suppress(OSError):
                         os.unlink(name, dir_fd=dir_fd)
                     return None
@@ -137,8 +146,11 @@ class ProbeCache:
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePath(path, f"{path} is not a regular file")
         if st.st_uid not in (0, os.geteuid()) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise UnsafePath(path, f"{path} could be written by another user (uid {st.st_uid}, mode "
-                                   f"{stat.S_IMODE(st.st_mode):o}): not loading it")
+            raise UnsafePath(
+                path,
+                f"{path} could be written by another user (uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):o}): not loading it",
+            )
         if st.st_size > MAX_BYTES:
             raise UnsafePath(path, f"{path} is {st.st_size} bytes, more than a compiled program can be")
         chunks, total = [], 0
@@ -156,8 +168,9 @@ class ProbeCache:
         try:
             with self._dir(create=True) as dir_fd:
                 tmp = f".{name}.{os.getpid()}.tmp"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
-                             dir_fd=dir_fd)
+                fd = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd
+                )
                 try:
                     with os.fdopen(fd, "wb", closefd=False) as f:
                         f.write(data)
@@ -177,8 +190,12 @@ class ProbeCache:
                 os.fsync(dir_fd)
             return True
         except OSError as exc:
-            log.warning("probe_cache_not_written", directory=self.directory, reason=str(exc),
-                        hint="the next start compiles again; make the directory root-owned 0700")
+            log.warning(
+                "probe_cache_not_written",
+                directory=self.directory,
+                reason=str(exc),
+                hint="the next start compiles again; make the directory root-owned 0700",
+            )
             return False
 
     def remove(self, key: str) -> None:

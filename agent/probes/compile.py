@@ -25,9 +25,11 @@ from typing import Any, Final
 from agent.probes.artifact import Artifact, ArtifactError, MapSpec, ProgramSpec, attach_point, dumps, loads, relocations
 
 COMPILE_TIMEOUT_S: Final = 600.0
-BCC_MISSING: Final = ("bcc's Python bindings are not importable: install the distro package python3-bpfcc "
-                      "(make setup does it) and run chainwatch with the system Python or a venv made with "
-                      "--system-site-packages")
+BCC_MISSING: Final = (
+    "bcc's Python bindings are not importable: install the distro package python3-bpfcc "
+    "(make setup does it) and run chainwatch with the system Python or a venv made with "
+    "--system-site-packages"
+)
 AGENT_ROOT: Final = str(Path(__file__).resolve().parents[2])  # the directory holding the agent package
 CHILD: Final = "import sys; sys.path.insert(0, sys.argv[1]); from agent.probes.compile import main; sys.exit(main())"
 
@@ -90,8 +92,9 @@ def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
     try:
         bpf = CompileOnly(text=text.encode(), cflags=cflags)
     except Exception as exc:  # bcc raises bare Exception on compile errors (clang's output went to stderr)
-        raise CompileError(f"the BPF program failed to compile ({exc}); `chainwatch doctor` checks the kernel "
-                           "and headers") from exc
+        raise CompileError(
+            f"the BPF program failed to compile ({exc}); `chainwatch doctor` checks the kernel and headers"
+        ) from exc
     module = bpf.module
     # bcc's Python bindings leave these two libbcc calls without prototypes (bcc_common.h declares them).
     lib.bpf_num_tables.restype, lib.bpf_num_tables.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
@@ -106,9 +109,18 @@ def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
         fd_names[fd] = name.decode()
         if info.btf_id:
             btf_ids.add(info.btf_id)
-        maps.append(MapSpec(name.decode(), info.type, info.key_size, info.value_size, info.max_entries,
-                            info.map_flags, info.btf_key_type_id if info.btf_id else 0,
-                            info.btf_value_type_id if info.btf_id else 0))
+        maps.append(
+            MapSpec(
+                name.decode(),
+                info.type,
+                info.key_size,
+                info.value_size,
+                info.max_entries,
+                info.map_flags,
+                info.btf_key_type_id if info.btf_id else 0,
+                info.btf_value_type_id if info.btf_id else 0,
+            )
+        )
     # bcc loads one BTF object per module and creates every described map with it: the artifact keeps that one.
     if len(btf_ids) > 1:
         raise CompileError(f"the maps refer to {len(btf_ids)} BTF objects; the probe cache keeps one")
@@ -121,10 +133,15 @@ def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
         prog_type = bcc.BPF.RAW_TRACEPOINT if kind == "raw_tracepoint" else bcc.BPF.TRACEPOINT
         programs.append(ProgramSpec(name, prog_type, kind, target, insns, refs))
     license = lib.bpf_module_license(module)
-    artifact = Artifact(key=key, license=license.decode() if license else "GPL",
-                        kern_version=int(lib.bpf_module_kern_version(module)), maps=tuple(maps),
-                        programs=tuple(sorted(programs, key=lambda p: p.name)),
-                        compiler=f"bcc {getattr(bcc, '__version__', '?')}", btf=btf)
+    artifact = Artifact(
+        key=key,
+        license=license.decode() if license else "GPL",
+        kern_version=int(lib.bpf_module_kern_version(module)),
+        maps=tuple(maps),
+        programs=tuple(sorted(programs, key=lambda p: p.name)),
+        compiler=f"bcc {getattr(bcc, '__version__', '?')}",
+        btf=btf,
+    )
     bpf.cleanup()
     return artifact
 

@@ -30,8 +30,13 @@ class ProbeError(RuntimeError):
     """The probes could not be built or attached; the message says what to do."""
 
 
-DROP_REASONS = ("ringbuf_full", "stash_full", "net_ringbuf_full", "file_ringbuf_full",
-                "file_unresolved")  # bpf/include/common.h DROP_*
+DROP_REASONS = (
+    "ringbuf_full",
+    "stash_full",
+    "net_ringbuf_full",
+    "file_ringbuf_full",
+    "file_unresolved",
+)  # bpf/include/common.h DROP_*
 RINGS: Final = ("events", "net_events", "file_events")
 BPF_MAP_TYPE_PROG_ARRAY: Final = 3
 BPF_MAP_TYPE_PERCPU_ARRAY: Final = 6
@@ -69,18 +74,26 @@ _KTIME = layout.EventHeader.ktime.offset
 
 
 def _ktime(record: bytes) -> int:
-    return int.from_bytes(record[_KTIME:_KTIME + 8], "little")
+    return int.from_bytes(record[_KTIME : _KTIME + 8], "little")
 
 
-def _expect(artifact: Artifact, name: str, map_type: int | None = None, key_size: int | None = None,
-            value_size: int | None = None) -> None:
+def _expect(
+    artifact: Artifact,
+    name: str,
+    map_type: int | None = None,
+    key_size: int | None = None,
+    value_size: int | None = None,
+) -> None:
     """The maps this class reads and writes are there with the layout agent.abi says."""
     try:
         spec = artifact.map(name)
     except KeyError:
         raise ProbeError(f"the BPF program has no map {name}") from None
-    for what, want, have in (("type", map_type, spec.type), ("key size", key_size, spec.key_size),
-                             ("value size", value_size, spec.value_size)):
+    for what, want, have in (
+        ("type", map_type, spec.type),
+        ("key size", key_size, spec.key_size),
+        ("value size", value_size, spec.value_size),
+    ):
         if want is not None and want != have:
             raise ProbeError(f"map {name} has {what} {have}, the agent expects {want} (agent/abi out of date?)")
 
@@ -92,13 +105,16 @@ class Sensor:
 
     def __init__(self, program: BuiltProgram, cache: ProbeCache | None = None):
         if program.features.tracefs is None:
-            raise ProbeError("tracefs is not mounted: run `mount -t tracefs nodev /sys/kernel/tracing` "
-                             "(make setup does it)")
+            raise ProbeError(
+                "tracefs is not mounted: run `mount -t tracefs nodev /sys/kernel/tracing` (make setup does it)"
+            )
         try:
             bpflib.library()
         except OSError as exc:
-            raise ProbeError(f"bcc's libbcc_bpf.so.0 cannot be loaded ({exc}): install the distro package "
-                             "python3-bpfcc (it brings libbpfcc; make setup does it)") from exc
+            raise ProbeError(
+                f"bcc's libbcc_bpf.so.0 cannot be loaded ({exc}): install the distro package "
+                "python3-bpfcc (it brings libbpfcc; make setup does it)"
+            ) from exc
         self.program = program
         self._pending: list[bytes] = []
         self._maps: dict[str, int] = {}
@@ -123,8 +139,11 @@ class Sensor:
             compiled = compile_in_child(program.text, program.cflags, key)
         except CompileError as exc:
             raise ProbeError(str(exc)) from exc
-        self.startup = {"compile": "compiled", "compile_s": round(compiled.seconds, 3),
-                        "compile_peak_mib": compiled.peak_rss >> 20}
+        self.startup = {
+            "compile": "compiled",
+            "compile_s": round(compiled.seconds, 3),
+            "compile_peak_mib": compiled.peak_rss >> 20,
+        }
         self._load(compiled.artifact)
         if cache is not None:
             cache.store(compiled.artifact)  # only what loaded: a bad compile is never cached
@@ -141,14 +160,16 @@ class Sensor:
         try:
             self._create_maps(artifact)
             for prog in artifact.programs:
-                self._programs[prog.name] = bpflib.load_program(prog.prog_type, prog.name, patch(prog, self._maps),
-                                                                artifact.license, artifact.kern_version)
+                self._programs[prog.name] = bpflib.load_program(
+                    prog.prog_type, prog.name, patch(prog, self._maps), artifact.license, artifact.kern_version
+                )
             loaded = time.monotonic()
             for prog in artifact.programs:
                 if prog.attach_kind == "tail":
                     array, slot = prog.attach_target.split(":")
-                    bpflib.update(self._maps[array], ctypes.c_uint32(int(slot)),
-                                  ctypes.c_uint32(self._programs[prog.name]))
+                    bpflib.update(
+                        self._maps[array], ctypes.c_uint32(int(slot)), ctypes.c_uint32(self._programs[prog.name])
+                    )
             for prog in artifact.programs:
                 fd = self._programs[prog.name]
                 if prog.attach_kind == "tracepoint":
@@ -159,10 +180,12 @@ class Sensor:
             self._ring = bpflib.RingReader([self._maps[ring] for ring in RINGS], self._on_record)
         except OSError as exc:
             self.close()
-            raise ProbeError(f"the BPF program failed to load or attach ({exc}); `chainwatch doctor` checks the "
-                             "kernel") from exc
-        self.startup.update(load_s=round(loaded - started, 3), attach_s=round(time.monotonic() - loaded, 3),
-                            compiler=artifact.compiler)
+            raise ProbeError(
+                f"the BPF program failed to load or attach ({exc}); `chainwatch doctor` checks the kernel"
+            ) from exc
+        self.startup.update(
+            load_s=round(loaded - started, 3), attach_s=round(time.monotonic() - loaded, 3), compiler=artifact.compiler
+        )
 
     def _create_maps(self, artifact: Artifact) -> None:
         """Every map of the artifact, those with BTF type ids against its BTF loaded once (the maps keep a
@@ -171,12 +194,21 @@ class Sensor:
         try:
             for spec in artifact.maps:
                 if spec.uses_btf:
-                    fd = bpflib.create_map_with_btf(spec.type, spec.name, spec.key_size, spec.value_size,
-                                                    spec.max_entries, spec.flags, btf_fd, spec.btf_key_type_id,
-                                                    spec.btf_value_type_id)
+                    fd = bpflib.create_map_with_btf(
+                        spec.type,
+                        spec.name,
+                        spec.key_size,
+                        spec.value_size,
+                        spec.max_entries,
+                        spec.flags,
+                        btf_fd,
+                        spec.btf_key_type_id,
+                        spec.btf_value_type_id,
+                    )
                 else:
-                    fd = bpflib.create_map(spec.type, spec.name, spec.key_size, spec.value_size, spec.max_entries,
-                                           spec.flags)
+                    fd = bpflib.create_map(
+                        spec.type, spec.name, spec.key_size, spec.value_size, spec.max_entries, spec.flags
+                    )
                 self._maps[spec.name] = fd
         finally:
             if btf_fd >= 0:
@@ -224,8 +256,9 @@ class Sensor:
         if not context:
             bpflib.delete(fd, key)
             return
-        value = layout.MAP_STRUCTS["context_tag"](context=context, root_pid=root_pid, root_start=root_start,
-                                                   start_time=start_time)
+        value = layout.MAP_STRUCTS["context_tag"](
+            context=context, root_pid=root_pid, root_start=root_start, start_time=start_time
+        )
         bpflib.update(fd, key, value)
 
     def kernel_drops(self) -> dict[str, int]:

@@ -99,14 +99,16 @@ def resolve_optional(btf: Btf) -> dict[str, int]:
     out: dict[str, int] = {}
     for group in OPTIONAL.values():
         try:
-            values = {name: sum(btf.offsetof(struct, member) for struct, member in parts)
-                      for name, parts in group.items()}
+            values = {
+                name: sum(btf.offsetof(struct, member) for struct, member in parts) for name, parts in group.items()
+            }
         except BtfError:
             continue
         out.update(values)
     # The io_uring probe reads linkat and symlinkat requests with io_rename's offsets.
     if "IO_RENAME_NEWPATH" in out and any(
-            out[f"IO_LINK_{f}"] != out[f"IO_RENAME_{f}"] for f in ("NEW_DFD", "NEWPATH", "OLDPATH")):
+        out[f"IO_LINK_{f}"] != out[f"IO_RENAME_{f}"] for f in ("NEW_DFD", "NEWPATH", "OLDPATH")
+    ):
         for name in OPTIONAL["io_uring"]:
             out.pop(name, None)
     return out
@@ -145,12 +147,14 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF) -> KernelOffsets:
         return KernelOffsets("btf", {k: str(v) for k, v in found.items()})
     if os.path.isdir(headers_dir()):
         # The headers match the kernel only if they are its own; we cannot check that without BTF.
-        return KernelOffsets("headers", {
-            name: f"offsetof(struct {struct}, {member})" for name, (struct, member) in WANTED.items()})
+        return KernelOffsets(
+            "headers", {name: f"offsetof(struct {struct}, {member})" for name, (struct, member) in WANTED.items()}
+        )
     raise OffsetsUnavailable(
         f"this kernel has no BTF ({btf_path}) and no headers at {headers_dir()}; "
         "install the kernel headers for this kernel (make setup does it) "
-        "or use a kernel built with CONFIG_DEBUG_INFO_BTF")
+        "or use a kernel built with CONFIG_DEBUG_INFO_BTF"
+    )
 
 
 __all__ = ["WANTED", "OPTIONAL", "KernelOffsets", "OffsetsUnavailable", "kernel_offsets", "BtfError"]

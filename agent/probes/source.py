@@ -68,8 +68,9 @@ def detect_features(tracefs: str | None = None) -> Features:
         exit_format = (events / "sched" / "sched_process_exit" / "format").read_text()
     except OSError:
         exit_format = ""
-    legacy = all((events / "syscalls" / f"sys_enter_{name}").is_dir()
-                 for name in ("open", "creat", "rename", "link", "symlink"))
+    legacy = all(
+        (events / "syscalls" / f"sys_enter_{name}").is_dir() for name in ("open", "creat", "rename", "link", "symlink")
+    )
     modules = all((events / "syscalls" / f"sys_enter_{name}").is_dir() for name in ("init_module", "finit_module"))
     uring = None
     if (events / "io_uring" / "io_uring_complete").is_dir():
@@ -127,7 +128,7 @@ def _compare(var: str, offset: str, text: str | bytes) -> list[str]:
     out, i = [], 0
     while i < len(raw):
         size, ctype, suffix = next(w for w in _WORDS if w[0] <= len(raw) - i)
-        value = int.from_bytes(raw[i:i + size], "little")
+        value = int.from_bytes(raw[i : i + size], "little")
         out.append(f"*(const volatile {ctype} *)({var} + {offset}{i}) == {value:#x}{suffix}")
         i += size
     return out
@@ -153,8 +154,12 @@ def _render_entry(place: Place, indent: str) -> list[str]:
     where = f"{place.kind} {_c_comment(place.path)}"
     if not setup:
         return [f"{indent}if ({cond}) return 1;  /* {where} */"]
-    return [f"{indent}{{  /* {where} */", *(f"{indent}    {line}" for line in setup),
-            f"{indent}    if ({cond}) return 1;", f"{indent}}}"]
+    return [
+        f"{indent}{{  /* {where} */",
+        *(f"{indent}    {line}" for line in setup),
+        f"{indent}    if ({cond}) return 1;",
+        f"{indent}}}",
+    ]
 
 
 def _render_groups(places: list[Place], indent: str) -> list[str]:
@@ -177,8 +182,10 @@ def _render_groups(places: list[Place], indent: str) -> list[str]:
     var = "r" if places and places[0].in_home else "p"
     lines = []
     tests = [(_compare(var, "", key), f"{key.decode(errors='replace')}...", group) for key, group in by_head.items()]
-    tests += [(_compare("p", "((len - 1) & (PATH_MAX_LEN - 1)) + ", key), f"...{key.decode(errors='replace')}", group)
-              for key, group in by_last.items()]
+    tests += [
+        (_compare("p", "((len - 1) & (PATH_MAX_LEN - 1)) + ", key), f"...{key.decode(errors='replace')}", group)
+        for key, group in by_last.items()
+    ]
     for conds, where, group in tests:
         lines.append(f"{indent}if ({' && '.join(conds)}) {{  /* {_c_comment(where)} */")
         for place in group:
@@ -194,12 +201,18 @@ def render_path_matcher(places: PersistencePlaces) -> str:
 
     The kernel's coarse filter: each entry's literal start and end (Place.kernel_filter), at the path's start
     or below its home directory. Userspace then decides on the whole entry."""
-    lines = [HOME_OFFSET_C, "#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__",
-             "#error the persistence matcher compares little-endian words", "#endif",
-             "#ifndef cw_opaque  /* hide a value's range from the compiler: the verifier needs each mask kept */",
-             '#define cw_opaque(v) __asm__ __volatile__("" : "+r"(v))', "#endif",
-             "/* h: persist_home_offset(p, len), which the caller passes through memory (see persist_emit). */",
-             "static __always_inline int persist_path_match(const char *p, u32 len, u32 h) {", "    cw_opaque(len);"]
+    lines = [
+        HOME_OFFSET_C,
+        "#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__",
+        "#error the persistence matcher compares little-endian words",
+        "#endif",
+        "#ifndef cw_opaque  /* hide a value's range from the compiler: the verifier needs each mask kept */",
+        '#define cw_opaque(v) __asm__ __volatile__("" : "+r"(v))',
+        "#endif",
+        "/* h: persist_home_offset(p, len), which the caller passes through memory (see persist_emit). */",
+        "static __always_inline int persist_path_match(const char *p, u32 len, u32 h) {",
+        "    cw_opaque(len);",
+    ]
     lines += _render_groups([place for place in places.places if not place.in_home], "    ")
     home = [place for place in places.places if place.in_home]
     if home:
@@ -214,11 +227,14 @@ def render_path_matcher(places: PersistencePlaces) -> str:
 
 def render_persist_match_header(places: PersistencePlaces) -> str:
     """persist_match.gen.h: the matcher for ``places`` as a header of its own (persistence.bpf.c includes it)."""
-    return ("/* GENERATED at load by agent/probes/source.py from the persistence list in use\n"
-            " * (lists/persistence_paths.yaml of the rules directory). Do not edit. */\n"
-            "#ifndef CHAINWATCH_PERSIST_MATCH_GEN_H\n#define CHAINWATCH_PERSIST_MATCH_GEN_H\n\n"
-            '#include "events.gen.h" /* PATH_MAX_LEN */\n\n'
-            + render_path_matcher(places) + "\n#endif /* CHAINWATCH_PERSIST_MATCH_GEN_H */\n")
+    return (
+        "/* GENERATED at load by agent/probes/source.py from the persistence list in use\n"
+        " * (lists/persistence_paths.yaml of the rules directory). Do not edit. */\n"
+        "#ifndef CHAINWATCH_PERSIST_MATCH_GEN_H\n#define CHAINWATCH_PERSIST_MATCH_GEN_H\n\n"
+        '#include "events.gen.h" /* PATH_MAX_LEN */\n\n'
+        + render_path_matcher(places)
+        + "\n#endif /* CHAINWATCH_PERSIST_MATCH_GEN_H */\n"
+    )
 
 
 class _Inliner:
@@ -252,8 +268,9 @@ class _Inliner:
             return f"{GENERATED_DIR}/{name}", self.generated[name], None
         if (self.bpf / INCLUDE_DIR / name).is_file():
             return self.read(self.bpf / INCLUDE_DIR / name)
-        raise FileNotFoundError(f'{where}: #include "{name}" is neither next to it, generated, nor in '
-                                f"{self.bpf / INCLUDE_DIR}")
+        raise FileNotFoundError(
+            f'{where}: #include "{name}" is neither next to it, generated, nor in {self.bpf / INCLUDE_DIR}'
+        )
 
     def inline(self, label: str, text: str, here: Path | None) -> None:
         self.seen.add(label)

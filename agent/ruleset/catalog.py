@@ -52,9 +52,20 @@ C2_BEACON: Final = Detector("c2_beacon", "c2", _PN)
 FILELESS_EXEC: Final = Detector("fileless_exec", "evasion", ("process",))
 """An exec of a memfd or a deleted file."""
 
-NATIVE: Final = (SHELL_NETWORK_CONNECTION, INTERPRETER_REVERSE_SHELL, STDIO_TO_SOCKET, TUNNEL_TOOL, IRC_CONNECTION,
-                 PERSISTENCE_WRITE, RUNNER_TRACKING_TAMPER, REVERSE_SHELL, BIND_SHELL, DOWNLOAD_EXECUTE, C2_BEACON,
-                 FILELESS_EXEC)
+NATIVE: Final = (
+    SHELL_NETWORK_CONNECTION,
+    INTERPRETER_REVERSE_SHELL,
+    STDIO_TO_SOCKET,
+    TUNNEL_TOOL,
+    IRC_CONNECTION,
+    PERSISTENCE_WRITE,
+    RUNNER_TRACKING_TAMPER,
+    REVERSE_SHELL,
+    BIND_SHELL,
+    DOWNLOAD_EXECUTE,
+    C2_BEACON,
+    FILELESS_EXEC,
+)
 
 # Loaded Sigma rules (agent/sigma) raise signals under one detector per logsource category; their family
 # comes from each rule's tags (Rule.family), not from FAMILIES. Native rules cannot name these.

@@ -58,15 +58,15 @@ def invocations(filename: str, argv: Sequence[str], script_interpreters: Sequenc
     while i < len(rest):
         arg = rest[i]
         if arg == "-m" and i + 1 < len(rest):
-            out.append(Invocation("module", rest[i + 1], tuple(rest[i + 2:])))
+            out.append(Invocation("module", rest[i + 1], tuple(rest[i + 2 :])))
             break
         if arg in ("-jar", "-cp", "-classpath", "--class-path") and i + 1 < len(rest):
-            out.append(Invocation("jar", os.path.basename(rest[i + 1]), tuple(rest[i + 2:])))
+            out.append(Invocation("jar", os.path.basename(rest[i + 1]), tuple(rest[i + 2 :])))
             break
         if arg in ("-c", "-e", "--eval", "-p", "--print", "-r"):
             break  # inline code: no script names the tool
         if not arg.startswith("-"):
-            out.append(Invocation("script", os.path.basename(arg), tuple(rest[i + 1:])))
+            out.append(Invocation("script", os.path.basename(arg), tuple(rest[i + 1 :])))
             break
         i += 1
     return out
@@ -99,8 +99,13 @@ class ContextRoot:
 
     def patterns(self, kind: str) -> tuple[str, ...]:
         """The fnmatch patterns that name this root for an invocation ``kind``, or "path" for the exec'd file."""
-        return {"path": self.paths, "executable": self.executables, "script": self.executables,
-                "module": self.python_modules, "jar": self.jars}[kind]
+        return {
+            "path": self.paths,
+            "executable": self.executables,
+            "script": self.executables,
+            "module": self.python_modules,
+            "jar": self.jars,
+        }[kind]
 
     def match(self, filename: str, calls: Sequence[Invocation]) -> Invocation | None:
         """The invocation by which the exec of ``filename`` (seen as ``calls``, from :func:`invocations`)
@@ -117,7 +122,7 @@ class ContextRoot:
         words = [a for a in args if not a.startswith("-")]
         for i, word in enumerate(words[:3]):
             if word in self.subcommands:
-                return words[i + 1:]
+                return words[i + 1 :]
         return [] if self.subcommands else words
 
     def _args_match(self, args: Sequence[str]) -> bool:
@@ -132,8 +137,9 @@ class ContextRoot:
         return not said.isdisjoint(self.subcommands)
 
 
-def root_for(roots: Sequence[ContextRoot], script_interpreters: Sequence[str], filename: str,
-             argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
+def root_for(
+    roots: Sequence[ContextRoot], script_interpreters: Sequence[str], filename: str, argv: Sequence[str]
+) -> tuple[ContextRoot, Invocation] | None:
     """The first of ``roots`` that the exec of ``filename`` with ``argv`` is, and how it was invoked; or None."""
     calls = invocations(filename, argv, script_interpreters)
     for root in roots:
@@ -149,7 +155,7 @@ def kernel_context_names(roots: Sequence[ContextRoot]) -> dict[str, int]:
     out: dict[str, int] = {}
     for root in roots:
         for name in root.kernel_names():
-            out.setdefault(name.encode()[:COMM_LEN - 1].decode(errors="ignore"), CONTEXTS[root.context])
+            out.setdefault(name.encode()[: COMM_LEN - 1].decode(errors="ignore"), CONTEXTS[root.context])
     return out
 
 
@@ -168,8 +174,10 @@ def read_roots(checker: Checker, m: YamlMap) -> tuple[ContextRoot, ...] | None:
         before = len(checker.problems)
         checker.keys(spec, ("context",), ROOT_OPTIONAL_KEYS)
         context = checker.get_str(spec, "context", _one_of_contexts)
-        matchers = {key: checker.get_strs(spec, key, check_path_glob if key == "paths" else check_basename)
-                    for key in ROOT_MATCH_KEYS}
+        matchers = {
+            key: checker.get_strs(spec, key, check_path_glob if key == "paths" else check_basename)
+            for key in ROOT_MATCH_KEYS
+        }
         if not any(matchers.values()) and len(checker.problems) == before:
             checker.problem(entry.line, f"a context root needs one of {', '.join(ROOT_MATCH_KEYS)}")
         subcommands = checker.get_strs(spec, "subcommands")
@@ -179,10 +187,19 @@ def read_roots(checker: Checker, m: YamlMap) -> tuple[ContextRoot, ...] | None:
         if len(checker.problems) > before or context is None:
             good = False
             continue
-        roots.append(ContextRoot(context, executables=matchers["executables"] or (),
-                                 python_modules=matchers["python_modules"] or (), jars=matchers["jars"] or (),
-                                 paths=matchers["paths"] or (), subcommands=subcommands or (), bare=bool(bare),
-                                 options=options or (), labels=labels))
+        roots.append(
+            ContextRoot(
+                context,
+                executables=matchers["executables"] or (),
+                python_modules=matchers["python_modules"] or (),
+                jars=matchers["jars"] or (),
+                paths=matchers["paths"] or (),
+                subcommands=subcommands or (),
+                bare=bool(bare),
+                options=options or (),
+                labels=labels,
+            )
+        )
     return tuple(roots) if good else None
 
 
@@ -194,8 +211,10 @@ def _check_captured(var: str) -> str | None:
     if looks_secret(var):
         return f"{var} names a credential: chainwatch never captures token, password, secret or key variables"
     if not env_wanted(var):
-        return (f"{var} is not captured at exec: add it to ENV_CAPTURE_NAMES in agent/capture.py "
-                "(attribution labels only, never a secret)")
+        return (
+            f"{var} is not captured at exec: add it to ENV_CAPTURE_NAMES in agent/capture.py "
+            "(attribution labels only, never a secret)"
+        )
     return None
 
 

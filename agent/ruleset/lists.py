@@ -25,8 +25,15 @@ from agent.ruleset.persistence import KINDS as PERSISTENCE_KINDS
 from agent.ruleset.persistence import PersistencePlaces, Place, read_places
 from agent.ruleset.yamlcheck import Checker, RuleProblem, YamlMap, check_absolute, check_basename, check_path_glob
 
-LIST_FILES: Final = ("stdio.yaml", "shells.yaml", "interpreters.yaml", "tunnels.yaml", "network.yaml",
-                     "persistence_paths.yaml", "contexts.yaml")
+LIST_FILES: Final = (
+    "stdio.yaml",
+    "shells.yaml",
+    "interpreters.yaml",
+    "tunnels.yaml",
+    "network.yaml",
+    "persistence_paths.yaml",
+    "contexts.yaml",
+)
 TUNNEL_OPTIONAL_KEYS: Final = ("args_any", "args_prefix_any", "args_prefix_ignore_case")
 
 
@@ -102,8 +109,10 @@ class Lists:
     def context_root_for(self, filename: str, argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
         """The first root that the exec of ``filename`` with ``argv`` is, and how it was invoked; or None."""
         calls = invocations(filename, argv, self.script_interpreters)
-        if not any(self._names_a_root(kind, name) for kind, name in [("path", filename)]
-                   + [(call.kind, call.name) for call in calls]):
+        if not any(
+            self._names_a_root(kind, name)
+            for kind, name in [("path", filename)] + [(call.kind, call.name) for call in calls]
+        ):
             return None  # the common case, decided without a pattern once the name has been seen
         return root_for(self.context_roots, self.script_interpreters, filename, argv)
 
@@ -178,8 +187,9 @@ class Lists:
         return self.persistence.place_for(path)
 
 
-def _open(directory: Path, name: str, problems: list[RuleProblem], keys: Sequence[str],
-          optional: Sequence[str] = ()) -> tuple[Checker, YamlMap] | None:
+def _open(
+    directory: Path, name: str, problems: list[RuleProblem], keys: Sequence[str], optional: Sequence[str] = ()
+) -> tuple[Checker, YamlMap] | None:
     checker = Checker(directory / name, problems)
     if not checker.path.is_file():
         checker.problem(1, "the list file is missing")
@@ -230,8 +240,11 @@ def _read_irc_ports(checker: Checker, m: YamlMap) -> frozenset[int] | None:
         value = entry.value
         if isinstance(value, int) and not isinstance(value, bool):
             lo = hi = value
-        elif isinstance(value, str) and value.count("-") == 1 and all(
-                part.strip().isascii() and part.strip().isdigit() for part in value.split("-")):
+        elif (
+            isinstance(value, str)
+            and value.count("-") == 1
+            and all(part.strip().isascii() and part.strip().isdigit() for part in value.split("-"))
+        ):
             lo, hi = (int(part) for part in value.split("-"))
         else:
             checker.problem(entry.line, f"'irc_ports': {value!r} is not a port or a range like 6660-6669")
@@ -289,10 +302,20 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
 
     if len(problems) > start:
         return None
-    assert (shells is not None and interpreters is not None and parents is not None and tunnels is not None
-            and cidrs is not None and irc_ports is not None and places is not None
-            and roots is not None and script_interpreters is not None and unpackers is not None
-            and multicall is not None and holders is not None)
+    assert (
+        shells is not None
+        and interpreters is not None
+        and parents is not None
+        and tunnels is not None
+        and cidrs is not None
+        and irc_ports is not None
+        and places is not None
+        and roots is not None
+        and script_interpreters is not None
+        and unpackers is not None
+        and multicall is not None
+        and holders is not None
+    )
     return Lists(
         shells=frozenset(shells),
         interpreters=interpreters,
@@ -307,4 +330,3 @@ def read_lists(directory: Path, problems: list[RuleProblem]) -> Lists | None:
         multicall=frozenset(multicall),
         socket_holders=holders,
     )
-

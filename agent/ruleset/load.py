@@ -43,14 +43,17 @@ def _load(directory: Path | str | None, lists_dir: Path | str | None) -> tuple[R
         parsed = read_rule(path, problems)
         if parsed is None:
             continue
-        for value, line, seen, what in ((parsed.id, parsed.id_line, ids, "id"),
-                                        (parsed.name, parsed.name_line, names, "name")):
+        for value, line, seen, what in (
+            (parsed.id, parsed.id_line, ids, "id"),
+            (parsed.name, parsed.name_line, names, "name"),
+        ):
             if value is None:
                 continue
             if value in seen:
                 first_file, first_line = seen[value]
-                problems.append(RuleProblem(str(path), line,
-                                            f"duplicate {what} {value!r} (also in {first_file}:{first_line})"))
+                problems.append(
+                    RuleProblem(str(path), line, f"duplicate {what} {value!r} (also in {first_file}:{first_line})")
+                )
             else:
                 seen[value] = (str(path), line)
         if parsed.rule is not None:

@@ -55,7 +55,7 @@ def home_offset(path: str) -> int:
 def _literal_ends(pattern: str) -> tuple[str, str]:
     first = min((i for i in (pattern.find(c) for c in WILDCARDS) if i >= 0), default=len(pattern))
     last = max(pattern.rfind("*"), pattern.rfind("?"), pattern.rfind("]"))
-    return pattern[:first], pattern[last + 1:] if last >= 0 else ""
+    return pattern[:first], pattern[last + 1 :] if last >= 0 else ""
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Place:
             return self.path, ""
         if self.kind == "suffix":
             return "", self.path
-        pattern = self.path[len(HOME_PREFIX):] if self.in_home else self.path
+        pattern = self.path[len(HOME_PREFIX) :] if self.in_home else self.path
         return _literal_ends(pattern)
 
     def kernel_matches(self, path: str) -> bool:
@@ -98,7 +98,7 @@ class Place:
             return self.kernel_matches(path)
         if self.in_home:
             offset = home_offset(path)
-            return bool(offset) and fnmatch.fnmatchcase(path[offset:], self.path[len(HOME_PREFIX):])
+            return bool(offset) and fnmatch.fnmatchcase(path[offset:], self.path[len(HOME_PREFIX) :])
         return fnmatch.fnmatchcase(path, self.path)
 
 
@@ -128,12 +128,14 @@ def _check_entry(kind: str, path: str) -> str | None:
         home = path.startswith(HOME_PREFIX)
         if not home and not path.startswith("/"):
             return f"{path!r} must be an absolute path or start with '~/'"
-        start, end = _literal_ends(path[len(HOME_PREFIX):] if home else path)
+        start, end = _literal_ends(path[len(HOME_PREFIX) :] if home else path)
         if not wild:
             return f"{path!r} has no wildcard: list it under prefixes, home or suffixes"
         if len(start) < (1 if home else 2) or not end:
-            return (f"{path!r} must start and end with literal text (the kernel filters on the text before the "
-                    "first wildcard and after the last)")
+            return (
+                f"{path!r} must start and end with literal text (the kernel filters on the text before the "
+                "first wildcard and after the last)"
+            )
         return None
     if wild:
         return f"{path!r} has a wildcard: only globs entries may"

@@ -38,11 +38,25 @@ MATURITIES: Final = ("experimental", "test", "stable")
 SEED: Final = re.compile(r"[a-z][a-z0-9-]*:\S+")
 RULE_FILE_NAME: Final = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*\.ya?ml")
 
-RULE_KEYS: Final = ("id", "name", "description", "detector", "severity", "maturity", "mitre", "false_positives",
-                    "exceptions")
+RULE_KEYS: Final = (
+    "id",
+    "name",
+    "description",
+    "detector",
+    "severity",
+    "maturity",
+    "mitre",
+    "false_positives",
+    "exceptions",
+)
 RULE_OPTIONAL_KEYS: Final = ("references", "seed")
-EXCEPTION_KEYS: Final = ("process_executables", "parent_executables", "args_contains", "destination_cidrs",
-                         "destination_ports")
+EXCEPTION_KEYS: Final = (
+    "process_executables",
+    "parent_executables",
+    "args_contains",
+    "destination_cidrs",
+    "destination_ports",
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +77,7 @@ class Exceptions:
     destination_ports: tuple[int, ...] = ()
     """Ports of the remote peer."""
 
-    def matches(self, exe: str, parent_exe: str, args: Sequence[str], daddr: str | None,
-                dport: int | None) -> bool:
+    def matches(self, exe: str, parent_exe: str, args: Sequence[str], daddr: str | None, dport: int | None) -> bool:
         """True when any hook matches this event, which then must not raise an alert."""
         if any(fnmatch.fnmatchcase(exe, glob) for glob in self.process_executables):
             return True
@@ -130,8 +143,10 @@ def _check_uuid(text: str) -> str | None:
     except ValueError:
         canonical = None
     if canonical != text:
-        return (f"{text!r} is not a UUID in lowercase 8-4-4-4-12 form; make one with "
-                "python3 -c 'import uuid; print(uuid.uuid4())'")
+        return (
+            f"{text!r} is not a UUID in lowercase 8-4-4-4-12 form; make one with "
+            "python3 -c 'import uuid; print(uuid.uuid4())'"
+        )
     return None
 
 
@@ -144,6 +159,7 @@ def _check_glob_on_path(text: str) -> str | None:
 def _one_of(options: Collection[str]) -> Callable[[str], str | None]:
     def check(text: str) -> str | None:
         return None if text in options else f"{text!r} is not one of: {', '.join(sorted(options))}"
+
     return check
 
 
@@ -199,10 +215,15 @@ def read_rule(path: Path, problems: list[RuleProblem]) -> ParsedRule | None:
     m = checker.mapping(doc, "a rule file")
     if m is None:
         return None
-    checker.keys(m, RULE_KEYS, RULE_OPTIONAL_KEYS, hints={
-        "severity_score": "it is derived from 'severity': remove it",
-        "source_file": "it is set by the loader: remove it",
-    })
+    checker.keys(
+        m,
+        RULE_KEYS,
+        RULE_OPTIONAL_KEYS,
+        hints={
+            "severity_score": "it is derived from 'severity': remove it",
+            "source_file": "it is set by the loader: remove it",
+        },
+    )
     rule_id = checker.get_str(m, "id", _check_uuid)
     name = checker.get_str(m, "name")
     description = checker.get_str(m, "description")
@@ -220,10 +241,30 @@ def read_rule(path: Path, problems: list[RuleProblem]) -> ParsedRule | None:
         if exc_map is not None:
             exceptions = _read_exceptions(checker, exc_map)
     rule = None
-    if (checker.ok and rule_id and name and description and detector and severity and maturity and mitre
-            and false_positives is not None and exceptions is not None):
-        rule = Rule(id=rule_id, name=name, description=description, detector=detector, severity=severity,
-                    maturity=maturity, mitre=mitre, false_positives=false_positives, references=references or (),
-                    exceptions=exceptions, source_file=str(path), seed=seed)
+    if (
+        checker.ok
+        and rule_id
+        and name
+        and description
+        and detector
+        and severity
+        and maturity
+        and mitre
+        and false_positives is not None
+        and exceptions is not None
+    ):
+        rule = Rule(
+            id=rule_id,
+            name=name,
+            description=description,
+            detector=detector,
+            severity=severity,
+            maturity=maturity,
+            mitre=mitre,
+            false_positives=false_positives,
+            references=references or (),
+            exceptions=exceptions,
+            source_file=str(path),
+            seed=seed,
+        )
     return ParsedRule(rule, rule_id, m.key_lines.get("id", 1), name, m.key_lines.get("name", 1))
-

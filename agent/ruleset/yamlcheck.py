@@ -41,8 +41,9 @@ class RuleErrors(Exception):
     def __init__(self, problems: Sequence[RuleProblem]) -> None:
         self.problems: list[RuleProblem] = list(problems)
         count = len(self.problems)
-        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the rules:\n"
-                         + "\n".join(str(p) for p in self.problems))
+        super().__init__(
+            f"{count} problem{'s' if count != 1 else ''} in the rules:\n" + "\n".join(str(p) for p in self.problems)
+        )
 
 
 class _Invalid:
@@ -249,8 +250,9 @@ class Checker:
             self.problem(node.line, f"{what} must be a mapping, not {kind(node.value)}")
         return None
 
-    def keys(self, m: YamlMap, required: Collection[str], optional: Collection[str] = (),
-             hints: dict[str, str] | None = None) -> None:
+    def keys(
+        self, m: YamlMap, required: Collection[str], optional: Collection[str] = (), hints: dict[str, str] | None = None
+    ) -> None:
         """Report keys of ``m`` that are unknown (at the key's line) and required keys that are missing."""
         known = [*required, *optional]
         for key, line in m.key_lines.items():
@@ -305,8 +307,9 @@ class Checker:
             return None
         return node.value
 
-    def get_strs(self, m: YamlMap, key: str, check: Callable[[str], str | None] | None = None,
-                 min_items: int = 0) -> tuple[str, ...] | None:
+    def get_strs(
+        self, m: YamlMap, key: str, check: Callable[[str], str | None] | None = None, min_items: int = 0
+    ) -> tuple[str, ...] | None:
         """The list of non-empty, distinct strings at ``key``; ``check`` returns a reason for a bad entry."""
         items = self.get_list(m, key, min_items)
         if items is None:
@@ -360,6 +363,7 @@ class Checker:
 
 # --- value checks shared by the rule and list files (each returns why the text is not acceptable, or None)
 
+
 def check_basename(text: str) -> str | None:
     """An executable's basename."""
     if "/" in text or text != text.strip():
@@ -375,4 +379,3 @@ def check_absolute(text: str) -> str | None:
 def check_path_glob(text: str) -> str | None:
     """An fnmatch pattern on a full path."""
     return None if text.startswith(("/", "*")) else f"{text!r} must be an absolute path or start with '*'"
-

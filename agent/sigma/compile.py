@@ -70,9 +70,11 @@ from agent.sigma.fields import FIELDS, INTERNAL, KEYWORD_FIELDS, UNSUPPORTED, Ev
 Matcher = Callable[[EventFields], bool]
 TextTest = Callable[[str], bool]
 
-_RE_FLAGS: Final = {SigmaRegularExpressionFlag.IGNORECASE: re.IGNORECASE,
-                    SigmaRegularExpressionFlag.MULTILINE: re.MULTILINE,
-                    SigmaRegularExpressionFlag.DOTALL: re.DOTALL}
+_RE_FLAGS: Final = {
+    SigmaRegularExpressionFlag.IGNORECASE: re.IGNORECASE,
+    SigmaRegularExpressionFlag.MULTILINE: re.MULTILINE,
+    SigmaRegularExpressionFlag.DOTALL: re.DOTALL,
+}
 _ANCHORING: Final = (SigmaContainsModifier, SigmaStartswithModifier, SigmaEndswithModifier)
 
 
@@ -110,8 +112,9 @@ def check_items(rule: SigmaRule, category: str) -> set[int]:
             name = item.field
             if name is not None and name not in INTERNAL:
                 why = UNSUPPORTED.get(name) or f"chainwatch's {category} events have no such field"
-                raise Unsupported(f"field {name!r} is not supported: {why} (supported: {', '.join(sorted(known))})",
-                                  name)
+                raise Unsupported(
+                    f"field {name!r} is not supported: {why} (supported: {', '.join(sorted(known))})", name
+                )
             for modifier in item.modifiers:
                 if issubclass(modifier, SigmaExpandModifier):
                     raise Unsupported("the 'expand' modifier (%placeholder% lists) is not supported", "|expand")
@@ -257,8 +260,11 @@ class Compiler:
 
         multi = SpecialChars.WILDCARD_MULTI
         inner = parts[1:-1] if len(parts) > 2 else []
-        simple = (all(isinstance(p, str) for p in inner) and SpecialChars.WILDCARD_SINGLE not in parts
-                  and sum(1 for p in parts if isinstance(p, str)) <= 1)
+        simple = (
+            all(isinstance(p, str) for p in inner)
+            and SpecialChars.WILDCARD_SINGLE not in parts
+            and sum(1 for p in parts if isinstance(p, str)) <= 1
+        )
         if simple:
             text = norm(next((p for p in parts if isinstance(p, str)), ""))
             lead = bool(parts) and parts[0] is multi
@@ -272,8 +278,9 @@ class Compiler:
             if tail:
                 return "starts", text
             return "eq", text
-        return "regex", "".join(re.escape(norm(p)) if isinstance(p, str) else (".*" if p is multi else ".")
-                                for p in parts)
+        return "regex", "".join(
+            re.escape(norm(p)) if isinstance(p, str) else (".*" if p is multi else ".") for p in parts
+        )
 
     def regex(self, value: SigmaRegularExpression) -> TextTest:
         """A ``re`` value: searched, or matched whole when pySigma anchored it (see the module docstring).
@@ -298,8 +305,10 @@ class Compiler:
         number = value.number.number
         op = value.op
         tests: dict[CompareOperators, Callable[[float], bool]] = {
-            CompareOperators.LT: lambda x: x < number, CompareOperators.LTE: lambda x: x <= number,
-            CompareOperators.GT: lambda x: x > number, CompareOperators.GTE: lambda x: x >= number,
+            CompareOperators.LT: lambda x: x < number,
+            CompareOperators.LTE: lambda x: x <= number,
+            CompareOperators.GT: lambda x: x > number,
+            CompareOperators.GTE: lambda x: x >= number,
             CompareOperators.NEQ: lambda x: x != number,
         }
         test = tests[op]
@@ -324,6 +333,7 @@ class Compiler:
             if ends:
                 return mine.endswith(theirs)
             return mine == theirs
+
         return match
 
 
@@ -339,6 +349,7 @@ def _all(parts: list[Matcher]) -> Matcher:
             if not p(f):
                 return False
         return True
+
     return match
 
 
@@ -354,6 +365,7 @@ def _any(parts: list[Matcher]) -> Matcher:
             if p(f):
                 return True
         return False
+
     return match
 
 
@@ -393,6 +405,7 @@ def _combine(tests: list[tuple[str, str]]) -> TextTest:
             if check(t):
                 return True
         return False
+
     return match
 
 

@@ -129,8 +129,16 @@ class SigmaDetector:
         key = proc.key if proc is not None else process_key(event.pid, event.start_time)
         reason = f"Sigma rule '{entry.rule.name}' matched: {_what(event, fields)}"
         if isinstance(event, Connect):
-            return Signal(rule=entry.rule, key=key, event=event, reason=reason, daddr=event.daddr,
-                          dport=event.dport, family=event.family, transport=event.transport,
-                          context=context_of(proc))
+            return Signal(
+                rule=entry.rule,
+                key=key,
+                event=event,
+                reason=reason,
+                daddr=event.daddr,
+                dport=event.dport,
+                family=event.family,
+                transport=event.transport,
+                context=context_of(proc),
+            )
         path = event.path if isinstance(event, FileWrite) else ""
         return Signal(rule=entry.rule, key=key, event=event, reason=reason, path=path, context=context_of(proc))

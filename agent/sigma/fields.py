@@ -32,8 +32,12 @@ Value = str | int | None
 PROCESS_CREATION: Final = "process_creation"
 NETWORK_CONNECTION: Final = "network_connection"
 FILE_EVENT: Final = "file_event"
-CATEGORIES: Final = {PROCESS_CREATION: PROCESS_CREATION, NETWORK_CONNECTION: NETWORK_CONNECTION,
-                     FILE_EVENT: FILE_EVENT, "file_create": FILE_EVENT}
+CATEGORIES: Final = {
+    PROCESS_CREATION: PROCESS_CREATION,
+    NETWORK_CONNECTION: NETWORK_CONNECTION,
+    FILE_EVENT: FILE_EVENT,
+    "file_create": FILE_EVENT,
+}
 
 _PROCESS: Final = {
     "Image": "process.executable",
@@ -79,8 +83,12 @@ UNSUPPORTED: Final = {
 
 # The string fields a keyword (a value without a field) is searched in, per category.
 KEYWORD_FIELDS: Final = {
-    PROCESS_CREATION: ("process.executable", "process.command_line", "process.parent.executable",
-                       "process.parent.command_line"),
+    PROCESS_CREATION: (
+        "process.executable",
+        "process.command_line",
+        "process.parent.executable",
+        "process.parent.command_line",
+    ),
     NETWORK_CONNECTION: ("process.executable", "process.command_line", "destination.ip", "source.ip"),
     FILE_EVENT: ("process.executable", "process.command_line", "file.path"),
 }
@@ -93,8 +101,13 @@ def pipeline() -> ProcessingPipeline:
     items = []
     for category, canonical in CATEGORIES.items():
         mapping: dict[str | None, str | list[str]] = {k: v for k, v in FIELDS[canonical].items()}
-        items.append(ProcessingItem(identifier=f"chainwatch_{category}", transformation=FieldMappingTransformation(
-            mapping), rule_conditions=[LogsourceCondition(category=category, product="linux")]))
+        items.append(
+            ProcessingItem(
+                identifier=f"chainwatch_{category}",
+                transformation=FieldMappingTransformation(mapping),
+                rule_conditions=[LogsourceCondition(category=category, product="linux")],
+            )
+        )
     return ProcessingPipeline(name="chainwatch sysmon-for-linux", items=items)
 
 
@@ -240,5 +253,3 @@ _EXTRACT: Final[dict[str, Callable[[EventFields], Value]]] = {
     "file.path": _path,
 }
 assert set(_EXTRACT) == INTERNAL, "every mapped field needs an extractor"
-
-

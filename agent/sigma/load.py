@@ -159,12 +159,22 @@ class _Loader:
         for item in collection.rules:
             if not isinstance(item, SigmaRule):
                 kind = type(item).__name__.removeprefix("Sigma")
-                self.unsupported.append(RuleProblem(where, _line(text, "correlation:") if kind == "CorrelationRule"
-                                                    else 1, f"{kind} documents are not evaluated by chainwatch"))
+                self.unsupported.append(
+                    RuleProblem(
+                        where,
+                        _line(text, "correlation:") if kind == "CorrelationRule" else 1,
+                        f"{kind} documents are not evaluated by chainwatch",
+                    )
+                )
             elif id(item) not in output:
                 # Alone it would alert on every event the correlation only counts.
-                self.unsupported.append(RuleProblem(where, _line(text, item.title), f"rule {item.title!r} only "
-                                                    "feeds a correlation (generate: false), which is not evaluated"))
+                self.unsupported.append(
+                    RuleProblem(
+                        where,
+                        _line(text, item.title),
+                        f"rule {item.title!r} only feeds a correlation (generate: false), which is not evaluated",
+                    )
+                )
             else:
                 self.rule(item, where, text)
 
@@ -178,8 +188,11 @@ class _Loader:
             return
         rule_id = str(rule.id)
         if rule_id in self.ids:
-            self.problems.append(RuleProblem(where, _line(text, rule_id),
-                                             f"duplicate Sigma rule id {rule_id} (also in {self.ids[rule_id]})"))
+            self.problems.append(
+                RuleProblem(
+                    where, _line(text, rule_id), f"duplicate Sigma rule id {rule_id} (also in {self.ids[rule_id]})"
+                )
+            )
             return
         self.ids[rule_id] = where
         status = str(rule.status) if rule.status is not None else ""
@@ -189,13 +202,19 @@ class _Loader:
         source = rule.logsource
         category = CATEGORIES.get(source.category or "")
         if source.product != "linux" or source.service is not None or category is None:
-            described = ", ".join(f"{k}={v}" for k, v in (("product", source.product),
-                                                          ("category", source.category),
-                                                          ("service", source.service)) if v)
-            self.unsupported.append(RuleProblem(
-                where, _line(text, "logsource:"),
-                f"logsource {described} is not evaluated: chainwatch evaluates product=linux with category "
-                f"{', '.join(sorted(CATEGORIES))}"))
+            described = ", ".join(
+                f"{k}={v}"
+                for k, v in (("product", source.product), ("category", source.category), ("service", source.service))
+                if v
+            )
+            self.unsupported.append(
+                RuleProblem(
+                    where,
+                    _line(text, "logsource:"),
+                    f"logsource {described} is not evaluated: chainwatch evaluates product=linux with category "
+                    f"{', '.join(sorted(CATEGORIES))}",
+                )
+            )
             return
         try:
             self.pipeline.apply(rule)
@@ -213,12 +232,20 @@ class _Loader:
         techniques = tuple(dict.fromkeys(n.upper() for ns, n in tags if ns == "attack" and TECHNIQUE.fullmatch(n)))
         tactics = [n for ns, n in tags if ns == "attack" and not TECHNIQUE.fullmatch(n)]
         level = str(rule.level) if isinstance(rule.level, SigmaLevel) else "medium"
-        return Rule(id=str(rule.id), name=rule.title or str(rule.id), description=rule.description or rule.title,
-                    detector=SIGMA_DETECTORS[category], severity=LEVELS.get(level, "medium"),
-                    maturity=MATURITIES.get(status, "experimental"), mitre=techniques,
-                    false_positives=tuple(str(f) for f in rule.falsepositives),
-                    references=tuple(str(r) for r in rule.references), source_file=where,
-                    family=family_of(tactics, category), ruleset="sigma")
+        return Rule(
+            id=str(rule.id),
+            name=rule.title or str(rule.id),
+            description=rule.description or rule.title,
+            detector=SIGMA_DETECTORS[category],
+            severity=LEVELS.get(level, "medium"),
+            maturity=MATURITIES.get(status, "experimental"),
+            mitre=techniques,
+            false_positives=tuple(str(f) for f in rule.falsepositives),
+            references=tuple(str(r) for r in rule.references),
+            source_file=where,
+            family=family_of(tactics, category),
+            ruleset="sigma",
+        )
 
 
 def read_sigma(directories: Sequence[str | Path]) -> tuple[SigmaRules, list[RuleProblem]]:
@@ -227,8 +254,10 @@ def read_sigma(directories: Sequence[str | Path]) -> tuple[SigmaRules, list[Rule
     for directory in directories:
         loader.directory(Path(directory))
     key: Any = lambda p: (p.file, p.line)  # noqa: E731
-    return (SigmaRules(tuple(loader.entries), tuple(sorted(loader.unsupported, key=key))),
-            sorted(loader.problems, key=key))
+    return (
+        SigmaRules(tuple(loader.entries), tuple(sorted(loader.unsupported, key=key))),
+        sorted(loader.problems, key=key),
+    )
 
 
 def load_sigma(directories: Sequence[str | Path]) -> SigmaRules:

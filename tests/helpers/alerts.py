@@ -30,8 +30,7 @@ def tagged(command: str) -> tuple[str, str]:
 
 def mine(alerts: Iterable[Mapping[str, Any]], token: str) -> list[Alert]:
     """The alerts whose process or an ancestor carries ``token`` in its argv (see tagged)."""
-    return [dict(a) for a in alerts
-            if token in json.dumps([a["process"].get("args"), a["chainwatch"]["ancestry"]])]
+    return [dict(a) for a in alerts if token in json.dumps([a["process"].get("args"), a["chainwatch"]["ancestry"]])]
 
 
 def tree_pids(events: Iterable[Any], root: int) -> set[int]:
@@ -51,17 +50,23 @@ def alert_pids(alert: Mapping[str, Any]) -> set[int]:
     return {p for p in pids if isinstance(p, int)}
 
 
-def alerts_for(alerts: Iterable[Mapping[str, Any]], pids: set[int],
-               destination: tuple[str, int] | None = None, path_prefix: str | None = None) -> list[Alert]:
+def alerts_for(
+    alerts: Iterable[Mapping[str, Any]],
+    pids: set[int],
+    destination: tuple[str, int] | None = None,
+    path_prefix: str | None = None,
+) -> list[Alert]:
     """Alerts that belong to the tree ``pids`` (their process or an ancestor is in it), or that name our
     own destination or file path. Other test sessions may run attacks on this machine at the same time."""
     out = []
     for a in alerts:
         dest = a.get("destination") or {}
         path = (a.get("file") or {}).get("path") or ""
-        if (alert_pids(a) & pids
-                or (destination is not None and (dest.get("ip"), dest.get("port")) == destination)
-                or (path_prefix is not None and path.startswith(path_prefix))):
+        if (
+            alert_pids(a) & pids
+            or (destination is not None and (dest.get("ip"), dest.get("port")) == destination)
+            or (path_prefix is not None and path.startswith(path_prefix))
+        ):
             out.append(dict(a))
     return out
 
@@ -70,18 +75,33 @@ def summary(alerts: Iterable[Mapping[str, Any]]) -> str:
     """The fields a reader needs to see why an assertion about alerts failed."""
     rows = []
     for a in alerts:
-        rows.append(json.dumps({
-            "incident": a["chainwatch"]["incident"]["id"][:8], "severity": a["event"]["severity"],
-            "rule": a["rule"]["name"], "signals": a["chainwatch"].get("signals"),
-            "process": [a["process"].get("pid"), a["process"].get("name"), a["process"].get("args")],
-            "destination": a.get("destination"), "file": a.get("file"), "supply_chain": a.get("supply_chain"),
-            "ancestry": [[p.get("pid"), p.get("name")] for p in a["chainwatch"].get("ancestry", [])],
-        }, default=str))
+        rows.append(
+            json.dumps(
+                {
+                    "incident": a["chainwatch"]["incident"]["id"][:8],
+                    "severity": a["event"]["severity"],
+                    "rule": a["rule"]["name"],
+                    "signals": a["chainwatch"].get("signals"),
+                    "process": [a["process"].get("pid"), a["process"].get("name"), a["process"].get("args")],
+                    "destination": a.get("destination"),
+                    "file": a.get("file"),
+                    "supply_chain": a.get("supply_chain"),
+                    "ancestry": [[p.get("pid"), p.get("name")] for p in a["chainwatch"].get("ancestry", [])],
+                },
+                default=str,
+            )
+        )
     return "\n".join(rows) or "(no alerts)"
 
 
-def wait_alerts(sensorlab: Any, since: int, select: Callable[[list[Alert]], list[Alert]],
-                done: Callable[[list[Alert]], bool], timeout: float = 15.0, settle: float = 1.0) -> list[Alert]:
+def wait_alerts(
+    sensorlab: Any,
+    since: int,
+    select: Callable[[list[Alert]], list[Alert]],
+    done: Callable[[list[Alert]], bool],
+    timeout: float = 15.0,
+    settle: float = 1.0,
+) -> list[Alert]:
     """Poll the sensor's alerts past ``since`` until ``done(select(alerts))`` or ``timeout``; then wait
     ``settle`` seconds more so late updates (escalations, extra lines) show up too, and return the selection."""
     wait_until(lambda: done(select(sensorlab.alerts_since(since, settle=0))), timeout=timeout, interval=0.1)

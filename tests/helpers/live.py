@@ -26,8 +26,9 @@ def require_root(reason: str) -> None:
         skip_or_fail(reason)
 
 
-def require_bcc(reason: str = "live sensor tests need the distro's bcc (python3-bpfcc); `make setup` installs it"
-                ) -> None:
+def require_bcc(
+    reason: str = "live sensor tests need the distro's bcc (python3-bpfcc); `make setup` installs it",
+) -> None:
     try:
         import bcc  # noqa: F401
     except ImportError:

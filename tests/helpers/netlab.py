@@ -206,17 +206,13 @@ class Listener:
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise NetLabError(
-                    f"{self.proto} listener in {self.ns} not ready after {timeout}s"
-                )
+                raise NetLabError(f"{self.proto} listener in {self.ns} not ready after {timeout}s")
             ready, _, _ = select.select([fd], [], [], left)
             if ready:
                 chunk = os.read(fd, 4096)
                 if not chunk:
                     err = _bounded_stderr(self.proc)
-                    raise NetLabError(
-                        f"{self.proto} listener in {self.ns} exited early: {err}"
-                    )
+                    raise NetLabError(f"{self.proto} listener in {self.ns} exited early: {err}")
                 self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         if line != b"READY":
@@ -239,9 +235,7 @@ class Listener:
             raise
         lines = (self._buf + (out or b"")).strip().splitlines()
         if not lines:
-            raise NetLabError(
-                f"listener exited {self.proc.returncode} without result: {err!r}"
-            )
+            raise NetLabError(f"listener exited {self.proc.returncode} without result: {err!r}")
         result = json.loads(lines[-1])
         self.peers = result["peers"]
         self.chunks = [bytes.fromhex(c) for c in result["chunks"]]
@@ -411,9 +405,7 @@ class NetLab:
             timeout=SETUP_TIMEOUT,
         )
         if res.returncode != 0:
-            raise NetLabError(
-                f"sysctl in {ns} failed: {res.stderr.decode(errors='replace')}"
-            )
+            raise NetLabError(f"sysctl in {ns} failed: {res.stderr.decode(errors='replace')}")
 
     def _wait_carrier(self) -> None:
         pending = {
@@ -424,6 +416,7 @@ class NetLab:
         def all_up() -> bool:
             pending.difference_update([(ns, ifname) for ns, ifname in pending if _is_up(ns, ifname)])
             return not pending
+
         if not wait_until(all_up, timeout=SETUP_TIMEOUT):
             raise NetLabError(f"veth never came up: {sorted(pending)}")
 
@@ -472,9 +465,7 @@ class NetLab:
             out, err = proc.communicate(input=input, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             _kill_group(proc, grace=0)
-            raise subprocess.TimeoutExpired(
-                cmd, timeout, exc.output, exc.stderr
-            ) from None
+            raise subprocess.TimeoutExpired(cmd, timeout, exc.output, exc.stderr) from None
         except BaseException:
             _kill_group(proc, grace=0)
             raise
@@ -603,9 +594,7 @@ class NetLab:
         then reads until EOF; it exits after ``max_conns`` connections or
         ``duration`` seconds, whichever comes first.
         """
-        return self._listen(
-            "tcp", ns, port, family, bind, payload, duration, max_conns, max_bytes
-        )
+        return self._listen("tcp", ns, port, family, bind, payload, duration, max_conns, max_bytes)
 
     def listen_udp(
         self,
@@ -624,9 +613,7 @@ class NetLab:
         Collects up to ``max_datagrams`` datagrams (replying ``payload`` to each
         if given) for at most ``duration`` seconds.
         """
-        return self._listen(
-            "udp", ns, port, family, bind, payload, duration, max_datagrams, max_bytes
-        )
+        return self._listen("udp", ns, port, family, bind, payload, duration, max_datagrams, max_bytes)
 
     def connect_tcp(
         self, ns: str, host: str, port: int, data: bytes = b"", *, timeout: float = 5

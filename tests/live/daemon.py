@@ -29,8 +29,12 @@ class Daemon:
         config_file = workdir / "chainwatch.toml"
         config_file.write_text(config)
         with self.log.open("w") as err:
-            self.proc = subprocess.Popen([*CHAINWATCH, "run", "--config", str(config_file), "--alerts",
-                                          str(self.alerts)], stderr=err, stdout=subprocess.DEVNULL, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                [*CHAINWATCH, "run", "--config", str(config_file), "--alerts", str(self.alerts)],
+                stderr=err,
+                stdout=subprocess.DEVNULL,
+                cwd=ROOT,
+            )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -55,16 +59,19 @@ class Daemon:
 
     def wait_until(self, check: Callable[[], bool], what: str, timeout: float) -> None:
         """Poll ``check``; fail if the agent dies or the bound (there only so a hang cannot stall CI) runs out."""
+
         def done() -> bool:
             if check():
                 return True
             assert self.alive(), f"the agent exited ({self.proc.returncode}) while waiting for {what}: {self.tail()}"
             return False
+
         wait_until(done, what, timeout=timeout, detail=self.tail, interval=0.1)
 
     def wait_ready(self) -> None:
-        self.wait_until(lambda: any(line.get("event") == "sensor_ready" for line in self.lines()), "sensor_ready",
-                        READY_TIMEOUT_S)
+        self.wait_until(
+            lambda: any(line.get("event") == "sensor_ready" for line in self.lines()), "sensor_ready", READY_TIMEOUT_S
+        )
 
     def stop(self) -> int:
         """SIGTERM (flush and exit 0), SIGKILL if it hangs; returns the exit code. Idempotent."""

@@ -30,11 +30,18 @@ class SensorLab:
         self.alerts: list[dict[str, object]] = []
         # A test's response stage (agent.response.Responder), between the correlator and the alert list.
         self.respond: Callable[[dict[str, object]], dict[str, object]] | None = None
-        self.pipeline = assemble(load_rules(default_rules_dir()), ProcessTable(), [self._emit],
-                                 host=Host("live-test", "live-test-host"), boot_offset_ns=boot_to_wall_offset_ns(),
-                                 kernel=self.sensor,
-                                 module_loads_from_exec=not self.sensor.program.features.module_tracepoints,
-                                 sigma=load_sigma([SIGMA_DIR]), exe_identity=True, consumers=[self.events.append])
+        self.pipeline = assemble(
+            load_rules(default_rules_dir()),
+            ProcessTable(),
+            [self._emit],
+            host=Host("live-test", "live-test-host"),
+            boot_offset_ns=boot_to_wall_offset_ns(),
+            kernel=self.sensor,
+            module_loads_from_exec=not self.sensor.program.features.module_tracepoints,
+            sigma=load_sigma([SIGMA_DIR]),
+            exe_identity=True,
+            consumers=[self.events.append],
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sensorlab", daemon=True)
         self._thread.start()
@@ -59,8 +66,9 @@ class SensorLab:
         with self._lock:
             return [e for e in self.events[since:] if pred(e)]
 
-    def wait_for(self, pred: Callable[[Event], bool], count: int = 1, since: int = 0,
-                 timeout: float = 10.0, settle: float = 0.5) -> list[Event]:
+    def wait_for(
+        self, pred: Callable[[Event], bool], count: int = 1, since: int = 0, timeout: float = 10.0, settle: float = 0.5
+    ) -> list[Event]:
         """Wait until ``count`` matching events arrived (or timeout), then a short settle so extras show up too."""
         wait_until(lambda: len(self.select(pred, since)) >= count, timeout=timeout, interval=0.02)
         time.sleep(settle)

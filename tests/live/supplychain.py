@@ -35,10 +35,18 @@ SHELL_SECONDS = 10  # bound on every reverse shell a fixture opens
 
 # ------------------------------------------------------------------------------------------- environment
 
+
 def clean_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A minimal environment: system PATH, a private HOME, a UTF-8 locale, plus ``extra``."""
-    env = {"PATH": SYSTEM_PATH, "HOME": str(home), "LANG": "C.UTF-8", "TMPDIR": "/tmp",
-           "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    env = {
+        "PATH": SYSTEM_PATH,
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_INPUT": "1",
+    }
     env.update(extra or {})
     return env
 
@@ -66,8 +74,10 @@ def in_private_overlays(argv: Sequence[str], dirs: Sequence[str], scratch: Path,
             raise ValueError(f"overlay target must be an absolute directory, not {d!r}")
         name = d.strip("/").replace("/", "_")
         upper, work = scratch / name / "upper", scratch / name / "work"
-        lines += [f"mkdir -p {shlex.quote(str(upper))} {shlex.quote(str(work))}",
-                  f"mount -t overlay cw-overlay -o lowerdir={d},upperdir={upper},workdir={work} {d}"]
+        lines += [
+            f"mkdir -p {shlex.quote(str(upper))} {shlex.quote(str(work))}",
+            f"mount -t overlay cw-overlay -o lowerdir={d},upperdir={upper},workdir={work} {d}",
+        ]
     lines += ["set +e", '"$@"', "rc=$?"]
     for d in dirs:
         name = d.strip("/").replace("/", "_")
@@ -77,8 +87,9 @@ def in_private_overlays(argv: Sequence[str], dirs: Sequence[str], scratch: Path,
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines), "cw-overlay", *argv]
 
 
-def run_in_overlays(tmp_path: Path, script: str, dirs: Sequence[str],
-                    timeout: float = 60) -> tuple[int, subprocess.CompletedProcess[str]]:
+def run_in_overlays(
+    tmp_path: Path, script: str, dirs: Sequence[str], timeout: float = 60
+) -> tuple[int, subprocess.CompletedProcess[str]]:
     """Run ``script`` with sh in a private mount namespace over overlays of ``dirs``; returns (the script
     shell's pid, the result). The script's first line of output is its pid."""
     body = "echo $$\n" + textwrap.dedent(script)
@@ -89,6 +100,7 @@ def run_in_overlays(tmp_path: Path, script: str, dirs: Sequence[str],
 
 
 # ------------------------------------------------------------------------------------ bounded processes
+
 
 @dataclass
 class Finished:
@@ -113,13 +125,16 @@ def _finish(proc: subprocess.Popen[bytes], timeout: float) -> Finished:
         except ProcessLookupError:
             pass
         out, err = proc.communicate(timeout=10)
-        raise AssertionError(f"{proc.args!r} did not finish in {timeout}s:\n{out.decode(errors='replace')}\n"
-                             f"{err.decode(errors='replace')}") from None
+        raise AssertionError(
+            f"{proc.args!r} did not finish in {timeout}s:\n{out.decode(errors='replace')}\n"
+            f"{err.decode(errors='replace')}"
+        ) from None
     return Finished(proc.pid, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
-def run_in_lab(netlab: Any, ns: str, argv: Sequence[str], *, cwd: Path | None = None,
-               timeout: float = COMMAND_TIMEOUT) -> Finished:
+def run_in_lab(
+    netlab: Any, ns: str, argv: Sequence[str], *, cwd: Path | None = None, timeout: float = COMMAND_TIMEOUT
+) -> Finished:
     """Run ``argv`` in one of the lab's namespaces, bounded; ``netlab.close()`` sweeps anything left."""
     proc = netlab.spawn(ns, list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return _finish(proc, timeout)
@@ -127,8 +142,14 @@ def run_in_lab(netlab: Any, ns: str, argv: Sequence[str], *, cwd: Path | None = 
 
 def run_here(argv: Sequence[str], *, cwd: Path | None = None, timeout: float = COMMAND_TIMEOUT) -> Finished:
     """Run ``argv`` in the test's own namespaces, bounded, its whole process group killed on timeout."""
-    proc = subprocess.Popen(list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     return _finish(proc, timeout)
 
 
@@ -141,6 +162,7 @@ def run_checked(argv: Sequence[str], *, cwd: Path | None = None, timeout: float 
 
 
 # ------------------------------------------------------------------------------------- attack one-liners
+
 
 def bash_reverse_shell(host: str, port: int) -> str:
     """The classic bash /dev/tcp reverse shell, bounded by timeout(1)."""
@@ -171,6 +193,7 @@ def python_reverse_shell(host: str, port: int, once_marker: Path) -> str:
 
 # ------------------------------------------------------------------------------------------------- npm
 
+
 @dataclass(frozen=True)
 class NpmPackage:
     """A package tarball made by ``npm pack``."""
@@ -195,16 +218,30 @@ class Npm:
         self.env = clean_env(self.home)
 
     def flags(self) -> list[str]:
-        return ["--cache", str(self.cache), "--userconfig", str(self.userconfig), "--offline",
-                "--no-audit", "--no-fund", "--update-notifier=false"]
+        return [
+            "--cache",
+            str(self.cache),
+            "--userconfig",
+            str(self.userconfig),
+            "--offline",
+            "--no-audit",
+            "--no-fund",
+            "--update-notifier=false",
+        ]
 
-    def pack(self, name: str, version: str, scripts: Mapping[str, str],
-             files: Mapping[str, str] | None = None) -> NpmPackage:
+    def pack(
+        self, name: str, version: str, scripts: Mapping[str, str], files: Mapping[str, str] | None = None
+    ) -> NpmPackage:
         """Write a package with these lifecycle ``scripts`` and ``files``; ``npm pack`` it into a tarball."""
         src = self.root / "src" / name
         src.mkdir(parents=True)
-        manifest = {"name": name, "version": version, "description": "chainwatch live-test fixture",
-                    "license": "MIT", "scripts": dict(scripts)}
+        manifest = {
+            "name": name,
+            "version": version,
+            "description": "chainwatch live-test fixture",
+            "license": "MIT",
+            "scripts": dict(scripts),
+        }
         (src / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
         for rel, text in (files or {}).items():
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -226,8 +263,10 @@ class Npm:
 
     def install_argv(self, project: Path, package: NpmPackage) -> list[str]:
         """``npm install`` of the tarball into ``project``, lifecycle scripts on, under the clean env."""
-        return with_env(self.env, ["npm", "install", "--prefix", str(project), "--ignore-scripts=false",
-                                   *self.flags(), str(package.tarball)])
+        return with_env(
+            self.env,
+            ["npm", "install", "--prefix", str(project), "--ignore-scripts=false", *self.flags(), str(package.tarball)],
+        )
 
 
 def npm_available() -> str | None:
@@ -240,6 +279,7 @@ def npm_available() -> str | None:
 
 # ------------------------------------------------------------------------------------------------- pip
 
+
 def make_venv(path: Path) -> Path:
     """A fresh venv from the distro's python3 (pip and setuptools come from ensurepip); its python."""
     run_checked([SYSTEM_PYTHON, "-m", "venv", str(path)])
@@ -251,8 +291,11 @@ def build_sdist(dest: Path, name: str, version: str, setup_py: str, files: Mappi
     pyproject.toml (so pip 23 runs setup.py directly, as legacy packages still do)."""
     stem = f"{re.sub(r'[-_.]+', '_', name)}-{version}"
     sdist = dest / f"{stem}.tar.gz"
-    members = {"setup.py": setup_py, **(files or {}),
-               "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"}
+    members = {
+        "setup.py": setup_py,
+        **(files or {}),
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    }
     with tarfile.open(sdist, "w:gz") as tar:
         for rel, text in members.items():
             data = text.encode()
@@ -265,8 +308,9 @@ def build_sdist(dest: Path, name: str, version: str, setup_py: str, files: Mappi
 def pip_install_argv(venv_python: Path, sdist: Path, home: Path) -> list[str]:
     """``<venv>/bin/pip install`` of a local sdist: no index, no build isolation (nothing to fetch)."""
     pip = venv_python.parent / "pip"
-    return with_env(clean_env(home), [str(pip), "install", "--no-index", "--no-build-isolation",
-                                      "--no-cache-dir", str(sdist)])
+    return with_env(
+        clean_env(home), [str(pip), "install", "--no-index", "--no-build-isolation", "--no-cache-dir", str(sdist)]
+    )
 
 
 def canonical_pypi_name(name: str) -> str:
@@ -276,19 +320,29 @@ def canonical_pypi_name(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------------- dpkg
 
-def build_deb(dest: Path, name: str, version: str, files: Mapping[str, str], *,
-              conffiles: Iterable[str] = (), maintscripts: Mapping[str, str] | None = None) -> Path:
+
+def build_deb(
+    dest: Path,
+    name: str,
+    version: str,
+    files: Mapping[str, str],
+    *,
+    conffiles: Iterable[str] = (),
+    maintscripts: Mapping[str, str] | None = None,
+) -> Path:
     """A binary .deb made by ``dpkg-deb --build`` from ``files`` (absolute path -> content)."""
     root = dest / f"{name}_{version}"
     (root / "DEBIAN").mkdir(parents=True)
-    (root / "DEBIAN" / "control").write_text(textwrap.dedent(f"""\
+    (root / "DEBIAN" / "control").write_text(
+        textwrap.dedent(f"""\
         Package: {name}
         Version: {version}
         Architecture: all
         Maintainer: chainwatch tests <tests@example.invalid>
         Description: chainwatch live-test fixture
          Installed only inside a private mount namespace.
-    """))
+    """)
+    )
     conf = list(conffiles)
     if conf:
         (root / "DEBIAN" / "conffiles").write_text("".join(f"{c}\n" for c in conf))
@@ -316,6 +370,7 @@ def dpkg_installed(name: str) -> bool:
 
 # ------------------------------------------------------------------------------------------- CI runners
 
+
 def build_fake_runner(dest: Path) -> Path:
     """Compile fixtures/fake_runner.c to ``dest`` (e.g. ``<tmp>/actions-runner/bin/Runner.Worker``)."""
     cc = shutil.which("cc", path=SYSTEM_PATH) or shutil.which("gcc", path=SYSTEM_PATH)
@@ -326,7 +381,6 @@ def build_fake_runner(dest: Path) -> Path:
     return dest
 
 
-def runner_argv(runner: Path, own_args: Sequence[str], step_env: Mapping[str, str],
-                step: Sequence[str]) -> list[str]:
+def runner_argv(runner: Path, own_args: Sequence[str], step_env: Mapping[str, str], step: Sequence[str]) -> list[str]:
     """The fake runner running ``step`` as its child with ``step_env`` added for the step only."""
     return [str(runner), *own_args, "--", *(f"{k}={v}" for k, v in step_env.items()), *step]

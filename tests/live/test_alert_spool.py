@@ -58,8 +58,12 @@ WAIT = 60.0  # bound on waiting for the sink (polling; never asserted as a time)
 
 
 def alert(i: int) -> dict[str, Any]:
-    return {"event": {"id": f"spool-test-{i}", "kind": "alert", "severity": 73}, "rule": {"name": "spool test"},
-            "seq": i, "reason": "x" * (20 + i % 37)}
+    return {
+        "event": {"id": f"spool-test-{i}", "kind": "alert", "severity": 73},
+        "rule": {"name": "spool test"},
+        "seq": i,
+        "reason": "x" * (20 + i % 37),
+    }
 
 
 def test_full_tmpfs_spools_then_writes_every_alert_once_in_order(small_fs: Path, tmp_path: Path) -> None:
@@ -73,8 +77,9 @@ def test_full_tmpfs_spools_then_writes_every_alert_once_in_order(small_fs: Path,
     size = sum(len(json.dumps(alert(i), separators=(",", ":"))) + 1 for i in range(total))
     assert 8 * 1024 < size < 40 * 1024, "the alerts must overflow the memory spool and fit the 64 KiB fs"
     with capture_logs() as logs:
-        sink = AlertSink([str(alerts_file)], spool_dir=spool_dir, memory_spool_bytes=8 * 1024,
-                         retry_min_s=0.01, retry_max_s=0.2)
+        sink = AlertSink(
+            [str(alerts_file)], spool_dir=spool_dir, memory_spool_bytes=8 * 1024, retry_min_s=0.01, retry_max_s=0.2
+        )
         try:
             for i in range(before):
                 sink.put(alert(i))
@@ -88,8 +93,11 @@ def test_full_tmpfs_spools_then_writes_every_alert_once_in_order(small_fs: Path,
                 sink.put(alert(i))
                 returned += 1
             assert returned == during
-            wait_until(lambda: sink.stats()["alerts_written"] + sink.stats()["alerts_in_spool"] == total,
-                       "every alert written or spooled", timeout=WAIT)
+            wait_until(
+                lambda: sink.stats()["alerts_written"] + sink.stats()["alerts_in_spool"] == total,
+                "every alert written or spooled",
+                timeout=WAIT,
+            )
             stats = sink.stats()
             assert stats["alerts_dropped"] == 0 and stats["alerts_spool_dropped"] == 0
             shortest = min(len(json.dumps(alert(i), separators=(",", ":"))) + 1 for i in range(before, total))
@@ -99,8 +107,9 @@ def test_full_tmpfs_spools_then_writes_every_alert_once_in_order(small_fs: Path,
             assert spool_path(spool_dir, str(alerts_file)).stat().st_size > 0, "past 8 KiB the spool is on disk"
 
             filler.unlink()
-            wait_until(lambda: sink.stats()["alerts_in_spool"] == 0, "the spool to drain once space returns",
-                       timeout=WAIT)
+            wait_until(
+                lambda: sink.stats()["alerts_in_spool"] == 0, "the spool to drain once space returns", timeout=WAIT
+            )
         finally:
             sink.close()
 

@@ -62,8 +62,9 @@ def test_concern_file_compiles_alone(bcc_lib: Any, name: str, capfd: pytest.Capt
     assert ok, f"bpf/{name} does not compile on its own:\n{errors}"
 
 
-def test_missing_include_fails_to_compile(bcc_lib: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capfd: pytest.CaptureFixture[str]) -> None:
+def test_missing_include_fails_to_compile(
+    bcc_lib: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     """The control: io_uring.bpf.c without its include of persistence.bpf.c does not compile, so the test
     above would see a file that leans on another one without including it."""
     share = tmp_path / "share"
@@ -91,12 +92,13 @@ def test_missing_define_fails_to_compile(bcc_lib: Any, capfd: pytest.CaptureFixt
 # Why the header fallback does not build today (already so before the sources were split into files): struct
 # mount is internal to fs/ (fs/mount.h), fs_struct, unix_sock and the tty structs are in headers common.h
 # does not include, and linux/fs.h has a file_inode() of its own.
-HEADER_FALLBACK_GAPS = re.compile(r"offsetof of incomplete type 'struct (fs_struct|mount|unix_sock|tty_file_private|"
-                                  r"tty_struct)'|conflicting types for 'file_inode'")
+HEADER_FALLBACK_GAPS = re.compile(
+    r"offsetof of incomplete type 'struct (fs_struct|mount|unix_sock|tty_file_private|"
+    r"tty_struct)'|conflicting types for 'file_inode'"
+)
 
 
-def test_program_builds_from_kernel_headers(bcc_lib: Any, tmp_path: Path,
-                                            capfd: pytest.CaptureFixture[str]) -> None:
+def test_program_builds_from_kernel_headers(bcc_lib: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """Without BTF the offsets are offsetof() over the kernel's headers, which common.h then includes: every
     other struct resolves (an error about task_struct or sock would show the headers missing), and the only
     errors are the known gaps above."""

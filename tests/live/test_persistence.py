@@ -17,18 +17,43 @@ OVERLAYS = ["/etc", "/root", "/home", "/var", "/usr"]
 
 # One write per kind of place (see tests/unit/test_persistence.py for the full table of places).
 EACH_KIND = [
-    "/etc/cron.d/cw-x", "/var/spool/cron/crontabs/cw-user", "/var/spool/cron/atjobs/cw-a0001",
-    "/etc/systemd/system/cw-x.service", "/etc/systemd/system/ssh.service.d/cw-override.conf",
-    "/root/.config/systemd/user/cw-x.service", "/etc/systemd/system/cw-x.timer", "/etc/systemd/system/cw-x.path",
-    "/etc/systemd/system/cw-x.socket", "/etc/rc.common", "/etc/init.d/cw-x", "/etc/update-motd.d/99-cw",
-    "/root/.bash_logout", "/root/.shrc", "/root/.zshrc", "/root/.zlogin", "/root/.zshenv",
-    "/root/.config/fish/config.fish", "/home/cwuser/.bashrc", "/etc/profile.d/cw.sh", "/etc/ld.so.preload",
-    "/etc/sudoers.d/cw", "/etc/pam.d/cw", "/usr/lib/x86_64-linux-gnu/security/pam_cw.so", "/etc/nsswitch.conf",
-    "/usr/lib/x86_64-linux-gnu/libnss_cw.so.2", "/etc/apt/apt.conf.d/99cw", "/etc/dpkg/dpkg.cfg.d/cw",
-    "/var/lib/dpkg/info/cw.postinst", "/usr/lib/python3/dist-packages/cw.pth",
-    "/root/.local/lib/python3.11/site-packages/cw.pth", "/usr/local/lib/python3.11/dist-packages/sitecustomize.py",
-    "/usr/share/git-core/templates/hooks/pre-commit", "/root/.ssh/authorized_keys", "/etc/udev/rules.d/99-cw.rules",
-    "/etc/modules-load.d/cw.conf", "/etc/xdg/autostart/cw.desktop",
+    "/etc/cron.d/cw-x",
+    "/var/spool/cron/crontabs/cw-user",
+    "/var/spool/cron/atjobs/cw-a0001",
+    "/etc/systemd/system/cw-x.service",
+    "/etc/systemd/system/ssh.service.d/cw-override.conf",
+    "/root/.config/systemd/user/cw-x.service",
+    "/etc/systemd/system/cw-x.timer",
+    "/etc/systemd/system/cw-x.path",
+    "/etc/systemd/system/cw-x.socket",
+    "/etc/rc.common",
+    "/etc/init.d/cw-x",
+    "/etc/update-motd.d/99-cw",
+    "/root/.bash_logout",
+    "/root/.shrc",
+    "/root/.zshrc",
+    "/root/.zlogin",
+    "/root/.zshenv",
+    "/root/.config/fish/config.fish",
+    "/home/cwuser/.bashrc",
+    "/etc/profile.d/cw.sh",
+    "/etc/ld.so.preload",
+    "/etc/sudoers.d/cw",
+    "/etc/pam.d/cw",
+    "/usr/lib/x86_64-linux-gnu/security/pam_cw.so",
+    "/etc/nsswitch.conf",
+    "/usr/lib/x86_64-linux-gnu/libnss_cw.so.2",
+    "/etc/apt/apt.conf.d/99cw",
+    "/etc/dpkg/dpkg.cfg.d/cw",
+    "/var/lib/dpkg/info/cw.postinst",
+    "/usr/lib/python3/dist-packages/cw.pth",
+    "/root/.local/lib/python3.11/site-packages/cw.pth",
+    "/usr/local/lib/python3.11/dist-packages/sitecustomize.py",
+    "/usr/share/git-core/templates/hooks/pre-commit",
+    "/root/.ssh/authorized_keys",
+    "/etc/udev/rules.d/99-cw.rules",
+    "/etc/modules-load.d/cw.conf",
+    "/etc/xdg/autostart/cw.desktop",
 ]
 
 
@@ -41,14 +66,15 @@ def test_a_write_to_each_kind_of_place_gives_one_event(sensorlab, tmp_path) -> N
     """Every kind of ATT&CK persistence place gives exactly one file_write event, which the list places."""
     lists = load_lists()
     assert all(lists.persistence_place(p) is not None for p in EACH_KIND)
-    script = "set -e\n" + "".join(f"mkdir -p {shlex.quote(str(Path(p).parent))}; echo cw > {shlex.quote(p)}\n"
-                                  for p in EACH_KIND)
+    script = "set -e\n" + "".join(
+        f"mkdir -p {shlex.quote(str(Path(p).parent))}; echo cw > {shlex.quote(p)}\n" for p in EACH_KIND
+    )
     mark = sensorlab.mark()
     pid, _ = run_in_overlays(tmp_path, script, OVERLAYS)
     evidence = tmp_path / "evidence"
     for path in EACH_KIND:  # the fixture really wrote each file, into the overlay
         top = next(d for d in OVERLAYS if path.startswith(d + "/"))
-        assert (evidence / top.strip("/") / path[len(top) + 1:]).is_file(), path
+        assert (evidence / top.strip("/") / path[len(top) + 1 :]).is_file(), path
     events = writes_of(sensorlab, mark, {pid}, len(EACH_KIND))
     got = sorted(e.path for e in events)
     assert got == sorted(EACH_KIND), (set(EACH_KIND) - set(got), [p for p in got if got.count(p) > 1])
@@ -83,7 +109,7 @@ def test_every_way_of_naming_the_file_gives_its_resolved_path(sensorlab, tmp_pat
         printf 'export A=1\\n' > /root/.bashrc
         echo SETUP-DONE
         cd /etc/cron.d && echo '* * * * * root /bin/true' > cw-relative && cd /
-        {shlex.quote(str(Path('/usr/bin/python3')))} -c {shlex.quote(DIRFD)}
+        {shlex.quote(str(Path("/usr/bin/python3")))} -c {shlex.quote(DIRFD)}
         cp {src} /etc/cron.d/
         install -m644 {src} /etc/cron.d/cw-installed
         cp {src} /etc/cw-mv-staged && mv /etc/cw-mv-staged /etc/cron.d/cw-moved
@@ -116,18 +142,28 @@ def test_every_way_of_naming_the_file_gives_its_resolved_path(sensorlab, tmp_pat
 
     def in_run(e) -> bool:
         return isinstance(e, FileWrite) and (e.pid == pid or e.ppid == pid)
+
     events = sensorlab.wait_for(lambda e: in_run(e) and e.path == "/etc/cron.d/cw-symlinked", since=mark)
     events = sensorlab.select(in_run, since=mark)
     for path, comm, operation in want:
         hits = [e for e in events if e.path == path and e.comm == comm]
-        assert [(e.path, e.operation) for e in hits] == [(path, operation)], (path, comm, [
-            (e.path, e.comm, e.operation) for e in events])
+        assert [(e.path, e.operation) for e in hits] == [(path, operation)], (
+            path,
+            comm,
+            [(e.path, e.comm, e.operation) for e in events],
+        )
     # crontab writes a temp file in the spool first (relative to its cwd): resolved too, and in the spool.
     temps = [e.path for e in events if e.comm == "crontab" and e.operation == "open"]
     assert all(p.startswith("/var/spool/cron/crontabs/tmp.") for p in temps), temps
     # No event carries an unresolved or unnormalised name.
-    assert all(e.path.startswith("/") and "/./" not in e.path and "//" not in e.path and "/../" not in e.path
-               and not e.path.startswith(str(tmp_path)) for e in events), [e.path for e in events]
+    assert all(
+        e.path.startswith("/")
+        and "/./" not in e.path
+        and "//" not in e.path
+        and "/../" not in e.path
+        and not e.path.startswith(str(tmp_path))
+        for e in events
+    ), [e.path for e in events]
 
 
 def test_a_failed_open_for_write_gives_no_event(sensorlab, tmp_path) -> None:
@@ -140,8 +176,9 @@ def test_a_failed_open_for_write_gives_no_event(sensorlab, tmp_path) -> None:
     """
     mark = sensorlab.mark()
     pid, _ = run_in_overlays(tmp_path, script, ["/etc"])
-    allowed = sensorlab.wait_for(lambda e: isinstance(e, FileWrite) and e.path == "/etc/cron.d/cw-allowed"
-                                 and e.pid == pid, since=mark)
+    allowed = sensorlab.wait_for(
+        lambda e: isinstance(e, FileWrite) and e.path == "/etc/cron.d/cw-allowed" and e.pid == pid, since=mark
+    )
     assert len(allowed) == 1
     denied = sensorlab.select(lambda e: isinstance(e, FileWrite) and "cw-denied" in e.path, since=mark)
     assert denied == []

@@ -71,7 +71,7 @@ def test_warm_start_loads_what_bcc_loads(root_only: None, tmp_path: Path) -> Non
         cold_probes, cold_tags = cold.attached(), cold.program_tags()
     finally:
         cold.close()
-    (entry, _), = ProbeCache(str(tmp_path)).state().entries
+    ((entry, _),) = ProbeCache(str(tmp_path)).state().entries
     cached = loads((tmp_path / entry).read_bytes())
     # The kernel creates task storage only with BTF for key and value: the warm start below needs what was kept.
     assert cached.btf and cached.map("stash_slot").type == BPF_MAP_TYPE_TASK_STORAGE
@@ -93,12 +93,13 @@ def test_a_cached_entry_that_does_not_load_is_recompiled(root_only: None, tmp_pa
     compile, and the sensor starts."""
     _start(tmp_path).close()
     cache = ProbeCache(str(tmp_path))
-    (name, _), = cache.state().entries
+    ((name, _),) = cache.state().entries
     good = loads((tmp_path / name).read_bytes())
     first: ProgramSpec = good.programs[0]
     assert first.attach_kind in ATTACH_KINDS
-    broken = dataclasses.replace(good, programs=(dataclasses.replace(first, insns=EXIT_ONLY, map_refs=()),
-                                                 *good.programs[1:]))
+    broken = dataclasses.replace(
+        good, programs=(dataclasses.replace(first, insns=EXIT_ONLY, map_refs=()), *good.programs[1:])
+    )
     (tmp_path / name).write_bytes(dumps(broken))
     with capture_logs() as logs:
         sensor = _start(tmp_path)

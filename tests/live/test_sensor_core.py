@@ -27,6 +27,7 @@ def test_23_execs_from_a_shell(sensorlab) -> None:
 
     def is_true(e):
         return isinstance(e, Exec) and e.filename == "/bin/true" and e.ppid == shell
+
     events = sensorlab.wait_for(is_true, count=23, since=mark)
     assert len(events) == 23
     assert len({e.pid for e in events}) == 23
@@ -56,8 +57,7 @@ def test_double_fork_setsid_daemon_keeps_ancestry(sensorlab) -> None:
     mark = sensorlab.mark()
     script = 'echo $$; ( setsid bash -c "sleep 0.3; exec /bin/true cw-daemon-marker" & ); exit 0'
     shell = int(run(["bash", "-c", script]).stdout.split()[0])
-    events = sensorlab.wait_for(
-        lambda e: isinstance(e, Exec) and e.args[1:] == ("cw-daemon-marker",), since=mark)
+    events = sensorlab.wait_for(lambda e: isinstance(e, Exec) and e.args[1:] == ("cw-daemon-marker",), since=mark)
     assert len(events) == 1
     marker = events[0]
     assert marker.ppid != shell  # really detached: the kernel re-parented it or it sits under setsid
@@ -65,6 +65,7 @@ def test_double_fork_setsid_daemon_keeps_ancestry(sensorlab) -> None:
     def ancestry_pids(table):
         proc = table.by_pid(marker.pid)
         return [p.pid for p in table.ancestry(proc.key)]
+
     assert shell in sensorlab.with_table(ancestry_pids)
 
 
@@ -137,17 +138,22 @@ def test_socket_dup_onto_stdio_and_not_pipe(sensorlab, netlab) -> None:
     port = netlab.port()
     listener = netlab.listen_tcp(netlab.attacker_ns, port, duration=10)
     mark = sensorlab.mark()
-    sock_pid = int(netlab.run(netlab.victim_ns, [sys.executable, "-c", DUP, "socket", netlab.attacker_ip4,
-                                                 str(port)], check=True).stdout.split()[0])
+    sock_pid = int(
+        netlab.run(
+            netlab.victim_ns, [sys.executable, "-c", DUP, "socket", netlab.attacker_ip4, str(port)], check=True
+        ).stdout.split()[0]
+    )
     pipe_pid = int(run([sys.executable, "-c", DUP, "pipe"]).stdout.split()[0])
     listener.wait(timeout=10)
     dups = sensorlab.wait_for(lambda e: isinstance(e, SocketDup) and e.pid == sock_pid, count=3, since=mark)
     assert sorted(e.newfd for e in dups) == [0, 1, 2]
     assert {(e.syscall, e.family, e.transport, e.daddr, e.dport) for e in dups} == {
-        ("dup2", "ipv4", "tcp", netlab.attacker_ip4, port)}
+        ("dup2", "ipv4", "tcp", netlab.attacker_ip4, port)
+    }
     # The pipe process's exit comes after its dup2 calls: once it is in, any socket_dup of it would be too.
-    assert sensorlab.wait_for(lambda e: isinstance(e, Exit) and e.pid == pipe_pid, since=mark), \
+    assert sensorlab.wait_for(lambda e: isinstance(e, Exit) and e.pid == pipe_pid, since=mark), (
         "the sensor never saw the pipe process exit"
+    )
     assert sensorlab.select(lambda e: isinstance(e, SocketDup) and e.pid == pipe_pid, since=mark) == []
 
 

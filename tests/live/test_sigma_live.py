@@ -27,11 +27,13 @@ def _marker_script() -> list[str]:
 def test_sigma_process_creation_rule_fires_on_a_real_exec(sensorlab) -> None:
     """bash runs `/bin/true MARKER` and `/bin/true other`: both execs reach the sensor, only the first alerts."""
     mark, alert_mark = sensorlab.mark(), sensorlab.alert_mark()
-    shell = int(subprocess.run(_marker_script(), capture_output=True, text=True, timeout=20,
-                               check=True).stdout.split()[0])
+    shell = int(
+        subprocess.run(_marker_script(), capture_output=True, text=True, timeout=20, check=True).stdout.split()[0]
+    )
 
     def is_true(e: object) -> bool:
         return isinstance(e, Exec) and e.filename == "/bin/true" and e.ppid == shell
+
     execs = sensorlab.wait_for(is_true, count=2, since=mark)
     assert len(execs) == 2, "both execs must reach the sensor before the alerts are judged"
     marked = next(e for e in execs if MARKER in e.args)
@@ -54,12 +56,16 @@ def test_chainwatch_run_with_sigma_dir_alerts_on_a_real_exec(sensorlab, tmp_path
     """`chainwatch run --sigma DIR` loads the rule (sensor_ready counts it) and writes its alert for a real exec."""
     log, alerts_file = tmp_path / "run.log", tmp_path / "alerts.jsonl"
     with log.open("w") as err:
-        agent = subprocess.Popen([*CHAINWATCH, "run", "--sigma", str(SIGMA_DIR), "--alerts", str(alerts_file)],
-                                 stderr=err, stdout=subprocess.DEVNULL)
+        agent = subprocess.Popen(
+            [*CHAINWATCH, "run", "--sigma", str(SIGMA_DIR), "--alerts", str(alerts_file)],
+            stderr=err,
+            stdout=subprocess.DEVNULL,
+        )
     try:
         assert _wait_for(log, '"sensor_ready"', 90), log.read_text()
-        shell = int(subprocess.run(_marker_script(), capture_output=True, text=True, timeout=20,
-                                   check=True).stdout.split()[0])
+        shell = int(
+            subprocess.run(_marker_script(), capture_output=True, text=True, timeout=20, check=True).stdout.split()[0]
+        )
         assert _wait_for(alerts_file, MARKER, 10), log.read_text()
         time.sleep(0.5)
     finally:

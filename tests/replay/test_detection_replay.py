@@ -20,8 +20,13 @@ def script() -> EventStream:
 
 
 def replay(recording: Path, out: Path) -> list[dict[str, Any]]:
-    proc = subprocess.run([sys.executable, "-m", "agent", "replay", str(recording), "--alerts", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "replay", str(recording), "--alerts", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.exists()
     return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
@@ -36,8 +41,18 @@ def test_replay_bash_dev_tcp_attack_is_one_incident(tmp_path: Path) -> None:
     for fd in (0, 1, 2):
         s.dup(200, fd, t=1.02 + fd / 1000, daddr=REMOTE, dport=4444)
     # bash -c execs its only command in place: `bash -i` starts with the socket on its stdio
-    s.exec(200, "/usr/bin/bash", ("bash", "-i"), 1.03, stdio=("socket",) * 3, stdio_socket_fd=0, stdio_family="ipv4",
-           stdio_transport="tcp", stdio_daddr=REMOTE, stdio_dport=4444)
+    s.exec(
+        200,
+        "/usr/bin/bash",
+        ("bash", "-i"),
+        1.03,
+        stdio=("socket",) * 3,
+        stdio_socket_fd=0,
+        stdio_family="ipv4",
+        stdio_transport="tcp",
+        stdio_daddr=REMOTE,
+        stdio_dport=4444,
+    )
     s.write_recording(tmp_path / "attack.cwrec", HOST_META)
     alerts = replay(tmp_path / "attack.cwrec", tmp_path / "alerts.jsonl")
     assert 1 <= len(alerts) <= 2  # the shell's connect, then the new stdio_to_socket kind; the rest suppressed

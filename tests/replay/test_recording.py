@@ -11,8 +11,16 @@ import pytest
 from agent import events as ev
 from agent.recording import MAGIC, VERSION, RecordingError, RecordingWriter, read_recording
 
-COMMON: dict[str, Any] = {"ktime": 5_000, "pid": 300, "tid": 301, "ppid": 1, "start_time": 4_000, "uid": 0,
-                          "cgroup_id": 77, "comm": "sh"}
+COMMON: dict[str, Any] = {
+    "ktime": 5_000,
+    "pid": 300,
+    "tid": 301,
+    "ppid": 1,
+    "start_time": 4_000,
+    "uid": 0,
+    "cgroup_id": 77,
+    "comm": "sh",
+}
 
 SAMPLES: list[ev.Event] = [
     ev.Exec(**COMMON, filename="/bin/sh", args=("sh", "-c", "id"), env={"GITHUB_RUN_ID": "7", "CI_JOB_ID": "é"}),
@@ -97,16 +105,19 @@ def test_truncated_non_seekable() -> None:
     assert list(rec.events) == SAMPLES[:-1]
 
 
-@pytest.mark.parametrize("data", [
-    b"",
-    b"\xc1\xc1\xc1\xc1",
-    b"hello, world",
-    b"\x00" * 64,
-    b"\xdd\xff\xff\xff\xff",
-    b"\x81\xa6format",
-    msgpack.packb({"format": "something-else", "version": 1}),
-    msgpack.packb(["chainwatch-recording", 1]),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1\xc1\xc1\xc1",
+        b"hello, world",
+        b"\x00" * 64,
+        b"\xdd\xff\xff\xff\xff",
+        b"\x81\xa6format",
+        msgpack.packb({"format": "something-else", "version": 1}),
+        msgpack.packb(["chainwatch-recording", 1]),
+    ],
+)
 def test_garbage_file(data: bytes) -> None:
     """A file that is not a chainwatch recording raises RecordingError."""
     with pytest.raises(RecordingError):

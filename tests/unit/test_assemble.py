@@ -34,8 +34,9 @@ def hdr(pid: int, ktime: int, comm: str) -> dict[str, Any]:
 
 def bash_connects(pipeline: Any) -> None:
     pipeline.feed(Exec(**hdr(20, 10, "bash"), filename="/usr/bin/bash", args=("bash",)))
-    pipeline.feed(Connect(**hdr(20, 20, "bash"), fd=3, family="ipv4", transport="tcp", daddr="198.51.100.7",
-                          dport=4444, result=0))
+    pipeline.feed(
+        Connect(**hdr(20, 20, "bash"), fd=3, family="ipv4", transport="tcp", daddr="198.51.100.7", dport=4444, result=0)
+    )
 
 
 def test_alerts_go_through_respond_to_every_sink_with_the_host() -> None:
@@ -44,6 +45,7 @@ def test_alerts_go_through_respond_to_every_sink_with_the_host() -> None:
 
     def respond(alert: dict[str, Any]) -> dict[str, Any]:
         return {**alert, "responded": True}
+
     pipeline = assemble(RULES, ProcessTable(), [first.append, second.append], host=HOST, respond=respond)
     bash_connects(pipeline)
     assert len(first) == 1 and first == second
@@ -59,8 +61,8 @@ def test_consumers_see_each_event_before_detection() -> None:
     def consumer(event: Event) -> None:
         seen.append(event)
         order.append("consumer")
-    pipeline = assemble(RULES, ProcessTable(), [lambda alert: order.append("alert")], host=HOST,
-                        consumers=[consumer])
+
+    pipeline = assemble(RULES, ProcessTable(), [lambda alert: order.append("alert")], host=HOST, consumers=[consumer])
     bash_connects(pipeline)
     assert [e.type for e in seen] == ["exec", "connect"]
     assert order == ["consumer", "consumer", "alert"]

@@ -49,8 +49,13 @@ def _preprocess(text: str, flags: list[str]) -> subprocess.CompletedProcess[str]
     """gcc -E with an #if on an undefined name as an error (what common.h's pragma asks of clang)."""
     assert GCC is not None
     defines = [flag for flag in flags if flag.startswith("-D")]
-    return subprocess.run([GCC, "-E", "-P", "-Werror=undef", *defines, "-x", "c", "-"], input=text,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [GCC, "-E", "-P", "-Werror=undef", *defines, "-x", "c", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_main_file_includes_every_concern_file_once() -> None:
@@ -58,8 +63,13 @@ def test_main_file_includes_every_concern_file_once() -> None:
     files = source_files(render_source())
     assert files[0] == f"bpf/{MAIN_FILE}"
     assert len(files) == len(set(files))
-    assert set(files) == {f"bpf/{MAIN_FILE}", "bpf/include/common.h", "bpf/include/events.gen.h",
-                          f"<generated>/{PERSIST_MATCH_HEADER}", *(f"bpf/{name}" for name in CONCERN_FILES)}
+    assert set(files) == {
+        f"bpf/{MAIN_FILE}",
+        "bpf/include/common.h",
+        "bpf/include/events.gen.h",
+        f"<generated>/{PERSIST_MATCH_HEADER}",
+        *(f"bpf/{name}" for name in CONCERN_FILES),
+    }
     # A file comes after what it includes: persistence uses fd, io_uring uses persistence.
     assert files.index("bpf/fd.bpf.c") < files.index("bpf/persistence.bpf.c") < files.index("bpf/io_uring.bpf.c")
     assert files.index("bpf/include/events.gen.h") < files.index(f"<generated>/{PERSIST_MATCH_HEADER}")
@@ -69,8 +79,11 @@ def test_every_included_file_has_a_guard() -> None:
     """Each file that is included somewhere opens with #ifndef/#define of one guard and ends with its #endif,
     so a real compiler given several of them sees each once."""
     bpf = resources.bpf_dir()
-    texts = {f"bpf/{path.relative_to(bpf).as_posix()}": path.read_text() for path in bpf.rglob("*")
-             if path.suffix in (".c", ".h") and path.name not in (MAIN_FILE, "block.bpf.c")}
+    texts = {
+        f"bpf/{path.relative_to(bpf).as_posix()}": path.read_text()
+        for path in bpf.rglob("*")
+        if path.suffix in (".c", ".h") and path.name not in (MAIN_FILE, "block.bpf.c")
+    }
     texts[PERSIST_MATCH_HEADER] = render_persist_match_header(PersistencePlaces(()))
     guards = set()
     for name, text in texts.items():
@@ -126,14 +139,22 @@ def test_sensor_config_declares_each_kernel_option_once() -> None:
     """The kernel-side options are SensorConfig fields: their defaults are the config's and the probe
     options', their -D names and values come from there, and no bpf/ file defines any of them."""
     defines = SensorConfig().kernel_defines()
-    assert defines == {"CAPTURE_ENV": 1, "SKIP_LOOPBACK": 1, "RINGBUF_PAGES": 2048, "NET_RINGBUF_PAGES": 1024,
-                       "FILE_RINGBUF_PAGES": 256}
+    assert defines == {
+        "CAPTURE_ENV": 1,
+        "SKIP_LOOPBACK": 1,
+        "RINGBUF_PAGES": 2048,
+        "NET_RINGBUF_PAGES": 1024,
+        "FILE_RINGBUF_PAGES": 256,
+    }
     assert ProbeOptions().sensor == SensorConfig()
     flags = _defined(_cflags())
     for name, value in defines.items():
         assert flags[name] == str(value)
-    changed = {f.name: (not f.default if isinstance(f.default, bool) else 2 * f.default)
-               for f in dataclasses.fields(SensorConfig) if f.name.upper() in defines}
+    changed = {
+        f.name: (not f.default if isinstance(f.default, bool) else 2 * f.default)
+        for f in dataclasses.fields(SensorConfig)
+        if f.name.upper() in defines
+    }
     flags = _defined(_cflags(**changed))
     for field_name, value in changed.items():
         assert flags[field_name.upper()] == str(int(value))
@@ -163,12 +184,13 @@ def test_every_define_is_required() -> None:
     assert {"CAPTURE_ENV", "RINGBUF_PAGES", "HAVE_SYS_OPEN", "OFFSETS_FROM_HEADERS"} <= set(names)
     for name in names:
         result = _preprocess(text, [flag for flag in flags if not flag.startswith(f"-D{name}=")])
-        missed = result.returncode != 0 and f"\"{name}\" is not defined" in result.stderr
+        missed = result.returncode != 0 and f'"{name}" is not defined' in result.stderr
         assert missed or re.search(rf"\b{name}\b", result.stdout), f"{name} has a default or is unused"
 
 
-def test_bpf_dump_prints_what_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_bpf_dump_prints_what_is_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`chainwatch bpf dump --rules DIR` prints the flags, the file list and the exact text build_program hands
     bcc, with the matcher generated from DIR's persistence list."""
     from agent import cli
@@ -177,7 +199,8 @@ def test_bpf_dump_prints_what_is_loaded(tmp_path: Path, monkeypatch: pytest.Monk
     rules = tmp_path / "rules"
     shutil.copytree(resources.rules_dir(), rules)
     (rules / "lists" / "persistence_paths.yaml").write_text(
-        "prefixes:\n  - {path: /opt/dumped-list/, technique: T1546}\n")
+        "prefixes:\n  - {path: /opt/dumped-list/, technique: T1546}\n"
+    )
     offsets = KernelOffsets("btf", {name: "8" for name in WANTED})
     features = Features("/sys/kernel/tracing", exit_group_dead=True, legacy_syscalls=True, module_tracepoints=True)
     monkeypatch.setattr(loader, "kernel_offsets", lambda: offsets)

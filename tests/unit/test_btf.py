@@ -66,19 +66,13 @@ class BtfBuilder:
     ) -> int:
         """Append a raw type record and return its type id."""
         info = (kind_flag << 31) | (kind << 24) | vlen
-        self.types.append(
-            struct.pack("<III", self.s(name), info, size_or_type) + trailing
-        )
+        self.types.append(struct.pack("<III", self.s(name), info, size_or_type) + trailing)
         return len(self.types)
 
-    def int_(
-        self, name: str, size: int, bits: int | None = None, bit_off: int = 0
-    ) -> int:
+    def int_(self, name: str, size: int, bits: int | None = None, bit_off: int = 0) -> int:
         """Add an INT; ``bits`` < size*8 or ``bit_off`` != 0 makes it a bitfield encoding."""
         nbits = size * 8 if bits is None else bits
-        return self.add(
-            K_INT, name, size, trailing=struct.pack("<I", (bit_off << 16) | nbits)
-        )
+        return self.add(K_INT, name, size, trailing=struct.pack("<I", (bit_off << 16) | nbits))
 
     def composite(
         self,
@@ -96,9 +90,7 @@ class BtfBuilder:
         """Serialise header + type section + string section."""
         types = b"".join(self.types)
         strs = bytes(self.strings)
-        hdr = struct.pack(
-            "<HBBIIIII", magic, version, 0, 24, 0, len(types), len(types), len(strs)
-        )
+        hdr = struct.pack("<HBBIIIII", magic, version, 0, 24, 0, len(types), len(types), len(strs))
         return hdr + types + strs
 
 
@@ -306,9 +298,7 @@ def test_tiny_sizeof_and_duplicate_preference(tiny: Btf) -> None:
 
 def test_resolve_offsets_success(tiny: Btf) -> None:
     """resolve_offsets maps macro names to byte offsets."""
-    got = resolve_offsets(
-        tiny, {"OUTER_S2": ("outer", "s2"), "OUTER_NB": ("outer", "named.b")}
-    )
+    got = resolve_offsets(tiny, {"OUTER_S2": ("outer", "s2"), "OUTER_NB": ("outer", "named.b")})
     assert got == {"OUTER_S2": 20, "OUTER_NB": 28}
 
 
@@ -411,9 +401,7 @@ def test_malformed_blobs_raise_btferror(blob: bytes, pattern: str) -> None:
 def test_big_endian_blob() -> None:
     """A big-endian blob (magic 0x9feb when read little-endian) parses the same."""
     le = build_fixture()
-    _m, ver, flags, hdr_len, toff, tlen, soff, slen = struct.unpack_from(
-        "<HBBIIIII", le, 0
-    )
+    _m, ver, flags, hdr_len, toff, tlen, soff, slen = struct.unpack_from("<HBBIIIII", le, 0)
     types = le[hdr_len + toff : hdr_len + toff + tlen]
     words = struct.unpack(f"<{tlen // 4}I", types)
     # ENUM value words are signed in the fixture but bit patterns survive a u32 round-trip.
@@ -430,12 +418,8 @@ def test_big_endian_blob() -> None:
 # --------------------------------------------------------------------------- real vmlinux
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
-BPFTOOL = shutil.which("bpftool") or (
-    "/usr/sbin/bpftool" if os.access("/usr/sbin/bpftool", os.X_OK) else None
-)
-needs_vmlinux = pytest.mark.skipif(
-    not VMLINUX.exists(), reason="/sys/kernel/btf/vmlinux absent (kernel without BTF)"
-)
+BPFTOOL = shutil.which("bpftool") or ("/usr/sbin/bpftool" if os.access("/usr/sbin/bpftool", os.X_OK) else None)
+needs_vmlinux = pytest.mark.skipif(not VMLINUX.exists(), reason="/sys/kernel/btf/vmlinux absent (kernel without BTF)")
 
 REAL_MEMBERS: list[tuple[str, str]] = (
     [
@@ -489,9 +473,7 @@ def vmlinux() -> Btf:
 class BpftoolBtf:
     """Offsets computed independently by walking `bpftool btf dump -j` output."""
 
-    MODIFIERS: ClassVar[frozenset[str]] = frozenset(
-        {"TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"}
-    )
+    MODIFIERS: ClassVar[frozenset[str]] = frozenset({"TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"})
 
     def __init__(self, types: list[dict[str, Any]]) -> None:
         self.by_id = {t["id"]: t for t in types}
@@ -550,13 +532,9 @@ def bpftool_btf() -> BpftoolBtf:
 
 @needs_vmlinux
 @pytest.mark.parametrize(("struct_name", "member"), REAL_MEMBERS)
-def test_vmlinux_offset_matches_bpftool(
-    vmlinux: Btf, bpftool_btf: BpftoolBtf, struct_name: str, member: str
-) -> None:
+def test_vmlinux_offset_matches_bpftool(vmlinux: Btf, bpftool_btf: BpftoolBtf, struct_name: str, member: str) -> None:
     """Each sensor-relevant offset on this kernel equals the one derived from bpftool's dump."""
-    assert vmlinux.offsetof(struct_name, member) == bpftool_btf.offsetof(
-        struct_name, member
-    )
+    assert vmlinux.offsetof(struct_name, member) == bpftool_btf.offsetof(struct_name, member)
 
 
 @needs_vmlinux
@@ -569,10 +547,7 @@ def test_vmlinux_offsets_sane(vmlinux: Btf) -> None:
     assert got["sock.__sk_common"] == 0
     assert got["mm_struct.arg_start"] < got["mm_struct.arg_end"]
     assert got["mm_struct.env_start"] < got["mm_struct.env_end"]
-    assert (
-        vmlinux.offsetof("sock", "__sk_common.skc_family")
-        == got["sock_common.skc_family"]
-    )
+    assert vmlinux.offsetof("sock", "__sk_common.skc_family") == got["sock_common.skc_family"]
 
 
 @needs_vmlinux

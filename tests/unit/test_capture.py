@@ -21,12 +21,22 @@ from tests.unit.test_decode import _exec_record
 
 # The credentials CI systems put in the environment of every job step, and a few more shapes of name.
 SECRETS = {
-    "CI_JOB_TOKEN": "glcbt-cwsecret-1", "CI_REGISTRY_PASSWORD": "cwsecret-2", "CI_BUILD_TOKEN": "cwsecret-3",
-    "CI_DEPLOY_PASSWORD": "cwsecret-4", "BUILDKITE_AGENT_ACCESS_TOKEN": "bkua_cwsecret-5",
-    "GITHUB_TOKEN": "ghs_cwsecret-6", "ACTIONS_RUNTIME_TOKEN": "cwsecret-7", "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "s8",
-    "NPM_TOKEN": "npm_cwsecret-9", "npm_config__authToken": "cwsecret-10", "AWS_SECRET_ACCESS_KEY": "cwsecret-11",
-    "AWS_ACCESS_KEY_ID": "cwsecret-12", "GITHUB_API_KEY": "cwsecret-13", "CI_JOB_JWT": "cwsecret-14",
-    "BUILDKITE_S3_SECRET_ACCESS_KEY": "cwsecret-15", "CI_REPOSITORY_URL": "https://gitlab-ci-token:cwsecret-16@x/r",
+    "CI_JOB_TOKEN": "glcbt-cwsecret-1",
+    "CI_REGISTRY_PASSWORD": "cwsecret-2",
+    "CI_BUILD_TOKEN": "cwsecret-3",
+    "CI_DEPLOY_PASSWORD": "cwsecret-4",
+    "BUILDKITE_AGENT_ACCESS_TOKEN": "bkua_cwsecret-5",
+    "GITHUB_TOKEN": "ghs_cwsecret-6",
+    "ACTIONS_RUNTIME_TOKEN": "cwsecret-7",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "s8",
+    "NPM_TOKEN": "npm_cwsecret-9",
+    "npm_config__authToken": "cwsecret-10",
+    "AWS_SECRET_ACCESS_KEY": "cwsecret-11",
+    "AWS_ACCESS_KEY_ID": "cwsecret-12",
+    "GITHUB_API_KEY": "cwsecret-13",
+    "CI_JOB_JWT": "cwsecret-14",
+    "BUILDKITE_S3_SECRET_ACCESS_KEY": "cwsecret-15",
+    "CI_REPOSITORY_URL": "https://gitlab-ci-token:cwsecret-16@x/r",
 }
 LABELS = {"GITHUB_REPOSITORY": "o/r", "CI_JOB_ID": "42", "npm_package_name": "pkg", "BUILDKITE_JOB_ID": "j-1"}
 
@@ -38,8 +48,18 @@ def block(env: dict[str, str]) -> bytes:
 def test_exact_names_not_prefixes() -> None:
     for name in LABELS:
         assert env_wanted(name), name
-    for name in ("GITHUB_", "CI_", "CI_JOB_IDX", "XCI_JOB_ID", "ci_job_id", "PATH", "HOME", "BUILDKITE_BRANCH",
-                 "npm_config_user_agent", "GITHUB_EVENT_PATH"):
+    for name in (
+        "GITHUB_",
+        "CI_",
+        "CI_JOB_IDX",
+        "XCI_JOB_ID",
+        "ci_job_id",
+        "PATH",
+        "HOME",
+        "BUILDKITE_BRANCH",
+        "npm_config_user_agent",
+        "GITHUB_EVENT_PATH",
+    ):
         assert not env_wanted(name), name
 
 
@@ -55,8 +75,11 @@ def test_no_listed_name_looks_like_a_credential() -> None:
 
 
 def test_parse_env_block_keeps_labels_only() -> None:
-    raw = (block({"PATH": "/bin", **SECRETS, **LABELS}) + b"noequals\0=anon\0GITHUB_REPOSITORY=second\0"
-           + b"npm_package_name\xff=x\0")
+    raw = (
+        block({"PATH": "/bin", **SECRETS, **LABELS})
+        + b"noequals\0=anon\0GITHUB_REPOSITORY=second\0"
+        + b"npm_package_name\xff=x\0"
+    )
     assert parse_env_block(raw) == LABELS
     assert parse_env_block(b"") == {} and parse_env_block(b"\0\0garbage\xff\0") == {}
     assert parse_env_block(b"npm_package_name=\xff\xfepkg\0") == {"npm_package_name": "\ufffd\ufffdpkg"}
@@ -69,8 +92,9 @@ def test_every_bundled_label_variable_is_captured() -> None:
     assert used and used <= ENV_CAPTURE_NAMES
 
 
-@pytest.mark.parametrize("var,why", [("CI_JOB_TOKEN", "names a credential"),
-                                     ("CI_COMMIT_SHA", "is not captured at exec")])
+@pytest.mark.parametrize(
+    "var,why", [("CI_JOB_TOKEN", "names a credential"), ("CI_COMMIT_SHA", "is not captured at exec")]
+)
 def test_a_label_on_a_secret_or_uncaptured_variable_is_a_rule_problem(tmp_path, var, why) -> None:
     import shutil
 
@@ -108,8 +132,20 @@ def test_replay_drops_credentials_an_old_recording_holds() -> None:
     fh = io.BytesIO()
     packer = msgpack.Packer(use_bin_type=True)
     fh.write(packer.pack({"format": "chainwatch-recording", "version": 1}))
-    old = Exec(ktime=1, pid=10, tid=10, ppid=1, start_time=5, uid=0, cgroup_id=0, comm="sh", flags=0,
-               filename="/bin/sh", args=("sh",), env={**SECRETS, **LABELS})
+    old = Exec(
+        ktime=1,
+        pid=10,
+        tid=10,
+        ppid=1,
+        start_time=5,
+        uid=0,
+        cgroup_id=0,
+        comm="sh",
+        flags=0,
+        filename="/bin/sh",
+        args=("sh",),
+        env={**SECRETS, **LABELS},
+    )
     fh.write(packer.pack(old.to_dict()))
     fh.seek(0)
     events = list(read_recording(fh).events)

@@ -30,9 +30,15 @@ def test_defaults() -> None:
     """No config file gives the documented built-in defaults."""
     config = load_config(None)
     assert config == Config()
-    assert config.sensor == SensorConfig(capture_env=True, skip_loopback=True, ringbuf_pages=2048,
-                                         net_ringbuf_pages=1024, file_ringbuf_pages=256, poll_timeout_ms=100,
-                                         stats_interval_s=60.0)
+    assert config.sensor == SensorConfig(
+        capture_env=True,
+        skip_loopback=True,
+        ringbuf_pages=2048,
+        net_ringbuf_pages=1024,
+        file_ringbuf_pages=256,
+        poll_timeout_ms=100,
+        stats_interval_s=60.0,
+    )
     assert config.lineage == LineageConfig(grace_s=30.0, max_entries=65536)
 
 
@@ -48,10 +54,16 @@ def test_all_keys(tmp_path: Path) -> None:
     path = tmp_path / "chainwatch.toml"
     path.write_text(FULL_TOML)
     config = load_config(str(path))
-    assert config.sensor == SensorConfig(capture_env=False, skip_loopback=False, ringbuf_pages=512,
-                                         net_ringbuf_pages=64, file_ringbuf_pages=32, poll_timeout_ms=250,
-                                         stats_interval_s=15.5,
-                                         cache_dir="/tmp/cw-cache")
+    assert config.sensor == SensorConfig(
+        capture_env=False,
+        skip_loopback=False,
+        ringbuf_pages=512,
+        net_ringbuf_pages=64,
+        file_ringbuf_pages=32,
+        poll_timeout_ms=250,
+        stats_interval_s=15.5,
+        cache_dir="/tmp/cw-cache",
+    )
     assert config.lineage == LineageConfig(grace_s=5.0, max_entries=4096)
 
 
@@ -78,12 +90,15 @@ def test_int_accepted_for_float() -> None:
     assert isinstance(config.lineage.grace_s, float)
 
 
-@pytest.mark.parametrize("text,key", [
-    ("[sensor]\nring_pages = 4\n", "sensor.'ring_pages'"),
-    ("[lineage]\ngrace = 1.0\n", "lineage.'grace'"),
-    ("[detectors]\nenabled = true\n", "'detectors'"),
-    ("verbose = true\n", "'verbose'"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("[sensor]\nring_pages = 4\n", "sensor.'ring_pages'"),
+        ("[lineage]\ngrace = 1.0\n", "lineage.'grace'"),
+        ("[detectors]\nenabled = true\n", "'detectors'"),
+        ("verbose = true\n", "'verbose'"),
+    ],
+)
 def test_unknown_key(tmp_path: Path, text: str, key: str) -> None:
     """An unknown key raises ConfigError naming the key and the file."""
     path = tmp_path / "bad.toml"
@@ -94,16 +109,19 @@ def test_unknown_key(tmp_path: Path, text: str, key: str) -> None:
     assert f"unknown key {key}" in str(info.value)
 
 
-@pytest.mark.parametrize("text,key", [
-    ("[sensor]\nringbuf_pages = \"big\"\n", "sensor.ringbuf_pages"),
-    ("[sensor]\nringbuf_pages = 4.0\n", "sensor.ringbuf_pages"),
-    ("[sensor]\ncapture_env = 1\n", "sensor.capture_env"),
-    ("[sensor]\npoll_timeout_ms = true\n", "sensor.poll_timeout_ms"),
-    ("[lineage]\ngrace_s = \"30s\"\n", "lineage.grace_s"),
-    ("[lineage]\ngrace_s = true\n", "lineage.grace_s"),
-    ("sensor = 3\n", "sensor"),
-    ("[sensor.capture_env]\nx = 1\n", "sensor.capture_env"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ('[sensor]\nringbuf_pages = "big"\n', "sensor.ringbuf_pages"),
+        ("[sensor]\nringbuf_pages = 4.0\n", "sensor.ringbuf_pages"),
+        ("[sensor]\ncapture_env = 1\n", "sensor.capture_env"),
+        ("[sensor]\npoll_timeout_ms = true\n", "sensor.poll_timeout_ms"),
+        ('[lineage]\ngrace_s = "30s"\n', "lineage.grace_s"),
+        ("[lineage]\ngrace_s = true\n", "lineage.grace_s"),
+        ("sensor = 3\n", "sensor"),
+        ("[sensor.capture_env]\nx = 1\n", "sensor.capture_env"),
+    ],
+)
 def test_wrong_type(tmp_path: Path, text: str, key: str) -> None:
     """A value of the wrong type raises ConfigError naming the key and the file."""
     path = tmp_path / "types.toml"
@@ -128,16 +146,19 @@ def test_ringbuf_pages_power_of_two(pages: int) -> None:
     assert parse_config(f"[sensor]\nringbuf_pages = {pages}\n").sensor.ringbuf_pages == pages
 
 
-@pytest.mark.parametrize("text", [
-    "[sensor]\npoll_timeout_ms = 0\n",
-    "[sensor]\nstats_interval_s = 0.0\n",
-    "[lineage]\ngrace_s = -1.0\n",
-    "[lineage]\nmax_entries = 1023\n",
-    "[sensor]\nstats_interval_s = nan\n",
-    "[sensor]\nstats_interval_s = inf\n",
-    "[lineage]\ngrace_s = nan\n",
-    "[lineage]\ngrace_s = inf\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[sensor]\npoll_timeout_ms = 0\n",
+        "[sensor]\nstats_interval_s = 0.0\n",
+        "[lineage]\ngrace_s = -1.0\n",
+        "[lineage]\nmax_entries = 1023\n",
+        "[sensor]\nstats_interval_s = nan\n",
+        "[sensor]\nstats_interval_s = inf\n",
+        "[lineage]\ngrace_s = nan\n",
+        "[lineage]\ngrace_s = inf\n",
+    ],
+)
 def test_out_of_range(text: str) -> None:
     """Out-of-range values (including NaN and infinity, which break the daemon's timers) raise ConfigError."""
     with pytest.raises(ConfigError, match="x.toml"):
@@ -185,14 +206,17 @@ def test_detection_spool_keys() -> None:
     assert (config.detection.spool_dir, config.detection.spool_max_mb) == ("", 8)
 
 
-@pytest.mark.parametrize("text", [
-    "[detection]\nspool_max_mb = 0\n",
-    "[detection]\nspool_max_mb = 1048577\n",
-    "[detection]\nspool_max_mb = 1.5\n",
-    "[detection]\nspool_dir = 3\n",
-    "[sensor]\npoll_timeout_ms = 60001\n",
-    "[sensor]\nringbuf_pages = 524288\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[detection]\nspool_max_mb = 0\n",
+        "[detection]\nspool_max_mb = 1048577\n",
+        "[detection]\nspool_max_mb = 1.5\n",
+        "[detection]\nspool_dir = 3\n",
+        "[sensor]\npoll_timeout_ms = 60001\n",
+        "[sensor]\nringbuf_pages = 524288\n",
+    ],
+)
 def test_detection_and_sensor_bounds(text: str) -> None:
     """A spool bound outside 1..1048576 MiB, a wrong type, a poll timeout over a minute or a ring buffer over
     1 GiB raise ConfigError naming the file."""

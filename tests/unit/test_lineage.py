@@ -28,25 +28,54 @@ from tests.helpers.polling import wait_until
 SEC = 10**9
 
 
-def fork(pid: int, ppid: int, start: int, parent_start: int, *, ktime: int | None = None,
-         comm: str = "bash") -> Fork:
+def fork(pid: int, ppid: int, start: int, parent_start: int, *, ktime: int | None = None, comm: str = "bash") -> Fork:
     """A Fork event for child ``pid`` (times in ns)."""
-    return Fork(ktime=start if ktime is None else ktime, pid=pid, tid=pid, ppid=ppid, start_time=start,
-                uid=1000, cgroup_id=7, comm=comm, parent_start_time=parent_start)
+    return Fork(
+        ktime=start if ktime is None else ktime,
+        pid=pid,
+        tid=pid,
+        ppid=ppid,
+        start_time=start,
+        uid=1000,
+        cgroup_id=7,
+        comm=comm,
+        parent_start_time=parent_start,
+    )
 
 
-def execve(pid: int, ppid: int, start: int, filename: str, *, args: tuple[str, ...] = (),
-           env: dict[str, str] | None = None, ktime: int | None = None, flags: int = 0) -> Exec:
+def execve(
+    pid: int,
+    ppid: int,
+    start: int,
+    filename: str,
+    *,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    ktime: int | None = None,
+    flags: int = 0,
+) -> Exec:
     """An Exec event for process ``pid``."""
-    return Exec(ktime=start + 1000 if ktime is None else ktime, pid=pid, tid=pid, ppid=ppid, start_time=start,
-                uid=1000, cgroup_id=7, comm=os.path.basename(filename)[:15], flags=flags,
-                filename=filename, args=args or (filename,), env=env or {})
+    return Exec(
+        ktime=start + 1000 if ktime is None else ktime,
+        pid=pid,
+        tid=pid,
+        ppid=ppid,
+        start_time=start,
+        uid=1000,
+        cgroup_id=7,
+        comm=os.path.basename(filename)[:15],
+        flags=flags,
+        filename=filename,
+        args=args or (filename,),
+        env=env or {},
+    )
 
 
 def exit_(pid: int, start: int, ktime: int, code: int = 0) -> Exit:
     """An Exit event for process ``pid``."""
-    return Exit(ktime=ktime, pid=pid, tid=pid, ppid=0, start_time=start, uid=1000, cgroup_id=7,
-                comm="x", exit_code=code)
+    return Exit(
+        ktime=ktime, pid=pid, tid=pid, ppid=0, start_time=start, uid=1000, cgroup_id=7, comm="x", exit_code=code
+    )
 
 
 def key(pid: int, start: int) -> ProcessKey:
@@ -55,6 +84,7 @@ def key(pid: int, start: int) -> ProcessKey:
 
 
 # ---------------------------------------------------------------------------- identity
+
 
 def test_process_key_divides_ns_by_tick() -> None:
     """process_key truncates CLOCK_BOOTTIME ns to USER_HZ ticks like the kernel's stat."""
@@ -70,8 +100,11 @@ def test_entity_id_stable_and_distinct() -> None:
     assert a == entity_id("host-a", ProcessKey(10, 500))
     assert len(a) == 22
     assert set(a) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-    others = {entity_id("host-b", ProcessKey(10, 500)), entity_id("host-a", ProcessKey(10, 501)),
-              entity_id("host-a", ProcessKey(11, 500))}
+    others = {
+        entity_id("host-b", ProcessKey(10, 500)),
+        entity_id("host-a", ProcessKey(10, 501)),
+        entity_id("host-a", ProcessKey(11, 500)),
+    }
     assert a not in others and len(others) == 3
 
 
@@ -111,6 +144,7 @@ def test_start_ticks_matches_own_stat() -> None:
 
 # ---------------------------------------------------------------------------- table basics
 
+
 def test_fork_exec_exit_sequence() -> None:
     """Fork creates the child under its parent, Exec fills it in, Exit marks it but keeps it."""
     t = ProcessTable()
@@ -123,14 +157,23 @@ def test_fork_exec_exit_sequence() -> None:
     same = t.apply(execve(200, 100, 20 * SEC, "/usr/bin/curl", args=("curl", "x.io")))
     assert same is child
     assert (child.filename, child.args, child.comm, child.env, child.exec_count) == (
-        "/usr/bin/curl", ("curl", "x.io"), "curl", {}, 1)
+        "/usr/bin/curl",
+        ("curl", "x.io"),
+        "curl",
+        {},
+        1,
+    )
     assert [p.pid for p in t.ancestry(child.key)] == [100]
     assert t.children(shell.key) == [child]
     done = t.apply(exit_(200, 20 * SEC, ktime=25 * SEC, code=3))
     assert done is child and child.exited and child.exited_at == 25 * SEC and child.exit_code == 3
     assert len(t) == 2
-    assert t.lookup_event(Connect(ktime=26 * SEC, pid=200, tid=201, ppid=100, start_time=20 * SEC,
-                                  uid=0, cgroup_id=0, comm="curl")) is child
+    assert (
+        t.lookup_event(
+            Connect(ktime=26 * SEC, pid=200, tid=201, ppid=100, start_time=20 * SEC, uid=0, cgroup_id=0, comm="curl")
+        )
+        is child
+    )
 
 
 def test_reexec_is_same_process() -> None:
@@ -191,6 +234,7 @@ def test_constructor_validates_bounds() -> None:
 
 # ---------------------------------------------------------------------------- pid reuse
 
+
 def test_pid_reuse_gives_distinct_entries() -> None:
     """Same pid with two start times: two records, the old one presumed exited, children bind to the new."""
     t = ProcessTable()
@@ -228,6 +272,7 @@ def test_exit_of_old_key_after_reuse_keeps_new_holder() -> None:
 
 
 # ---------------------------------------------------------------------------- out of order
+
 
 def test_exec_before_fork() -> None:
     """A Fork arriving after its child's Exec fills in the parent and keeps the exec data."""
@@ -280,11 +325,11 @@ def test_double_fork_setsid_daemon() -> None:
     t = ProcessTable()
     for ev in seed_like():
         t.apply(ev)
-    t.apply(fork(1000, 500, 100 * SEC, 20 * SEC))          # bash forks
+    t.apply(fork(1000, 500, 100 * SEC, 20 * SEC))  # bash forks
     t.apply(execve(1000, 500, 100 * SEC, "/usr/bin/daemonize"))
-    t.apply(fork(1001, 1000, 101 * SEC, 100 * SEC))        # first fork
-    t.apply(fork(1002, 1001, 102 * SEC, 101 * SEC))        # second fork (after setsid)
-    t.apply(exit_(1001, 101 * SEC, ktime=103 * SEC))       # middle child exits
+    t.apply(fork(1001, 1000, 101 * SEC, 100 * SEC))  # first fork
+    t.apply(fork(1002, 1001, 102 * SEC, 101 * SEC))  # second fork (after setsid)
+    t.apply(exit_(1001, 101 * SEC, ktime=103 * SEC))  # middle child exits
     t.apply(exit_(1000, 100 * SEC, ktime=103 * SEC))
     d = t.apply(execve(1002, 1, 102 * SEC, "/tmp/.x/miner", ktime=104 * SEC))  # reparented to init
     assert d is not None and d.ppid == 1001 and d.parent_key == key(1001, 101 * SEC)
@@ -295,11 +340,14 @@ def test_double_fork_setsid_daemon() -> None:
 
 def seed_like() -> list[Exec]:
     """A seeded init and login shell."""
-    return [execve(1, 0, SEC, "/sbin/init", flags=FLAG_SEEDED),
-            execve(500, 1, 20 * SEC, "/bin/bash", flags=FLAG_SEEDED)]
+    return [
+        execve(1, 0, SEC, "/sbin/init", flags=FLAG_SEEDED),
+        execve(500, 1, 20 * SEC, "/bin/bash", flags=FLAG_SEEDED),
+    ]
 
 
 # ---------------------------------------------------------------------------- reaping, bounds, cycles
+
 
 def test_reap_after_grace() -> None:
     """Exited processes are reaped only once exited_at + grace < now; orphaned children keep working."""
@@ -376,13 +424,18 @@ def test_ancestry_cycle_and_depth_safe() -> None:
 
 # ---------------------------------------------------------------------------- seeding
 
+
 def test_seed_events_real_proc() -> None:
     """seed_events includes this process with the kernel's key, its parent first, and a child's env labels."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GITHUB_RUN_ID": "77", "SECRET_TOKEN": "no"}
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
     try:
-        wait_until(lambda: b"GITHUB_RUN_ID" in Path(f"/proc/{child.pid}/environ").read_bytes(),
-                   "the child's environment", timeout=10, interval=0.01)
+        wait_until(
+            lambda: b"GITHUB_RUN_ID" in Path(f"/proc/{child.pid}/environ").read_bytes(),
+            "the child's environment",
+            timeout=10,
+            interval=0.01,
+        )
         events = seed_events()
     finally:
         child.kill()

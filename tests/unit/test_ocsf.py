@@ -28,26 +28,46 @@ from tests.replay.test_detection_replay import HOST_META, replay, script
 # The contract's example alert (shared/design/contracts.md), every field present.
 CONTRACT_ALERT: dict[str, Any] = {
     "@timestamp": "2026-11-23T10:00:00.123456Z",
-    "event": {"kind": "alert", "id": "3f0c9c1e-1111-4c3a-9d7e-5a1b2c3d4e5f", "severity": 73,
-              "reason": "bash connected to 198.51.100.2:4444 with its stdio on the socket",
-              "category": ["process", "network"]},
-    "rule": {"id": "7d9e0c1a-2222-4b3c-8d7e-6a1b2c3d4e5f", "name": "Reverse shell in package install",
-             "ruleset": "chainwatch"},
+    "event": {
+        "kind": "alert",
+        "id": "3f0c9c1e-1111-4c3a-9d7e-5a1b2c3d4e5f",
+        "severity": 73,
+        "reason": "bash connected to 198.51.100.2:4444 with its stdio on the socket",
+        "category": ["process", "network"],
+    },
+    "rule": {
+        "id": "7d9e0c1a-2222-4b3c-8d7e-6a1b2c3d4e5f",
+        "name": "Reverse shell in package install",
+        "ruleset": "chainwatch",
+    },
     "host": {"hostname": "build-7", "id": "0123456789abcdef0123456789abcdef"},
-    "process": {"pid": 4242, "entity_id": "e-4242", "name": "bash", "executable": "/usr/bin/bash",
-                "args": ["bash", "-i"], "user": {"id": "0"},
-                "parent": {"pid": 4241, "entity_id": "e-4241", "name": "sh", "executable": "/usr/bin/dash"}},
+    "process": {
+        "pid": 4242,
+        "entity_id": "e-4242",
+        "name": "bash",
+        "executable": "/usr/bin/bash",
+        "args": ["bash", "-i"],
+        "user": {"id": "0"},
+        "parent": {"pid": 4241, "entity_id": "e-4241", "name": "sh", "executable": "/usr/bin/dash"},
+    },
     "destination": {"ip": "198.51.100.2", "port": 4444},
     "network": {"transport": "tcp", "type": "ipv4", "direction": "egress"},
     "file": {"path": "/etc/cron.d/x"},
-    "supply_chain": {"context": "package_install_npm",
-                     "package": {"manager": "npm", "name": "evil-pkg", "version": "1.0.3", "hook": "postinstall"}},
+    "supply_chain": {
+        "context": "package_install_npm",
+        "package": {"manager": "npm", "name": "evil-pkg", "version": "1.0.3", "hook": "postinstall"},
+    },
     "threat": {"technique": {"id": ["T1059.004"]}},
-    "chainwatch": {"severity": "high", "incident": {"id": "9a8b7c6d-3333-4e5f-a1b2-c3d4e5f6a7b8"},
-                   "signals": ["stdio_to_socket"],
-                   "ancestry": [{"pid": 4241, "name": "sh", "args": ["sh", "-c", "node install.js"]},
-                                {"pid": 4200, "name": "npm", "args": ["npm", "install"]}],
-                   "response": []},
+    "chainwatch": {
+        "severity": "high",
+        "incident": {"id": "9a8b7c6d-3333-4e5f-a1b2-c3d4e5f6a7b8"},
+        "signals": ["stdio_to_socket"],
+        "ancestry": [
+            {"pid": 4241, "name": "sh", "args": ["sh", "-c", "node install.js"]},
+            {"pid": 4200, "name": "npm", "args": ["npm", "install"]},
+        ],
+        "response": [],
+    },
 }
 
 
@@ -74,10 +94,14 @@ def variants() -> list[tuple[str, dict[str, Any]]]:
     for key in ("destination", "network", "supply_chain"):
         del persistence[key]
     persistence["event"]["severity"] = 99
-    minimal = {"@timestamp": "2026-11-23T10:00:00Z", "event": {"kind": "alert", "id": "x", "severity": 21},
-               "rule": {"name": "Sensor degraded"}, "host": {"hostname": "h"}, "chainwatch": {"severity": "low"}}
-    return [("contract", CONTRACT_ALERT), ("ingress-ipv6", ingress), ("persistence", persistence),
-            ("minimal", minimal)]
+    minimal = {
+        "@timestamp": "2026-11-23T10:00:00Z",
+        "event": {"kind": "alert", "id": "x", "severity": 21},
+        "rule": {"name": "Sensor degraded"},
+        "host": {"hostname": "h"},
+        "chainwatch": {"severity": "low"},
+    }
+    return [("contract", CONTRACT_ALERT), ("ingress-ipv6", ingress), ("persistence", persistence), ("minimal", minimal)]
 
 
 @pytest.mark.parametrize(("name", "alert"), variants(), ids=[n for n, _ in variants()])
@@ -118,8 +142,9 @@ def test_ocsf_mapping_of_the_contract_alert() -> None:
     assert doc["evidences"][1]["dst_endpoint"] == {"ip": "198.51.100.2", "port": 4444}
     assert doc["evidences"][1]["connection_info"]["direction_id"] == 2
     assert doc["unmapped"]["supply_chain"]["package"]["name"] == "evil-pkg"
-    assert {2: 21, 3: 47, 4: 73, 5: 99} == {to_ocsf({**CONTRACT_ALERT, "event": {"severity": s}})["severity_id"]: s
-                                           for s in (21, 47, 73, 99)}
+    assert {2: 21, 3: 47, 4: 73, 5: 99} == {
+        to_ocsf({**CONTRACT_ALERT, "event": {"severity": s}})["severity_id"]: s for s in (21, 47, 73, 99)
+    }
 
 
 def test_real_alerts_from_a_replay_validate(tmp_path: Path) -> None:
@@ -153,32 +178,54 @@ def test_file_output_in_ocsf_format(tmp_path: Path) -> None:
 def _alerts() -> st.SearchStrategy[dict[str, Any]]:
     """ECS alerts as the agent makes them, with any of the optional parts present or not."""
     text = st.text(max_size=30)
-    parts = {"entity_id": text, "executable": text, "args": st.lists(text, max_size=4),
-             "user": st.fixed_dictionaries({"id": text})}
+    parts = {
+        "entity_id": text,
+        "executable": text,
+        "args": st.lists(text, max_size=4),
+        "user": st.fixed_dictionaries({"id": text}),
+    }
     parent = st.fixed_dictionaries({"pid": st.integers(0, 2**22), "name": text}, optional=parts)
     proc = st.fixed_dictionaries({"pid": st.integers(0, 2**22), "name": text}, optional={**parts, "parent": parent})
     endpoint = st.fixed_dictionaries({"ip": st.ip_addresses().map(str), "port": st.integers(0, 65535)})
     return st.fixed_dictionaries(
-        {"@timestamp": st.datetimes(timezones=st.just(timezone.utc)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
-         "event": st.fixed_dictionaries({"kind": st.just("alert"), "id": text,
-                                         "severity": st.sampled_from([21, 47, 73, 99])},
-                                        optional={"reason": text, "category": st.lists(text, max_size=2)}),
-         "rule": st.fixed_dictionaries({"name": text}, optional={"id": text, "ruleset": text}),
-         "host": st.fixed_dictionaries({}, optional={"hostname": text, "id": text}),
-         "chainwatch": st.fixed_dictionaries(
-             {"severity": text},
-             optional={"incident": st.fixed_dictionaries({"id": text}), "signals": st.lists(text, max_size=3),
-                       "ancestry": st.lists(st.fixed_dictionaries({"pid": st.integers(0, 2**22), "name": text,
-                                                                   "args": st.lists(text, max_size=3)}), max_size=4),
-                       "response": st.just([])})},
-        optional={"process": proc, "destination": endpoint, "source": endpoint,
-                  "network": st.fixed_dictionaries({"transport": st.sampled_from(["tcp", "udp"]),
-                                                    "type": st.sampled_from(["ipv4", "ipv6"])},
-                                                   optional={"direction": st.sampled_from(["ingress", "egress"])}),
-                  "file": st.fixed_dictionaries({"path": text}),
-                  "supply_chain": st.fixed_dictionaries({"context": st.none() | text}),
-                  "threat": st.fixed_dictionaries({"technique": st.fixed_dictionaries(
-                      {"id": st.lists(text, max_size=3)})})})
+        {
+            "@timestamp": st.datetimes(timezones=st.just(timezone.utc)).map(
+                lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            ),
+            "event": st.fixed_dictionaries(
+                {"kind": st.just("alert"), "id": text, "severity": st.sampled_from([21, 47, 73, 99])},
+                optional={"reason": text, "category": st.lists(text, max_size=2)},
+            ),
+            "rule": st.fixed_dictionaries({"name": text}, optional={"id": text, "ruleset": text}),
+            "host": st.fixed_dictionaries({}, optional={"hostname": text, "id": text}),
+            "chainwatch": st.fixed_dictionaries(
+                {"severity": text},
+                optional={
+                    "incident": st.fixed_dictionaries({"id": text}),
+                    "signals": st.lists(text, max_size=3),
+                    "ancestry": st.lists(
+                        st.fixed_dictionaries(
+                            {"pid": st.integers(0, 2**22), "name": text, "args": st.lists(text, max_size=3)}
+                        ),
+                        max_size=4,
+                    ),
+                    "response": st.just([]),
+                },
+            ),
+        },
+        optional={
+            "process": proc,
+            "destination": endpoint,
+            "source": endpoint,
+            "network": st.fixed_dictionaries(
+                {"transport": st.sampled_from(["tcp", "udp"]), "type": st.sampled_from(["ipv4", "ipv6"])},
+                optional={"direction": st.sampled_from(["ingress", "egress"])},
+            ),
+            "file": st.fixed_dictionaries({"path": text}),
+            "supply_chain": st.fixed_dictionaries({"context": st.none() | text}),
+            "threat": st.fixed_dictionaries({"technique": st.fixed_dictionaries({"id": st.lists(text, max_size=3)})}),
+        },
+    )
 
 
 @settings(max_examples=150, deadline=None)

@@ -42,32 +42,66 @@ SEVERITIES = (21, 47, 73, 99)
 
 def alert(i: int, pad: int = 0) -> dict[str, Any]:
     score = SEVERITIES[i % 4]
-    return {"@timestamp": f"2026-12-02T10:00:{i % 60:02d}.{i:06d}Z",
-            "event": {"kind": "alert", "id": f"alert-{i}", "severity": score,
-                      "reason": f"bash connected to 198.51.100.2:4444 (#{i})\nwith its stdio on the socket",
-                      "category": ["process", "network"]},
-            "rule": {"id": f"rule-{i % 3}", "name": 'Reverse shell "in" [package] install', "ruleset": "chainwatch"},
-            "host": {"hostname": "build-7", "id": "h7"},
-            "process": {"pid": 4000 + i, "entity_id": f"e{i}", "name": "bash", "executable": "/usr/bin/bash",
-                        "args": ["bash", "-i", "x" * pad], "user": {"id": "0"}},
-            "destination": {"ip": "198.51.100.2", "port": 4444}, "network": {"transport": "tcp", "type": "ipv4"},
-            "threat": {"technique": {"id": ["T1059.004"]}},
-            "chainwatch": {"severity": {21: "low", 47: "medium", 73: "high", 99: "critical"}[score],
-                           "incident": {"id": f"inc-{i // 2}"}, "signals": ["stdio_to_socket"],
-                           "ancestry": [{"pid": 1, "name": "sshd", "args": ["sshd"]}], "response": [], "seq": i}}
+    return {
+        "@timestamp": f"2026-12-02T10:00:{i % 60:02d}.{i:06d}Z",
+        "event": {
+            "kind": "alert",
+            "id": f"alert-{i}",
+            "severity": score,
+            "reason": f"bash connected to 198.51.100.2:4444 (#{i})\nwith its stdio on the socket",
+            "category": ["process", "network"],
+        },
+        "rule": {"id": f"rule-{i % 3}", "name": 'Reverse shell "in" [package] install', "ruleset": "chainwatch"},
+        "host": {"hostname": "build-7", "id": "h7"},
+        "process": {
+            "pid": 4000 + i,
+            "entity_id": f"e{i}",
+            "name": "bash",
+            "executable": "/usr/bin/bash",
+            "args": ["bash", "-i", "x" * pad],
+            "user": {"id": "0"},
+        },
+        "destination": {"ip": "198.51.100.2", "port": 4444},
+        "network": {"transport": "tcp", "type": "ipv4"},
+        "threat": {"technique": {"id": ["T1059.004"]}},
+        "chainwatch": {
+            "severity": {21: "low", 47: "medium", 73: "high", 99: "critical"}[score],
+            "incident": {"id": f"inc-{i // 2}"},
+            "signals": ["stdio_to_socket"],
+            "ancestry": [{"pid": 1, "name": "sshd", "args": ["sshd"]}],
+            "response": [],
+            "seq": i,
+        },
+    }
 
 
-def down_then_up(output: Output, receiver: Receiver, spool_dir: Path, seqs: Callable[[], list[int]],
-                 *, down: int = 40, after: int = 10, memory_spool_bytes: int = 16 * 1024) -> AlertSink:
+def down_then_up(
+    output: Output,
+    receiver: Receiver,
+    spool_dir: Path,
+    seqs: Callable[[], list[int]],
+    *,
+    down: int = 40,
+    after: int = 10,
+    memory_spool_bytes: int = 16 * 1024,
+) -> AlertSink:
     """Alerts to a down receiver are spooled (past 16 KiB on disk); once it is up it gets them all, once,
     in order, then the later ones. Returns the closed sink (for its stats)."""
-    sink = AlertSink([], extra=[output], spool_dir=spool_dir, memory_spool_bytes=memory_spool_bytes,
-                     retry_min_s=0.02, retry_max_s=0.2)
+    sink = AlertSink(
+        [],
+        extra=[output],
+        spool_dir=spool_dir,
+        memory_spool_bytes=memory_spool_bytes,
+        retry_min_s=0.02,
+        retry_max_s=0.2,
+    )
     try:
         for i in range(down):
             sink.put(alert(i))
-        wait_until(lambda: sink.stats()["alerts_in_spool"] == down and sink.stats()["alert_write_errors"] >= 1,
-                 "every alert spooled, and a failed attempt, while the receiver is down")
+        wait_until(
+            lambda: sink.stats()["alerts_in_spool"] == down and sink.stats()["alert_write_errors"] >= 1,
+            "every alert spooled, and a failed attempt, while the receiver is down",
+        )
         stats = sink.stats()
         assert stats["alerts_written"] == 0 and stats["alerts_dropped"] == 0
         assert spool_path(spool_dir, output.name).stat().st_size > 0, "past the memory bound, on disk"
@@ -97,6 +131,7 @@ def sockdir() -> Iterator[Path]:
 
 # --- journald ---------------------------------------------------------------------------------------------
 
+
 def test_journal_native_encoding_round_trips() -> None:
     """KEY=value for plain values, the length-prefixed binary form for values with a newline."""
     entry = encode_entry([("MESSAGE", "one\ntwo"), ("PRIORITY", "3"), ("CHAINWATCH_X", b"\x00bin")])
@@ -111,8 +146,7 @@ def test_journal_native_encoding_round_trips() -> None:
 def test_journal_fields_of_an_alert() -> None:
     """PRIORITY follows the severity; the CHAINWATCH_* fields and the whole alert in the chosen format."""
     priorities = {alert(i)["event"]["severity"]: alert_fields(alert(i), "ecs")[1] for i in range(4)}
-    assert priorities == {99: ("PRIORITY", "2"), 73: ("PRIORITY", "3"), 47: ("PRIORITY", "4"),
-                          21: ("PRIORITY", "5")}
+    assert priorities == {99: ("PRIORITY", "2"), 73: ("PRIORITY", "3"), 47: ("PRIORITY", "4"), 21: ("PRIORITY", "5")}
     fields = dict(alert_fields(alert(2), "ecs"))
     assert fields["SYSLOG_IDENTIFIER"] == "chainwatch"
     assert fields["MESSAGE"].startswith('chainwatch high: Reverse shell "in" [package] install: bash connected')
@@ -149,9 +183,17 @@ def test_journal_socket_without_a_reader_then_a_restart(sockdir: Path, tmp_path:
     def start() -> None:
         path.unlink()
         original_start()
+
     receiver.start = start  # type: ignore[method-assign]
-    down_then_up(JournalOutput(str(path)), receiver, tmp_path / "spool", lambda: journal_seqs(receiver),
-                 down=10, after=5, memory_spool_bytes=2048)
+    down_then_up(
+        JournalOutput(str(path)),
+        receiver,
+        tmp_path / "spool",
+        lambda: journal_seqs(receiver),
+        down=10,
+        after=5,
+        memory_spool_bytes=2048,
+    )
 
 
 def test_journal_large_entry_goes_by_memfd(sockdir: Path) -> None:
@@ -172,6 +214,7 @@ def test_journal_large_entry_goes_by_memfd(sockdir: Path) -> None:
 
 
 # --- syslog ---------------------------------------------------------------------------------------------
+
 
 def test_rfc5424_message() -> None:
     """PRI = facility * 8 + severity; header fields; escaped structured data; the alert as JSON body."""
@@ -203,8 +246,12 @@ def test_syslog_down_then_up(transport: str, sockdir: Path, tmp_path: Path) -> N
     """Collector down (refused), then up: every alert once, in order, on each transport."""
     tls = make_certificate(tmp_path) if transport == "tls" else None
     receiver = SyslogReceiver(transport, path=sockdir / "log.sock", tls=tls)
-    output = SyslogOutput("unix" if transport.startswith("unix") else transport, receiver.address,
-                          ca_file=str(tls[0]) if tls else "", timeout_s=2.0)
+    output = SyslogOutput(
+        "unix" if transport.startswith("unix") else transport,
+        receiver.address,
+        ca_file=str(tls[0]) if tls else "",
+        timeout_s=2.0,
+    )
     down_then_up(output, receiver, tmp_path / "spool", lambda: syslog_seqs(receiver))
     if transport in ("tcp", "tls", "unix-stream"):
         assert receiver.connections == 1, "one connection once the collector is up"
@@ -218,8 +265,13 @@ def test_syslog_tcp_collector_restart_loses_nothing(tmp_path: Path) -> None:
     the restart instead of into the dead one."""
     receiver = SyslogReceiver("tcp")
     receiver.start()
-    sink = AlertSink([], extra=[SyslogOutput("tcp", receiver.address, timeout_s=2.0)],
-                     spool_dir=tmp_path / "spool", retry_min_s=0.02, retry_max_s=0.2)
+    sink = AlertSink(
+        [],
+        extra=[SyslogOutput("tcp", receiver.address, timeout_s=2.0)],
+        spool_dir=tmp_path / "spool",
+        retry_min_s=0.02,
+        retry_max_s=0.2,
+    )
     try:
         for i in range(5):
             sink.put(alert(i))
@@ -255,6 +307,7 @@ def test_syslog_tls_refuses_an_unknown_certificate(tmp_path: Path) -> None:
 
 # --- webhook ----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     return make_certificate(tmp_path)
@@ -271,8 +324,9 @@ def test_webhook_down_then_up_in_batches(certificate: tuple[Path, Path], tmp_pat
     secret.write_text("Bearer s3cret\n")
     secret.chmod(0o600)
     receiver = HttpsReceiver(*certificate)
-    config = WebhookConfig(enabled=True, url=receiver.url, ca_file=str(certificate[0]),
-                           auth_header_file=str(secret), batch_max=8)
+    config = WebhookConfig(
+        enabled=True, url=receiver.url, ca_file=str(certificate[0]), auth_header_file=str(secret), batch_max=8
+    )
     output = WebhookOutput.from_config(config)
     down_then_up(output, receiver, tmp_path / "spool", lambda: webhook_seqs(receiver), down=60, after=10)
     sizes = [len(batch) for batch in receiver.items]
@@ -334,10 +388,13 @@ def test_webhook_secret_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 # --- config and wiring ----------------------------------------------------------------------------------
 
+
 def test_outputs_config_keys_and_errors() -> None:
     """The [outputs.*] tables parse; bad values and unknown keys are errors that name the key."""
-    config = parse_config('[outputs.syslog]\nenabled = true\ntransport = "tcp"\naddress = "[2001:db8::1]:6514"\n'
-                          'facility = "local3"\nformat = "ocsf"\n[outputs.webhook]\nbatch_max = 7\n')
+    config = parse_config(
+        '[outputs.syslog]\nenabled = true\ntransport = "tcp"\naddress = "[2001:db8::1]:6514"\n'
+        'facility = "local3"\nformat = "ocsf"\n[outputs.webhook]\nbatch_max = 7\n'
+    )
     assert config.outputs.syslog.address == "[2001:db8::1]:6514" and config.outputs.syslog.format == "ocsf"
     assert config.outputs.webhook.batch_max == 7 and not config.outputs.webhook.enabled
     bad = {
@@ -345,10 +402,10 @@ def test_outputs_config_keys_and_errors() -> None:
         '[outputs.syslog]\ntransport = "carrier-pigeon"\n': "outputs.syslog.transport",
         '[outputs.syslog]\nenabled = true\ntransport = "udp"\naddress = "collector"\n': "outputs.syslog.address",
         '[outputs.syslog]\nenabled = true\naddress = "relative/log"\n': "outputs.syslog.address",
-        '[outputs.syslog]\ntimeout_s = 0\n': "outputs.syslog.timeout_s",
+        "[outputs.syslog]\ntimeout_s = 0\n": "outputs.syslog.timeout_s",
         '[outputs.webhook]\nenabled = true\nurl = "http://198.51.100.9/a"\n': "https://",
         '[outputs.webhook]\nauth_header_file = "/a"\nauth_header_env = "B"\n': "not both",
-        '[outputs.webhook]\nbatch_max = 0\n': "outputs.webhook.batch_max",
+        "[outputs.webhook]\nbatch_max = 0\n": "outputs.webhook.batch_max",
         '[outputs.webhook]\nauth_header = "X Bad:"\n': "outputs.webhook.auth_header",
         '[outputs.webhook]\nurl_typo = "x"\n': "unknown key outputs.webhook.'url_typo'",
         '[detection]\nalerts_format = "cef"\n': "detection.alerts_format",
@@ -361,14 +418,20 @@ def test_outputs_config_keys_and_errors() -> None:
 def test_build_sink_wires_every_enabled_output(sockdir: Path, tmp_path: Path) -> None:
     """The daemon's sink: files plus each enabled output, named by URL; the default config opens none."""
     assert open_outputs(Config().outputs) == []
-    config = parse_config(f'[detection]\nalerts = ["{tmp_path}/a.jsonl"]\nspool_dir = "{tmp_path}/spool"\n'
-                          f'[outputs.journald]\nenabled = true\nsocket = "{sockdir}/j.sock"\n'
-                          f'[outputs.syslog]\nenabled = true\naddress = "{sockdir}/log.sock"\n')
+    config = parse_config(
+        f'[detection]\nalerts = ["{tmp_path}/a.jsonl"]\nspool_dir = "{tmp_path}/spool"\n'
+        f'[outputs.journald]\nenabled = true\nsocket = "{sockdir}/j.sock"\n'
+        f'[outputs.syslog]\nenabled = true\naddress = "{sockdir}/log.sock"\n'
+    )
     journal = JournalReceiver(sockdir / "j.sock")
     journal.start()
     sink = build_sink(config)
     try:
-        assert sink.names == [f"{tmp_path}/a.jsonl", f"journald://{sockdir}/j.sock", f"syslog+unix://{sockdir}/log.sock"]
+        assert sink.names == [
+            f"{tmp_path}/a.jsonl",
+            f"journald://{sockdir}/j.sock",
+            f"syslog+unix://{sockdir}/log.sock",
+        ]
         sink.put(alert(1))
         wait_until(lambda: len(journal.items) == 1, "the journal entry")
         wait_until(lambda: sink.stats()["alerts_in_spool"] == 1, "the syslog alert spooled (no socket)")
@@ -398,8 +461,9 @@ def test_unreadable_spooled_line_is_dropped_not_retried_forever(sockdir: Path) -
     assert os.path.exists(sockdir)
 
 
-def test_webhook_down_at_shutdown_keeps_the_spool_for_the_next_run(certificate: tuple[Path, Path],
-                                                                   tmp_path: Path) -> None:
+def test_webhook_down_at_shutdown_keeps_the_spool_for_the_next_run(
+    certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
     """Still down at shutdown: the alerts stay in the spool file (a failing network output gets no last try
     that could outlast the stop);
     the next run sends them first, then its own."""

@@ -70,9 +70,18 @@ PLACES = {
     "/home/dev/.config/autostart/x.desktop": "T1547.013",
 }
 
-NOT_PLACES = ("/tmp/x", "/etc/passwd", "/home/dev/model.pth", "/home/dev/project/x.py", "/usr/lib/python3/x.py",
-              "/var/lib/dpkg/info/x.list", "/home/dev/.config/other/x", "/etc/cro", "/home/dev/.ssh/known_hosts",
-              "/usr/lib/x86_64-linux-gnu/libc.so.6")
+NOT_PLACES = (
+    "/tmp/x",
+    "/etc/passwd",
+    "/home/dev/model.pth",
+    "/home/dev/project/x.py",
+    "/usr/lib/python3/x.py",
+    "/var/lib/dpkg/info/x.list",
+    "/home/dev/.config/other/x",
+    "/etc/cro",
+    "/home/dev/.ssh/known_hosts",
+    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +111,18 @@ def test_userspace_never_matches_what_the_kernel_drops(places) -> None:
             assert any(p.kernel_matches(path) for p in places.places), path
 
 
-@pytest.mark.parametrize("raw,want", [
-    ("/etc/./cron.d/x", "/etc/cron.d/x"), ("/etc//cron.d/x", "/etc/cron.d/x"), ("//etc/cron.d/x", "/etc/cron.d/x"),
-    ("/etc/cron.d/../cron.d/x", "/etc/cron.d/x"), ("/../etc/x", "/etc/x"), ("/", "/"), ("etc/x", "/etc/x"),
-])
+@pytest.mark.parametrize(
+    "raw,want",
+    [
+        ("/etc/./cron.d/x", "/etc/cron.d/x"),
+        ("/etc//cron.d/x", "/etc/cron.d/x"),
+        ("//etc/cron.d/x", "/etc/cron.d/x"),
+        ("/etc/cron.d/../cron.d/x", "/etc/cron.d/x"),
+        ("/../etc/x", "/etc/x"),
+        ("/", "/"),
+        ("etc/x", "/etc/x"),
+    ],
+)
 def test_normalize(raw, want) -> None:
     """Typed paths are folded before matching: ., .., repeated and leading double slashes."""
     assert normalize_path(raw) == want
@@ -117,10 +134,20 @@ def test_place_for_normalises(places) -> None:
     assert places.place_for("/tmp/../etc/cron.d/x").path == "/etc/cron"
 
 
-@pytest.mark.parametrize("path,offset", [
-    ("/root/.bashrc", 6), ("/root/", 0), ("/home/u/.bashrc", 8), ("/home/u", 0), ("/home//x", 0),
-    ("/home/" + "u" * 32 + "/x", 39), ("/home/" + "u" * 33 + "/x", 0), ("/etc/x", 0), ("/homeless/x/y", 0),
-])
+@pytest.mark.parametrize(
+    "path,offset",
+    [
+        ("/root/.bashrc", 6),
+        ("/root/", 0),
+        ("/home/u/.bashrc", 8),
+        ("/home/u", 0),
+        ("/home//x", 0),
+        ("/home/" + "u" * 32 + "/x", 39),
+        ("/home/" + "u" * 33 + "/x", 0),
+        ("/etc/x", 0),
+        ("/homeless/x/y", 0),
+    ],
+)
 def test_home_offset(path, offset) -> None:
     """Homes are /root/ and /home/<user>/ with a 1-32 byte user, exactly as the kernel's persist_home_offset."""
     assert home_offset(path) == offset
@@ -133,23 +160,34 @@ def _write_lists(tmp_path: Path, persistence: str) -> Path:
     return rules
 
 
-@pytest.mark.parametrize("body,problem", [
-    ("prefixes:\n  - /etc/cron\n", "must be a mapping"),
-    ("prefixes:\n  - {path: etc/cron, technique: T1053.003}\n", "not an absolute path"),
-    ("prefixes:\n  - {path: /etc/cron, technique: cron}\n", "not a MITRE ATT&CK technique"),
-    ("prefixes:\n  - {path: /etc/cron}\n", "missing key 'technique'"),
-    ("prefixes:\n  - {path: /etc/crön, technique: T1053}\n", "printable ASCII"),
-    ("prefixes:\n  - {path: /etc/cron*, technique: T1053}\n", "only globs"),
-    ("prefixes:\n  - {path: /etc/cron, technique: T1053}\nglobs:\n  - {path: /etc/*, technique: T1053}\n",
-     "literal text"),
-    ("prefixes:\n  - {path: /etc/cron, technique: T1053}\nglobs:\n  - {path: /etc/x, technique: T1053}\n",
-     "no wildcard"),
-    ("prefixes:\n  - {path: /etc/cron, technique: T1053}\nhome:\n  - {path: /.x, technique: T1053}\n",
-     "relative to the home"),
-    ("prefixes:\n  - {path: /etc/cron, technique: T1053}\n  - {path: /etc/cron, technique: T1053}\n", "duplicate"),
-    ("prefixes:\n  - {path: /etc/cron, technique: T1053}\nsuffix:\n  - {path: .x, technique: T1053}\n",
-     "unknown key 'suffix'"),
-])
+@pytest.mark.parametrize(
+    "body,problem",
+    [
+        ("prefixes:\n  - /etc/cron\n", "must be a mapping"),
+        ("prefixes:\n  - {path: etc/cron, technique: T1053.003}\n", "not an absolute path"),
+        ("prefixes:\n  - {path: /etc/cron, technique: cron}\n", "not a MITRE ATT&CK technique"),
+        ("prefixes:\n  - {path: /etc/cron}\n", "missing key 'technique'"),
+        ("prefixes:\n  - {path: /etc/crön, technique: T1053}\n", "printable ASCII"),
+        ("prefixes:\n  - {path: /etc/cron*, technique: T1053}\n", "only globs"),
+        (
+            "prefixes:\n  - {path: /etc/cron, technique: T1053}\nglobs:\n  - {path: /etc/*, technique: T1053}\n",
+            "literal text",
+        ),
+        (
+            "prefixes:\n  - {path: /etc/cron, technique: T1053}\nglobs:\n  - {path: /etc/x, technique: T1053}\n",
+            "no wildcard",
+        ),
+        (
+            "prefixes:\n  - {path: /etc/cron, technique: T1053}\nhome:\n  - {path: /.x, technique: T1053}\n",
+            "relative to the home",
+        ),
+        ("prefixes:\n  - {path: /etc/cron, technique: T1053}\n  - {path: /etc/cron, technique: T1053}\n", "duplicate"),
+        (
+            "prefixes:\n  - {path: /etc/cron, technique: T1053}\nsuffix:\n  - {path: .x, technique: T1053}\n",
+            "unknown key 'suffix'",
+        ),
+    ],
+)
 def test_bad_entries_are_reported_with_file_and_line(tmp_path, body, problem) -> None:
     """`rules check` validation: each bad entry is reported with the list file and its line."""
     rules = _write_lists(tmp_path, body)
@@ -162,8 +200,11 @@ def test_bad_entries_are_reported_with_file_and_line(tmp_path, body, problem) ->
 
 def test_kernel_filter_comes_from_the_rules_in_use(tmp_path) -> None:
     """Under --rules DIR the kernel compiles that directory's list, not the bundled one."""
-    rules = _write_lists(tmp_path, "prefixes:\n  - {path: /opt/chainwatch-custom/, technique: T1546}\n"
-                                   "home:\n  - {path: .custom-rc, technique: T1546.004}\n")
+    rules = _write_lists(
+        tmp_path,
+        "prefixes:\n  - {path: /opt/chainwatch-custom/, technique: T1546}\n"
+        "home:\n  - {path: .custom-rc, technique: T1546.004}\n",
+    )
     config = replace(Config(), detection=replace(Config().detection, rules_dir=str(rules)))
     options = probe_options(config)
     assert options.persistence is not None

@@ -13,8 +13,20 @@ from agent.pipeline import Pipeline, module_load_from_exec
 
 
 def _exec(filename: str, *args: str, flags: int = 0, pid: int = 900) -> Exec:
-    return Exec(ktime=10_000, pid=pid, tid=pid + 1, ppid=1, start_time=9_000, uid=0, cgroup_id=3, comm="sh",
-                flags=flags, filename=filename, args=args, env={"CI_JOB_ID": "5"})
+    return Exec(
+        ktime=10_000,
+        pid=pid,
+        tid=pid + 1,
+        ppid=1,
+        start_time=9_000,
+        uid=0,
+        cgroup_id=3,
+        comm="sh",
+        flags=flags,
+        filename=filename,
+        args=args,
+        env={"CI_JOB_ID": "5"},
+    )
 
 
 def _fork_record(pid: int = 700) -> bytes:
@@ -36,7 +48,11 @@ def test_insmod() -> None:
     derived = module_load_from_exec(exec_event)
     assert isinstance(derived, ModuleLoad)
     assert (derived.source, derived.syscall, derived.filename, derived.args) == (
-        "exec", "execve", "/usr/sbin/insmod", ("insmod", "x.ko"))
+        "exec",
+        "execve",
+        "/usr/sbin/insmod",
+        ("insmod", "x.ko"),
+    )
     for name in ("ktime", "pid", "tid", "ppid", "start_time", "uid", "cgroup_id", "comm", "flags"):
         assert getattr(derived, name) == getattr(exec_event, name), name
 
@@ -67,8 +83,10 @@ def test_modprobe_load() -> None:
     assert isinstance(module_load_from_exec(_exec("/sbin/modprobe", "modprobe", "foo")), ModuleLoad)
 
 
-@pytest.mark.parametrize("filename,args", [("/bin/true", ("true",)), ("/usr/bin/insmodx", ("insmodx",)),
-                                          ("/bin/sh", ("sh", "-c", "insmod x.ko"))])
+@pytest.mark.parametrize(
+    "filename,args",
+    [("/bin/true", ("true",)), ("/usr/bin/insmodx", ("insmodx",)), ("/bin/sh", ("sh", "-c", "insmod x.ko"))],
+)
 def test_not_a_loader(filename: str, args: tuple[str, ...]) -> None:
     """Execs of other programs are not module loads."""
     assert module_load_from_exec(_exec(filename, *args)) is None

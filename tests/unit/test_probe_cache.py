@@ -55,8 +55,11 @@ FDS = {7: "events", 9: "file_tail"}
 # A BTF object with one type, "int" (BTF_KIND_INT, 4 bytes, 32 bits, signed): header, types, strings.
 BTF_STRINGS = b"\0int\0"
 BTF_TYPES = struct.pack("<IIII", 1, 1 << 24, 4, (1 << 24) | 32)
-BTF = BTF_HEADER.pack(0xEB9F, 1, 0, BTF_HEADER.size, 0, len(BTF_TYPES), len(BTF_TYPES), len(BTF_STRINGS)) + \
-    BTF_TYPES + BTF_STRINGS
+BTF = (
+    BTF_HEADER.pack(0xEB9F, 1, 0, BTF_HEADER.size, 0, len(BTF_TYPES), len(BTF_TYPES), len(BTF_STRINGS))
+    + BTF_TYPES
+    + BTF_STRINGS
+)
 
 
 def imm(insns: bytes, index: int) -> int:
@@ -67,11 +70,18 @@ def imm(insns: bytes, index: int) -> int:
 def artifact(**changes: object) -> Artifact:
     insns, refs = relocations(COMPILED, FDS)
     base = Artifact(
-        key=KEY, license="GPL", kern_version=0, compiler="bcc test",
+        key=KEY,
+        license="GPL",
+        kern_version=0,
+        compiler="bcc test",
         maps=(MapSpec("events", 27, 0, 0, 1 << 20, 0), MapSpec("file_tail", 3, 4, 4, 2, 0)),
-        programs=(ProgramSpec("tracepoint__syscalls__sys_enter_connect", 5, "tracepoint", "syscalls:sys_enter_connect",
-                              insns, refs),
-                  ProgramSpec("persist_emit", 5, "tail", "file_tail:1", insns, refs)))
+        programs=(
+            ProgramSpec(
+                "tracepoint__syscalls__sys_enter_connect", 5, "tracepoint", "syscalls:sys_enter_connect", insns, refs
+            ),
+            ProgramSpec("persist_emit", 5, "tail", "file_tail:1", insns, refs),
+        ),
+    )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -81,8 +91,9 @@ def test_relocations_zero_each_map_fd_and_name_its_map() -> None:
     assert [imm(insns, i) for i, _ in refs] == [0, 0, 0]
     assert imm(insns, 4) == 16  # the value offset in the second slot stays
     # Everything but the fds is unchanged.
-    assert [insns[i * 8:i * 8 + 4] for i in range(len(insns) // 8)] == \
-        [COMPILED[i * 8:i * 8 + 4] for i in range(len(COMPILED) // 8)]
+    assert [insns[i * 8 : i * 8 + 4] for i in range(len(insns) // 8)] == [
+        COMPILED[i * 8 : i * 8 + 4] for i in range(len(COMPILED) // 8)
+    ]
 
 
 def test_patch_writes_this_process_fds_back() -> None:
@@ -92,12 +103,15 @@ def test_patch_writes_this_process_fds_back() -> None:
     assert patch(program, {"events": 7, "file_tail": 9}) == COMPILED
 
 
-@pytest.mark.parametrize("insns, message", [
-    (ld_map(1, 8) + EXIT, "fd 8"),  # not one of the program's maps
-    (insn(0x18, 1, 3, 0, 5) + insn(0) + EXIT, "kind 3"),  # BTF id: the cache cannot relocate it
-    (MOV_R0_0 + insn(0x18, 1, 1, 0, 7), "ends inside"),  # truncated two-slot instruction
-    (MOV_R0_0 + b"\0" * 4, "whole number"),
-])
+@pytest.mark.parametrize(
+    "insns, message",
+    [
+        (ld_map(1, 8) + EXIT, "fd 8"),  # not one of the program's maps
+        (insn(0x18, 1, 3, 0, 5) + insn(0) + EXIT, "kind 3"),  # BTF id: the cache cannot relocate it
+        (MOV_R0_0 + insn(0x18, 1, 1, 0, 7), "ends inside"),  # truncated two-slot instruction
+        (MOV_R0_0 + b"\0" * 4, "whole number"),
+    ],
+)
 def test_relocations_refuse_what_they_cannot_relocate(insns: bytes, message: str) -> None:
     with pytest.raises(ArtifactError, match=message):
         relocations(insns, FDS)
@@ -120,34 +134,43 @@ def test_dumps_loads_round_trip_with_btf() -> None:
 
 def _rewrite_body(data: bytes, edit: object) -> bytes:
     """The artifact with its JSON body changed by ``edit`` and a correct checksum: only validation can refuse."""
-    body = json.loads(data[len(MAGIC):].partition(b"\n")[2])
+    body = json.loads(data[len(MAGIC) :].partition(b"\n")[2])
     edit(body)  # type: ignore[operator]
     raw = json.dumps(body).encode()
     return MAGIC + hashlib.sha256(raw).hexdigest().encode() + b"\n" + raw
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d[:-1], "checksum"),  # truncated
-    (lambda d: d[:-3] + bytes([d[-3] ^ 1]) + d[-2:], "checksum"),  # one bit flipped
-    (lambda d: b"#" + d[1:], "header"),
-    (lambda d: b"", "header"),
-    (lambda d: _rewrite_body(d, lambda b: b.update(format=FORMAT + 1)), "format"),
-    (lambda d: _rewrite_body(d, lambda b: b.update(format=1)), "format 1"),  # before maps had BTF
-    (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(btf_value_type_id=3)), "has no BTF"),
-    (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(btf_key_type_id=-1)), "out-of-range"),
-    (lambda d: _rewrite_body(d, lambda b: b.pop("btf")), "malformed"),
-    (lambda d: _rewrite_body(d, lambda b: b.update(key="cd" * 32)), "key mismatch"),
-    (lambda d: _rewrite_body(d, lambda b: b["programs"][0].update(map_refs=[[0, "events"]])), "do not match"),
-    (lambda d: _rewrite_body(d, lambda b: b["programs"][0].update(map_refs=[[0, "nope"], [3, "file_tail"],
-                                                                           [6, "events"]])), "known map"),
-    (lambda d: _rewrite_body(d, lambda b: b["programs"][0].update(attach_target="sched:sched_process_exec")),
-     "name does not say"),
-    (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(max_entries=True)), "expected int"),
-    (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(max_entries=-1)), "out-of-range"),
-    (lambda d: _rewrite_body(d, lambda b: b["maps"].pop()), "known map|does not exist"),
-    (lambda d: _rewrite_body(d, lambda b: b["programs"][0].update(insns="!!")), "malformed"),
-    (lambda d: _rewrite_body(d, lambda b: b.pop("license")), "malformed"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d[:-1], "checksum"),  # truncated
+        (lambda d: d[:-3] + bytes([d[-3] ^ 1]) + d[-2:], "checksum"),  # one bit flipped
+        (lambda d: b"#" + d[1:], "header"),
+        (lambda d: b"", "header"),
+        (lambda d: _rewrite_body(d, lambda b: b.update(format=FORMAT + 1)), "format"),
+        (lambda d: _rewrite_body(d, lambda b: b.update(format=1)), "format 1"),  # before maps had BTF
+        (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(btf_value_type_id=3)), "has no BTF"),
+        (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(btf_key_type_id=-1)), "out-of-range"),
+        (lambda d: _rewrite_body(d, lambda b: b.pop("btf")), "malformed"),
+        (lambda d: _rewrite_body(d, lambda b: b.update(key="cd" * 32)), "key mismatch"),
+        (lambda d: _rewrite_body(d, lambda b: b["programs"][0].update(map_refs=[[0, "events"]])), "do not match"),
+        (
+            lambda d: _rewrite_body(
+                d, lambda b: b["programs"][0].update(map_refs=[[0, "nope"], [3, "file_tail"], [6, "events"]])
+            ),
+            "known map",
+        ),
+        (
+            lambda d: _rewrite_body(d, lambda b: b["programs"][0].update(attach_target="sched:sched_process_exec")),
+            "name does not say",
+        ),
+        (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(max_entries=True)), "expected int"),
+        (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(max_entries=-1)), "out-of-range"),
+        (lambda d: _rewrite_body(d, lambda b: b["maps"].pop()), "known map|does not exist"),
+        (lambda d: _rewrite_body(d, lambda b: b["programs"][0].update(insns="!!")), "malformed"),
+        (lambda d: _rewrite_body(d, lambda b: b.pop("license")), "malformed"),
+    ],
+)
 def test_loads_refuses_corrupt_or_inconsistent_bytes(mutate: object, message: str) -> None:
     with pytest.raises(ArtifactError, match=message):
         loads(mutate(dumps(artifact())), KEY)  # type: ignore[operator]
@@ -159,13 +182,16 @@ def _with_btf(data: bytes) -> bytes:
     return _rewrite_body(dumps(artifact()), lambda b: b.update(btf=encoded))
 
 
-@pytest.mark.parametrize("data, message", [
-    (BTF[:-1], "truncated or padded"),  # the string section cut short
-    (BTF + b"\0", "truncated or padded"),
-    (BTF[:BTF_HEADER.size - 1], "cannot hold"),
-    (b"\xeb\x9f" + BTF[2:], "bad header"),  # big-endian magic
-    (BTF[:4] + struct.pack("<I", len(BTF) + 1) + BTF[8:], "bad header"),  # header longer than the object
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (BTF[:-1], "truncated or padded"),  # the string section cut short
+        (BTF + b"\0", "truncated or padded"),
+        (BTF[: BTF_HEADER.size - 1], "cannot hold"),
+        (b"\xeb\x9f" + BTF[2:], "bad header"),  # big-endian magic
+        (BTF[:4] + struct.pack("<I", len(BTF) + 1) + BTF[8:], "bad header"),  # header longer than the object
+    ],
+)
 def test_loads_refuses_a_btf_object_of_the_wrong_length(data: bytes, message: str) -> None:
     assert loads(_with_btf(BTF), KEY).btf == BTF
     with pytest.raises(ArtifactError, match=message):
@@ -176,11 +202,15 @@ def test_the_key_changes_with_text_flags_and_toolchain() -> None:
     tools = {"kernel": "6.18 #1", "btf": "x", "compiler": "libbcc 0.26", "headers": "/usr/src/h"}
     key = cache_key("int x;", ["-DA=1"], tools)
     assert key == cache_key("int x;", ["-DA=1"], dict(tools))
-    others = {cache_key("int x; ", ["-DA=1"], tools), cache_key("int x;", ["-DA=2"], tools),
-              cache_key("int x;", ["-DA=1", "-DB"], tools), cache_key("int x;", [], tools),
-              cache_key("int x;", ["-DA=1"], {**tools, "kernel": "6.18 #2"}),
-              cache_key("int x;", ["-DA=1"], {**tools, "btf": "y"}),
-              cache_key("int x;", ["-DA=1"], {**tools, "compiler": "libbcc 0.27"})}
+    others = {
+        cache_key("int x; ", ["-DA=1"], tools),
+        cache_key("int x;", ["-DA=2"], tools),
+        cache_key("int x;", ["-DA=1", "-DB"], tools),
+        cache_key("int x;", [], tools),
+        cache_key("int x;", ["-DA=1"], {**tools, "kernel": "6.18 #2"}),
+        cache_key("int x;", ["-DA=1"], {**tools, "btf": "y"}),
+        cache_key("int x;", ["-DA=1"], {**tools, "compiler": "libbcc 0.27"}),
+    }
     assert key not in others and len(others) == 7
 
 

@@ -70,8 +70,9 @@ KNOWN_PATHS = {
 
 
 def _places(prefixes: list[str], suffixes: list[str]) -> PersistencePlaces:
-    return PersistencePlaces(tuple([Place("prefix", p, "T1546") for p in prefixes]
-                                   + [Place("suffix", x, "T1546") for x in suffixes]))
+    return PersistencePlaces(
+        tuple([Place("prefix", p, "T1546") for p in prefixes] + [Place("suffix", x, "T1546") for x in suffixes])
+    )
 
 
 def _comments(text: str) -> list[str]:
@@ -95,13 +96,16 @@ def _reference(path: str, places: PersistencePlaces) -> int:
     return int(any(place.kernel_matches(path) for place in places.places))
 
 
-def _compile_and_run(tmp_path: Path, places: PersistencePlaces, cases: dict[str, int]
-                     ) -> subprocess.CompletedProcess[str]:
+def _compile_and_run(
+    tmp_path: Path, places: PersistencePlaces, cases: dict[str, int]
+) -> subprocess.CompletedProcess[str]:
     checks = "\n".join(f"    bad += check({_c_string(path)}, {want});" for path, want in cases.items())
     generated = tmp_path / "generated"
     generated.mkdir()
     (generated / source.PERSIST_MATCH_HEADER).write_text(render_persist_match_header(places))
-    program = HARNESS_PRELUDE + f"""
+    program = (
+        HARNESS_PRELUDE
+        + f"""
 static int check(const char *path, int want) {{
     static char buf[600]; /* the kernel's path buffer is followed by more of the record: suffix reads stay inside */
     size_t n = strlen(path);
@@ -122,13 +126,27 @@ int main(void) {{
     return bad != 0;
 }}
 """
+    )
     src = tmp_path / "matcher.c"
     exe = tmp_path / "matcher"
     src.write_text(program)
     assert GCC is not None
-    build = subprocess.run([GCC, "-std=c11", "-Wall", "-Werror", f"-I{generated}",
-                            f"-I{resources.bpf_dir() / source.INCLUDE_DIR}", "-o", str(exe), str(src)],
-                           capture_output=True, text=True, timeout=60)
+    build = subprocess.run(
+        [
+            GCC,
+            "-std=c11",
+            "-Wall",
+            "-Werror",
+            f"-I{generated}",
+            f"-I{resources.bpf_dir() / source.INCLUDE_DIR}",
+            "-o",
+            str(exe),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert build.returncode == 0, f"the rendered matcher does not compile:\n{build.stderr}"
     return subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
 
@@ -136,13 +154,20 @@ int main(void) {{
 def test_matcher_shape() -> None:
     """A prefix renders as little-endian word compares on p, a suffix on s at len - n, home entries in one
     block on r; no per-entry length checks (they would split the verifier's states)."""
-    places = PersistencePlaces((Place("prefix", "/etc/cron", "T1053.003"), Place("suffix", "/.zshrc", "T1546.004"),
-                                Place("home", ".config/fish/", "T1546.004")))
+    places = PersistencePlaces(
+        (
+            Place("prefix", "/etc/cron", "T1053.003"),
+            Place("suffix", "/.zshrc", "T1546.004"),
+            Place("home", ".config/fish/", "T1546.004"),
+        )
+    )
     text = render_path_matcher(places)
     assert "static __always_inline int persist_path_match(const char *p, u32 len, u32 h) {" in text
     # "/etc/cro" as one little-endian u64, then "n"
-    assert ("if (*(const volatile u64 *)(p + 0) == 0x6f72632f6374652fULL && *(const volatile u8 *)(p + 8) == 0x6eU)"
-            " return 1;") in text
+    assert (
+        "if (*(const volatile u64 *)(p + 0) == 0x6f72632f6374652fULL && *(const volatile u8 *)(p + 8) == 0x6eU)"
+        " return 1;"
+    ) in text
     assert "const char *s = p + ((len - 7) & (PATH_MAX_LEN - 1));" in text
     assert "*(const volatile u32 *)(s + 0) == 0x737a2e2fU" in text  # "/.zs"
     assert "if (h) {" in text and "const char *r = p + (h & (PATH_MAX_LEN - 1));" in text
@@ -216,14 +241,51 @@ def test_matcher_agrees_with_reference(tmp_path: Path) -> None:
     """Over many generated paths (up to 255 bytes) the C matcher equals startswith/endswith over the list."""
     places = bundled_persistence()
     rng = random.Random(20240607)
-    pieces = ["/", "etc", "cron", ".d", "home", "u", ".ssh", "authorized_keys", ".bashrc", "x", "systemd",
-              "system", ".service", ".timer", "tmp", "ld.so.preload", "lib", "modules", "..", "a" * 40, "root",
-              ".config", "user", "fish", "python3", "dist-packages", "x.pth", "usr", "security", "pam_x.so"]
+    pieces = [
+        "/",
+        "etc",
+        "cron",
+        ".d",
+        "home",
+        "u",
+        ".ssh",
+        "authorized_keys",
+        ".bashrc",
+        "x",
+        "systemd",
+        "system",
+        ".service",
+        ".timer",
+        "tmp",
+        "ld.so.preload",
+        "lib",
+        "modules",
+        "..",
+        "a" * 40,
+        "root",
+        ".config",
+        "user",
+        "fish",
+        "python3",
+        "dist-packages",
+        "x.pth",
+        "usr",
+        "security",
+        "pam_x.so",
+    ]
     cases: dict[str, int] = {}
     for place in places.places:
         entry = place.path.replace("*", "x3").replace("~/", "/home/u/")
-        for variant in (entry, entry[:-1], entry + "x", "/home/u" + entry, "/home/u/" + entry, "/root/" + entry,
-                        "/q" + entry[1:], entry * 3):
+        for variant in (
+            entry,
+            entry[:-1],
+            entry + "x",
+            "/home/u" + entry,
+            "/home/u/" + entry,
+            "/root/" + entry,
+            "/q" + entry[1:],
+            entry * 3,
+        ):
             if variant.startswith("/") and len(variant) < 256:
                 cases[variant] = _reference(variant, places)
     while len(cases) < 600:
@@ -250,8 +312,10 @@ def test_injected_entry_compiles_as_data(tmp_path: Path) -> None:
 def _tracefs(root: Path, *, group_dead: bool, modules: bool, legacy: bool) -> Path:
     exit_dir = root / "events" / "sched" / "sched_process_exit"
     exit_dir.mkdir(parents=True)
-    fields = ["field:char comm[16];\toffset:8;\tsize:16;\tsigned:0;",
-              "field:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;"]
+    fields = [
+        "field:char comm[16];\toffset:8;\tsize:16;\tsigned:0;",
+        "field:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;",
+    ]
     if group_dead:
         fields.append("field:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;")
     (exit_dir / "format").write_text("name: sched_process_exit\nID: 312\nformat:\n\t" + "\n\t".join(fields) + "\n")
@@ -310,9 +374,17 @@ def test_render_cflags() -> None:
         assert f"-D{name}={value}" in flags, name
     defined = {f[2:].split("=", 1)[0] for f in flags if f.startswith("-D")}
     assert set(WANTED) <= defined
-    for flag in ("-DHAVE_EXIT_GROUP_DEAD=1", "-DHAVE_SYS_OPEN=0", "-DHAVE_MODULE_TRACEPOINTS=1",
-                 "-DCAPTURE_ENV=0", "-DSKIP_LOOPBACK=1", "-DRINGBUF_PAGES=512", "-DNET_RINGBUF_PAGES=1024",
-                 "-DFILE_RINGBUF_PAGES=256", "-DOFFSETS_FROM_HEADERS=0"):
+    for flag in (
+        "-DHAVE_EXIT_GROUP_DEAD=1",
+        "-DHAVE_SYS_OPEN=0",
+        "-DHAVE_MODULE_TRACEPOINTS=1",
+        "-DCAPTURE_ENV=0",
+        "-DSKIP_LOOPBACK=1",
+        "-DRINGBUF_PAGES=512",
+        "-DNET_RINGBUF_PAGES=1024",
+        "-DFILE_RINGBUF_PAGES=256",
+        "-DOFFSETS_FROM_HEADERS=0",
+    ):
         assert flag in flags
     assert len(flags) == len(set(flags))
 
@@ -337,12 +409,15 @@ def test_render_source_includes_matcher() -> None:
     assert '#line 1 "<generated>/persist_match.gen.h"\n' + header.split("#include")[0] in text
 
 
-@pytest.mark.parametrize("names,want", [
-    (["io_uring_submit_req", "io_uring_complete"], "io_uring_submit_req"),
-    (["io_uring_submit_sqe", "io_uring_complete"], "io_uring_submit_sqe"),  # 5.x-6.3
-    (["io_uring_submit_req"], None),  # completions are needed for opens
-    ([], None),
-])
+@pytest.mark.parametrize(
+    "names,want",
+    [
+        (["io_uring_submit_req", "io_uring_complete"], "io_uring_submit_req"),
+        (["io_uring_submit_sqe", "io_uring_complete"], "io_uring_submit_sqe"),  # 5.x-6.3
+        (["io_uring_submit_req"], None),  # completions are needed for opens
+        ([], None),
+    ],
+)
 def test_detect_io_uring_tracepoint(tmp_path: Path, names: list[str], want: str | None) -> None:
     """The io_uring submission tracepoint is found by name (doctor and the startup log say which); the
     probe's cflags follow it, and only when the kernel's BTF has io_uring's structs."""
@@ -353,6 +428,7 @@ def test_detect_io_uring_tracepoint(tmp_path: Path, names: list[str], want: str 
     assert features.io_uring_submit == want
     assert (want or "unwatched") in str(features.describe()["io_uring"])
     from agent.probes.offsets import OPTIONAL
+
     values = {name: "8" for name in WANTED}
     with_uring = KernelOffsets("btf", {**values, **{name: "8" for name in OPTIONAL["io_uring"]}})
     flags = render_cflags(with_uring, features, ProbeOptions())

@@ -38,14 +38,19 @@ ON = ResponseConfig(enabled=True, min_severity="high")
 
 
 def alert(severity: int = 73, rule: str = "r-1", **extra: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {"@timestamp": iso(time.time_ns()), "event": {"severity": severity, "id": "a-1"},
-                           "rule": {"id": rule}, "host": {"id": HOST},
-                           "chainwatch": {"incident": {"id": "inc-1"}, "artifacts": {}, "response": []}}
+    doc: dict[str, Any] = {
+        "@timestamp": iso(time.time_ns()),
+        "event": {"severity": severity, "id": "a-1"},
+        "rule": {"id": rule},
+        "host": {"id": HOST},
+        "chainwatch": {"incident": {"id": "inc-1"}, "artifacts": {}, "response": []},
+    }
     doc.update(extra)
     return doc
 
 
 # ------------------------------------------------------------------------------------------- gating
+
 
 def test_off_by_default() -> None:
     """Without a config, nothing is selected, and the responder passes alerts through untouched."""
@@ -54,13 +59,18 @@ def test_off_by_default() -> None:
     assert Responder(ResponseConfig(), ProcessTable())(doc)["chainwatch"]["response"] == []
 
 
-@pytest.mark.parametrize(("config", "severity", "rule", "hit"), [
-    (ON, 73, "r-1", True), (ON, 99, "r-1", True), (ON, 47, "r-1", False),
-    (ResponseConfig(enabled=True, rules=["r-2"]), 21, "r-2", True),
-    (ResponseConfig(enabled=True, rules=["r-2"]), 99, "r-1", False),
-    (ResponseConfig(enabled=True, min_severity="critical", rules=["r-2"]), 47, "r-2", True),
-    (ResponseConfig(enabled=False, min_severity="low"), 99, "r-1", False),
-])
+@pytest.mark.parametrize(
+    ("config", "severity", "rule", "hit"),
+    [
+        (ON, 73, "r-1", True),
+        (ON, 99, "r-1", True),
+        (ON, 47, "r-1", False),
+        (ResponseConfig(enabled=True, rules=["r-2"]), 21, "r-2", True),
+        (ResponseConfig(enabled=True, rules=["r-2"]), 99, "r-1", False),
+        (ResponseConfig(enabled=True, min_severity="critical", rules=["r-2"]), 47, "r-2", True),
+        (ResponseConfig(enabled=False, min_severity="low"), 99, "r-1", False),
+    ],
+)
 def test_gating_by_severity_and_rule(config: ResponseConfig, severity: int, rule: str, hit: bool) -> None:
     """An alert is selected when its severity reaches min_severity or its rule id is listed; never when off."""
     assert (selected(config, alert(severity, rule)) is not None) is hit
@@ -68,25 +78,29 @@ def test_gating_by_severity_and_rule(config: ResponseConfig, severity: int, rule
 
 # ------------------------------------------------------------------------------------------- config
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("enabled = true", "neither response.min_severity nor response.rules"),
-    ('min_severity = "severe"', "min_severity must be one of low, medium, high, critical"),
-    ('actions = ["kill", "nuke"]', "response.actions must list"),
-    ('actions = ["kill", "kill"]', "response.actions must list"),
-    ('enabled = true\nmin_severity = "high"\nactions = []', "at least one when enabled"),
-    ("block_ttl_s = 0", "block_ttl_s must be between 1"),
-    ("block_ttl_s = nan", "block_ttl_s must be between 1"),
-    ('protected_networks = ["10.0.0.0/33"]', "not an address or network"),
-    ('quarantine_prefixes = ["/"]', 'must not contain "/"'),
-    ('quarantine_prefixes = ["etc/cron.d/"]', "absolute, normalised path"),
-    ('protected_paths = ["/etc/../shadow"]', "absolute, normalised path"),
-    ('quarantine_dir = "/etc/cron.d/q"', "must not overlap"),
-    ('quarantine_dir = "relative"', "quarantine_dir must be an absolute path"),
-    ('control_socket = "/"', "control_socket must be an absolute path"),
-    ('rules = [""]', "list of non-empty strings"),
-    ('rules = "r-1"', "rules must be list"),
-    ("kill = true", "unknown key response.'kill'"),
-])
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("enabled = true", "neither response.min_severity nor response.rules"),
+        ('min_severity = "severe"', "min_severity must be one of low, medium, high, critical"),
+        ('actions = ["kill", "nuke"]', "response.actions must list"),
+        ('actions = ["kill", "kill"]', "response.actions must list"),
+        ('enabled = true\nmin_severity = "high"\nactions = []', "at least one when enabled"),
+        ("block_ttl_s = 0", "block_ttl_s must be between 1"),
+        ("block_ttl_s = nan", "block_ttl_s must be between 1"),
+        ('protected_networks = ["10.0.0.0/33"]', "not an address or network"),
+        ('quarantine_prefixes = ["/"]', 'must not contain "/"'),
+        ('quarantine_prefixes = ["etc/cron.d/"]', "absolute, normalised path"),
+        ('protected_paths = ["/etc/../shadow"]', "absolute, normalised path"),
+        ('quarantine_dir = "/etc/cron.d/q"', "must not overlap"),
+        ('quarantine_dir = "relative"', "quarantine_dir must be an absolute path"),
+        ('control_socket = "/"', "control_socket must be an absolute path"),
+        ('rules = [""]', "list of non-empty strings"),
+        ('rules = "r-1"', "rules must be list"),
+        ("kill = true", "unknown key response.'kill'"),
+    ],
+)
 def test_bad_response_config_is_an_error(text: str, match: str) -> None:
     """Each mistake is a ConfigError that names the file and the key."""
     with pytest.raises(ConfigError, match="x.toml") as exc:
@@ -96,8 +110,9 @@ def test_bad_response_config_is_an_error(text: str, match: str) -> None:
 
 def test_good_response_config() -> None:
     config = parse_config('[response]\nenabled = true\nrules = ["r-1"]\nactions = ["block"]\nblock_ttl_s = 60\n')
-    assert config.response == dataclasses.replace(ResponseConfig(), enabled=True, rules=["r-1"], actions=["block"],
-                                                  block_ttl_s=60.0)
+    assert config.response == dataclasses.replace(
+        ResponseConfig(), enabled=True, rules=["r-1"], actions=["block"], block_ttl_s=60.0
+    )
 
 
 def test_unknown_rule_id_is_a_startup_error() -> None:
@@ -108,14 +123,21 @@ def test_unknown_rule_id_is_a_startup_error() -> None:
 
 # -------------------------------------------------------------------------------------------- block
 
+
 def test_block_targets_protected_networks_and_ports() -> None:
     """The destination and every artifact destination, deduplicated; protected networks refused."""
     doc = alert(destination={"ip": "198.51.100.2", "port": 4444})
-    doc["chainwatch"]["artifacts"] = {"destinations": ["198.51.100.2:4444", "2001:db8::2:443", "127.0.0.1:80",
-                                                        "169.254.169.254:80", "[::ffff:203.0.113.9]:53"]}
+    doc["chainwatch"]["artifacts"] = {
+        "destinations": [
+            "198.51.100.2:4444",
+            "2001:db8::2:443",
+            "127.0.0.1:80",
+            "169.254.169.254:80",
+            "[::ffff:203.0.113.9]:53",
+        ]
+    }
     got = block_targets(ON, doc)
-    assert [(a, p) for a, p, why in got if why is None] == [("198.51.100.2", 0), ("2001:db8::2", 0),
-                                                           ("203.0.113.9", 0)]
+    assert [(a, p) for a, p, why in got if why is None] == [("198.51.100.2", 0), ("2001:db8::2", 0), ("203.0.113.9", 0)]
     refused = {a: why for a, _, why in got if why}
     assert set(refused) == {"127.0.0.1", "169.254.169.254"}
     assert "protected_networks" in refused["169.254.169.254"]
@@ -125,8 +147,11 @@ def test_block_targets_protected_networks_and_ports() -> None:
 
 def test_block_targets_ingress_blocks_the_source_never_the_local_address() -> None:
     """A bind shell: destination is our own listening address; only the remote source is a target."""
-    doc = alert(destination={"ip": "198.51.100.1", "port": 4444}, source={"ip": "198.51.100.2", "port": 51000},
-                network={"direction": "ingress"})
+    doc = alert(
+        destination={"ip": "198.51.100.1", "port": 4444},
+        source={"ip": "198.51.100.2", "port": 51000},
+        network={"direction": "ingress"},
+    )
     doc["chainwatch"]["artifacts"] = {"destinations": ["198.51.100.1:4444"]}
     assert block_targets(ON, doc) == [("198.51.100.2", 0, None)]
 
@@ -168,33 +193,51 @@ def test_block_records_done_once_per_incident_and_dry_run_touches_nothing() -> N
     responder = Responder(config, ProcessTable(), blocker=blocker)
     first = responder(alert(destination={"ip": "198.51.100.2", "port": 4444}))
     assert first["chainwatch"]["response"] == [
-        {"action": "block", "target": "198.51.100.2", "result": "done",
-         "reason": "connects and UDP sends to 198.51.100.2 refused in the kernel for 30 s; "
-                   "`chainwatch response unblock 198.51.100.2` lifts it"}]
+        {
+            "action": "block",
+            "target": "198.51.100.2",
+            "result": "done",
+            "reason": "connects and UDP sends to 198.51.100.2 refused in the kernel for 30 s; "
+            "`chainwatch response unblock 198.51.100.2` lifts it",
+        }
+    ]
     assert blocker.blocked == {("198.51.100.2", 0): 30.0}
     again = responder(alert(destination={"ip": "198.51.100.2", "port": 4444}))
     assert again["chainwatch"]["response"] == []  # an update line repeats nothing already done
 
     dry = FakeBlocker()
     doc = Responder(dataclasses.replace(config, dry_run=True), ProcessTable(), blocker=dry)(
-        alert(destination={"ip": "198.51.100.2", "port": 4444}))
+        alert(destination={"ip": "198.51.100.2", "port": 4444})
+    )
     assert [e["result"] for e in doc["chainwatch"]["response"]] == ["dry_run"]
     assert dry.blocked == {}
 
 
 def test_block_without_program_fails_loudly() -> None:
     doc = Responder(dataclasses.replace(ON, actions=["block"]), ProcessTable())(
-        alert(destination={"ip": "198.51.100.2", "port": 4444}))
+        alert(destination={"ip": "198.51.100.2", "port": 4444})
+    )
     assert doc["chainwatch"]["response"][0]["result"] == "failed"
 
 
 # --------------------------------------------------------------------------------------- quarantine
 
-@pytest.mark.parametrize(("path", "ok"), [
-    ("/etc/cron.d/x", True), ("/etc/cron.d/sub/x", True), ("/etc/ld.so.preload", True),
-    ("/etc/cron.dx", False), ("/etc/crontab", False), ("/etc/passwd", False), ("/root/.bashrc", False),
-    ("/etc/cron.d/../shadow", False), ("etc/cron.d/x", False), ("/etc/ld.so.preload.d/x", False),
-])
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        ("/etc/cron.d/x", True),
+        ("/etc/cron.d/sub/x", True),
+        ("/etc/ld.so.preload", True),
+        ("/etc/cron.dx", False),
+        ("/etc/crontab", False),
+        ("/etc/passwd", False),
+        ("/root/.bashrc", False),
+        ("/etc/cron.d/../shadow", False),
+        ("etc/cron.d/x", False),
+        ("/etc/ld.so.preload.d/x", False),
+    ],
+)
 def test_quarantine_only_under_allowed_prefixes(path: str, ok: bool) -> None:
     assert (quarantine_refusal(ON, path) is None) is ok
 
@@ -208,8 +251,9 @@ def test_protected_path_wins_over_prefix() -> None:
 def quarantine_responder(tmp_path: Path, **changes: Any) -> tuple[Responder, Path]:
     watched = tmp_path / "cron.d"
     watched.mkdir(parents=True)
-    config = dataclasses.replace(ON, actions=["quarantine"], quarantine_prefixes=[f"{watched}/"],
-                                 quarantine_dir=str(tmp_path / "q"), **changes)
+    config = dataclasses.replace(
+        ON, actions=["quarantine"], quarantine_prefixes=[f"{watched}/"], quarantine_dir=str(tmp_path / "q"), **changes
+    )
     store = QuarantineStore(config.quarantine_dir)
     store.prepare()
     return Responder(config, ProcessTable(), store=store), watched
@@ -273,10 +317,32 @@ T = NS_PER_TICK
 
 
 def spawn(table: ProcessTable, pid: int, ppid: int, start: int, parent_start: int, exe: str) -> ProcessKey:
-    table.apply(Fork(ktime=start * T, pid=pid, tid=pid, ppid=ppid, start_time=start * T, uid=0, cgroup_id=0,
-                     comm="x", parent_start_time=parent_start * T))
-    table.apply(Exec(ktime=start * T + 1, pid=pid, tid=pid, ppid=ppid, start_time=start * T, uid=0, cgroup_id=0,
-                     comm=os.path.basename(exe), filename=exe))
+    table.apply(
+        Fork(
+            ktime=start * T,
+            pid=pid,
+            tid=pid,
+            ppid=ppid,
+            start_time=start * T,
+            uid=0,
+            cgroup_id=0,
+            comm="x",
+            parent_start_time=parent_start * T,
+        )
+    )
+    table.apply(
+        Exec(
+            ktime=start * T + 1,
+            pid=pid,
+            tid=pid,
+            ppid=ppid,
+            start_time=start * T,
+            uid=0,
+            cgroup_id=0,
+            comm=os.path.basename(exe),
+            filename=exe,
+        )
+    )
     return ProcessKey(pid, start)
 
 
@@ -284,9 +350,16 @@ def lab() -> tuple[ProcessTable, dict[int, Live], dict[int, str]]:
     """systemd(1) -> sshd(100) -> bash(200) -> {bash -i(300) -> sleep(400), sibling(301)};
     daemon(500), forked by bash -i and re-parented to 1; agent(900) under sshd."""
     table = ProcessTable()
-    procs = [(1, 0, 1, 0, "/lib/systemd/systemd"), (100, 1, 10, 1, "/usr/sbin/sshd"), (200, 100, 20, 10, "/bin/bash"),
-             (300, 200, 30, 20, "/bin/bash"), (400, 300, 40, 30, "/bin/sleep"), (301, 200, 31, 20, "/bin/sleep"),
-             (500, 300, 50, 30, "/bin/sh"), (900, 100, 90, 10, "/usr/bin/python3")]
+    procs = [
+        (1, 0, 1, 0, "/lib/systemd/systemd"),
+        (100, 1, 10, 1, "/usr/sbin/sshd"),
+        (200, 100, 20, 10, "/bin/bash"),
+        (300, 200, 30, 20, "/bin/bash"),
+        (400, 300, 40, 30, "/bin/sleep"),
+        (301, 200, 31, 20, "/bin/sleep"),
+        (500, 300, 50, 30, "/bin/sh"),
+        (900, 100, 90, 10, "/usr/bin/python3"),
+    ]
     live, exes = {}, {}
     for pid, ppid, start, pstart, exe in procs:
         spawn(table, pid, ppid, start, pstart, exe)
@@ -296,11 +369,18 @@ def lab() -> tuple[ProcessTable, dict[int, Live], dict[int, str]]:
     return table, live, exes
 
 
-def plan(incident: list[ProcessKey], table: ProcessTable, live: dict[int, Live], exes: dict[int, str],
-         **kw: Any) -> tuple[set[int], dict[int, str]]:
-    result = kill_plan(incident, table, live, agent_pid=kw.pop("agent_pid", 900),
-                       protected_executables=kw.pop("protected", ResponseConfig().protected_executables),
-                       exe=lambda pid: exes.get(pid, ""), **kw)
+def plan(
+    incident: list[ProcessKey], table: ProcessTable, live: dict[int, Live], exes: dict[int, str], **kw: Any
+) -> tuple[set[int], dict[int, str]]:
+    result = kill_plan(
+        incident,
+        table,
+        live,
+        agent_pid=kw.pop("agent_pid", 900),
+        protected_executables=kw.pop("protected", ResponseConfig().protected_executables),
+        exe=lambda pid: exes.get(pid, ""),
+        **kw,
+    )
     return {p.pid for p in result.targets}, {p.pid: why for p, why in result.refused}
 
 
@@ -342,8 +422,9 @@ def test_kill_plan_kernel_thread_flag() -> None:
 def test_kill_plan_spares_context_root_ancestors() -> None:
     """An incident that names bash(200)'s ancestor chain: with 300 the context root, 200 and 100 are spared."""
     table, live, exes = lab()
-    targets, refused = plan([ProcessKey(200, 20), ProcessKey(300, 30)], table, live, exes, agent_pid=0,
-                            context_root=ProcessKey(300, 30))
+    targets, refused = plan(
+        [ProcessKey(200, 20), ProcessKey(300, 30)], table, live, exes, agent_pid=0, context_root=ProcessKey(300, 30)
+    )
     assert 200 not in targets and "context root" in refused[200]
     assert {300, 400, 500} <= targets and 301 not in targets
 
@@ -354,8 +435,9 @@ def test_responder_dry_run_kill_plans_but_signals_nothing(tmp_path: Path) -> Non
     proc = tmp_path / "proc"
     for pid, p in live.items():
         (proc / str(pid)).mkdir(parents=True)
-        (proc / str(pid) / "stat").write_text(f"{pid} ({p.comm}) S {p.ppid} 1 1 0 -1 {p.flags} "
-                                              + "0 " * 12 + f"{p.start_ticks} 0 0\n")
+        (proc / str(pid) / "stat").write_text(
+            f"{pid} ({p.comm}) S {p.ppid} 1 1 0 -1 {p.flags} " + "0 " * 12 + f"{p.start_ticks} 0 0\n"
+        )
         os.symlink(exes.get(pid, "/none"), proc / str(pid) / "exe")
     assert parse_live((proc / "300" / "stat").read_bytes()) == live[300]
     config = dataclasses.replace(ON, actions=["kill"], dry_run=True)
@@ -367,6 +449,7 @@ def test_responder_dry_run_kill_plans_but_signals_nothing(tmp_path: Path) -> Non
 
 
 # ---------------------------------------------------------------------------------------- control
+
 
 def test_control_socket_lists_and_unblocks(tmp_path: Path) -> None:
     blocker = FakeBlocker()

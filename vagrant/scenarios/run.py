@@ -44,8 +44,9 @@ def main() -> int:
     p.add_argument("--out", required=True, type=Path, help="directory for alerts, recording, log and verdicts")
     p.add_argument("--chainwatch", default="/usr/bin/chainwatch", help="command that starts chainwatch")
     p.add_argument("--config", help="config file for the agent")
-    p.add_argument("--alerts", type=Path,
-                   help="read alerts where the config writes them (default: --alerts DIR/alerts.jsonl)")
+    p.add_argument(
+        "--alerts", type=Path, help="read alerts where the config writes them (default: --alerts DIR/alerts.jsonl)"
+    )
     p.add_argument("--service-alerts", type=Path, help="also judge what the running service writes here")
     args = p.parse_args()
     names = args.names or list(SCENARIOS)
