@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import resources
 from agent.probes.loader import ProbeError, import_bcc
 
-BLOCK_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "block.bpf.c"
+BLOCK_SOURCE = "block.bpf.c"  # in resources.bpf_dir(): the source tree or /usr/share/chainwatch
 MAX_ENTRIES = 4096
 
 # enum bpf_cmd / enum bpf_attach_type (include/uapi/linux/bpf.h)
@@ -103,7 +104,10 @@ class Blocker:
         self._lock = threading.Lock()
         self._links: list[int] = []
         try:
-            self._bpf = bcc.BPF(text=BLOCK_SOURCE.read_text().encode(), cflags=[f"-DBLOCK_MAX_ENTRIES={MAX_ENTRIES}"])
+            self._bpf = bcc.BPF(
+                text=(resources.bpf_dir() / BLOCK_SOURCE).read_text().encode(),
+                cflags=[f"-DBLOCK_MAX_ENTRIES={MAX_ENTRIES}"],
+            )
         except Exception as exc:  # bcc raises bare Exception on compile errors
             raise ProbeError(
                 f"the block program failed to build ({exc}); `chainwatch doctor` checks the "
