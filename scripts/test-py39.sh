@@ -29,9 +29,10 @@ timeout 60 "$venv/bin/python" vagrant/scenarios/run.py --help >/dev/null
 # Left out, each for a reason: pySigma needs 3.11 (test_sigma*), ocsf-json-schema needs 3.10 (test_ocsf);
 # for time only (CI budget: under 2 minutes with the venv): the fuzzers (a minute and a half of hypothesis on
 # 3.9; input robustness, the same on every Python) and the replay corpus (55 replays, a minute; the same code
-# paths as tests/replay/test_detection_replay.py, which stays). The rest import every agent module the package
-# runs without bcc.
+# paths as tests/replay/test_detection_replay.py, which stays); the live-marker check (it collects tests/live,
+# whose OCSF test needs ocsf-json-schema; the markers are the same on every Python). The rest import every agent
+# module the package runs without bcc.
 exec timeout 600 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/unit tests/replay \
     --ignore tests/unit/test_sigma.py --ignore tests/replay/test_sigma_replay.py --ignore tests/unit/test_ocsf.py \
     --ignore tests/unit/test_fuzz.py --deselect tests/unit/test_rules.py::test_any_text_loads_or_raises_rule_errors \
-    --ignore tests/replay/test_corpus.py "$@"
+    --ignore tests/replay/test_corpus.py --deselect tests/unit/test_helpers.py::test_every_live_test_is_marked_live "$@"
