@@ -13,6 +13,11 @@
  * The exit probes only gather what to resolve into file_jobs and tail-call persist_finish, which walks,
  * matches (persist_path_match, generated from the persistence list by agent/probes/source.py) and emits:
  * one program with the verifier's whole instruction budget instead of a copy of the matcher in each probe.
+ *
+ * Most files written are in no place, and walking a path costs more than the open itself. An open's file is
+ * first tested by its name (persist_name_hot) and its directory: a directory that no place can name a file
+ * in (persist_dir_hot, decided once, when a file written there was resolved) is remembered in cold_dirs, and
+ * the paths of files written there are not resolved again (agent.ruleset.persistence.OpenFilter is the rule).
  * File events have a ring of their own (file_events), so a flood of them cannot crowd out process events.
  */
 #ifndef CHAINWATCH_PERSISTENCE_BPF_C
@@ -33,6 +38,56 @@
 
 BPF_RINGBUF_OUTPUT(file_events, FILE_RINGBUF_PAGES);
 
+/* A directory's path is fixed by its dentry, its mount and the task's root, until something moves it: a
+ * rename (of it or of any directory above it) or a mount change. Those bump path_gen, and a verdict from
+ * an older generation is not used. A verdict also lapses after COLD_DIR_TTL_JIFFIES, so that a directory's
+ * dentry, once freed, cannot lend its verdict to another directory allocated at the same address for long.
+ * Jiffies, not ktime: bpf_jiffies64() is a load, bpf_ktime_get_ns() a clock read (50 ns here). */
+struct cold_dir_key {
+    u64 dentry;
+    u64 mnt;
+    u64 root_dentry;
+    u64 root_mnt;
+};
+struct cold_dir {
+    u64 gen;
+    u64 expires; /* bpf_jiffies64() */
+};
+#define COLD_DIR_TTL_JIFFIES 5000ULL /* 5 s at HZ=1000, 20 s at HZ=250 */
+BPF_TABLE("lru_hash", struct cold_dir_key, struct cold_dir, cold_dirs, 4096);
+/* This CPU's last cold directory: a run of writes into one directory (a build's output) skips the hash. */
+struct last_cold_dir {
+    struct cold_dir_key key;
+    struct cold_dir dir;
+};
+BPF_PERCPU_ARRAY(last_cold, struct last_cold_dir, 1);
+
+static __always_inline int cold_dir_known(const struct cold_dir_key *key, u64 gen) {
+    int zero = 0;
+    u64 now = bpf_jiffies64();
+    struct last_cold_dir *last = last_cold.lookup(&zero);
+    if (!last)
+        return 0;
+    if (last->key.dentry == key->dentry && last->key.mnt == key->mnt && last->key.root_dentry == key->root_dentry &&
+        last->key.root_mnt == key->root_mnt && last->dir.gen == gen && last->dir.expires > now)
+        return 1;
+    struct cold_dir *cold = cold_dirs.lookup(key);
+    if (!cold || cold->gen != gen || cold->expires <= now)
+        return 0;
+    last->key = *key;
+    last->dir = *cold;
+    return 1;
+}
+BPF_ARRAY(path_gen, u64, 1);
+
+/* After a successful rename or mount change: every directory verdict taken before it is void. */
+static __always_inline void paths_moved(void) {
+    int zero = 0;
+    u64 *gen = path_gen.lookup(&zero);
+    if (gen)
+        __sync_fetch_and_add(gen, 1);
+}
+
 /* What persist_finish resolves, filled by the exit probe on this CPU just before the tail call. */
 struct file_job {
     u64 dentry;  /* open: the opened file's dentry and vfsmount */
@@ -44,6 +99,12 @@ struct file_job {
     u32 open_flags;
     u16 hdr_flags;   /* header flags to add (EV_IO_URING) */
     u16 kernel_name; /* uname is a kernel string (io_uring's struct filename), not a user pointer */
+    /* open: the opened file's directory, its name's length, path_gen when it was read, and whether cold_dirs
+     * already holds the directory's verdict (or it cannot be decided): persist_dir decides it otherwise */
+    struct cold_dir_key dir;
+    u64 gen;
+    u32 name_len;
+    u32 dir_known;
 };
 BPF_PERCPU_ARRAY(file_jobs, struct file_job, 1);
 
@@ -58,11 +119,13 @@ struct file_scratch {
     u32 pos;   /* walk_path's write position in walk[] */
 };
 BPF_PERCPU_ARRAY(file_scratch, struct file_scratch, 1);
-/* 0: persist_finish (resolve), 1: persist_emit (match and send). Two programs, because the verifier would
- * otherwise follow every way through the path walk into every branch of the matcher. */
+/* 0: persist_finish (resolve), 1: persist_emit (match and send), 2: persist_dir (remember a cold directory).
+ * Separate programs, because the verifier would otherwise follow every way through the path walk into every
+ * branch of the matchers. */
 #define TAIL_FINISH 0
 #define TAIL_EMIT 1
-BPF_PROG_ARRAY(file_tail, 2);
+#define TAIL_DIR 2
+BPF_PROG_ARRAY(file_tail, 3);
 
 /* The path of (dentry, vfsmount) within the current task's root, into sc->ev.path (NUL-terminated); returns
  * its length. Built backwards in sc->walk, one component per step; a mount's root steps to its mountpoint.
@@ -236,7 +299,7 @@ int persist_emit(void *ctx) {
     sc->fold = job->uname ? needs_folding(e->path) : 0;
     sc->home = persist_home_offset(e->path, len);
     if (!*(volatile u16 *)&sc->fold && !persist_path_match(e->path, len, *(volatile u32 *)&sc->home))
-        return 0;
+        goto verdict;
     fill_header(&e->hdr, OP_FILE_WRITE, sizeof(*e));
     e->hdr.flags |= sc->flags | job->hdr_flags;
     e->syscall = job->syscall;
@@ -254,6 +317,34 @@ int persist_emit(void *ctx) {
     }
     if (file_events.ringbuf_output(e, sizeof(*e), 0) != 0)
         count_drop(DROP_FILE_RINGBUF);
+verdict:
+    if (job->dentry && !job->dir_known)
+        file_tail.call(ctx, TAIL_DIR);
+    return 0;
+}
+
+/* The opened file's directory is the resolved path minus the name: remember it in cold_dirs when no place
+ * can name a file in it. */
+int persist_dir(void *ctx) {
+    int zero = 0;
+    struct file_job *job = file_jobs.lookup(&zero);
+    struct file_scratch *sc = file_scratch.lookup(&zero);
+    if (!job || !sc || !job->dentry || job->dir_known || (sc->flags & EV_FILENAME_TRUNCATED))
+        return 0;
+    u32 len = sc->len, nl = job->name_len;
+    if (nl == 0 || nl >= len || len > PATH_MAX_LEN - 1)
+        return 0;
+    u32 dlen = len - nl;
+    cw_opaque(dlen);
+    dlen &= PATH_MAX_LEN - 1;
+    if (dlen == 0 || sc->ev.path[(dlen - 1) & (PATH_MAX_LEN - 1)] != '/')
+        return 0; /* the name is not the path's last part: no verdict */
+    bpf_probe_read_kernel(sc->walk, dlen, sc->ev.path);
+    sc->walk[dlen] = 0;
+    if (persist_dir_hot(sc->walk, *(volatile u32 *)&sc->home))
+        return 0;
+    struct cold_dir verdict = {.gen = job->gen, .expires = bpf_jiffies64() + COLD_DIR_TTL_JIFFIES};
+    cold_dirs.update(&job->dir, &verdict);
     return 0;
 }
 
@@ -280,8 +371,37 @@ static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, u
         return 0;
     int zero = 0;
     struct file_job *job = file_jobs.lookup(&zero);
-    if (!job)
+    struct file_scratch *sc = file_scratch.lookup(&zero);
+    u64 *gen = path_gen.lookup(&zero);
+    if (!job || !sc || !gen)
         return 0;
+    /* The file's name and directory (d_parent, d_name: one read), and the task's root. */
+    SPAN_BUF(d, DENTRY_LO, DENTRY_HI);
+    SPAN_LOAD(d, fh.dentry, DENTRY_LO, DENTRY_HI);
+    void *fs = read_ptr((void *)bpf_get_current_task(), TASK_FS);
+    SPAN_BUF(r, FS_ROOT_LO, FS_ROOT_HI);
+    SPAN_LOAD(r, fs, FS_ROOT_LO, FS_ROOT_HI);
+    job->dir.dentry = (u64)SPAN_GET(ptr, d, fh.dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_PARENT);
+    job->dir.mnt = (u64)fh.mnt;
+    job->dir.root_dentry = (u64)SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_DENTRY);
+    job->dir.root_mnt = (u64)SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_MNT);
+    job->gen = *(volatile u64 *)gen;
+    job->dir_known = 1;
+    job->name_len = 0;
+    u32 nl = SPAN_GET(u32, d, fh.dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_NAME_LEN);
+    if (nl > 0 && nl < PATH_MAX_LEN) {
+        cw_opaque(nl);
+        nl &= PATH_MAX_LEN - 1;
+        const void *name = SPAN_GET(ptr, d, fh.dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_NAME_NAME);
+        if (bpf_probe_read_kernel(sc->name, nl, name) == 0) {
+            sc->name[nl] = 0;
+            int known = cold_dir_known(&job->dir, job->gen);
+            if (known && !persist_name_hot(sc->name, nl))
+                return 0; /* a cold directory, and a name no place has */
+            job->dir_known = known;
+            job->name_len = nl;
+        }
+    }
     job->dentry = (u64)fh.dentry;
     job->vfsmnt = (u64)fh.mnt;
     job->uname = 0;
@@ -313,7 +433,10 @@ static __always_inline void name_enter(long newdfd, const char *newname, const c
     stash_put(&s);
 }
 
-static __always_inline int name_exit(void *ctx, long ret) {
+/* moves: the call was a rename, which moves every path below the name if it is a directory. */
+static __always_inline int name_exit(void *ctx, long ret, int moves) {
+    if (moves && ret == 0)
+        paths_moved();
     struct stash s;
     if (!stash_take(&s) || ret != 0)
         return 0;
@@ -343,39 +466,61 @@ TRACEPOINT_PROBE(syscalls, sys_enter_rename) {
     name_enter(AT_FDCWD_, args->newname, args->oldname, SC_RENAME);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return name_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return name_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_link) {
     name_enter(AT_FDCWD_, args->newname, args->oldname, SC_LINK);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_link) { return name_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_link) { return name_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_symlink) {
     name_enter(AT_FDCWD_, args->newname, args->oldname, SC_SYMLINK);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_symlink) { return name_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_symlink) { return name_exit(args, args->ret, 0); }
 #endif
 
 TRACEPOINT_PROBE(syscalls, sys_enter_renameat) {
     name_enter(args->newdfd, args->newname, args->oldname, SC_RENAMEAT);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_renameat) { return name_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat) { return name_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_renameat2) {
     name_enter(args->newdfd, args->newname, args->oldname, SC_RENAMEAT2);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_renameat2) { return name_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat2) { return name_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_linkat) {
     name_enter(args->newdfd, args->newname, args->oldname, SC_LINKAT);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_linkat) { return name_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_linkat) { return name_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_symlinkat) {
     name_enter(args->newdfd, args->newname, args->oldname, SC_SYMLINKAT);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_symlinkat) { return name_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_symlinkat) { return name_exit(args, args->ret, 0); }
+
+/* Mount changes move the paths below a mount (a moved or detached mount, a new root). */
+TRACEPOINT_PROBE(syscalls, sys_exit_mount) {
+    if (args->ret == 0)
+        paths_moved();
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_umount) {
+    if (args->ret == 0)
+        paths_moved();
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_move_mount) {
+    if (args->ret == 0)
+        paths_moved();
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_pivot_root) {
+    if (args->ret == 0)
+        paths_moved();
+    return 0;
+}
 
 #if HAVE_MODULE_TRACEPOINTS
 static __always_inline int emit_module(int syscall, int fd) {

@@ -31,7 +31,7 @@ PSEUDO_MAP_VALUE: Final = 2
 MAP_PSEUDOS: Final = (PSEUDO_MAP_FD, PSEUDO_MAP_VALUE)
 ATTACH_KINDS: Final = ("tracepoint", "raw_tracepoint", "tail")
 # Programs reached only by tail call: the prog array and the order of their slots (bpf/persistence.bpf.c TAIL_*).
-TAIL_CALLS: Final = {"file_tail": ("persist_finish", "persist_emit")}
+TAIL_CALLS: Final = {"file_tail": ("persist_finish", "persist_emit", "persist_dir")}
 MAX_PROGRAM_INSNS: Final = 1_000_000  # the kernel's BPF_COMPLEXITY_LIMIT_INSNS
 U32_MAX: Final = 0xFFFFFFFF
 # struct btf_header (uapi/linux/btf.h): magic, version, flags, hdr_len, type_off, type_len, str_off, str_len.

@@ -134,8 +134,11 @@ def _compare(var: str, offset: str, text: str | bytes) -> list[str]:
     return out
 
 
-def _condition(var: str, start: str, end: str) -> tuple[list[str], str]:
-    """(setup lines, C condition) for "the string at var starts with start, and the path ends with end".
+def _condition(
+    var: str, start: str | bytes, end: str | bytes, base: str = "p", length: str = "len"
+) -> tuple[list[str], str]:
+    """(setup lines, C condition) for "the string at var starts with start, and the one at base (of length
+    ``length``) ends with end".
 
     No length checks: the NUL at p[len] stops a longer prefix, and a suffix longer than the path is read at
     a wrapped offset inside the record, which can only pass more paths (userspace decides), never fewer.
@@ -143,57 +146,78 @@ def _condition(var: str, start: str, end: str) -> tuple[list[str], str]:
     setup = []
     conds = _compare(var, "", start)
     if end:
-        setup.append(f"const char *s = p + ((len - {len(end)}) & (PATH_MAX_LEN - 1));")
+        setup.append(f"const char *s = {base} + (({length} - {len(end)}) & (PATH_MAX_LEN - 1));")
         conds += _compare("s", "", end)
-    return setup, " && ".join(conds)
+    return setup, " && ".join(conds) or "1"
 
 
-def _render_entry(place: Place, indent: str) -> list[str]:
-    start, end = place.kernel_filter()
-    setup, cond = _condition("r" if place.in_home else "p", start, end)
-    where = f"{place.kind} {_c_comment(place.path)}"
+@dataclass(frozen=True)
+class _Test:
+    """One entry of a generated matcher: the string at the matcher's var starts with ``start`` and the whole
+    string ends with ``end``; ``where`` is its comment."""
+
+    start: bytes
+    end: bytes
+    where: str
+
+
+def _render_test(test: _Test, var: str, base: str, length: str, indent: str) -> list[str]:
+    setup, cond = _condition(var, test.start, test.end, base, length)
     if not setup:
-        return [f"{indent}if ({cond}) return 1;  /* {where} */"]
+        return [f"{indent}if ({cond}) return 1;  /* {_c_comment(test.where)} */"]
     return [
-        f"{indent}{{  /* {where} */",
+        f"{indent}{{  /* {_c_comment(test.where)} */",
         *(f"{indent}    {line}" for line in setup),
         f"{indent}    if ({cond}) return 1;",
         f"{indent}}}",
     ]
 
 
-def _render_groups(places: list[Place], indent: str) -> list[str]:
-    """The entries, grouped so that a path outside every place fails a handful of tests, not one per entry.
+def _render_groups(tests: list[_Test], var: str, indent: str, base: str = "p", length: str = "len") -> list[str]:
+    """The tests, grouped so that a string outside every one fails a handful of compares, not one per test.
 
-    Entries whose literal start has HEAD_BYTES or more go under one test of the path's first HEAD_BYTES ("/etc",
-    "/usr"...), entries that only have a literal end under one test of the path's last byte, and the rest stay
-    as they are. A group test is its own volatile load, like the entries' (see _compare)."""
-    by_head: dict[bytes, list[Place]] = {}
-    by_last: dict[bytes, list[Place]] = {}
-    rest: list[Place] = []
-    for place in places:
-        start, end = (text.encode() for text in place.kernel_filter())
-        if len(start) >= HEAD_BYTES:
-            by_head.setdefault(start[:HEAD_BYTES], []).append(place)
-        elif not start and end:
-            by_last.setdefault(end[-1:], []).append(place)
+    Tests whose start has HEAD_BYTES or more go under one test of the string's first HEAD_BYTES ("/etc",
+    "/usr"...), tests that only have an end under one test of the last byte, and the rest stay as they are.
+    A group test is its own volatile load, like the entries' (see _compare)."""
+    by_head: dict[bytes, list[_Test]] = {}
+    by_last: dict[bytes, list[_Test]] = {}
+    rest: list[_Test] = []
+    for test in tests:
+        if len(test.start) >= HEAD_BYTES:
+            by_head.setdefault(test.start[:HEAD_BYTES], []).append(test)
+        elif not test.start and test.end:
+            by_last.setdefault(test.end[-1:], []).append(test)
         else:
-            rest.append(place)
-    var = "r" if places and places[0].in_home else "p"
+            rest.append(test)
     lines = []
-    tests = [(_compare(var, "", key), f"{key.decode(errors='replace')}...", group) for key, group in by_head.items()]
-    tests += [
-        (_compare("p", "((len - 1) & (PATH_MAX_LEN - 1)) + ", key), f"...{key.decode(errors='replace')}", group)
+    groups = [(_compare(var, "", key), f"{key.decode(errors='replace')}...", group) for key, group in by_head.items()]
+    groups += [
+        (_compare(base, f"(({length} - 1) & (PATH_MAX_LEN - 1)) + ", key), f"...{key.decode(errors='replace')}", group)
         for key, group in by_last.items()
     ]
-    for conds, where, group in tests:
+    for conds, where, group in groups:
         lines.append(f"{indent}if ({' && '.join(conds)}) {{  /* {_c_comment(where)} */")
-        for place in group:
-            lines += _render_entry(place, indent + "    ")
+        for test in group:
+            lines += _render_test(test, var, base, length, indent + "    ")
         lines.append(f"{indent}}}")
-    for place in rest:
-        lines += _render_entry(place, indent)
+    for test in rest:
+        lines += _render_test(test, var, base, length, indent)
     return lines
+
+
+def _place_tests(places: list[Place]) -> list[_Test]:
+    tests = []
+    for place in places:
+        start, end = place.kernel_filter()
+        tests.append(_Test(start.encode(), end.encode(), f"{place.kind} {place.path}"))
+    return tests
+
+
+OPAQUE_C: Final = (
+    "#ifndef cw_opaque  /* hide a value's range from the compiler: the verifier needs each mask kept */\n"
+    '#define cw_opaque(v) __asm__ __volatile__("" : "+r"(v))\n'
+    "#endif"
+)
 
 
 def render_path_matcher(places: PersistencePlaces) -> str:
@@ -206,22 +230,55 @@ def render_path_matcher(places: PersistencePlaces) -> str:
         "#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__",
         "#error the persistence matcher compares little-endian words",
         "#endif",
-        "#ifndef cw_opaque  /* hide a value's range from the compiler: the verifier needs each mask kept */",
-        '#define cw_opaque(v) __asm__ __volatile__("" : "+r"(v))',
-        "#endif",
+        OPAQUE_C,
         "/* h: persist_home_offset(p, len), which the caller passes through memory (see persist_emit). */",
         "static __always_inline int persist_path_match(const char *p, u32 len, u32 h) {",
         "    cw_opaque(len);",
     ]
-    lines += _render_groups([place for place in places.places if not place.in_home], "    ")
+    lines += _render_groups(_place_tests([place for place in places.places if not place.in_home]), "p", "    ")
     home = [place for place in places.places if place.in_home]
     if home:
         lines.append("    if (h) {  /* below a home directory */")
         lines.append("        const char *r = p + (h & (PATH_MAX_LEN - 1));")
-        lines += _render_groups(home, "        ")
+        lines += _render_groups(_place_tests(home), "r", "        ")
         lines.append("    }")
     lines.append("    return 0;")
     lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_open_filter(places: PersistencePlaces) -> str:
+    """C for persist_name_hot(n, nl) and persist_dir_hot(d, h): PersistencePlaces.open_filter() in the kernel.
+
+    A name test compares the name with its NUL (so no length check), a name end is read at nl - its length;
+    a directory test is a start, or the whole directory with its NUL."""
+    f = places.open_filter()
+    names = [_Test(name.encode() + b"\0", b"", f"name {name}") for name in f.names]
+    names += [_Test(b"", end.encode(), f"name ends {end}") for end in f.name_ends]
+
+    def dir_tests(starts: tuple[str, ...], dirs: tuple[str, ...]) -> list[_Test]:
+        tests = [_Test(start.encode(), b"", f"dir starts {start}") for start in starts]
+        return tests + [_Test(d.encode() + b"\0", b"", f"dir is {d or '~/'}") for d in dirs if d not in starts]
+
+    lines = [
+        OPAQUE_C,
+        "/* n: a file's name (NUL-terminated; the buffer goes on for PATH_MAX_LEN more bytes), nl its length. */",
+        "static __always_inline int persist_name_hot(const char *n, u32 nl) {",
+        "    cw_opaque(nl);",
+        *_render_groups(names, "n", "    ", "n", "nl"),
+        "    return 0;",
+        "}",
+        "/* d: a directory's path with its final '/', NUL-terminated; h: persist_home_offset() of a path in it. */",
+        "static __always_inline int persist_dir_hot(const char *d, u32 h) {",
+        *_render_groups(dir_tests(f.dir_starts, f.dirs), "d", "    ", "d"),
+    ]
+    home = dir_tests(f.home_dir_starts, f.home_dirs)
+    if home:
+        lines.append("    if (h) {  /* below a home directory */")
+        lines.append("        const char *r = d + (h & (PATH_MAX_LEN - 1));")
+        lines += _render_groups(home, "r", "        ", "d")
+        lines.append("    }")
+    lines += ["    return 0;", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -233,6 +290,7 @@ def render_persist_match_header(places: PersistencePlaces) -> str:
         "#ifndef CHAINWATCH_PERSIST_MATCH_GEN_H\n#define CHAINWATCH_PERSIST_MATCH_GEN_H\n\n"
         '#include "events.gen.h" /* PATH_MAX_LEN */\n\n'
         + render_path_matcher(places)
+        + render_open_filter(places)
         + "\n#endif /* CHAINWATCH_PERSIST_MATCH_GEN_H */\n"
     )
 

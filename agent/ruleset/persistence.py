@@ -117,6 +117,65 @@ class PersistencePlaces:
         """The entries of one kind ("prefix", "home", "suffix", "glob")."""
         return tuple(place for place in self.places if place.kind == kind)
 
+    def open_filter(self) -> OpenFilter:
+        """The test the kernel makes on a file opened for writing before it resolves the file's whole path."""
+        names: dict[str, None] = {}
+        name_ends: dict[str, None] = {}
+        dirs: dict[bool, tuple[dict[str, None], dict[str, None]]] = {False: ({}, {}), True: ({}, {})}
+        for place in self.places:
+            start, end = place.kernel_filter()
+            if start:
+                starts, exact = dirs[place.in_home]
+                starts[start] = None
+                exact[start[: start.rfind("/") + 1]] = None
+            elif "/" in end:
+                names[end.rsplit("/", 1)[1]] = None
+            else:
+                name_ends[end] = None
+        return OpenFilter(
+            tuple(names),
+            tuple(name_ends),
+            tuple(dirs[False][0]),
+            tuple(dirs[False][1]),
+            tuple(dirs[True][0]),
+            tuple(dirs[True][1]),
+        )
+
+
+@dataclass(frozen=True)
+class OpenFilter:
+    """What a file's name or its directory must be for any place's kernel filter to pass its path.
+
+    A path is the directory (up to and with its last '/') and the name. An entry with a literal start can only
+    pass a path whose directory starts with that start, or is the directory the start ends in (a file in
+    ``/etc/`` may be ``/etc/cron…``); an entry with only a literal end (the suffixes) can only pass a name that
+    is the part of that end after its last '/', or ends with the whole end when it has no '/'. So a file whose
+    name passes no name test, in a directory that passes no directory test, is in no place: the kernel
+    remembers such directories ("cold") and does not resolve the paths of files written there again. Home
+    entries are tested on the directory below the home (the whole path's :func:`home_offset`)."""
+
+    names: tuple[str, ...]  # the name is one of these
+    name_ends: tuple[str, ...]  # the name ends with one of these
+    dir_starts: tuple[str, ...]  # the directory starts with one of these
+    dirs: tuple[str, ...]  # the directory is one of these
+    home_dir_starts: tuple[str, ...]  # below the home: the directory starts with one of these
+    home_dirs: tuple[str, ...]  # below the home: the directory is one of these
+
+    def name_may_match(self, name: str) -> bool:
+        return name in self.names or any(name.endswith(end) for end in self.name_ends)
+
+    def dir_may_match(self, directory: str, home: int) -> bool:
+        """``directory`` ends with '/'; ``home`` is :func:`home_offset` of a path in it (0: not in a home)."""
+        if directory in self.dirs or directory.startswith(self.dir_starts):
+            return True
+        below = directory[home:]
+        return bool(home) and (below in self.home_dirs or below.startswith(self.home_dir_starts))
+
+    def may_match(self, path: str) -> bool:
+        """False only when no place's kernel filter can pass ``path`` (a superset of every kernel_matches)."""
+        cut = path.rfind("/") + 1
+        return self.name_may_match(path[cut:]) or self.dir_may_match(path[:cut], home_offset(path))
+
 
 def _check_entry(kind: str, path: str) -> str | None:
     if not path.isascii() or any(ord(c) < 0x20 or c == "\x7f" for c in path):

@@ -182,3 +182,35 @@ def test_a_failed_open_for_write_gives_no_event(sensorlab, tmp_path) -> None:
     assert len(allowed) == 1
     denied = sensorlab.select(lambda e: isinstance(e, FileWrite) and "cw-denied" in e.path, since=mark)
     assert denied == []
+
+
+MOVE_DIR = "import os; os.rename('/root/cw-stage', '/root/.config/fish')"  # a rename, never mv's copy fallback
+
+
+def test_a_directory_that_moves_into_a_place_is_judged_again(sensorlab, tmp_path) -> None:
+    """The kernel stops resolving paths in a directory no place can name a file in (cold_dirs). A directory
+    renamed into a place, or a mount moved onto one, is judged again: the next write there gives its event."""
+    mnt = tmp_path / "cw-mnt"
+    script = f"""
+        set -e
+        mount -t tmpfs cw-home /root
+        mkdir -p /root/cw-stage /root/.config
+        echo x > /root/cw-stage/config.fish
+        echo x > /root/cw-stage/config.fish
+        /usr/bin/python3 -c {shlex.quote(MOVE_DIR)}
+        echo x > /root/.config/fish/config.fish
+        mkdir -p {mnt} /etc/cron.d
+        mount -t tmpfs cw-move {mnt}
+        echo x > {mnt}/cw-moved-mount
+        echo x > {mnt}/cw-moved-mount
+        mount --move {mnt} /etc/cron.d
+        echo x > /etc/cron.d/cw-moved-mount
+        echo MOVED
+    """
+    mark = sensorlab.mark()
+    pid, done = run_in_overlays(tmp_path, script, ["/etc"])
+    assert "MOVED" in done.stdout
+    want = ["/root/.config/fish/config.fish", "/etc/cron.d/cw-moved-mount"]
+    events = writes_of(sensorlab, mark, {pid}, len(want))
+    got = [(e.path, e.operation) for e in events]
+    assert got == [(path, "open") for path in want], got

@@ -11,7 +11,7 @@ import pytest
 from agent.config import Config
 from agent.daemon import probe_options
 from agent.events import normalize_path
-from agent.probes.source import render_path_matcher, render_source
+from agent.probes.source import bundled_persistence, render_path_matcher, render_source
 from agent.ruleset.load import default_rules_dir, load_lists
 from agent.ruleset.persistence import home_offset
 from agent.ruleset.yamlcheck import RuleErrors
@@ -213,3 +213,47 @@ def test_kernel_filter_comes_from_the_rules_in_use(tmp_path) -> None:
     assert render_path_matcher(options.persistence) in text
     assert "prefix /opt/chainwatch-custom/" in text and "/etc/cron" not in text.split("persist_path_match")[1]
     assert "prefix .custom-rc" not in text and "home .custom-rc" in text.split("if (h) {")[1]
+
+
+def test_open_filter_passes_every_path_a_place_can_pass() -> None:
+    """The kernel's test before resolving an opened file's path (OpenFilter) never turns away a path that an
+    entry's kernel filter passes, whatever the name or directory; and it does turn away ordinary writes."""
+    places = bundled_persistence()
+    f = places.open_filter()
+    names = ["x", "config.fish", ".bashrc", "authorized_keys", "cw.service", "rc.local", "cw.pth", "libnss_x.so.2"]
+    dirs = [
+        "/",
+        "/etc/",
+        "/etc/cron.d/",
+        "/tmp/",
+        "/tmp/build/obj/",
+        "/root/",
+        "/root/.config/fish/",
+        "/home/u/",
+        "/home/u/.ssh/",
+        "/home/u/src/",
+        "/usr/lib/python3/dist-packages/",
+        "/var/lib/dpkg/info/",
+        "/usr/share/doc/x/",
+        "/root/.local/lib/python3.11/site-packages/",
+    ]
+    for place in places.places:
+        start, end = place.kernel_filter()
+        base = "/root/" if place.in_home else ""
+        for tail in ("", "x", "x/y", end):
+            path = normalize_path(base + start + tail) if (base + start + tail).startswith("/") else None
+            if path and place.kernel_matches(path):
+                assert f.may_match(path), (place.path, path)
+        if not start:
+            for d in dirs:
+                path = d + end.lstrip("/") if "/" not in end.strip("/") else d + end.rsplit("/", 1)[1]
+                assert not place.kernel_matches(path) or f.may_match(path), (place.path, path)
+    for d in dirs:
+        for name in names:
+            path = d + name
+            if any(place.kernel_matches(path) for place in places.places):
+                assert f.may_match(path), path
+    assert not f.may_match("/tmp/build/obj/main.o")
+    assert not f.may_match("/home/u/src/x")
+    assert not f.may_match("/usr/share/doc/x/README")
+    assert f.may_match("/etc/crontab") and f.may_match("/home/u/.ssh/rc") and f.may_match("/srv/x.service")

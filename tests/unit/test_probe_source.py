@@ -99,21 +99,32 @@ def _reference(path: str, places: PersistencePlaces) -> int:
 def _compile_and_run(
     tmp_path: Path, places: PersistencePlaces, cases: dict[str, int]
 ) -> subprocess.CompletedProcess[str]:
-    checks = "\n".join(f"    bad += check({_c_string(path)}, {want});" for path, want in cases.items())
+    open_filter = places.open_filter()
+    checks = "\n".join(
+        f"    bad += check({_c_string(path)}, {want}, {int(open_filter.may_match(path))});"
+        for path, want in cases.items()
+    )
     generated = tmp_path / "generated"
     generated.mkdir()
     (generated / source.PERSIST_MATCH_HEADER).write_text(render_persist_match_header(places))
     program = (
         HARNESS_PRELUDE
         + f"""
-static int check(const char *path, int want) {{
-    static char buf[600]; /* the kernel's path buffer is followed by more of the record: suffix reads stay inside */
-    size_t n = strlen(path);
+static int check(const char *path, int want, int want_filter) {{
+    /* the kernel's buffers are followed by more of the map value: wrapped suffix reads stay inside */
+    static char buf[600], name[600], dir[600];
+    size_t n = strlen(path), cut = (size_t)(strrchr(path, '/') - path) + 1;
     memset(buf, 0, sizeof(buf));
     memcpy(buf, path, n);
-    int got = persist_path_match(buf, (u32)n, persist_home_offset(buf, (u32)n));
-    if (got != want) {{
-        printf("MISMATCH %s: got %d, want %d\\n", path, got, want);
+    memset(name, 0, sizeof(name));
+    memcpy(name, path + cut, n - cut);
+    memset(dir, 0, sizeof(dir));
+    memcpy(dir, path, cut);
+    u32 h = persist_home_offset(buf, (u32)n);
+    int got = persist_path_match(buf, (u32)n, h);
+    int filter = persist_name_hot(name, (u32)(n - cut)) || persist_dir_hot(dir, h);
+    if (got != want || filter != want_filter) {{
+        printf("MISMATCH %s: got %d, want %d; open filter %d, want %d\\n", path, got, want, filter, want_filter);
         return 1;
     }}
     return 0;
@@ -296,6 +307,11 @@ def test_matcher_agrees_with_reference(tmp_path: Path) -> None:
     assert len(long_key) == 255
     cases[long_key] = 1
     assert {0, 1} <= set(cases.values())
+    # The open filter passes every path the matcher passes, and turns away most of the others.
+    open_filter = places.open_filter()
+    assert all(open_filter.may_match(path) for path, want in cases.items() if want)
+    turned_away = [path for path, want in cases.items() if not open_filter.may_match(path)]
+    assert len(turned_away) > len(cases) // 4, len(turned_away)
     result = _compile_and_run(tmp_path, places, cases)
     assert result.returncode == 0, result.stdout
 
