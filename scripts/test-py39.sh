@@ -24,7 +24,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! "$venv/bin/python" 
 fi
 # `test-py39.sh --venv`: only make the venv (tests/live/test_package.py runs the packaged code with it).
 [ "${1:-}" = "--venv" ] && exit 0
-# The scenario library the Vagrant boxes run (vagrant/scenarios/run.py imports tests/live/scenarios.py).
+# The scenario library the Vagrant boxes run (vagrant/scenarios/run.py imports tests/helpers/scenarios.py).
 timeout 60 "$venv/bin/python" vagrant/scenarios/run.py --help >/dev/null
 # Left out, each for a reason: pySigma needs 3.11 (test_sigma*), ocsf-json-schema needs 3.10 (test_ocsf);
 # for time only (CI budget: under 2 minutes with the venv): the fuzzers (a minute and a half of hypothesis on

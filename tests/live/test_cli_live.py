@@ -181,3 +181,51 @@ def test_second_run_loads_the_cached_probes_and_still_alerts(sensorlab, netlab, 
     assert len({a["chainwatch"]["incident"]["id"] for a in lines}) == 1, lines
     assert lines[-1]["destination"] == {"ip": netlab.attacker_ip4, "port": port}
     assert lines[-1]["rule"]["ruleset"] == "chainwatch"
+
+
+UNIT = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "chainwatch.service"
+
+
+def unit_capabilities() -> list[str]:
+    """The unit's CapabilityBoundingSet, as setpriv names them (bpf, perfmon...)."""
+    lines = [line for line in UNIT.read_text().splitlines() if line.startswith("CapabilityBoundingSet=")]
+    assert len(lines) == 1, lines
+    caps = lines[0].split("=", 1)[1].split()
+    assert caps and all(cap.startswith("CAP_") for cap in caps), caps
+    return [cap[len("CAP_") :].lower() for cap in caps]
+
+
+def bounded(caps: list[str], argv: list[str]) -> list[str]:
+    return ["setpriv", f"--bounding-set=-all,{','.join('+' + cap for cap in caps)}", *argv]
+
+
+def test_the_units_capabilities_are_enough_and_each_is_needed_to_load(sensorlab, netlab, tmp_path) -> None:
+    """With exactly the unit's CapabilityBoundingSet the agent loads and catches a lab reverse shell; without
+    CAP_BPF or CAP_PERFMON it does not start, and says why in one line."""
+    caps = unit_capabilities()
+    assert {"bpf", "perfmon"} <= set(caps), caps
+    config, port = cache_config(tmp_path), netlab.port()
+    alerts, log = tmp_path / "alerts.jsonl", tmp_path / "run.log"
+    with log.open("w") as err:
+        agent = subprocess.Popen(
+            bounded(caps, [*CHAINWATCH, "run", "--alerts", str(alerts), *config]), stderr=err, stdout=subprocess.DEVNULL
+        )
+    try:
+        assert wait_for_line(log, '"sensor_ready"', 60), log.read_text()
+        status = Path(f"/proc/{agent.pid}/status").read_text()
+        bounding = int(next(line for line in status.splitlines() if line.startswith("CapBnd:")).split()[1], 16)
+        assert bounding.bit_count() == len(caps), status
+        lines = reverse_shell_alerts(netlab, alerts, port)
+    finally:
+        stop(agent, log)
+    assert lines and lines[-1]["destination"] == {"ip": netlab.attacker_ip4, "port": port}, lines
+    for missing in ("bpf", "perfmon"):
+        fewer = [cap for cap in caps if cap != missing]
+        done = subprocess.run(
+            bounded(fewer, [*CHAINWATCH, "run", "--alerts", str(tmp_path / "none.jsonl"), *config]),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode != 0, (missing, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr, (missing, done.stderr[-3000:])
