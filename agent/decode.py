@@ -151,6 +151,7 @@ def _exec(r: Any, common: dict[str, Any]) -> ev.Event:
         stdio_peers=tuple(e[1] for e in ends),
         stdio_access=access,
         exe_id=f"{r.exe_dev}:{r.exe_ino}" if r.exe_ino else "",
+        exe_size=r.exe_size if r.exe_ino else 0,
         **sock,
     )
 

@@ -84,6 +84,7 @@ class Exec(Event):
     stdio_access: tuple[str, ...] = ()
     # The file actually executed, "DEV:INO" (mm->exe_file); FLAG_EXE_MEMFD/FLAG_EXE_DELETED say what it was.
     exe_id: str = ""
+    exe_size: int = 0  # its size when it was executed (0: not reported, as in older recordings)
 
 
 @dataclass(frozen=True, **SLOTS)

@@ -104,6 +104,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     e->exe_ino = xi.ino;
     e->exe_dev = read_u32(xi.sb, SB_DEV);
     e->exe_nlink = xi.nlink;
+    e->exe_size = read_u64(xf.inode, INODE_SIZE); /* i_size: a size no known program has needs no look */
     char exe_name[8] = {};
     bpf_probe_read_kernel_str(exe_name, sizeof(exe_name), read_ptr(xf.dentry, DENTRY_D_NAME_NAME));
     /* memfd_create names its file "memfd:<name>" (mm/memfd.c). */

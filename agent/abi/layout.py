@@ -190,6 +190,7 @@ RECORDS: Final[dict[str, Record]] = {
             ("exe_ino", u64, 0),
             ("exe_dev", u32, 0),
             ("exe_nlink", u32, 0),
+            ("exe_size", u64, 0),
             *SOCK_FIELDS,
             ("filename", ctypes.c_char, FILENAME_MAX),
             ("args", ctypes.c_char, ARGS_MAX),

@@ -253,7 +253,11 @@ class Detectors:
             # A script's executed file is its interpreter (binfmt_script puts the script's path in argv[1]):
             # the script is named by its path, as before.
             script = len(event.args) > 1 and event.args[1] == event.filename
-            known = self.exe_identity.identify(event.pid, event.exe_id) if self.exe_identity and not script else None
+            known = (
+                self.exe_identity.identify(event.pid, event.exe_id, event.exe_size)
+                if self.exe_identity and not script
+                else None
+            )
             if known is not None and known != self.lists.program(event.filename, event.args):
                 proc.tags["program"] = known
             return self.graph.name_of(proc)

@@ -1,11 +1,11 @@
 """What an executable is, by the file the kernel executed rather than the name it was run by.
 
 A copy of bash in /tmp, a renamed socat or a memfd holding chisel runs under any name; the exec event carries
-the executed file's device and inode (mm->exe_file). This module knows the installed shells, interpreters and
-tunnel tools by inode, and a copy of one by content: a file whose size equals a known program's is hashed
-(SHA-256, once per device/inode/mtime, only then) and named by the match. Everything else costs one stat of
-/proc/PID/exe per exec of a binary it has not seen. Only the live agent uses it: a recording replayed on another
-host has other inodes and no /proc to read.
+the executed file's device, inode and size (mm->exe_file). This module knows the installed shells, interpreters
+and tunnel tools by inode, and a copy of one by content: a file whose size equals a known program's is hashed
+(SHA-256, once per device/inode/mtime, only then) and named by the match. A binary of a size no known program
+has costs nothing; one of a known size costs a stat of /proc/PID/exe. Only the live agent uses it: a recording
+replayed on another host has other inodes and no /proc to read.
 """
 
 from __future__ import annotations
@@ -98,13 +98,17 @@ class ExeIdentity:
             wanted.update(e for e in entries if any(fnmatch.fnmatchcase(e, p) for p in pats))
         return cls(wanted, dirs, proc)
 
-    def identify(self, pid: int, exe_id: str) -> str | None:
-        """The known program process ``pid`` executes (its exe_id "DEV:INO" from the kernel), or None."""
+    def identify(self, pid: int, exe_id: str, size: int = 0) -> str | None:
+        """The known program process ``pid`` executes (its exe_id "DEV:INO" and size from the kernel), or None.
+
+        A size the kernel reported that no known program has is not a copy of one: nothing to stat or hash."""
         dev, _, ino = exe_id.partition(":")
         if dev.isdigit() and ino.isdigit():
             known = self.by_inode.get((int(dev), int(ino)))
             if known is not None:
                 return known
+        if size and size not in self.sizes:
+            return None
         path = f"{self.proc}/{pid}/exe"
         try:
             st = os.stat(path)

@@ -46,6 +46,7 @@ WANTED: Final[dict[str, tuple[str, str]]] = {
     "INODE_RDEV": ("inode", "i_rdev"),
     "INODE_SB": ("inode", "i_sb"),
     "INODE_NLINK": ("inode", "i_nlink"),
+    "INODE_SIZE": ("inode", "i_size"),  # the executed file's size: the agent hashes only on a known size
     "SB_DEV": ("super_block", "s_dev"),
     # A unix socket's peer, back to its inode: unix_sock.peer -> sock.sk_socket -> socket.file.
     "UNIX_PEER": ("unix_sock", "peer"),

@@ -32,6 +32,7 @@ from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 from sigma.rule.attributes import SigmaLevel, SigmaStatus
 
+from agent import resources
 from agent.ruleset.catalog import SIGMA_DETECTORS
 from agent.ruleset.rules import Rule
 from agent.ruleset.yamlcheck import RuleErrors, RuleProblem
@@ -44,8 +45,8 @@ TECHNIQUE: Final = re.compile(r"t[0-9]{4}(\.[0-9]{3})?")
 
 
 def default_sigma_dir() -> Path:
-    """The bundled ``rules/sigma`` directory (the seed rule, verbatim from SigmaHQ)."""
-    return Path(__file__).resolve().parents[2] / "rules" / "sigma"
+    """The bundled ``rules/sigma`` directory (the seed rule, verbatim from SigmaHQ), found like every resource."""
+    return resources.rules_dir() / "sigma"
 
 
 @dataclass(frozen=True)

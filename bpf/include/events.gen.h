@@ -118,6 +118,7 @@ struct exec_event {
     __u64 exe_ino;
     __u32 exe_dev;
     __u32 exe_nlink;
+    __u64 exe_size;
     __u64 sock_ino;
     __u16 family;
     __u16 sock_type;
@@ -129,7 +130,7 @@ struct exec_event {
     char args[4096];
     char env[8192];
 };
-_Static_assert(sizeof(struct exec_event) == 12800, "struct exec_event size drifted from agent/abi/layout.py");
+_Static_assert(sizeof(struct exec_event) == 12808, "struct exec_event size drifted from agent/abi/layout.py");
 _Static_assert(__builtin_offsetof(struct exec_event, hdr) == 0, "exec_event.hdr offset drifted");
 _Static_assert(__builtin_offsetof(struct exec_event, filename_len) == 80, "exec_event.filename_len offset drifted");
 _Static_assert(__builtin_offsetof(struct exec_event, args_len) == 84, "exec_event.args_len offset drifted");
@@ -146,16 +147,17 @@ _Static_assert(__builtin_offsetof(struct exec_event, stdio_aux) == 168, "exec_ev
 _Static_assert(__builtin_offsetof(struct exec_event, exe_ino) == 192, "exec_event.exe_ino offset drifted");
 _Static_assert(__builtin_offsetof(struct exec_event, exe_dev) == 200, "exec_event.exe_dev offset drifted");
 _Static_assert(__builtin_offsetof(struct exec_event, exe_nlink) == 204, "exec_event.exe_nlink offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, sock_ino) == 208, "exec_event.sock_ino offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, family) == 216, "exec_event.family offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, sock_type) == 218, "exec_event.sock_type offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, port) == 220, "exec_event.port offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, lport) == 222, "exec_event.lport offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, addr) == 224, "exec_event.addr offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, laddr) == 240, "exec_event.laddr offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, filename) == 256, "exec_event.filename offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, args) == 512, "exec_event.args offset drifted");
-_Static_assert(__builtin_offsetof(struct exec_event, env) == 4608, "exec_event.env offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, exe_size) == 208, "exec_event.exe_size offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, sock_ino) == 216, "exec_event.sock_ino offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, family) == 224, "exec_event.family offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, sock_type) == 226, "exec_event.sock_type offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, port) == 228, "exec_event.port offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, lport) == 230, "exec_event.lport offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, addr) == 232, "exec_event.addr offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, laddr) == 248, "exec_event.laddr offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, filename) == 264, "exec_event.filename offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, args) == 520, "exec_event.args offset drifted");
+_Static_assert(__builtin_offsetof(struct exec_event, env) == 4616, "exec_event.env offset drifted");
 
 struct fork_event {
     struct event_header hdr;

@@ -14,6 +14,7 @@ from agent.probes.artifact import ATTACH_KINDS, ProgramSpec, dumps, loads
 from agent.probes.cache import ProbeCache
 from agent.probes.loader import Sensor, build_program, open_sensor
 from agent.probes.source import ProbeOptions
+from tests.helpers.live import skip_or_fail
 
 pytestmark = pytest.mark.live
 
@@ -24,8 +25,6 @@ EXIT_ONLY = bytes([0x95, 0, 0, 0, 0, 0, 0, 0])  # "exit" with r0 never written: 
 @pytest.fixture
 def root_only() -> None:
     if os.geteuid() != 0:
-        from conftest import skip_or_fail
-
         skip_or_fail("loading BPF programs needs root")
 
 

@@ -65,3 +65,23 @@ def test_gone_process_is_unknown(tmp_path: Path) -> None:
     bin_dir, proc = _install(tmp_path)
     ident = ExeIdentity({"bash"}, dirs=[str(bin_dir)], proc=str(proc))
     assert ident.identify(99, "1:2") is None
+
+
+def test_a_reported_size_no_known_program_has_needs_no_look(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With the size the kernel reported, an exec of a file no known program matches in size is settled without
+    a stat of /proc/PID/exe; a copy of bash (its size) is still looked at and named."""
+    bin_dir, proc = _install(tmp_path)
+    ident = ExeIdentity({"bash"}, dirs=[str(bin_dir)], proc=str(proc))
+    other = tmp_path / "true"
+    other.write_bytes(b"\x7fELF true")
+    copy = tmp_path / "kworker"
+    copy.write_bytes((bin_dir / "bash").read_bytes())
+    other_id, copy_id = _exec(proc, 20, other), _exec(proc, 21, copy)
+    other_size, copy_size = other.stat().st_size, copy.stat().st_size
+    looked: list[str] = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *a, **k: looked.append(str(path)) or real_stat(path, *a, **k))
+    assert ident.identify(20, other_id, size=other_size) is None
+    assert looked == []
+    assert ident.identify(21, copy_id, size=copy_size) == "bash"
+    assert looked == [f"{proc}/21/exe"]
