@@ -62,7 +62,7 @@ struct last_cold_dir {
 };
 BPF_PERCPU_ARRAY(last_cold, struct last_cold_dir, 1);
 
-static __always_inline int cold_dir_known(const struct cold_dir_key *key, u64 gen) {
+static __always_inline int cold_dir_known(struct cold_dir_key *key, u64 gen) {
     int zero = 0;
     u64 now = bpf_jiffies64();
     struct last_cold_dir *last = last_cold.lookup(&zero);

@@ -207,10 +207,30 @@ def load_btf(data: bytes) -> int:
         raise BpfError(code, f"loading BTF: {os.strerror(code)}; log: {' | '.join(tail)}") from None
 
 
+def _held_btf_fd(btf_id: int) -> int | None:
+    """A new fd on BTF object ``btf_id`` when this process already holds one (bcc keeps the BTF it loaded
+    open). Reading that needs only the fd; opening an object by id needs CAP_SYS_ADMIN, which the unit's
+    capability set leaves out."""
+    lib = library()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != "anon_inode:btf":
+                continue
+        except OSError:
+            continue  # the listing's own fd, closed by now
+        info = BtfInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if lib.bpf_obj_get_info(int(name), ctypes.byref(info), ctypes.byref(size)) == 0 and info.id == btf_id:
+            return os.dup(int(name))
+    return None
+
+
 def btf_bytes(btf_id: int) -> bytes:
     """The raw bytes of the loaded BTF object ``btf_id`` (header, types, strings), which :func:`load_btf`
-    takes back."""
-    fd = _bpf(BPF_BTF_GET_FD_BY_ID, GetFdByIdAttr(id=btf_id), f"opening BTF object {btf_id}")
+    takes back. Read through an fd this process holds when there is one (no CAP_SYS_ADMIN needed)."""
+    fd = _held_btf_fd(btf_id)
+    if fd is None:
+        fd = _bpf(BPF_BTF_GET_FD_BY_ID, GetFdByIdAttr(id=btf_id), f"opening BTF object {btf_id}")
     try:
         lib, info = library(), BtfInfo()
         size = ctypes.c_uint32(ctypes.sizeof(info))

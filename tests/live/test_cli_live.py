@@ -200,8 +200,8 @@ def bounded(caps: list[str], argv: list[str]) -> list[str]:
 
 
 def test_the_units_capabilities_are_enough_and_each_is_needed_to_load(sensorlab, netlab, tmp_path) -> None:
-    """With exactly the unit's CapabilityBoundingSet the agent loads and catches a lab reverse shell; without
-    CAP_BPF or CAP_PERFMON it does not start, and says why in one line."""
+    """With exactly the unit's CapabilityBoundingSet the agent compiles, loads and catches a lab reverse shell,
+    and a second start loads from the cache; without CAP_BPF or CAP_PERFMON it does not start (no traceback)."""
     caps = unit_capabilities()
     assert {"bpf", "perfmon"} <= set(caps), caps
     config, port = cache_config(tmp_path), netlab.port()
@@ -219,6 +219,17 @@ def test_the_units_capabilities_are_enough_and_each_is_needed_to_load(sensorlab,
     finally:
         stop(agent, log)
     assert lines and lines[-1]["destination"] == {"ip": netlab.attacker_ip4, "port": port}, lines
+    assert ready_line(log)["compile"] == "compiled"  # the first start compiled (in its child, with these caps)
+    warm_log = tmp_path / "warm.log"
+    with warm_log.open("w") as err:
+        warm = subprocess.Popen(
+            bounded(caps, [*CHAINWATCH, "run", "--alerts", str(alerts), *config]), stderr=err, stdout=subprocess.DEVNULL
+        )
+    try:
+        assert wait_for_line(warm_log, '"sensor_ready"', 60), warm_log.read_text()
+        assert ready_line(warm_log)["compile"] == "cached"
+    finally:
+        stop(warm, warm_log)
     for missing in ("bpf", "perfmon"):
         fewer = [cap for cap in caps if cap != missing]
         done = subprocess.run(
