@@ -66,7 +66,10 @@ def compile_in_child(text: str, cflags: list[str], key: str) -> Compiled:
         lines = [line for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
         if not lines:
             raise CompileError(f"the compile exited with status {proc.returncode}")
-        raise CompileError(" | ".join([lines[-1], *lines[-12:-1]]))
+        message = " | ".join([lines[-1], *lines[-12:-1]])
+        if "Operation not permitted" in message:  # bcc creates the maps while it compiles
+            message = f"creating BPF maps was refused: the agent needs CAP_BPF and CAP_PERFMON | {message}"
+        raise CompileError(message)
     try:
         artifact = loads(proc.stdout, key)
     except ArtifactError as exc:

@@ -240,3 +240,4 @@ def test_the_units_capabilities_are_enough_and_each_is_needed_to_load(sensorlab,
         )
         assert done.returncode != 0, (missing, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, (missing, done.stderr[-3000:])
+        assert "CAP_BPF and CAP_PERFMON" in done.stderr or "Operation not permitted" in done.stderr, done.stderr
