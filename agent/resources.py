@@ -5,7 +5,7 @@ One lookup for every caller. In order:
 1. ``$CHAINWATCH_SHARE`` when set (it must hold both directories: a wrong value is an error, not a fallback);
 2. the source tree this module sits in (a git checkout or an editable install);
 3. the installed layout, ``/usr/share/chainwatch`` (the .deb/.rpm put them there; the Python package
-   itself lives in a venv under /usr/lib/chainwatch, with no data next to it).
+   itself lives under /usr/lib/chainwatch/python, installed with ``pip --target``, with no data next to it).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from pathlib import Path
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 
 # Bottom to top: a module may import from its own layer and the layers below it, never above. A module
-# belongs to the layer of the longest name below that is it or a package holding it.
+# belongs to the layer of the longest name below that is it or a package holding it; "agent" names only the
+# package itself (agent/__init__.py), so a new module that no layer names has none.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "abi",
@@ -30,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "agent.safefile",
             "agent.btf",
             "agent.sdnotify",
+            "agent.compat",
         ),
     ),
     ("ruleset", ("agent.ruleset",)),
@@ -129,7 +131,8 @@ def layer_of(module: str) -> int | None:
     best: tuple[int, int] | None = None  # (length of the matching name, layer)
     for rank, (_, names) in enumerate(LAYERS):
         for name in names:
-            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > best[0]):
+            inside = module == name or (name != "agent" and module.startswith(name + "."))
+            if inside and (best is None or len(name) > best[0]):
                 best = (len(name), rank)
     return best[1] if best is not None else None
 
@@ -169,6 +172,7 @@ def test_the_checks_can_fail() -> None:
     assert layer_of("agent.ruleset.rules") == 1 and layer_of("agent.detect.engine") == 6
     assert layer_of("agent.ruleset.rules") < layer_of("agent.context")  # type: ignore[operator]
     assert layer_of("agentx") is None
+    assert layer_of("agent.a_module_no_layer_names") is None and layer_of("agent") == 0
 
 
 def test_relative_imports_are_resolved(tmp_path: Path) -> None:
