@@ -1,5 +1,5 @@
-"""The packages as a user gets them: `make deb`/`make rpm` build, lintian has no errors, `dpkg -i` installs on
-this machine, the installed `chainwatch doctor` passes, the installed agent (run in the foreground with the
+"""The packages as a user gets them: `make deb`/`make rpm` build, lintian has no errors or warnings, `dpkg -i`
+installs on this machine, the installed `chainwatch doctor` passes, the installed agent (run in the foreground with the
 installed config, rules and BPF from /usr/share/chainwatch) catches a lab reverse shell, the installed unit
 verifies, and purge leaves nothing behind. The rpm's file list and dependencies are checked with rpm -qp.
 
@@ -106,11 +106,11 @@ def packages(tmp_path_factory) -> Iterator[Packages]:
             os.rename(backup, d)
 
 
-def test_lintian_has_no_errors(packages) -> None:
+def test_lintian_has_no_errors_or_warnings(packages) -> None:
+    """As the README says: no E: and no W: tags (packaging/debian/lintian-overrides holds the one accepted tag)."""
     proc = run(["lintian", "--tag-display-limit", "0", str(packages.deb)], timeout=600)
     tags = [line for line in proc.stdout.splitlines() if line[:2] in ("E:", "W:")]
-    errors = [t for t in tags if t.startswith("E:")]
-    assert not errors, "\n".join(tags)
+    assert not tags, "\n".join(tags)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
