@@ -7,15 +7,16 @@ The floor is this checkout's tracepoints with empty programs. A command that doe
 ``sensor.cache_dir`` (an older tree) runs without the compile cache (it compiles at each start; only its
 startup is slower, and the bench waits for that).
 
-usage: compare.py [--rounds N] [--scale F] [--no-cache NAME] NAME=CMD... [-- WORKLOAD...]
-  e.g. compare.py new=.venv/bin/chainwatch \\
-         "old=env -C /work/old /work/main/.venv/bin/python -m agent" --no-cache old -- open_storm
+usage: compare.py [--rounds N] [--scale F] [--no-cache NAME] NAME=CMD... [WORKLOAD...]
+  e.g. compare.py --no-cache old new=/work/main/.venv/bin/chainwatch \\
+         "old=env -C /work/old /work/main/.venv/bin/python -m agent" open_storm
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,11 +39,21 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply each workload's bench op count")
     parser.add_argument("--no-cache", action="append", default=[], metavar="NAME", help="run NAME without a cache")
-    parser.add_argument("sensors", nargs="+", metavar="NAME=CMD")
-    args, names = parser.parse_known_args()
-    names = [n for n in names if n != "--"]
-    commands = dict(item.split("=", 1) for item in args.sensors)
+    parser.add_argument("items", nargs="+", metavar="NAME=CMD | WORKLOAD", help="sensors, then workloads (default all)")
+    args = parser.parse_args()
+    commands = dict(item.split("=", 1) for item in args.items if "=" in item)
+    names = [item for item in args.items if "=" not in item]
+    unknown = sorted(set(names) - set(workloads.NAMES))
+    if unknown or not commands:
+        parser.error(f"unknown workloads {unknown}" if unknown else "name at least one sensor, NAME=CMD")
     workdir = Path(tempfile.mkdtemp(prefix="chainwatch-compare-"))
+    try:
+        return compare(args, names, commands, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def compare(args: argparse.Namespace, names: list[str], commands: dict[str, str], workdir: Path) -> int:
     scratch = workdir / "scratch"
     scratch.mkdir()
     binaries = workloads.build(workdir / "bin")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,7 @@ def main() -> int:
     finally:
         STATS_SYSCTL.write_text(previous)
         sensor.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
