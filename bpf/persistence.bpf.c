@@ -339,6 +339,15 @@ int persist_dir(void *ctx) {
     dlen &= PATH_MAX_LEN - 1;
     if (dlen == 0 || sc->ev.path[(dlen - 1) & (PATH_MAX_LEN - 1)] != '/')
         return 0; /* the name is not the path's last part: no verdict */
+    /* The path's last part must be the file's own name: a file bind-mounted onto another name (its dentry is a
+     * mount root) is reached under the mountpoint's name, and its directory key would not be that path's. */
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < PATH_MAX_LEN - 1; i++) {
+        if (i >= nl)
+            break;
+        if (sc->ev.path[(dlen + i) & (PATH_MAX_LEN - 1)] != sc->name[i & (PATH_MAX_LEN - 1)])
+            return 0;
+    }
     bpf_probe_read_kernel(sc->walk, dlen, sc->ev.path);
     sc->walk[dlen] = 0;
     if (persist_dir_hot(sc->walk, *(volatile u32 *)&sc->home))

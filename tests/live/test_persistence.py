@@ -214,3 +214,26 @@ def test_a_directory_that_moves_into_a_place_is_judged_again(sensorlab, tmp_path
     events = writes_of(sensorlab, mark, {pid}, len(want))
     got = [(e.path, e.operation) for e in events]
     assert got == [(path, "open") for path in want], got
+
+
+def test_a_file_bind_mounted_onto_a_place_is_never_remembered_as_cold(sensorlab, tmp_path) -> None:
+    """A file bind-mounted onto /root/.bashrc is reached under the mountpoint's name: its directory key must
+    not take the verdict of /root/ (cold), or the next write would go unseen. Its name here has .bashrc's
+    length, the case a length check alone would let through. Each write gives its event."""
+    src = tmp_path / "cw-src"
+    script = f"""
+        set -e
+        mount -t tmpfs cw-home /root
+        mkdir -p {src}
+        echo x > {src}/abcdefg
+        touch /root/.bashrc
+        mount --bind {src}/abcdefg /root/.bashrc
+        echo x >> /root/.bashrc
+        echo x >> /root/.bashrc
+        echo BOUND
+    """
+    mark = sensorlab.mark()
+    pid, done = run_in_overlays(tmp_path, script, ["/etc"])
+    assert "BOUND" in done.stdout
+    events = writes_of(sensorlab, mark, {pid}, 2)  # the shell's two appends (touch is a process of its own)
+    assert [(e.path, e.operation) for e in events] == [("/root/.bashrc", "open")] * 2, events
