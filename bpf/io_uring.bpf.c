@@ -42,6 +42,7 @@ static __always_inline int net_out(struct net_event *e) {
 #define IORING_OP_OPENAT_ 18
 #define IORING_OP_OPENAT2_ 28
 #define IORING_OP_RENAMEAT_ 35
+#define IORING_OP_UNLINKAT_ 36
 #define IORING_OP_SYMLINKAT_ 38
 #define IORING_OP_LINKAT_ 39
 
@@ -102,7 +103,13 @@ static __always_inline int on_uring_submit(void *ctx, void *req, u8 opcode) {
     case IORING_OP_CONNECT_:
         return uring_connect(req);
     case IORING_OP_RENAMEAT_:
+        /* Paths move from submission to completion. A request whose completion never shows (a skipped CQE)
+         * leaves directory verdicts off: slower opens, nothing missed. */
+        moves_begin();
         return uring_name(ctx, req, SC_RENAMEAT2);
+    case IORING_OP_UNLINKAT_:
+        paths_moved(); /* perhaps a directory's removal (its flags are not read here) */
+        return 0;
     case IORING_OP_LINKAT_:
         return uring_name(ctx, req, SC_LINKAT);
     case IORING_OP_SYMLINKAT_:
@@ -123,8 +130,7 @@ TRACEPOINT_PROBE(io_uring, io_uring_complete) {
     u8 opcode = 0;
     bpf_probe_read_kernel(&opcode, 1, (char *)req + IO_KIOCB_OPCODE);
     if (opcode == IORING_OP_RENAMEAT_) {
-        if (args->res == 0)
-            paths_moved(); /* persistence.bpf.c: directory verdicts taken before it are void */
+        moves_end(); /* persistence.bpf.c: begun at submission */
         return 0;
     }
     if (opcode != IORING_OP_OPENAT_ && opcode != IORING_OP_OPENAT2_)

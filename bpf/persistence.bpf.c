@@ -39,22 +39,60 @@
 BPF_RINGBUF_OUTPUT(file_events, FILE_RINGBUF_PAGES);
 
 /* A directory's path is fixed by its dentry, its mount and the task's root, until something moves it: a
- * rename (of it or of any directory above it) or a mount change. Those bump path_gen, and a verdict from
- * an older generation is not used. A verdict also lapses after COLD_DIR_TTL_JIFFIES, so that a directory's
- * dentry, once freed, cannot lend its verdict to another directory allocated at the same address for long.
- * Jiffies, not ktime: bpf_jiffies64() is a load, bpf_ktime_get_ns() a clock read (50 ns here). */
+ * rename (of it or of any directory above it) or a mount change. Each of those counts itself in
+ * path_state.moving for its duration (syscall enter to exit, io_uring submission to completion) and bumps
+ * path_state.gen at both ends: no verdict is used or kept while anything moves, and none from an older
+ * generation is used. The key holds the directory's inode number, and a directory's removal bumps gen too, so
+ * a dentry freed and reallocated to another directory (the same slab slot) does not inherit a verdict; and
+ * each verdict lapses after COLD_DIR_TTL_JIFFIES. Jiffies: bpf_jiffies64() is a load where bpf_ktime_get_ns()
+ * costs 50 ns here, and tracing programs may not use the coarse clock. */
 struct cold_dir_key {
     u64 dentry;
     u64 mnt;
     u64 root_dentry;
     u64 root_mnt;
+    u64 ino; /* the directory's inode number: unique on its filesystem while it exists */
 };
 struct cold_dir {
     u64 gen;
     u64 expires; /* bpf_jiffies64() */
 };
-#define COLD_DIR_TTL_JIFFIES 5000ULL /* 5 s at HZ=1000, 20 s at HZ=250 */
+#define COLD_DIR_TTL_JIFFIES 1000ULL /* 1 s at HZ=1000, 4 s at 250, 10 s at 100 */
 BPF_TABLE("lru_hash", struct cold_dir_key, struct cold_dir, cold_dirs, 4096);
+struct path_state {
+    u64 gen;
+    s64 moving; /* renames and mount changes in flight (a missed exit leaves the memo off: the safe side) */
+};
+BPF_ARRAY(path_state, struct path_state, 1);
+
+static __always_inline void moves_begin(void) {
+    int zero = 0;
+    struct path_state *ps = path_state.lookup(&zero);
+    if (ps) {
+        __sync_fetch_and_add(&ps->moving, 1);
+        __sync_fetch_and_add(&ps->gen, 1);
+    }
+}
+
+/* After a rename, a mount change or a directory's removal: every directory verdict taken before it is void. */
+static __always_inline void paths_moved(void) {
+    int zero = 0;
+    struct path_state *ps = path_state.lookup(&zero);
+    if (ps)
+        __sync_fetch_and_add(&ps->gen, 1);
+}
+
+static __always_inline void moves_end(void) {
+    int zero = 0;
+    struct path_state *ps = path_state.lookup(&zero);
+    if (!ps)
+        return;
+    /* An exit whose enter came before the probes were attached finds nothing to take back. */
+    if (*(volatile s64 *)&ps->moving > 0)
+        __sync_fetch_and_add(&ps->moving, -1);
+    __sync_fetch_and_add(&ps->gen, 1);
+}
+
 /* This CPU's last cold directory: a run of writes into one directory (a build's output) skips the hash. */
 struct last_cold_dir {
     struct cold_dir_key key;
@@ -69,7 +107,8 @@ static __always_inline int cold_dir_known(struct cold_dir_key *key, u64 gen) {
     if (!last)
         return 0;
     if (last->key.dentry == key->dentry && last->key.mnt == key->mnt && last->key.root_dentry == key->root_dentry &&
-        last->key.root_mnt == key->root_mnt && last->dir.gen == gen && last->dir.expires > now)
+        last->key.root_mnt == key->root_mnt && last->key.ino == key->ino && last->dir.gen == gen &&
+        last->dir.expires > now)
         return 1;
     struct cold_dir *cold = cold_dirs.lookup(key);
     if (!cold || cold->gen != gen || cold->expires <= now)
@@ -77,15 +116,6 @@ static __always_inline int cold_dir_known(struct cold_dir_key *key, u64 gen) {
     last->key = *key;
     last->dir = *cold;
     return 1;
-}
-BPF_ARRAY(path_gen, u64, 1);
-
-/* After a successful rename or mount change: every directory verdict taken before it is void. */
-static __always_inline void paths_moved(void) {
-    int zero = 0;
-    u64 *gen = path_gen.lookup(&zero);
-    if (gen)
-        __sync_fetch_and_add(gen, 1);
 }
 
 /* What persist_finish resolves, filled by the exit probe on this CPU just before the tail call. */
@@ -99,8 +129,8 @@ struct file_job {
     u32 open_flags;
     u16 hdr_flags;   /* header flags to add (EV_IO_URING) */
     u16 kernel_name; /* uname is a kernel string (io_uring's struct filename), not a user pointer */
-    /* open: the opened file's directory, its name's length, path_gen when it was read, and whether cold_dirs
-     * already holds the directory's verdict (or it cannot be decided): persist_dir decides it otherwise */
+    /* open: the opened file's directory, its name's length, path_state.gen when it was read, and whether
+     * cold_dirs already holds the directory's verdict (or none may be taken): persist_dir decides it otherwise */
     struct cold_dir_key dir;
     u64 gen;
     u32 name_len;
@@ -131,15 +161,20 @@ BPF_PROG_ARRAY(file_tail, 3);
  * its length. Built backwards in sc->walk, one component per step; a mount's root steps to its mountpoint.
  * The write position lives in the map and is read back with volatile loads: the verifier then sees one
  * state per iteration, not one per mix of components and mount crossings so far. */
-static __always_inline u32 walk_path(void *dentry, void *vfsmnt, struct file_scratch *sc) {
-    void *fs = read_ptr((void *)bpf_get_current_task(), TASK_FS);
+static __always_inline u32 walk_path(void *dentry, void *vfsmnt, struct file_scratch *sc, struct file_job *job) {
+    /* An open's exit read the task's root for its directory key: the walk uses that same root (a chroot in
+     * between must not give the key another root's path). A new name's walk reads it here. */
+    void *root_dentry = (void *)job->dir.root_dentry, *root_mnt = (void *)job->dir.root_mnt;
     /* fs->root is a struct path: its mount and dentry pointers are adjacent, one read. */
 #define FS_ROOT_LO CW_MIN(FS_ROOT_MNT, FS_ROOT_DENTRY)
 #define FS_ROOT_HI (CW_MAX(FS_ROOT_MNT, FS_ROOT_DENTRY) + 8)
-    SPAN_BUF(r, FS_ROOT_LO, FS_ROOT_HI);
-    SPAN_LOAD(r, fs, FS_ROOT_LO, FS_ROOT_HI);
-    void *root_dentry = SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_DENTRY);
-    void *root_mnt = SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_MNT);
+    if (!job->dentry) {
+        void *fs = read_ptr((void *)bpf_get_current_task(), TASK_FS);
+        SPAN_BUF(r, FS_ROOT_LO, FS_ROOT_HI);
+        SPAN_LOAD(r, fs, FS_ROOT_LO, FS_ROOT_HI);
+        root_dentry = SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_DENTRY);
+        root_mnt = SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_MNT);
+    }
     void *mnt = (char *)vfsmnt - MOUNT_MNT;
     volatile u32 *vpos = &sc->pos;
     char *buf = sc->walk;
@@ -262,7 +297,7 @@ int persist_finish(void *ctx) {
             vfsmnt = dir.mnt;
         }
     }
-    u32 len = walk_path(dentry, vfsmnt, sc);
+    u32 len = walk_path(dentry, vfsmnt, sc, job);
     if (n > 1) {
         if (len > 1) /* not the root: "/etc" + "/" + name */
             e->path[len++ & (PATH_MAX_LEN - 1)] = '/';
@@ -352,6 +387,10 @@ int persist_dir(void *ctx) {
     sc->walk[dlen] = 0;
     if (persist_dir_hot(sc->walk, *(volatile u32 *)&sc->home))
         return 0;
+    /* Kept only if nothing moved since the open's exit read the generation, and nothing is moving now. */
+    struct path_state *ps = path_state.lookup(&zero);
+    if (!ps || *(volatile u64 *)&ps->gen != job->gen || *(volatile s64 *)&ps->moving > 0)
+        return 0;
     struct cold_dir verdict = {.gen = job->gen, .expires = bpf_jiffies64() + COLD_DIR_TTL_JIFFIES};
     cold_dirs.update(&job->dir, &verdict);
     return 0;
@@ -381,9 +420,12 @@ static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, u
     int zero = 0;
     struct file_job *job = file_jobs.lookup(&zero);
     struct file_scratch *sc = file_scratch.lookup(&zero);
-    u64 *gen = path_gen.lookup(&zero);
-    if (!job || !sc || !gen)
+    struct path_state *ps = path_state.lookup(&zero);
+    if (!job || !sc || !ps)
         return 0;
+    /* The generation before anything it guards: a move landing after this read voids what is read below. */
+    job->gen = *(volatile u64 *)&ps->gen;
+    int memo = *(volatile s64 *)&ps->moving <= 0;
     /* The file's name and directory (d_parent, d_name: one read), and the task's root. */
     SPAN_BUF(d, DENTRY_LO, DENTRY_HI);
     SPAN_LOAD(d, fh.dentry, DENTRY_LO, DENTRY_HI);
@@ -394,7 +436,9 @@ static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, u
     job->dir.mnt = (u64)fh.mnt;
     job->dir.root_dentry = (u64)SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_DENTRY);
     job->dir.root_mnt = (u64)SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_MNT);
-    job->gen = *(volatile u64 *)gen;
+    job->dir.ino = 0;
+    if (memo)
+        job->dir.ino = read_u64(read_ptr((void *)job->dir.dentry, DENTRY_D_INODE), INODE_INO);
     job->dir_known = 1;
     job->name_len = 0;
     u32 nl = SPAN_GET(u32, d, fh.dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_NAME_LEN);
@@ -404,10 +448,10 @@ static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, u
         const void *name = SPAN_GET(ptr, d, fh.dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_NAME_NAME);
         if (bpf_probe_read_kernel(sc->name, nl, name) == 0) {
             sc->name[nl] = 0;
-            int known = cold_dir_known(&job->dir, job->gen);
+            int known = memo && cold_dir_known(&job->dir, job->gen);
             if (known && !persist_name_hot(sc->name, nl))
                 return 0; /* a cold directory, and a name no place has */
-            job->dir_known = known;
+            job->dir_known = known || !memo; /* while something moves, no verdict is taken */
             job->name_len = nl;
         }
     }
@@ -433,7 +477,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return on_open_exit(args, args->re
 TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return on_open_exit(args, args->ret, SC_OPENAT2); }
 
 /* rename/link/symlink: the typed names and the new name's dirfd, kept from enter to exit. */
-static __always_inline void name_enter(long newdfd, const char *newname, const char *source, u32 syscall) {
+/* moves: the call is a rename, which moves every path below the name when it is a directory. */
+static __always_inline void name_enter(long newdfd, const char *newname, const char *source, u32 syscall, int moves) {
+    if (moves)
+        moves_begin();
     struct stash s = {};
     s.a = newdfd;
     s.b = syscall;
@@ -442,10 +489,9 @@ static __always_inline void name_enter(long newdfd, const char *newname, const c
     stash_put(&s);
 }
 
-/* moves: the call was a rename, which moves every path below the name if it is a directory. */
 static __always_inline int name_exit(void *ctx, long ret, int moves) {
-    if (moves && ret == 0)
-        paths_moved();
+    if (moves)
+        moves_end();
     struct stash s;
     if (!stash_take(&s) || ret != 0)
         return 0;
@@ -472,61 +518,87 @@ static __always_inline int name_exit(void *ctx, long ret, int moves) {
 TRACEPOINT_PROBE(syscalls, sys_exit_open) { return on_open_exit(args, args->ret, SC_OPEN); }
 TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return on_open_exit(args, args->ret, SC_CREAT); }
 TRACEPOINT_PROBE(syscalls, sys_enter_rename) {
-    name_enter(AT_FDCWD_, args->newname, args->oldname, SC_RENAME);
+    name_enter(AT_FDCWD_, args->newname, args->oldname, SC_RENAME, 1);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return name_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_link) {
-    name_enter(AT_FDCWD_, args->newname, args->oldname, SC_LINK);
+    name_enter(AT_FDCWD_, args->newname, args->oldname, SC_LINK, 0);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_link) { return name_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_symlink) {
-    name_enter(AT_FDCWD_, args->newname, args->oldname, SC_SYMLINK);
+    name_enter(AT_FDCWD_, args->newname, args->oldname, SC_SYMLINK, 0);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_symlink) { return name_exit(args, args->ret, 0); }
 #endif
 
 TRACEPOINT_PROBE(syscalls, sys_enter_renameat) {
-    name_enter(args->newdfd, args->newname, args->oldname, SC_RENAMEAT);
+    name_enter(args->newdfd, args->newname, args->oldname, SC_RENAMEAT, 1);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_renameat) { return name_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_renameat2) {
-    name_enter(args->newdfd, args->newname, args->oldname, SC_RENAMEAT2);
+    name_enter(args->newdfd, args->newname, args->oldname, SC_RENAMEAT2, 1);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_renameat2) { return name_exit(args, args->ret, 1); }
 TRACEPOINT_PROBE(syscalls, sys_enter_linkat) {
-    name_enter(args->newdfd, args->newname, args->oldname, SC_LINKAT);
+    name_enter(args->newdfd, args->newname, args->oldname, SC_LINKAT, 0);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_linkat) { return name_exit(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_symlinkat) {
-    name_enter(args->newdfd, args->newname, args->oldname, SC_SYMLINKAT);
+    name_enter(args->newdfd, args->newname, args->oldname, SC_SYMLINKAT, 0);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_symlinkat) { return name_exit(args, args->ret, 0); }
 
-/* Mount changes move the paths below a mount (a moved or detached mount, a new root). */
+/* Mount changes move the paths below a mount (a moved or detached mount, a new root); removing a directory
+ * frees its dentry and inode number for another directory. */
+TRACEPOINT_PROBE(syscalls, sys_enter_mount) {
+    moves_begin();
+    return 0;
+}
 TRACEPOINT_PROBE(syscalls, sys_exit_mount) {
-    if (args->ret == 0)
-        paths_moved();
+    moves_end();
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_umount) {
+    moves_begin();
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_umount) {
-    if (args->ret == 0)
-        paths_moved();
+    moves_end();
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_move_mount) {
+    moves_begin();
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_move_mount) {
+    moves_end();
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_pivot_root) {
+    moves_begin();
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_pivot_root) {
+    moves_end();
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_rmdir) {
     if (args->ret == 0)
         paths_moved();
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_pivot_root) {
-    if (args->ret == 0)
+#define AT_REMOVEDIR_ 0x200
+/* unlinkat's exit does not say whether it removed a directory: the bump comes at entry, before the removal. A
+ * verdict taken between the two would have to be for that directory while it was being emptied. */
+TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat) {
+    if (args->flag & AT_REMOVEDIR_)
         paths_moved();
     return 0;
 }

@@ -61,6 +61,7 @@ WANTED: Final[dict[str, tuple[str, str]]] = {
     "FILE_F_PATH_DENTRY": ("file", "f_path.dentry"),
     "FILE_F_MODE": ("file", "f_mode"),
     "DENTRY_D_PARENT": ("dentry", "d_parent"),
+    "DENTRY_D_INODE": ("dentry", "d_inode"),  # a directory's inode number keys its cold verdict
     "DENTRY_D_NAME_LEN": ("dentry", "d_name.len"),
     "DENTRY_D_NAME_NAME": ("dentry", "d_name.name"),
     "VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
