@@ -105,10 +105,10 @@ static __always_inline int on_uring_submit(void *ctx, void *req, u8 opcode) {
     case IORING_OP_RENAMEAT_:
         /* Paths move from submission to completion. A request whose completion never shows (a skipped CQE)
          * leaves directory verdicts off: slower opens, nothing missed. */
-        moves_begin();
+        paths_change(MOVE_BEGINS);
         return uring_name(ctx, req, SC_RENAMEAT2);
     case IORING_OP_UNLINKAT_:
-        paths_moved(); /* perhaps a directory's removal (its flags are not read here) */
+        paths_change(PATHS_MOVED); /* perhaps a directory's removal (its flags are not read here) */
         return 0;
     case IORING_OP_LINKAT_:
         return uring_name(ctx, req, SC_LINKAT);
@@ -130,7 +130,7 @@ TRACEPOINT_PROBE(io_uring, io_uring_complete) {
     u8 opcode = 0;
     bpf_probe_read_kernel(&opcode, 1, (char *)req + IO_KIOCB_OPCODE);
     if (opcode == IORING_OP_RENAMEAT_) {
-        moves_end(); /* persistence.bpf.c: begun at submission */
+        paths_change(MOVE_ENDS); /* begun at submission */
         return 0;
     }
     if (opcode != IORING_OP_OPENAT_ && opcode != IORING_OP_OPENAT2_)

@@ -65,33 +65,20 @@ struct path_state {
 };
 BPF_ARRAY(path_state, struct path_state, 1);
 
-static __always_inline void moves_begin(void) {
-    int zero = 0;
-    struct path_state *ps = path_state.lookup(&zero);
-    if (ps) {
-        __sync_fetch_and_add(&ps->moving, 1);
-        __sync_fetch_and_add(&ps->gen, 1);
-    }
-}
-
-/* After a rename, a mount change or a directory's removal: every directory verdict taken before it is void. */
-static __always_inline void paths_moved(void) {
-    int zero = 0;
-    struct path_state *ps = path_state.lookup(&zero);
-    if (ps)
-        __sync_fetch_and_add(&ps->gen, 1);
-}
-
-static __always_inline void moves_end(void) {
+/* Every change of paths voids the verdicts; moving: +1 as a move begins, -1 as it ends, 0 for a one-off (a
+ * directory's removal). An end whose beginning came before the probes were attached finds nothing to take back. */
+static __always_inline void paths_change(int moving) {
     int zero = 0;
     struct path_state *ps = path_state.lookup(&zero);
     if (!ps)
         return;
-    /* An exit whose enter came before the probes were attached finds nothing to take back. */
-    if (*(volatile s64 *)&ps->moving > 0)
-        __sync_fetch_and_add(&ps->moving, -1);
+    if (moving > 0 || (moving < 0 && *(volatile s64 *)&ps->moving > 0))
+        __sync_fetch_and_add(&ps->moving, moving);
     __sync_fetch_and_add(&ps->gen, 1);
 }
+#define MOVE_BEGINS 1
+#define MOVE_ENDS (-1)
+#define PATHS_MOVED 0
 
 /* This CPU's last cold directory: a run of writes into one directory (a build's output) skips the hash. */
 struct last_cold_dir {
@@ -480,7 +467,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return on_open_exit(args, args->r
 /* moves: the call is a rename, which moves every path below the name when it is a directory. */
 static __always_inline void name_enter(long newdfd, const char *newname, const char *source, u32 syscall, int moves) {
     if (moves)
-        moves_begin();
+        paths_change(MOVE_BEGINS);
     struct stash s = {};
     s.a = newdfd;
     s.b = syscall;
@@ -491,7 +478,7 @@ static __always_inline void name_enter(long newdfd, const char *newname, const c
 
 static __always_inline int name_exit(void *ctx, long ret, int moves) {
     if (moves)
-        moves_end();
+        paths_change(MOVE_ENDS);
     struct stash s;
     if (!stash_take(&s) || ret != 0)
         return 0;
@@ -557,41 +544,22 @@ TRACEPOINT_PROBE(syscalls, sys_exit_symlinkat) { return name_exit(args, args->re
 
 /* Mount changes move the paths below a mount (a moved or detached mount, a new root); removing a directory
  * frees its dentry and inode number for another directory. */
-TRACEPOINT_PROBE(syscalls, sys_enter_mount) {
-    moves_begin();
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_mount) {
-    moves_end();
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_umount) {
-    moves_begin();
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_umount) {
-    moves_end();
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_move_mount) {
-    moves_begin();
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_move_mount) {
-    moves_end();
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_pivot_root) {
-    moves_begin();
-    return 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_pivot_root) {
-    moves_end();
-    return 0;
-}
+#define MOVE_PROBES(call)                                                                                  \
+    TRACEPOINT_PROBE(syscalls, sys_enter_##call) {                                                         \
+        paths_change(MOVE_BEGINS);                                                                         \
+        return 0;                                                                                          \
+    }                                                                                                      \
+    TRACEPOINT_PROBE(syscalls, sys_exit_##call) {                                                          \
+        paths_change(MOVE_ENDS);                                                                           \
+        return 0;                                                                                          \
+    }
+MOVE_PROBES(mount)
+MOVE_PROBES(umount)
+MOVE_PROBES(move_mount)
+MOVE_PROBES(pivot_root)
 TRACEPOINT_PROBE(syscalls, sys_exit_rmdir) {
     if (args->ret == 0)
-        paths_moved();
+        paths_change(PATHS_MOVED);
     return 0;
 }
 #define AT_REMOVEDIR_ 0x200
@@ -599,7 +567,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_rmdir) {
  * verdict taken between the two would have to be for that directory while it was being emptied. */
 TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat) {
     if (args->flag & AT_REMOVEDIR_)
-        paths_moved();
+        paths_change(PATHS_MOVED);
     return 0;
 }
 

@@ -213,11 +213,16 @@ def _place_tests(places: list[Place]) -> list[_Test]:
     return tests
 
 
-OPAQUE_C: Final = (
-    "#ifndef cw_opaque  /* hide a value's range from the compiler: the verifier needs each mask kept */\n"
-    '#define cw_opaque(v) __asm__ __volatile__("" : "+r"(v))\n'
-    "#endif"
-)
+def _home_block(base: str, tests: list[_Test]) -> list[str]:
+    """The tests on the part of ``base`` below its home directory (at offset h), when it is in one."""
+    if not tests:
+        return []
+    return [
+        "    if (h) {  /* below a home directory */",
+        f"        const char *r = {base} + (h & (PATH_MAX_LEN - 1));",
+        *_render_groups(tests, "r", "        ", base),
+        "    }",
+    ]
 
 
 def render_path_matcher(places: PersistencePlaces) -> str:
@@ -230,18 +235,15 @@ def render_path_matcher(places: PersistencePlaces) -> str:
         "#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__",
         "#error the persistence matcher compares little-endian words",
         "#endif",
-        OPAQUE_C,
+        "#ifndef cw_opaque  /* hide a value's range from the compiler: the verifier needs each mask kept */",
+        '#define cw_opaque(v) __asm__ __volatile__("" : "+r"(v))',
+        "#endif",
         "/* h: persist_home_offset(p, len), which the caller passes through memory (see persist_emit). */",
         "static __always_inline int persist_path_match(const char *p, u32 len, u32 h) {",
         "    cw_opaque(len);",
     ]
     lines += _render_groups(_place_tests([place for place in places.places if not place.in_home]), "p", "    ")
-    home = [place for place in places.places if place.in_home]
-    if home:
-        lines.append("    if (h) {  /* below a home directory */")
-        lines.append("        const char *r = p + (h & (PATH_MAX_LEN - 1));")
-        lines += _render_groups(_place_tests(home), "r", "        ")
-        lines.append("    }")
+    lines += _home_block("p", _place_tests([place for place in places.places if place.in_home]))
     lines.append("    return 0;")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -251,7 +253,8 @@ def render_open_filter(places: PersistencePlaces) -> str:
     """C for persist_name_hot(n, nl) and persist_dir_hot(d, h): PersistencePlaces.open_filter() in the kernel.
 
     A name test compares the name with its NUL (so no length check), a name end is read at nl - its length;
-    a directory test is a start, or the whole directory with its NUL."""
+    a directory test is a start, or the whole directory with its NUL. It follows render_path_matcher in the
+    header, which defines cw_opaque."""
     f = places.open_filter()
     names = [_Test(name.encode() + b"\0", b"", f"name {name}") for name in f.names]
     names += [_Test(b"", end.encode(), f"name ends {end}") for end in f.name_ends]
@@ -261,7 +264,6 @@ def render_open_filter(places: PersistencePlaces) -> str:
         return tests + [_Test(d.encode() + b"\0", b"", f"dir is {d or '~/'}") for d in dirs if d not in starts]
 
     lines = [
-        OPAQUE_C,
         "/* n: a file's name (NUL-terminated; the buffer goes on for PATH_MAX_LEN more bytes), nl its length. */",
         "static __always_inline int persist_name_hot(const char *n, u32 nl) {",
         "    cw_opaque(nl);",
@@ -271,14 +273,10 @@ def render_open_filter(places: PersistencePlaces) -> str:
         "/* d: a directory's path with its final '/', NUL-terminated; h: persist_home_offset() of a path in it. */",
         "static __always_inline int persist_dir_hot(const char *d, u32 h) {",
         *_render_groups(dir_tests(f.dir_starts, f.dirs), "d", "    ", "d"),
+        *_home_block("d", dir_tests(f.home_dir_starts, f.home_dirs)),
+        "    return 0;",
+        "}",
     ]
-    home = dir_tests(f.home_dir_starts, f.home_dirs)
-    if home:
-        lines.append("    if (h) {  /* below a home directory */")
-        lines.append("        const char *r = d + (h & (PATH_MAX_LEN - 1));")
-        lines += _render_groups(home, "r", "        ", "d")
-        lines.append("    }")
-    lines += ["    return 0;", "}"]
     return "\n".join(lines) + "\n"
 
 
