@@ -152,15 +152,10 @@ static __always_inline u32 walk_path(void *dentry, void *vfsmnt, struct file_scr
     /* An open's exit read the task's root for its directory key: the walk uses that same root (a chroot in
      * between must not give the key another root's path). A new name's walk reads it here. */
     void *root_dentry = (void *)job->dir.root_dentry, *root_mnt = (void *)job->dir.root_mnt;
-    /* fs->root is a struct path: its mount and dentry pointers are adjacent, one read. */
-#define FS_ROOT_LO CW_MIN(FS_ROOT_MNT, FS_ROOT_DENTRY)
-#define FS_ROOT_HI (CW_MAX(FS_ROOT_MNT, FS_ROOT_DENTRY) + 8)
     if (!job->dentry) {
-        void *fs = read_ptr((void *)bpf_get_current_task(), TASK_FS);
-        SPAN_BUF(r, FS_ROOT_LO, FS_ROOT_HI);
-        SPAN_LOAD(r, fs, FS_ROOT_LO, FS_ROOT_HI);
-        root_dentry = SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_DENTRY);
-        root_mnt = SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_MNT);
+        char *fs = BTF_PTR(cur_task(), TASK_FS);
+        root_dentry = BTF_PTR(fs, FS_ROOT_DENTRY);
+        root_mnt = BTF_PTR(fs, FS_ROOT_MNT);
     }
     void *mnt = (char *)vfsmnt - MOUNT_MNT;
     volatile u32 *vpos = &sc->pos;
@@ -274,9 +269,9 @@ int persist_finish(void *ctx) {
             goto emit;
         }
         /* Relative: after the directory it is relative to. */
-        void *fs = read_ptr((void *)bpf_get_current_task(), TASK_FS);
-        dentry = read_ptr(fs, FS_PWD_DENTRY);
-        vfsmnt = read_ptr(fs, FS_PWD_MNT);
+        char *fs = BTF_PTR(cur_task(), TASK_FS);
+        dentry = BTF_PTR(fs, FS_PWD_DENTRY);
+        vfsmnt = BTF_PTR(fs, FS_PWD_MNT);
         if (job->dfd != AT_FDCWD_) {
             struct file_head dir;
             file_head(current_fd_file(job->dfd), &dir);
@@ -416,13 +411,11 @@ static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, u
     /* The file's name and directory (d_parent, d_name: one read), and the task's root. */
     SPAN_BUF(d, DENTRY_LO, DENTRY_HI);
     SPAN_LOAD(d, fh.dentry, DENTRY_LO, DENTRY_HI);
-    void *fs = read_ptr((void *)bpf_get_current_task(), TASK_FS);
-    SPAN_BUF(r, FS_ROOT_LO, FS_ROOT_HI);
-    SPAN_LOAD(r, fs, FS_ROOT_LO, FS_ROOT_HI);
+    char *fs = BTF_PTR(cur_task(), TASK_FS);
     job->dir.dentry = (u64)SPAN_GET(ptr, d, fh.dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_PARENT);
     job->dir.mnt = (u64)fh.mnt;
-    job->dir.root_dentry = (u64)SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_DENTRY);
-    job->dir.root_mnt = (u64)SPAN_GET(ptr, r, fs, FS_ROOT_LO, FS_ROOT_HI, FS_ROOT_MNT);
+    job->dir.root_dentry = (u64)BTF_PTR(fs, FS_ROOT_DENTRY);
+    job->dir.root_mnt = (u64)BTF_PTR(fs, FS_ROOT_MNT);
     job->dir.ino = 0;
     if (memo)
         job->dir.ino = read_u64(read_ptr((void *)job->dir.dentry, DENTRY_D_INODE), INODE_INO);

@@ -95,7 +95,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     e->_pad = 0;
 
     /* The file actually executed: a copy, a memfd or a deleted file is told by its inode, not its name. */
-    void *mm = read_ptr((void *)bpf_get_current_task(), TASK_MM);
+    char *mm = BTF_PTR(cur_task(), TASK_MM);
     void *exe = read_ptr(mm, MM_EXE_FILE);
     struct file_head xf;
     struct inode_head xi;
@@ -212,7 +212,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         return 0;
     }
     fill_header(&e->hdr, OP_EXIT, sizeof(*e));
-    e->exit_code = (s32)read_u32((void *)bpf_get_current_task(), TASK_EXIT_CODE);
+    e->exit_code = (s32)BTF_U32(cur_task(), TASK_EXIT_CODE);
     e->_pad = 0;
     events.ringbuf_submit(e, lifecycle_wakeup_flag());
     return 0;
