@@ -139,7 +139,7 @@ Row = tuple[str, str, str, str]  # measure, value, target, verdict
 def _steps(starts: Sequence[Start]) -> str:
     """Median of each step the sensor_ready lines report."""
     out = []
-    for key, label in (("compile_s", "compile (child)"), ("load_s", "load+verify"), ("attach_s", "attach")):
+    for key, label in (("compile_s", "compile (children)"), ("load_s", "load+verify"), ("attach_s", "attach")):
         values = [float(v) for s in starts if isinstance(v := s.ready.get(key), int | float)]
         if values:
             out.append(f"{label} {statistics.median(values):.2f} s")
@@ -162,7 +162,7 @@ def startup_rows_of(startups: Startups) -> list[Row]:
     rows = []
     for kind, starts in (
         ("warm: probes loaded from the compile cache", startups.warm),
-        ("cold: empty cache, probes compiled in a child process", startups.cold),
+        ("cold: empty cache, probes compiled in child processes, one per part", startups.cold),
     ):
         if not starts:
             continue
@@ -179,7 +179,7 @@ def startup_rows_of(startups: Startups) -> list[Row]:
 
 
 def load_peak_rows_of(startups: Startups) -> list[Row]:
-    """The agent's VmHWM at sensor_ready on each path, and the compile child's own peak."""
+    """The agent's VmHWM at sensor_ready on each path, and the largest compile child's own peak."""
     rows = []
     for kind, starts in (("warm", startups.warm), ("cold", startups.cold)):
         if starts:
@@ -195,7 +195,7 @@ def load_peak_rows_of(startups: Startups) -> list[Row]:
     if child:
         rows.append(
             (
-                "compile child's peak RSS (its own process, gone once the cache is written)",
+                "compile children's peak RSS (the largest; their own processes, gone once the cache is written)",
                 spread(child, "{:.0f}", " MiB"),
                 "report",
                 "—",

@@ -10,20 +10,22 @@ imm. :func:`relocations` turns those into (instruction index, map name) pairs wi
 :func:`patch` writes the fds of the new maps back.
 
 Maps whose key and value bcc described with BTF (the kernel creates some types, such as task storage, only
-so) keep their type ids, and the artifact keeps the one BTF object they refer to as raw bytes, loaded again
-before those maps are created. Pure: no bcc, no kernel.
+so) keep their type ids, and the artifact keeps the BTF objects they refer to (one per compiled part: see
+:func:`merge`) as raw bytes, loaded again before those maps are created. Pure: no bcc, no kernel.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-FORMAT: Final = 2  # 2: maps' BTF (part of the cache key, so entries of format 1 are simply not found)
+FORMAT: Final = 3  # 2: maps' BTF; 3: one BTF per part (part of the cache key: older entries are simply not found)
 INSN_SIZE: Final = 8
 LD_IMM64: Final = 0x18  # BPF_LD | BPF_IMM | BPF_DW: the only two-slot instruction
 PSEUDO_MAP_FD: Final = 1
@@ -55,8 +57,20 @@ class MapSpec:
     value_size: int
     max_entries: int
     flags: int
-    btf_key_type_id: int = 0  # type ids in the artifact's BTF; both 0: a map created without BTF
+    btf_key_type_id: int = 0  # type ids in the artifact's BTF object number btf; both 0: a map created without BTF
     btf_value_type_id: int = 0
+    btf: int = 0  # which of Artifact.btfs the type ids are in
+
+    def same_map(self, other: MapSpec) -> bool:
+        """Whether ``other`` describes the same kernel map (its BTF may be another part's copy of the types)."""
+        return (self.name, self.type, self.key_size, self.value_size, self.max_entries, self.flags) == (
+            other.name,
+            other.type,
+            other.key_size,
+            other.value_size,
+            other.max_entries,
+            other.flags,
+        )
 
     @property
     def uses_btf(self) -> bool:
@@ -87,7 +101,7 @@ class Artifact:
     maps: tuple[MapSpec, ...]
     programs: tuple[ProgramSpec, ...]
     compiler: str = ""  # e.g. "bcc 0.26.0", for doctor and the logs
-    btf: bytes = b""  # raw BTF object (header, types, strings) that the maps' type ids refer to
+    btfs: tuple[bytes, ...] = ()  # raw BTF objects (header, types, strings) that the maps' type ids refer to
 
     def map(self, name: str) -> MapSpec:
         """The map called ``name`` (KeyError when there is none)."""
@@ -202,10 +216,10 @@ def _validate(artifact: Artifact) -> None:
             for v in (m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.btf_key_type_id, m.btf_value_type_id)
         ):
             raise ArtifactError(f"map {m.name!r} has an out-of-range field")
-        if m.uses_btf and not artifact.btf:
-            raise ArtifactError(f"map {m.name!r} has BTF type ids but the artifact has no BTF")
-    if artifact.btf:
-        check_btf(artifact.btf)
+        if m.uses_btf and not 0 <= m.btf < len(artifact.btfs):
+            raise ArtifactError(f"map {m.name!r} has BTF type ids but the artifact has no BTF object {m.btf}")
+    for btf in artifact.btfs:
+        check_btf(btf)
     seen_programs = set()
     for p in artifact.programs:
         if p.name in seen_programs:
@@ -229,6 +243,46 @@ def _validate(artifact: Artifact) -> None:
                 )
 
 
+def merge(parts: Sequence[Artifact]) -> Artifact:
+    """One artifact from the parts of one program compiled apart (agent.probes.source.COMPILE_PARTS), for the
+    same key. A map that several parts define (common.h's) is one map and must be the same map in each; a program
+    that several define must be the same bytecode. Each part's BTF is kept, and its maps point at it."""
+    if not parts:
+        raise ArtifactError("no parts to merge")
+    first = parts[0]
+    maps: dict[str, MapSpec] = {}
+    programs: dict[str, ProgramSpec] = {}
+    btfs: list[bytes] = []
+    for part in parts:
+        if (part.key, part.license, part.kern_version, part.compiler) != (
+            first.key,
+            first.license,
+            first.kern_version,
+            first.compiler,
+        ):
+            raise ArtifactError("the parts disagree on the key, license, kernel version or compiler")
+        base = len(btfs)
+        btfs.extend(part.btfs)
+        for spec in part.maps:
+            known = maps.get(spec.name)
+            if known is None:
+                maps[spec.name] = dataclasses.replace(spec, btf=spec.btf + base) if spec.uses_btf else spec
+            elif not known.same_map(spec):
+                raise ArtifactError(f"map {spec.name} is defined differently by two parts: {known} and {spec}")
+        for prog in part.programs:
+            seen = programs.setdefault(prog.name, prog)
+            if seen != prog:
+                raise ArtifactError(f"program {prog.name} is compiled differently by two parts")
+    used = sorted({spec.btf for spec in maps.values() if spec.uses_btf})  # a part's BTF no kept map uses goes
+    renumber = {old: new for new, old in enumerate(used)}
+    return dataclasses.replace(
+        first,
+        maps=tuple(dataclasses.replace(m, btf=renumber[m.btf]) if m.uses_btf else m for m in maps.values()),
+        programs=tuple(sorted(programs.values(), key=lambda p: p.name)),
+        btfs=tuple(btfs[old] for old in used),
+    )
+
+
 def dumps(artifact: Artifact) -> bytes:
     """The artifact as bytes: a magic line, the SHA-256 of the body, then the body (JSON)."""
     _validate(artifact)
@@ -239,7 +293,7 @@ def dumps(artifact: Artifact) -> bytes:
             "license": artifact.license,
             "kern_version": artifact.kern_version,
             "compiler": artifact.compiler,
-            "btf": base64.b64encode(artifact.btf).decode(),
+            "btfs": [base64.b64encode(btf).decode() for btf in artifact.btfs],
             "maps": [vars(m) for m in artifact.maps],
             "programs": [
                 {
@@ -279,7 +333,7 @@ def loads(data: bytes, key: str | None = None) -> Artifact:
             license=_typed(doc["license"], str),
             kern_version=_typed(doc["kern_version"], int),
             compiler=_typed(doc["compiler"], str),
-            btf=base64.b64decode(_typed(doc["btf"], str), validate=True),
+            btfs=tuple(base64.b64decode(_typed(btf, str), validate=True) for btf in _typed(doc["btfs"], list)),
             maps=tuple(
                 MapSpec(**{f: _typed(m[f], str if f == "name" else int) for f in MAP_FIELDS}) for m in doc["maps"]
             ),
@@ -314,6 +368,7 @@ MAP_FIELDS: Final = (
     "flags",
     "btf_key_type_id",
     "btf_value_type_id",
+    "btf",
 )
 
 

@@ -1,11 +1,13 @@
-"""Compile the probes in a short-lived child process and hand back an artifact (agent.probes.artifact).
+"""Compile the probes in short-lived child processes and hand back an artifact (agent.probes.artifact).
 
 bcc compiles with clang and LLVM inside the calling process: 2.6 s of CPU here and a 140 MiB peak, and
 ``import bcc`` alone maps 63 MiB of compiler that a long-running agent never needs again. The agent
-therefore runs the compile in a child (``python -m agent.probes.compile``), which reads the source and
-flags as JSON on stdin, compiles without loading anything into the kernel, and writes the artifact to
-stdout; the agent loads it through libbcc_bpf (agent.probes.bpflib) like a cached one. The child's maps
-exist only to learn their specs and the fds the bytecode refers to; they go when it exits.
+therefore runs the compile in children (``python -m agent.probes.compile``), one per part of the program
+(agent.probes.source.COMPILE_PARTS), as many at once as there are CPUs. Each reads its part's source and the
+flags as JSON on stdin, compiles without loading anything into the kernel, and writes the part's artifact to
+stdout; the parts are merged into one (agent.probes.artifact.merge), which the agent loads through libbcc_bpf
+(agent.probes.bpflib) like a cached one. A child's maps exist only to learn their specs and the fds the
+bytecode refers to; they go when it exits.
 
 Exit status 0: the artifact is on stdout. Otherwise one line on stderr says what went wrong.
 """
@@ -14,15 +16,28 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from agent.probes.artifact import Artifact, ArtifactError, MapSpec, ProgramSpec, attach_point, dumps, loads, relocations
+from agent.probes.artifact import (
+    Artifact,
+    ArtifactError,
+    MapSpec,
+    ProgramSpec,
+    attach_point,
+    dumps,
+    loads,
+    merge,
+    relocations,
+)
 
 COMPILE_TIMEOUT_S: Final = 600.0
 BCC_MISSING: Final = (
@@ -44,23 +59,37 @@ class Compiled:
 
     artifact: Artifact
     seconds: float
-    peak_rss: int  # the child's VmHWM, bytes (0 when unknown)
+    peak_rss: int  # the largest child's VmHWM, bytes (0 when unknown)
 
 
-def compile_in_child(text: str, cflags: list[str], key: str) -> Compiled:
-    """Run the compile in a child process; CompileError with its message when it fails."""
+def compile_in_children(parts: Sequence[str], cflags: list[str], key: str) -> Compiled:
+    """Compile each part of the program in a child, as many at once as there are CPUs, and merge them;
+    CompileError with the first failing part's message."""
+    started = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    workers = max(1, min(len(parts), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compile") as pool:
+        results = list(pool.map(lambda text: _compile_part(text, cflags, key), parts))
+    try:
+        artifact = merge(results)
+    except ArtifactError as exc:
+        raise CompileError(f"the compiled parts do not fit together ({exc})") from exc
+    # ru_maxrss of children is the largest of any waited-for child (KiB): ours unless an earlier one was bigger.
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return Compiled(artifact, time.monotonic() - started, after * 1024 if after > before else 0)
+
+
+def _compile_part(text: str, cflags: list[str], key: str) -> Artifact:
+    """Run the compile of one text in a child process; CompileError with its message when it fails."""
     request = json.dumps({"text": text, "cflags": cflags, "key": key}).encode()
     # The same interpreter and isolation as ours (the packaged agent runs -I), with the agent importable.
     argv = [sys.executable, *(["-I"] if sys.flags.isolated else []), "-c", CHILD, AGENT_ROOT]
-    started = time.monotonic()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     try:
         proc = subprocess.run(argv, input=request, capture_output=True, timeout=COMPILE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
         raise CompileError(f"the compile did not finish in {COMPILE_TIMEOUT_S:.0f} s") from exc
     except OSError as exc:
         raise CompileError(f"cannot start the compile ({exc})") from exc
-    seconds = time.monotonic() - started
     if proc.returncode != 0:
         # The child's own explanation is its last line; clang's diagnostics, if any, come before it.
         lines = [line for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
@@ -71,12 +100,9 @@ def compile_in_child(text: str, cflags: list[str], key: str) -> Compiled:
             message = f"creating BPF maps was refused: the agent needs CAP_BPF and CAP_PERFMON | {message}"
         raise CompileError(message)
     try:
-        artifact = loads(proc.stdout, key)
+        return loads(proc.stdout, key)
     except ArtifactError as exc:
         raise CompileError(f"the compile returned an unusable artifact ({exc})") from exc
-    # ru_maxrss of children is the largest of any waited-for child (KiB): ours unless an earlier one was bigger.
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return Compiled(artifact, seconds, after * 1024 if after > before else 0)
 
 
 def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
@@ -126,7 +152,7 @@ def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
         )
     # bcc loads one BTF object per module and creates every described map with it: the artifact keeps that one.
     if len(btf_ids) > 1:
-        raise CompileError(f"the maps refer to {len(btf_ids)} BTF objects; the probe cache keeps one")
+        raise CompileError(f"the maps refer to {len(btf_ids)} BTF objects; a compiled part keeps one")
     btf = btf_bytes(btf_ids.pop()) if btf_ids else b""
     programs = []
     for index in range(lib.bpf_num_functions(module)):
@@ -143,7 +169,7 @@ def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
         maps=tuple(maps),
         programs=tuple(sorted(programs, key=lambda p: p.name)),
         compiler=f"bcc {getattr(bcc, '__version__', '?')}",
-        btf=btf,
+        btfs=(btf,) if btf else (),
     )
     bpf.cleanup()
     return artifact

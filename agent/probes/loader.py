@@ -19,9 +19,9 @@ from agent.abi import layout
 from agent.probes import bpflib
 from agent.probes.artifact import Artifact, cache_key, patch
 from agent.probes.cache import ProbeCache, toolchain
-from agent.probes.compile import BCC_MISSING, CompileError, compile_in_child
+from agent.probes.compile import BCC_MISSING, CompileError, compile_in_children
 from agent.probes.offsets import KernelOffsets, kernel_offsets
-from agent.probes.source import Features, ProbeOptions, detect_features, render_cflags, render_source
+from agent.probes.source import Features, ProbeOptions, detect_features, render_cflags, render_parts
 
 log = structlog.get_logger()
 
@@ -45,20 +45,25 @@ BPF_MAP_TYPE_RINGBUF: Final = 27
 
 @dataclass(frozen=True)
 class BuiltProgram:
-    """What gets compiled: the exact text and flags (``chainwatch bpf dump`` prints this)."""
+    """What gets compiled: the exact parts and flags (``chainwatch bpf dump`` prints them)."""
 
-    text: str
+    parts: tuple[str, ...]  # agent.probes.source.COMPILE_PARTS, rendered
     cflags: list[str]
     offsets: KernelOffsets
     features: Features
+
+    @property
+    def text(self) -> str:
+        """The whole program: the parts joined, which compiles as one (every file has an include guard)."""
+        return "\n".join(self.parts)
 
 
 def build_program(options: ProbeOptions) -> BuiltProgram:
     """Gather offsets and features and render the program. No bcc needed."""
     features = detect_features()
     offsets = kernel_offsets()
-    text = render_source(persistence=options.persistence)
-    return BuiltProgram(text, render_cflags(offsets, features, options), offsets, features)
+    parts = render_parts(persistence=options.persistence)
+    return BuiltProgram(parts, render_cflags(offsets, features, options), offsets, features)
 
 
 def import_bcc() -> Any:
@@ -136,7 +141,7 @@ class Sensor:
                 assert cache is not None
                 cache.remove(key)
         try:
-            compiled = compile_in_child(program.text, program.cflags, key)
+            compiled = compile_in_children(program.parts, program.cflags, key)
         except CompileError as exc:
             raise ProbeError(str(exc)) from exc
         self.startup = {
@@ -188,12 +193,14 @@ class Sensor:
         )
 
     def _create_maps(self, artifact: Artifact) -> None:
-        """Every map of the artifact, those with BTF type ids against its BTF loaded once (the maps keep a
-        reference to it: our fd goes once they exist)."""
-        btf_fd = bpflib.load_btf(artifact.btf) if any(spec.uses_btf for spec in artifact.maps) else -1
+        """Every map of the artifact, those with BTF type ids against their BTF object, each loaded once (the maps
+        keep a reference to it: our fd goes once they exist)."""
+        btf_fds: dict[int, int] = {}
         try:
             for spec in artifact.maps:
                 if spec.uses_btf:
+                    if spec.btf not in btf_fds:
+                        btf_fds[spec.btf] = bpflib.load_btf(artifact.btfs[spec.btf])
                     fd = bpflib.create_map_with_btf(
                         spec.type,
                         spec.name,
@@ -201,7 +208,7 @@ class Sensor:
                         spec.value_size,
                         spec.max_entries,
                         spec.flags,
-                        btf_fd,
+                        btf_fds[spec.btf],
                         spec.btf_key_type_id,
                         spec.btf_value_type_id,
                     )
@@ -211,7 +218,7 @@ class Sensor:
                     )
                 self._maps[spec.name] = fd
         finally:
-            if btf_fd >= 0:
+            for btf_fd in btf_fds.values():
                 os.close(btf_fd)
 
     def _on_record(self, data: int, size: int) -> None:

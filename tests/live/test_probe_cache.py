@@ -62,8 +62,8 @@ def _start(cache_dir: Path) -> Sensor:
 
 
 def test_warm_start_loads_what_bcc_loads(root_only: None, tmp_path: Path) -> None:
-    """Cold: compiled in the child and cached. Warm: loaded from the cache with the same attach points, and
-    every program's kernel tag equal to bcc's own in-process load of the same source."""
+    """Cold: compiled in the children (one per part) and cached. Warm: loaded from the cache with the same attach
+    points, and every program's kernel tag equal to bcc's own in-process load of the whole program as one text."""
     cold = _start(tmp_path)
     try:
         assert cold.startup["compile"] == "compiled"
@@ -73,7 +73,7 @@ def test_warm_start_loads_what_bcc_loads(root_only: None, tmp_path: Path) -> Non
     ((entry, _),) = ProbeCache(str(tmp_path)).state().entries
     cached = loads((tmp_path / entry).read_bytes())
     # The kernel creates task storage only with BTF for key and value: the warm start below needs what was kept.
-    assert cached.btf and cached.map("stash_slot").type == BPF_MAP_TYPE_TASK_STORAGE
+    assert cached.btfs and cached.map("stash_slot").type == BPF_MAP_TYPE_TASK_STORAGE
     assert cached.map("stash_slot").uses_btf
     warm = _start(tmp_path)
     try:

@@ -16,6 +16,7 @@ import pytest
 
 from agent import resources
 from agent.config import SensorConfig
+from agent.probes import source
 from agent.probes.offsets import WANTED, KernelOffsets
 from agent.probes.source import (
     MAIN_FILE,
@@ -23,6 +24,7 @@ from agent.probes.source import (
     Features,
     ProbeOptions,
     render_cflags,
+    render_parts,
     render_persist_match_header,
     render_source,
     source_files,
@@ -172,6 +174,25 @@ def test_each_file_preprocesses_alone(name: str) -> None:
     result = _preprocess(render_source(name), flags)
     assert result.returncode == 0, result.stderr
     assert "SKIP_LOOPBACK" not in result.stdout and "TASK_TGID" not in result.stdout
+
+
+def test_the_compile_parts_are_the_main_files_includes_each_once() -> None:
+    """Compiled apart, the parts hold every concern file exactly once between them (a file one part's files
+    include is in that part), and each part has what its files include."""
+    parts = render_parts()
+    assert len(parts) == len(source.COMPILE_PARTS) > 1
+    concern = [[f for f in source_files(part) if f.endswith(".bpf.c")] for part in parts]
+    assert sorted(f for files in concern for f in files) == sorted(f"bpf/{name}" for name in CONCERN_FILES)
+    assert concern[0][0] == "bpf/process.bpf.c" and "bpf/fd.bpf.c" in concern[1]
+    for part in parts:
+        assert "bpf/include/common.h" in source_files(part)
+    assert f"<generated>/{PERSIST_MATCH_HEADER}" in source_files(parts[1])
+
+
+def test_compile_parts_that_miss_a_file_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(source, "COMPILE_PARTS", (("process.bpf.c", "net.bpf.c"), ("persistence.bpf.c",)))
+    with pytest.raises(ValueError, match="are not, in order, the files"):
+        render_parts()
 
 
 @needs_gcc

@@ -27,11 +27,12 @@ from agent.probes.artifact import (
     cache_key,
     dumps,
     loads,
+    merge,
     patch,
     relocations,
 )
 from agent.probes.cache import ProbeCache
-from agent.probes.compile import CompileError, compile_in_child
+from agent.probes.compile import CompileError, compile_in_children
 
 KEY = "ab" * 32
 
@@ -126,10 +127,55 @@ def test_dumps_loads_round_trip() -> None:
 def test_dumps_loads_round_trip_with_btf() -> None:
     """A task-storage map keeps its BTF type ids, and the artifact the BTF object they refer to."""
     stash = MapSpec("stash_slot", 29, 4, 64, 0, 1, btf_key_type_id=1, btf_value_type_id=1)
-    original = artifact(maps=(*artifact().maps, stash), btf=BTF)
+    original = artifact(maps=(*artifact().maps, stash), btfs=(BTF,))
     again = loads(dumps(original), KEY)
     assert again == original
-    assert again.btf == BTF and again.map("stash_slot").uses_btf and not again.map("events").uses_btf
+    assert again.btfs == (BTF,) and again.map("stash_slot").uses_btf and not again.map("events").uses_btf
+
+
+def test_a_map_index_past_the_btf_objects_is_refused() -> None:
+    stash = MapSpec("stash_slot", 29, 4, 64, 0, 1, btf_key_type_id=1, btf_value_type_id=1, btf=1)
+    with pytest.raises(ArtifactError, match="no BTF object 1"):
+        dumps(artifact(maps=(*artifact().maps, stash), btfs=(BTF,)))
+
+
+OTHER_BTF = BTF[:-4] + b"unt\0"  # the same layout, another name: a part's own copy of the types
+
+
+def _part(programs: tuple[ProgramSpec, ...], *maps: MapSpec, btfs: tuple[bytes, ...] = ()) -> Artifact:
+    return artifact(maps=(*artifact().maps, *maps), programs=programs, btfs=btfs)
+
+
+def test_merge_joins_the_parts_maps_once_and_keeps_each_parts_btf() -> None:
+    """common.h's maps come from every part and are one map; a map only one part has points at that part's BTF."""
+    connect = artifact().programs[0]
+    exec_ = dataclasses.replace(
+        connect, name="tracepoint__sched__sched_process_exec", attach_target="sched:sched_process_exec"
+    )
+    stash = MapSpec("stash_slot", 29, 4, 64, 0, 1, btf_key_type_id=1, btf_value_type_id=1)
+    jobs = MapSpec("file_jobs", 29, 4, 32, 0, 1, btf_key_type_id=1, btf_value_type_id=1)
+    merged = merge([_part((connect,), stash, btfs=(BTF,)), _part((exec_,), stash, jobs, btfs=(OTHER_BTF,))])
+    assert [m.name for m in merged.maps] == ["events", "file_tail", "stash_slot", "file_jobs"]
+    assert merged.map("stash_slot").btf == 0 and merged.map("file_jobs").btf == 1
+    assert merged.btfs == (BTF, OTHER_BTF)
+    assert [p.name for p in merged.programs] == sorted([connect.name, exec_.name])
+    assert loads(dumps(merged), KEY) == merged
+    # A part whose BTF no kept map uses leaves it out, and the indexes follow.
+    merged = merge([_part((connect,), stash, btfs=(BTF,)), _part((exec_,), stash, btfs=(OTHER_BTF,))])
+    assert merged.btfs == (BTF,) and merged.map("stash_slot").btf == 0
+
+
+def test_merge_refuses_parts_that_disagree() -> None:
+    connect, emit = artifact().programs
+    with pytest.raises(ArtifactError, match="map events is defined differently"):
+        merge([artifact(), artifact(maps=(MapSpec("events", 27, 0, 0, 1 << 21, 0), artifact().maps[1]))])
+    other_code = dataclasses.replace(connect, insns=connect.insns[:-8] + MOV_R0_0 + EXIT)
+    with pytest.raises(ArtifactError, match="compiled differently"):
+        merge([artifact(), artifact(programs=(other_code, emit))])
+    with pytest.raises(ArtifactError, match="disagree"):
+        merge([artifact(), artifact(key="cd" * 32)])
+    with pytest.raises(ArtifactError, match="no parts"):
+        merge([])
 
 
 def _rewrite_body(data: bytes, edit: object) -> bytes:
@@ -149,9 +195,11 @@ def _rewrite_body(data: bytes, edit: object) -> bytes:
         (lambda d: b"", "header"),
         (lambda d: _rewrite_body(d, lambda b: b.update(format=FORMAT + 1)), "format"),
         (lambda d: _rewrite_body(d, lambda b: b.update(format=1)), "format 1"),  # before maps had BTF
+        (lambda d: _rewrite_body(d, lambda b: b.update(format=2)), "format 2"),  # one BTF object, one part
         (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(btf_value_type_id=3)), "has no BTF"),
         (lambda d: _rewrite_body(d, lambda b: b["maps"][0].update(btf_key_type_id=-1)), "out-of-range"),
-        (lambda d: _rewrite_body(d, lambda b: b.pop("btf")), "malformed"),
+        (lambda d: _rewrite_body(d, lambda b: b.pop("btfs")), "malformed"),
+        (lambda d: _rewrite_body(d, lambda b: b.update(btfs="")), "expected list"),
         (lambda d: _rewrite_body(d, lambda b: b.update(key="cd" * 32)), "key mismatch"),
         (lambda d: _rewrite_body(d, lambda b: b["programs"][0].update(map_refs=[[0, "events"]])), "do not match"),
         (
@@ -179,7 +227,7 @@ def test_loads_refuses_corrupt_or_inconsistent_bytes(mutate: object, message: st
 def _with_btf(data: bytes) -> bytes:
     """A well-formed artifact (correct checksum) whose BTF is ``data``: only the BTF check can refuse it."""
     encoded = base64.b64encode(data).decode()
-    return _rewrite_body(dumps(artifact()), lambda b: b.update(btf=encoded))
+    return _rewrite_body(dumps(artifact()), lambda b: b.update(btfs=[encoded]))
 
 
 @pytest.mark.parametrize(
@@ -193,7 +241,7 @@ def _with_btf(data: bytes) -> bytes:
     ],
 )
 def test_loads_refuses_a_btf_object_of_the_wrong_length(data: bytes, message: str) -> None:
-    assert loads(_with_btf(BTF), KEY).btf == BTF
+    assert loads(_with_btf(BTF), KEY).btfs == (BTF,)
     with pytest.raises(ArtifactError, match=message):
         loads(_with_btf(data), KEY)
 
@@ -312,7 +360,7 @@ def test_compile_child_reports_missing_bcc_in_one_line(tmp_path: Path, monkeypat
     (shadow / "bcc.py").write_text("raise ImportError('bcc hidden by the test')\n")
     monkeypatch.setenv("PYTHONPATH", str(shadow))
     with pytest.raises(CompileError, match="python3-bpfcc") as caught:
-        compile_in_child("int x;", [], KEY)
+        compile_in_children(["int x;"], [], KEY)
     assert "Traceback" not in str(caught.value) and sys.executable
 
 
