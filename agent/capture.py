@@ -66,6 +66,7 @@ def looks_secret(name: str) -> bool:
 
 
 _WANTED: frozenset[str] = frozenset(n for n in ENV_CAPTURE_NAMES if not looks_secret(n))
+_WANTED_BYTES: frozenset[bytes] = frozenset(n.encode() for n in _WANTED)  # all ASCII: the same test, undecoded
 
 
 def env_wanted(name: str) -> bool:
@@ -82,10 +83,10 @@ def parse_env_block(block: bytes) -> dict[str, str]:
     out: dict[str, str] = {}
     for entry in block.split(b"\0"):
         name_b, sep, value_b = entry.partition(b"=")
-        if not sep or not name_b:
+        # Most of an environment is not wanted: tested before decoding (an exec storm's hot path).
+        if not sep or name_b not in _WANTED_BYTES:
             continue
-        name = name_b.decode("utf-8", "replace")
-        if name in out or not env_wanted(name):
-            continue
-        out[name] = value_b.decode("utf-8", "replace")
+        name = name_b.decode()
+        if name not in out:
+            out[name] = value_b.decode("utf-8", "replace")
     return out

@@ -11,6 +11,7 @@ A root (``rules/lists/contexts.yaml`` ``roots``) is recognised by executable pat
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os.path
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ def invocations(filename: str, argv: Sequence[str], script_interpreters: Sequenc
     """Every way ``filename`` run with ``argv`` may name a tool: itself, and the script, module or jar it runs."""
     exe = os.path.basename(filename)
     out = [Invocation("executable", exe, tuple(argv[1:]))]
-    if not any(fnmatch.fnmatchcase(exe, p) for p in script_interpreters):
+    if not _matches_any(exe, tuple(script_interpreters)):
         return out
     rest = list(argv[1:])
     i = 0
@@ -70,6 +71,12 @@ def invocations(filename: str, argv: Sequence[str], script_interpreters: Sequenc
             break
         i += 1
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
+    """fnmatch of ``name`` against ``patterns``, memoized: every exec asks it of its program."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 @dataclass(frozen=True)

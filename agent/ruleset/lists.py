@@ -105,6 +105,7 @@ class Lists:
     (stdio.yaml)."""
     _remote_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
     _root_name_cache: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False, repr=False)
+    _name_cache: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False, repr=False)
 
     def context_root_for(self, filename: str, argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
         """The first root that the exec of ``filename`` with ``argv`` is, and how it was invoked; or None."""
@@ -166,16 +167,29 @@ class Lists:
 
     def is_interpreter(self, exe: str) -> bool:
         """True when the basename of ``exe`` matches an interpreter pattern."""
-        name = os.path.basename(exe)
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.interpreters)
+        return self._name_matches("interpreters", os.path.basename(exe))
 
     def is_reverse_shell_parent(self, exe: str) -> bool:
         """True when the basename of ``exe`` matches a reverse-shell parent pattern."""
-        name = os.path.basename(exe)
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.reverse_shell_parents)
+        return self._name_matches("reverse_shell_parents", os.path.basename(exe))
+
+    def _name_matches(self, patterns: str, name: str) -> bool:
+        """Whether ``name`` matches one of the fnmatch patterns of the field ``patterns``. Memoized, bounded:
+        every exec asks of its program and of its parent."""
+        cache = self._name_cache
+        known = cache.get((patterns, name))
+        if known is None:
+            known = any(fnmatch.fnmatchcase(name, pattern) for pattern in getattr(self, patterns))
+            if len(cache) >= ROOT_NAME_CACHE_MAX:
+                cache.clear()  # bounded: a spray of names costs matching again, never memory
+            cache[(patterns, name)] = known
+        return known
 
     def tunnel_for(self, exe: str, argv: Sequence[str]) -> TunnelTool | None:
         """The first tunnel tool that ``exe`` with ``argv`` is, or None."""
+        name = os.path.basename(exe)
+        if not any(name in tool.executables for tool in self.tunnels):
+            return None  # the common case: one pass over the names, without argv
         return next((tool for tool in self.tunnels if tool.matches(exe, argv)), None)
 
     def is_persistence_path(self, path: str) -> bool:
