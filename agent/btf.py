@@ -25,6 +25,7 @@ Only what the sensor needs is implemented: member byte offsets
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 import sys
@@ -307,6 +308,26 @@ class Btf:
         if saw_fwd:
             raise BtfError(f"{self.source}: struct {bare} is only forward-declared in BTF")
         raise BtfError(f"{self.source}: struct {bare} not found in BTF")
+
+    def find_func(self, name: str) -> int | None:
+        """Type id of the function called ``name`` (BTF_KIND_FUNC: a kfunc, for a call to it), or None."""
+        key = b"\0" + name.encode() + b"\0"
+        pos = self._strings.find(key)
+        if pos < 0:
+            return None
+        name_off = pos + 1
+        words, offsets = self._words, self._type_offsets
+        start = 0
+        while True:  # records naming it: a FUNC record is the word name_off at a record's start, then its info
+            try:
+                at = words.index(name_off, start)
+            except ValueError:
+                return None
+            start = at + 1
+            type_id = bisect.bisect_left(offsets, at)
+            if type_id < len(offsets) and offsets[type_id] == at and type_id > 0:
+                if (words[at + 1] >> 24) & 0x1F == KIND_FUNC:
+                    return type_id
 
     def sizeof(self, struct: str) -> int:
         """Size in bytes of the struct/union called ``struct``."""

@@ -275,10 +275,9 @@ int persist_finish(void *ctx) {
         dentry = read_ptr(fs, FS_PWD_DENTRY); /* probe reads: scalars for the walk (see walk_path) */
         vfsmnt = read_ptr(fs, FS_PWD_MNT);
         if (job->dfd != AT_FDCWD_) {
-            struct file_head dir;
-            file_head(current_fd_file(job->dfd), &dir);
-            dentry = dir.dentry;
-            vfsmnt = dir.mnt;
+            void *dir = current_fd_file(job->dfd);
+            dentry = read_ptr(dir, FILE_F_PATH_DENTRY); /* probe reads, as above (file_head's are typed) */
+            vfsmnt = read_ptr(dir, FILE_F_PATH_MNT);
         }
     }
     u32 len = walk_path(dentry, vfsmnt, sc, job);
@@ -397,7 +396,7 @@ static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, u
     file_head(file, &fh);
     /* Regular files only: writes to /dev/null, ttys and fifos (every shell redirection) stop here; a FIFO or
      * a pty master is an end of the stdio graph (fd.bpf.c). */
-    if ((read_u16(fh.inode, INODE_MODE) & S_IFMT_) != S_IFREG_)
+    if ((K_U16(fh.inode, INODE_MODE) & S_IFMT_) != S_IFREG_)
         return fd_open_note(file, ret);
     if (!(fh.fmode & FMODE_WRITE_))
         return 0;
@@ -410,24 +409,23 @@ static __always_inline int on_open_exit_from(void *ctx, long ret, u32 syscall, u
     /* The generation before anything it guards: a move landing after this read voids what is read below. */
     job->gen = *(volatile u64 *)&ps->gen;
     int memo = *(volatile s64 *)&ps->moving <= 0;
-    /* The file's name and directory (d_parent, d_name: one read), and the task's root. */
-    SPAN_BUF(d, DENTRY_LO, DENTRY_HI);
-    SPAN_LOAD(d, fh.dentry, DENTRY_LO, DENTRY_HI);
+    /* The file's name and directory, and the task's root. */
     char *fs = BTF_PTR(cur_task(), TASK_FS);
-    job->dir.dentry = (u64)SPAN_GET(ptr, d, fh.dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_PARENT);
+    char *parent = K_PTR(fh.dentry, DENTRY_D_PARENT);
+    job->dir.dentry = (u64)parent;
     job->dir.mnt = (u64)fh.mnt;
     job->dir.root_dentry = (u64)BTF_PTR(fs, FS_ROOT_DENTRY);
     job->dir.root_mnt = (u64)BTF_PTR(fs, FS_ROOT_MNT);
     job->dir.ino = 0;
     if (memo)
-        job->dir.ino = read_u64(read_ptr((void *)job->dir.dentry, DENTRY_D_INODE), INODE_INO);
+        job->dir.ino = K_U64(K_PTR(parent, DENTRY_D_INODE), INODE_INO);
     job->dir_known = 1;
     job->name_len = 0;
-    u32 nl = SPAN_GET(u32, d, fh.dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_NAME_LEN);
+    u32 nl = K_U32(fh.dentry, DENTRY_D_NAME_LEN);
     if (nl > 0 && nl < PATH_MAX_LEN) {
         cw_opaque(nl);
         nl &= PATH_MAX_LEN - 1;
-        const void *name = SPAN_GET(ptr, d, fh.dentry, DENTRY_LO, DENTRY_HI, DENTRY_D_NAME_NAME);
+        const void *name = K_PTR(fh.dentry, DENTRY_D_NAME_NAME);
         if (bpf_probe_read_kernel(sc->name, nl, name) == 0) {
             sc->name[nl] = 0;
             int known = memo && cold_dir_known(&job->dir, job->gen);

@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,6 +34,12 @@ MAP_PSEUDOS: Final = (PSEUDO_MAP_FD, PSEUDO_MAP_VALUE)
 ATTACH_KINDS: Final = ("tracepoint", "raw_tracepoint", "tail")
 # Programs reached only by tail call: the prog array and the order of their slots (bpf/persistence.bpf.c TAIL_*).
 TAIL_CALLS: Final = {"file_tail": ("persist_finish", "persist_emit", "persist_dir")}
+# Kfuncs the probes call. bcc cannot compile a kfunc call, so the source calls a helper number no kernel has
+# (-D<name>_HELPER, agent.probes.source) and kfunc_calls() makes each such call the kfunc's: src_reg
+# BPF_PSEUDO_KFUNC_CALL, imm the kfunc's BTF id in vmlinux (agent.probes.offsets.KFUNCS).
+KFUNC_HELPERS: Final = {"KFUNC_RDONLY_CAST": 0x7FF0}
+CALL: Final = 0x85  # BPF_JMP | BPF_CALL
+PSEUDO_KFUNC_CALL: Final = 2
 MAX_PROGRAM_INSNS: Final = 1_000_000  # the kernel's BPF_COMPLEXITY_LIMIT_INSNS
 U32_MAX: Final = 0xFFFFFFFF
 # struct btf_header (uapi/linux/btf.h): magic, version, flags, hdr_len, type_off, type_len, str_off, str_len.
@@ -181,6 +187,26 @@ def relocations(insns: bytes, fd_names: dict[int, str]) -> tuple[bytes, tuple[tu
         struct.pack_into("<i", out, index * INSN_SIZE + 4, 0)
         refs.append((index, fd_names[imm]))
     return bytes(out), tuple(refs)
+
+
+def kfunc_ids(btf_ids: Mapping[str, int | None]) -> dict[int, int]:
+    """helper number -> kfunc BTF id, for the KFUNC_HELPERS this kernel has (``btf_ids``: name -> id or None)."""
+    return {number: btf_id for name, number in KFUNC_HELPERS.items() if (btf_id := btf_ids.get(name)) is not None}
+
+
+def kfunc_calls(insns: bytes, ids: Mapping[int, int]) -> bytes:
+    """``insns`` with each call of a helper number in ``ids`` made a call of that kfunc. ArtifactError for a call
+    of a KFUNC_HELPERS number without an id: the source used a kfunc this kernel lacks."""
+    out = bytearray(insns)
+    for index in range(len(out) // INSN_SIZE):
+        code, regs, _, imm = struct.unpack_from("<BBhi", out, index * INSN_SIZE)
+        if code != CALL or regs >> 4 != 0:
+            continue
+        if imm in ids:
+            struct.pack_into("<BBhi", out, index * INSN_SIZE, code, PSEUDO_KFUNC_CALL << 4, 0, ids[imm])
+        elif imm in KFUNC_HELPERS.values():
+            raise ArtifactError(f"instruction {index} calls a kfunc (helper number {imm:#x}) this kernel does not have")
+    return bytes(out)
 
 
 def patch(program: ProgramSpec, map_fds: dict[str, int]) -> bytes:

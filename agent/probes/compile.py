@@ -21,7 +21,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from agent.probes.artifact import (
     ProgramSpec,
     attach_point,
     dumps,
+    kfunc_calls,
     loads,
     merge,
     relocations,
@@ -62,14 +63,17 @@ class Compiled:
     peak_rss: int  # the largest child's VmHWM, bytes (0 when unknown)
 
 
-def compile_in_children(parts: Sequence[str], cflags: list[str], key: str) -> Compiled:
+def compile_in_children(
+    parts: Sequence[str], cflags: list[str], key: str, kfuncs: Mapping[int, int] | None = None
+) -> Compiled:
     """Compile each part of the program in a child, as many at once as there are CPUs, and merge them;
-    CompileError with the first failing part's message."""
+    CompileError with the first failing part's message. ``kfuncs``: helper number -> kfunc BTF id
+    (agent.probes.artifact.kfunc_ids), for the calls the children make kfunc calls."""
     started = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     workers = max(1, min(len(parts), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compile") as pool:
-        results = list(pool.map(lambda text: _compile_part(text, cflags, key), parts))
+        results = list(pool.map(lambda text: _compile_part(text, cflags, key, kfuncs or {}), parts))
     try:
         artifact = merge(results)
     except ArtifactError as exc:
@@ -79,9 +83,9 @@ def compile_in_children(parts: Sequence[str], cflags: list[str], key: str) -> Co
     return Compiled(artifact, time.monotonic() - started, after * 1024 if after > before else 0)
 
 
-def _compile_part(text: str, cflags: list[str], key: str) -> Artifact:
+def _compile_part(text: str, cflags: list[str], key: str, kfuncs: Mapping[int, int]) -> Artifact:
     """Run the compile of one text in a child process; CompileError with its message when it fails."""
-    request = json.dumps({"text": text, "cflags": cflags, "key": key}).encode()
+    request = json.dumps({"text": text, "cflags": cflags, "key": key, "kfuncs": list(kfuncs.items())}).encode()
     # The same interpreter and isolation as ours (the packaged agent runs -I), with the agent importable.
     argv = [sys.executable, *(["-I"] if sys.flags.isolated else []), "-c", CHILD, AGENT_ROOT]
     try:
@@ -105,8 +109,9 @@ def _compile_part(text: str, cflags: list[str], key: str) -> Artifact:
         raise CompileError(f"the compile returned an unusable artifact ({exc})") from exc
 
 
-def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
-    """bcc compiles ``text`` (nothing is loaded into the kernel); its functions and maps become an Artifact."""
+def compile_artifact(text: str, cflags: list[str], key: str, kfuncs: Mapping[int, int] | None = None) -> Artifact:
+    """bcc compiles ``text`` (nothing is loaded into the kernel); its functions and maps become an Artifact, with
+    the calls of ``kfuncs``' helper numbers made kfunc calls."""
     try:
         import bcc
         from bcc.libbcc import lib
@@ -156,9 +161,11 @@ def compile_artifact(text: str, cflags: list[str], key: str) -> Artifact:
     btf = btf_bytes(btf_ids.pop()) if btf_ids else b""
     programs = []
     for index in range(lib.bpf_num_functions(module)):
-        name = lib.bpf_function_name(module, index).decode()
+        raw_name = lib.bpf_function_name(module, index)
+        name = raw_name.decode()
         kind, target = attach_point(name)
-        insns, refs = relocations(bpf.dump_func(name), fd_names)
+        insns, refs = relocations(bpf.dump_func(raw_name), fd_names)
+        insns = kfunc_calls(insns, kfuncs or {})
         prog_type = bcc.BPF.RAW_TRACEPOINT if kind == "raw_tracepoint" else bcc.BPF.TRACEPOINT
         programs.append(ProgramSpec(name, prog_type, kind, target, insns, refs))
     license = lib.bpf_module_license(module)
@@ -179,7 +186,8 @@ def main() -> int:
     """The child: request on stdin, artifact on stdout."""
     try:
         request: dict[str, Any] = json.loads(sys.stdin.buffer.read())
-        artifact = compile_artifact(request["text"], list(request["cflags"]), request["key"])
+        kfuncs = {int(number): int(btf_id) for number, btf_id in request["kfuncs"]}
+        artifact = compile_artifact(request["text"], list(request["cflags"]), request["key"], kfuncs)
         data = dumps(artifact)
     except (CompileError, ArtifactError, OSError, ValueError, KeyError) as exc:
         sys.stderr.write(f"{str(exc).replace(chr(10), ' ')}\n")

@@ -17,7 +17,7 @@ import structlog
 
 from agent.abi import layout
 from agent.probes import bpflib
-from agent.probes.artifact import Artifact, cache_key, patch
+from agent.probes.artifact import KFUNC_HELPERS, Artifact, cache_key, kfunc_ids, patch
 from agent.probes.cache import ProbeCache, toolchain
 from agent.probes.compile import BCC_MISSING, CompileError, compile_in_children
 from agent.probes.offsets import KernelOffsets, kernel_offsets
@@ -51,6 +51,11 @@ class BuiltProgram:
     cflags: list[str]
     offsets: KernelOffsets
     features: Features
+
+    @property
+    def kfuncs(self) -> dict[int, int]:
+        """helper number -> kfunc BTF id, for the compile (agent.probes.artifact.kfunc_calls)."""
+        return kfunc_ids({name: self.offsets.kfunc(name) for name in KFUNC_HELPERS})
 
     @property
     def text(self) -> str:
@@ -141,7 +146,7 @@ class Sensor:
                 assert cache is not None
                 cache.remove(key)
         try:
-            compiled = compile_in_children(program.parts, program.cflags, key)
+            compiled = compile_in_children(program.parts, program.cflags, key, program.kfuncs)
         except CompileError as exc:
             raise ProbeError(str(exc)) from exc
         self.startup = {

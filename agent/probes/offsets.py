@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from agent.btf import Btf, BtfError, resolve_offsets
@@ -96,6 +96,22 @@ OPTIONAL: Final[dict[str, dict[str, tuple[tuple[str, str], ...]]]] = {
 }
 
 
+# Macro -> struct: BTF type ids, for bpf_rdonly_cast (common.h as_file). Only with BTF, like the kfunc itself.
+TYPE_IDS: Final[dict[str, str]] = {"BTF_ID_FILE": "file"}
+# Macro -> kfunc: its BTF id, when this kernel has it (bpf_rdonly_cast: 6.2+). The probes fall back without it.
+KFUNCS: Final[dict[str, str]] = {"KFUNC_RDONLY_CAST": "bpf_rdonly_cast"}
+
+
+def resolve_kfuncs(btf: Btf) -> tuple[dict[str, int], dict[str, int]]:
+    """(TYPE_IDS, the KFUNCS this kernel has): both empty unless every type id resolves."""
+    try:
+        type_ids = {name: btf.find_struct(struct) for name, struct in TYPE_IDS.items()}
+    except BtfError:
+        return {}, {}
+    kfuncs = {name: type_id for name, func in KFUNCS.items() if (type_id := btf.find_func(func)) is not None}
+    return type_ids, kfuncs
+
+
 def resolve_optional(btf: Btf) -> dict[str, int]:
     """The OPTIONAL offsets of every feature whose structs this kernel has."""
     out: dict[str, int] = {}
@@ -126,10 +142,15 @@ class KernelOffsets:
 
     source: str
     values: dict[str, str]
+    kfuncs: dict[str, int] = field(default_factory=dict)  # KFUNCS this kernel has -> BTF id (not -D flags)
 
     def has(self, feature: str) -> bool:
         """Whether the offsets of an OPTIONAL feature ("io_uring") were found."""
         return all(name in self.values for name in OPTIONAL[feature])
+
+    def kfunc(self, name: str) -> int | None:
+        """The BTF id of a KFUNCS entry ("KFUNC_RDONLY_CAST") when this kernel has it."""
+        return self.kfuncs.get(name)
 
     def cflags(self) -> list[str]:
         """Compiler flags defining every offset macro."""
@@ -145,8 +166,9 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF) -> KernelOffsets:
     """Offsets from BTF when the kernel has it; else offsetof() against the installed headers."""
     if os.path.exists(btf_path):
         btf = Btf.from_file(btf_path)
-        found = {**resolve_offsets(btf, WANTED), **resolve_optional(btf)}
-        return KernelOffsets("btf", {k: str(v) for k, v in found.items()})
+        type_ids, kfuncs = resolve_kfuncs(btf)
+        found = {**resolve_offsets(btf, WANTED), **resolve_optional(btf), **type_ids}
+        return KernelOffsets("btf", {k: str(v) for k, v in found.items()}, kfuncs)
     if os.path.isdir(headers_dir()):
         # The headers match the kernel only if they are its own; we cannot check that without BTF.
         return KernelOffsets(

@@ -13,6 +13,7 @@ from typing import Final
 
 from agent import resources
 from agent.config import SensorConfig
+from agent.probes.artifact import KFUNC_HELPERS
 from agent.probes.offsets import KernelOffsets
 from agent.ruleset.persistence import HOME_USER_MAX, PersistencePlaces, Place
 
@@ -402,6 +403,9 @@ def render_cflags(offsets: KernelOffsets, features: Features, options: ProbeOpti
         f"-DHAVE_IO_URING_SUBMIT_REQ={int(uring == 'io_uring_submit_req')}",
         f"-DHAVE_IO_URING_SUBMIT_SQE={int(uring == 'io_uring_submit_sqe')}",
         f"-DHAVE_SOCK_STATE={int(features.sock_state)}",
+        # A kfunc the kernel has: HAVE_<name>, and the helper number the source calls it by (artifact.kfunc_calls).
+        *(f"-DHAVE_{name}={int(offsets.kfunc(name) is not None)}" for name in KFUNC_HELPERS),
+        *(f"-D{name}_HELPER={number:#x}" for name, number in KFUNC_HELPERS.items() if offsets.kfunc(name)),
         *(f"-D{name}={value}" for name, value in options.sensor.kernel_defines().items()),
         "-Wno-unused-function",
     ]

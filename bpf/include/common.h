@@ -119,6 +119,25 @@ static __always_inline char *cur_task(void) {
 #define BTF_U32(base, off) (*(u32 *)((char *)(base) + (off)))
 #define BTF_U64(base, off) (*(u64 *)((char *)(base) + (off)))
 
+/* A kernel object reached from a plain pointer (a file from the fd array) is typed with bpf_rdonly_cast(obj,
+ * btf_id), a kfunc (6.2+), and then read by loads as well: K_PTR/K_U16/K_U32/K_U64 on a pointer that came from
+ * as_file() or from K_PTR. bcc cannot compile a kfunc call, so the source calls helper number
+ * KFUNC_RDONLY_CAST_HELPER and the compile makes each such call the kfunc's (agent.probes.artifact.kfunc_calls).
+ * Without the kfunc the same macros are probe reads. */
+#if HAVE_KFUNC_RDONLY_CAST
+#define as_file(p) ((char *)((void *(*)(const void *, u32))KFUNC_RDONLY_CAST_HELPER)((p), BTF_ID_FILE))
+#define K_PTR(base, off) BTF_PTR(base, off)
+#define K_U16(base, off) BTF_U16(base, off)
+#define K_U32(base, off) BTF_U32(base, off)
+#define K_U64(base, off) BTF_U64(base, off)
+#else
+#define as_file(p) ((char *)(p))
+#define K_PTR(base, off) ((char *)read_ptr(base, off))
+#define K_U16(base, off) read_u16(base, off)
+#define K_U32(base, off) read_u32(base, off)
+#define K_U64(base, off) read_u64(base, off)
+#endif
+
 /* Nearby fields of one kernel object in one probe read. Each bpf_probe_read_kernel is a helper call costing
  * about 15-20 ns here (bench/progstats.py), the bytes it copies next to nothing, and the hot paths read
  * several fields of the same struct file, inode, dentry or sock. The offsets are compile-time constants
@@ -158,28 +177,24 @@ static __always_inline u64 span_u64(const u8 *p) {
     return v;
 }
 
-/* The struct file fields the probes use. */
-#define FILE_LO CW_MIN(CW_MIN(CW_MIN(FILE_F_MODE, FILE_F_FLAGS), CW_MIN(FILE_INODE, FILE_PRIVATE_DATA)), \
-                       CW_MIN(FILE_F_PATH_MNT, FILE_F_PATH_DENTRY))
-#define FILE_HI (CW_MAX(CW_MAX(CW_MAX(FILE_F_MODE, FILE_F_FLAGS), CW_MAX(FILE_INODE, FILE_PRIVATE_DATA)), \
-                        CW_MAX(FILE_F_PATH_MNT, FILE_F_PATH_DENTRY)) + 8)
+/* The struct file fields the probes use. inode, mnt and dentry are K_* bases (see as_file); private_data is not
+ * (a void pointer is not typed). */
 struct file_head {
-    void *inode;
+    char *inode;
     void *private_data;
-    void *mnt;
-    void *dentry;
+    char *mnt;
+    char *dentry;
     u32 flags; /* f_flags: O_* access mode, O_APPEND... */
     u32 fmode; /* f_mode: FMODE_READ/WRITE... */
 };
 static __always_inline void file_head(void *file, struct file_head *h) {
-    SPAN_BUF(b, FILE_LO, FILE_HI);
-    SPAN_LOAD(b, file, FILE_LO, FILE_HI);
-    h->inode = SPAN_GET(ptr, b, file, FILE_LO, FILE_HI, FILE_INODE);
-    h->private_data = SPAN_GET(ptr, b, file, FILE_LO, FILE_HI, FILE_PRIVATE_DATA);
-    h->mnt = SPAN_GET(ptr, b, file, FILE_LO, FILE_HI, FILE_F_PATH_MNT);
-    h->dentry = SPAN_GET(ptr, b, file, FILE_LO, FILE_HI, FILE_F_PATH_DENTRY);
-    h->flags = SPAN_GET(u32, b, file, FILE_LO, FILE_HI, FILE_F_FLAGS);
-    h->fmode = SPAN_GET(u32, b, file, FILE_LO, FILE_HI, FILE_F_MODE);
+    char *f = as_file(file);
+    h->inode = K_PTR(f, FILE_INODE);
+    h->private_data = K_PTR(f, FILE_PRIVATE_DATA);
+    h->mnt = K_PTR(f, FILE_F_PATH_MNT);
+    h->dentry = K_PTR(f, FILE_F_PATH_DENTRY);
+    h->flags = K_U32(f, FILE_F_FLAGS);
+    h->fmode = K_U32(f, FILE_F_MODE);
 }
 
 /* The struct inode fields the probes use. */
@@ -278,7 +293,7 @@ static __always_inline void current_stdio_files(void *files[3]) {
 static __always_inline int file_is_socket(void *file) {
     if (!file)
         return 0;
-    u16 mode = read_u16(file_inode(file), INODE_MODE);
+    u16 mode = K_U16(K_PTR(as_file(file), FILE_INODE), INODE_MODE);
     return (mode & S_IFMT_) == S_IFSOCK_;
 }
 

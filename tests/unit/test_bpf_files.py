@@ -17,7 +17,7 @@ import pytest
 from agent import resources
 from agent.config import SensorConfig
 from agent.probes import source
-from agent.probes.offsets import WANTED, KernelOffsets
+from agent.probes.offsets import TYPE_IDS, WANTED, KernelOffsets
 from agent.probes.source import (
     MAIN_FILE,
     PERSIST_MATCH_HEADER,
@@ -37,8 +37,12 @@ CONCERN_FILES = ("process.bpf.c", "net.bpf.c", "fd.bpf.c", "persistence.bpf.c", 
 LINE_MARKER = re.compile(r'^#line (\d+) "([^"]+)"$', re.M)
 
 
-def _cflags(**sensor: bool | int) -> list[str]:
-    offsets = KernelOffsets("btf", {name: str(8 * i) for i, name in enumerate(sorted(WANTED))})
+def _cflags(kfuncs: bool = False, **sensor: bool | int) -> list[str]:
+    """Flags for a kernel with every offset; ``kfuncs``: and bpf_rdonly_cast, as here (typed loads from files)."""
+    values = {name: str(8 * i) for i, name in enumerate(sorted(WANTED))}
+    offsets = KernelOffsets("btf", values)
+    if kfuncs:
+        offsets = KernelOffsets("btf", {**values, **{name: "7" for name in TYPE_IDS}}, {"KFUNC_RDONLY_CAST": 9})
     features = Features("/sys/kernel/tracing", exit_group_dead=True, legacy_syscalls=True, module_tracepoints=True)
     return render_cflags(offsets, features, ProbeOptions(SensorConfig(**sensor)))  # type: ignore[arg-type]
 
@@ -196,10 +200,12 @@ def test_compile_parts_that_miss_a_file_are_refused(monkeypatch: pytest.MonkeyPa
 
 
 @needs_gcc
-def test_every_define_is_required() -> None:
+@pytest.mark.parametrize("kfuncs", (False, True), ids=("probe-reads", "rdonly-cast"))
+def test_every_define_is_required(kfuncs: bool) -> None:
     """Without any one of the option or feature defines the program does not build: an #if on it is an error,
-    or its name is left in the code for the compiler to refuse. No C default hides a missing flag."""
-    flags = _cflags()
+    or its name is left in the code for the compiler to refuse. No C default hides a missing flag; with or
+    without the kfunc, every define is used."""
+    flags = _cflags(kfuncs)
     text = render_source()
     names = [name for name in _defined(flags) if name not in WANTED]
     assert {"CAPTURE_ENV", "RINGBUF_PAGES", "HAVE_SYS_OPEN", "OFFSETS_FROM_HEADERS"} <= set(names)
