@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from agent.compat import sigma_missing
 from agent.config import Config
-from agent.probes.offsets import VMLINUX_BTF, WANTED, headers_dir
+from agent.probes.offsets import VMLINUX_BTF, WANTED, headers_dir, resolve_kfuncs
 from agent.probes.source import detect_features
 from agent.resources import ResourceMissing, share_dir
 
@@ -148,8 +148,19 @@ def _checks() -> list[Check]:
         from agent.btf import Btf, BtfError, resolve_offsets
 
         try:
-            resolve_offsets(Btf.from_file(VMLINUX_BTF), WANTED)
+            btf = Btf.from_file(VMLINUX_BTF)
+            resolve_offsets(btf, WANTED)
             out.append(Check("struct offsets", True, f"from BTF ({VMLINUX_BTF}), {len(WANTED)} resolved"))
+            _, kfuncs = resolve_kfuncs(btf)
+            out.append(
+                Check(
+                    "typed reads",
+                    None,
+                    "an fd's file is read by loads (kfunc bpf_rdonly_cast)"
+                    if "KFUNC_RDONLY_CAST" in kfuncs
+                    else "no kfunc bpf_rdonly_cast (before 6.2): an fd's file is read by probe reads (slower)",
+                )
+            )
         except BtfError as exc:
             out.append(Check("struct offsets", False, f"BTF present but unusable: {exc}"))
     else:

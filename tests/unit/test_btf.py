@@ -571,3 +571,16 @@ def test_vmlinux_bitfield_and_missing(vmlinux: Btf) -> None:
         vmlinux.offsetof("sock_common", "skc_reuse")
     with pytest.raises(BtfError, match=r"task_struct has no member 'no_such_member'"):
         vmlinux.offsetof("task_struct", "no_such_member")
+
+
+@needs_vmlinux
+def test_find_func_gives_the_kfunc_bpftool_names(vmlinux: Btf, bpftool_btf: BpftoolBtf) -> None:
+    """The kfunc id the probes call bpf_rdonly_cast by is bpftool's FUNC of that name; a struct's name or an
+    unknown name is no function."""
+    funcs = {t["name"]: t["id"] for t in bpftool_btf.by_id.values() if t["kind"] == "FUNC"}
+    if "bpf_rdonly_cast" not in funcs:
+        pytest.skip("this kernel has no bpf_rdonly_cast (before 6.2)")
+    assert vmlinux.find_func("bpf_rdonly_cast") == funcs["bpf_rdonly_cast"]
+    assert vmlinux.find_func("bpf_cast_to_kern_ctx") == funcs.get("bpf_cast_to_kern_ctx")
+    assert vmlinux.find_func("task_struct") is None
+    assert vmlinux.find_func("chainwatch_no_such_function") is None

@@ -381,3 +381,21 @@ def test_doctor_says_whether_the_next_start_is_warm(tmp_path: Path) -> None:
     ProbeCache(str(tmp_path / "cache")).store(artifact(key=current))
     check = cache_check(config)
     assert check.ok is None and "warm" in check.detail and current in check.detail
+
+
+def test_doctor_says_whether_files_are_read_by_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import doctor
+
+    from agent.btf import Btf
+
+    if not os.path.exists(doctor.VMLINUX_BTF):
+        pytest.skip("no vmlinux BTF: doctor reports struct offsets from headers instead")
+    if Btf.from_file(doctor.VMLINUX_BTF).find_func("bpf_rdonly_cast") is None:
+        pytest.skip("this kernel has no bpf_rdonly_cast (before 6.2)")
+    lines: list[str] = []
+    doctor.run_doctor(lines.append)
+    assert "info typed reads: an fd's file is read by loads (kfunc bpf_rdonly_cast)\n" in lines
+    monkeypatch.setattr(doctor, "resolve_kfuncs", lambda btf: ({}, {}))
+    lines.clear()
+    doctor.run_doctor(lines.append)
+    assert any(line.startswith("info typed reads: no kfunc bpf_rdonly_cast") for line in lines)
