@@ -385,7 +385,6 @@ def test_doctor_says_whether_the_next_start_is_warm(tmp_path: Path) -> None:
 
 def test_doctor_says_whether_files_are_read_by_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent import doctor
-
     from agent.btf import Btf
 
     if not os.path.exists(doctor.VMLINUX_BTF):
