@@ -97,7 +97,7 @@ OPTIONAL: Final[dict[str, dict[str, tuple[tuple[str, str], ...]]]] = {
 
 
 # Macro -> struct: BTF type ids, for bpf_rdonly_cast (common.h as_file). Only with BTF, like the kfunc itself.
-TYPE_IDS: Final[dict[str, str]] = {"BTF_ID_FILE": "file"}
+TYPE_IDS: Final[dict[str, str]] = {"BTF_ID_FILE": "file", "BTF_ID_TASK": "task_struct"}
 # Macro -> kfunc: its BTF id, when this kernel has it (bpf_rdonly_cast: 6.2+). The probes fall back without it.
 KFUNCS: Final[dict[str, str]] = {"KFUNC_RDONLY_CAST": "bpf_rdonly_cast"}
 
