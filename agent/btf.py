@@ -315,19 +315,21 @@ class Btf:
         pos = self._strings.find(key)
         if pos < 0:
             return None
-        name_off = pos + 1
-        words, offsets = self._words, self._type_offsets
-        start = 0
-        while True:  # records naming it: a FUNC record is the word name_off at a record's start, then its info
-            try:
-                at = words.index(name_off, start)
-            except ValueError:
-                return None
-            start = at + 1
-            type_id = bisect.bisect_left(offsets, at)
-            if type_id < len(offsets) and offsets[type_id] == at and type_id > 0:
-                if (words[at + 1] >> 24) & 0x1F == KIND_FUNC:
+        # A FUNC record starts with the word name_off: find that word in the type section (bytes.find, as array.index
+        # takes no start before Python 3.10), at a record's start, with the FUNC kind.
+        needle = array(self._words.typecode, [pos + 1]).tobytes()
+        data = self._words.tobytes()
+        offsets = self._type_offsets
+        at = data.find(needle)
+        size = self._words.itemsize
+        while at >= 0:
+            word = at // size
+            type_id = bisect.bisect_left(offsets, word, 1)  # offsets[0] is void's placeholder
+            if at % size == 0 and type_id < len(offsets) and offsets[type_id] == word:
+                if (self._words[word + 1] >> 24) & 0x1F == KIND_FUNC:
                     return type_id
+            at = data.find(needle, at + 1)
+        return None
 
     def sizeof(self, struct: str) -> int:
         """Size in bytes of the struct/union called ``struct``."""

@@ -221,6 +221,8 @@ def _bpf_dump(args: argparse.Namespace) -> int:
     print(f"// offsets from: {program.offsets.source}")
     print(f"// features: {program.features.describe()}")
     print("// cflags: " + " ".join(program.cflags))
+    for number, btf_id in program.kfuncs.items():
+        print(f"// calls of helper {number:#x} are made calls of kfunc BTF id {btf_id} when compiled (kfunc_calls)")
     print("// files (each starts at its #line 1): " + " ".join(source_files(program.text)))
     print(program.text, end="")
     return 0

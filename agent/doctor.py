@@ -158,7 +158,8 @@ def _checks() -> list[Check]:
                     None,
                     "an fd's file is read by loads (kfunc bpf_rdonly_cast)"
                     if "KFUNC_RDONLY_CAST" in kfuncs
-                    else "no kfunc bpf_rdonly_cast (before 6.2): an fd's file is read by probe reads (slower)",
+                    else "no kfunc bpf_rdonly_cast (before 6.2, or no BPF JIT): an fd's file is read by probe "
+                    "reads (slower)",
                 )
             )
         except BtfError as exc:

@@ -102,12 +102,27 @@ TYPE_IDS: Final[dict[str, str]] = {"BTF_ID_FILE": "file", "BTF_ID_TASK": "task_s
 KFUNCS: Final[dict[str, str]] = {"KFUNC_RDONLY_CAST": "bpf_rdonly_cast"}
 
 
-def resolve_kfuncs(btf: Btf) -> tuple[dict[str, int], dict[str, int]]:
-    """(TYPE_IDS, the KFUNCS this kernel has): both empty unless every type id resolves."""
+BPF_JIT_ENABLE: Final = "/proc/sys/net/core/bpf_jit_enable"
+
+
+def bpf_jit_enabled(path: str = BPF_JIT_ENABLE) -> bool:
+    """Whether BPF programs are JIT-compiled: the kernel calls a kfunc only from JIT-compiled code."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip() not in ("", "0")
+    except OSError:
+        return False  # no sysctl: no JIT built in
+
+
+def resolve_kfuncs(btf: Btf, jit: bool | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """(TYPE_IDS, the KFUNCS this kernel has and can call): both empty unless every type id resolves, and no
+    kfunc without the JIT (``jit`` None: ask the kernel)."""
     try:
         type_ids = {name: btf.find_struct(struct) for name, struct in TYPE_IDS.items()}
     except BtfError:
         return {}, {}
+    if not (bpf_jit_enabled() if jit is None else jit):
+        return type_ids, {}
     kfuncs = {name: type_id for name, func in KFUNCS.items() if (type_id := btf.find_func(func)) is not None}
     return type_ids, kfuncs
 

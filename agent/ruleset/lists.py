@@ -103,9 +103,9 @@ class Lists:
     socket_holders: tuple[str, ...] = ()
     """fnmatch patterns on the full executable paths that legitimately give a connection or pty to a shell
     (stdio.yaml)."""
-    _remote_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
-    _root_name_cache: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False, repr=False)
-    _name_cache: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False, repr=False)
+    _remote_cache: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
+    _root_name_cache: dict[tuple[str, str], bool] = field(default_factory=dict, init=False, compare=False, repr=False)
+    _name_cache: dict[tuple[str, str], bool] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def context_root_for(self, filename: str, argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
         """The first root that the exec of ``filename`` with ``argv`` is, and how it was invoked; or None."""

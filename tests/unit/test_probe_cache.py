@@ -398,3 +398,23 @@ def test_doctor_says_whether_files_are_read_by_loads(monkeypatch: pytest.MonkeyP
     lines.clear()
     doctor.run_doctor(lines.append)
     assert any(line.startswith("info typed reads: no kfunc bpf_rdonly_cast") for line in lines)
+
+
+def test_no_kfunc_is_called_without_the_bpf_jit(tmp_path: Path) -> None:
+    """The kernel runs kfunc calls only from JIT-compiled code: without the JIT the probes read files by probe
+    reads (the type ids stay, the kfunc goes)."""
+    from agent.btf import Btf
+    from agent.probes.offsets import VMLINUX_BTF, bpf_jit_enabled, resolve_kfuncs
+
+    sysctl = tmp_path / "bpf_jit_enable"
+    for value, enabled in (("0\n", False), ("1\n", True), ("2\n", True)):
+        sysctl.write_text(value)
+        assert bpf_jit_enabled(str(sysctl)) is enabled
+    assert bpf_jit_enabled(str(tmp_path / "absent")) is False
+    if not os.path.exists(VMLINUX_BTF):
+        pytest.skip("no vmlinux BTF")
+    btf = Btf.from_file(VMLINUX_BTF)
+    type_ids, kfuncs = resolve_kfuncs(btf, jit=False)
+    assert kfuncs == {} and set(type_ids) == {"BTF_ID_FILE", "BTF_ID_TASK"}
+    if btf.find_func("bpf_rdonly_cast") is not None:
+        assert resolve_kfuncs(btf, jit=True)[1] == {"KFUNC_RDONLY_CAST": btf.find_func("bpf_rdonly_cast")}
