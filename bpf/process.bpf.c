@@ -96,7 +96,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
 
     /* The file actually executed: a copy, a memfd or a deleted file is told by its inode, not its name. */
     char *mm = BTF_PTR(cur_task(), TASK_MM);
-    void *exe = read_ptr(mm, MM_EXE_FILE);
+    char *exe = BTF_PTR(mm, MM_EXE_FILE);
     struct file_head xf;
     struct inode_head xi;
     file_head(exe, &xf);

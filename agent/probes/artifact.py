@@ -189,9 +189,10 @@ def relocations(insns: bytes, fd_names: dict[int, str]) -> tuple[bytes, tuple[tu
     return bytes(out), tuple(refs)
 
 
-def kfunc_ids(btf_ids: Mapping[str, int | None]) -> dict[int, int]:
-    """helper number -> kfunc BTF id, for the KFUNC_HELPERS this kernel has (``btf_ids``: name -> id or None)."""
-    return {number: btf_id for name, number in KFUNC_HELPERS.items() if (btf_id := btf_ids.get(name)) is not None}
+def kfunc_ids(btf_ids: Mapping[str, int]) -> dict[int, int]:
+    """helper number -> kfunc BTF id, for the KFUNC_HELPERS this kernel has (``btf_ids``: name -> id,
+    agent.probes.offsets.KernelOffsets.kfuncs)."""
+    return {number: btf_ids[name] for name, number in KFUNC_HELPERS.items() if name in btf_ids}
 
 
 def kfunc_calls(insns: bytes, ids: Mapping[int, int]) -> bytes:

@@ -17,7 +17,7 @@ import structlog
 
 from agent.abi import layout
 from agent.probes import bpflib
-from agent.probes.artifact import KFUNC_HELPERS, Artifact, cache_key, kfunc_ids, patch
+from agent.probes.artifact import Artifact, cache_key, kfunc_ids, patch
 from agent.probes.cache import ProbeCache, toolchain
 from agent.probes.compile import BCC_MISSING, CompileError, compile_in_children
 from agent.probes.offsets import KernelOffsets, kernel_offsets
@@ -55,7 +55,7 @@ class BuiltProgram:
     @property
     def kfuncs(self) -> dict[int, int]:
         """helper number -> kfunc BTF id, for the compile (agent.probes.artifact.kfunc_calls)."""
-        return kfunc_ids({name: self.offsets.kfunc(name) for name in KFUNC_HELPERS})
+        return kfunc_ids(self.offsets.kfuncs)
 
     @property
     def text(self) -> str:

@@ -52,7 +52,7 @@ def invocations(filename: str, argv: Sequence[str], script_interpreters: Sequenc
     """Every way ``filename`` run with ``argv`` may name a tool: itself, and the script, module or jar it runs."""
     exe = os.path.basename(filename)
     out = [Invocation("executable", exe, tuple(argv[1:]))]
-    if not _matches_any(exe, tuple(script_interpreters)):
+    if not name_matches(exe, tuple(script_interpreters)):
         return out
     rest = list(argv[1:])
     i = 0
@@ -74,8 +74,9 @@ def invocations(filename: str, argv: Sequence[str], script_interpreters: Sequenc
 
 
 @functools.lru_cache(maxsize=4096)
-def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
-    """fnmatch of ``name`` against ``patterns``, memoized: every exec asks it of its program."""
+def name_matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``name`` matches one of the fnmatch ``patterns``. Memoized, bounded: every exec asks it of its
+    program (and of its parent) for several lists."""
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 

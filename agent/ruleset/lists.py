@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from agent.ruleset.contexts import ContextRoot, Invocation, invocations, kernel_context_names, read_roots, root_for
+from agent.ruleset.contexts import (
+    ContextRoot,
+    Invocation,
+    invocations,
+    kernel_context_names,
+    name_matches,
+    read_roots,
+    root_for,
+)
 from agent.ruleset.net import IPNetwork, check_network, in_networks, parse_ip
 from agent.ruleset.persistence import KINDS as PERSISTENCE_KINDS
 from agent.ruleset.persistence import PersistencePlaces, Place, read_places
@@ -105,7 +113,6 @@ class Lists:
     (stdio.yaml)."""
     _remote_cache: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
     _root_name_cache: dict[tuple[str, str], bool] = field(default_factory=dict, init=False, compare=False, repr=False)
-    _name_cache: dict[tuple[str, str], bool] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def context_root_for(self, filename: str, argv: Sequence[str]) -> tuple[ContextRoot, Invocation] | None:
         """The first root that the exec of ``filename`` with ``argv`` is, and how it was invoked; or None."""
@@ -167,23 +174,11 @@ class Lists:
 
     def is_interpreter(self, exe: str) -> bool:
         """True when the basename of ``exe`` matches an interpreter pattern."""
-        return self._name_matches("interpreters", os.path.basename(exe))
+        return name_matches(os.path.basename(exe), self.interpreters)
 
     def is_reverse_shell_parent(self, exe: str) -> bool:
         """True when the basename of ``exe`` matches a reverse-shell parent pattern."""
-        return self._name_matches("reverse_shell_parents", os.path.basename(exe))
-
-    def _name_matches(self, patterns: str, name: str) -> bool:
-        """Whether ``name`` matches one of the fnmatch patterns of the field ``patterns``. Memoized, bounded:
-        every exec asks of its program and of its parent."""
-        cache = self._name_cache
-        known = cache.get((patterns, name))
-        if known is None:
-            known = any(fnmatch.fnmatchcase(name, pattern) for pattern in getattr(self, patterns))
-            if len(cache) >= ROOT_NAME_CACHE_MAX:
-                cache.clear()  # bounded: a spray of names costs matching again, never memory
-            cache[(patterns, name)] = known
-        return known
+        return name_matches(os.path.basename(exe), self.reverse_shell_parents)
 
     def tunnel_for(self, exe: str, argv: Sequence[str]) -> TunnelTool | None:
         """The first tunnel tool that ``exe`` with ``argv`` is, or None."""

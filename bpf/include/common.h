@@ -229,7 +229,6 @@ static __always_inline u64 task_process_start(const void *task) {
     return read_u64(read_ptr(task, TASK_GROUP_LEADER), TASK_START_BOOTTIME);
 }
 
-
 /* Install/CI contexts (agent/context.py decides them; see shared/design/architecture.md "Contexts").
  * contexts: tgid -> its context, set when a root execs and inherited at fork, so it survives setsid,
  * double forks and re-parenting. Userspace also writes it (roots known only by argv, seeded processes).
@@ -250,9 +249,8 @@ static __always_inline void fill_header(struct event_header *h, u16 op, u32 size
     h->tgid = id >> 32;
     h->pid = (u32)id;
     h->ppid = BTF_U32(BTF_PTR(task, TASK_REAL_PARENT), TASK_TGID);
-    /* task_process_start(), through typed loads */
     h->uid = (u32)bpf_get_current_uid_gid();
-    h->start_time = BTF_U64(BTF_PTR(task, TASK_GROUP_LEADER), TASK_START_BOOTTIME);
+    h->start_time = BTF_U64(BTF_PTR(task, TASK_GROUP_LEADER), TASK_START_BOOTTIME); /* task_process_start() */
     h->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(h->comm, sizeof(h->comm));
     u32 tgid = h->tgid;
